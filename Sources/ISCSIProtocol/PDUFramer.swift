@@ -1,0 +1,132 @@
+import NIOCore
+
+/// Digest and size settings that frame PDUs on one connection. They change once, when the
+/// login phase ends (RFC 7143 section 13.1: digests start with the first PDU of the full
+/// feature phase).
+public struct FramingParameters: Equatable, Sendable {
+  public var headerDigest: Bool
+  public var dataDigest: Bool
+  /// The largest data segment we accept: the MaxRecvDataSegmentLength we declared.
+  public var maxRecvDataSegmentLength: Int
+  /// The largest data segment we may send: what the target declared (8192 if it did not).
+  public var maxSendDataSegmentLength: Int
+
+  public init(
+    headerDigest: Bool = false, dataDigest: Bool = false, maxRecvDataSegmentLength: Int = 8192,
+    maxSendDataSegmentLength: Int = 8192
+  ) {
+    self.headerDigest = headerDigest
+    self.dataDigest = dataDigest
+    self.maxRecvDataSegmentLength = maxRecvDataSegmentLength
+    self.maxSendDataSegmentLength = maxSendDataSegmentLength
+  }
+
+  /// The login phase: no digests, 8192-byte segments (RFC 7143 section 13.12).
+  public static let login = FramingParameters()
+}
+
+/// Cuts PDUs out of a byte stream. Pure: feed it the cumulated bytes, it returns whole
+/// PDUs whose data segments are slices of the input (no copy). Every length is checked
+/// against the negotiated limits before anything waits for or reserves that many bytes.
+public struct PDUFramer: Sendable {
+  public var parameters: FramingParameters
+
+  public init(parameters: FramingParameters = .login) {
+    self.parameters = parameters
+  }
+
+  /// Returns the next whole PDU, or nil when more bytes are needed. Throws on a PDU that
+  /// breaks the framing rules; the connection must then be dropped.
+  public func next(from buffer: inout ByteBuffer) throws -> ISCSIPDU? {
+    guard buffer.readableBytes >= BasicHeaderSegment.length else { return nil }
+    let start = buffer.readerIndex
+    var peek = buffer
+    guard let header = BasicHeaderSegment.read(from: &peek) else { return nil }
+
+    guard header.opcode.isTargetOpcode else {
+      throw ISCSIError(.protocolViolation, "target sent a PDU with unknown or initiator opcode \(header.opcode)")
+    }
+    let dataLength = Int(header.dataSegmentLength)
+    // A Login Response can carry up to 8192 bytes even before anything is negotiated.
+    let limit = max(parameters.maxRecvDataSegmentLength, 8192)
+    guard dataLength <= limit else {
+      throw ISCSIError(
+        .protocolViolation,
+        "target sent a \(header.opcode) with DataSegmentLength \(dataLength), beyond the \(limit) bytes we declared")
+    }
+    let ahsLength = Int(header.totalAHSLength) * 4
+    let padded = (dataLength + 3) & ~3
+    let headerDigestLength = parameters.headerDigest ? 4 : 0
+    let dataDigestLength = (parameters.dataDigest && dataLength > 0) ? 4 : 0
+    let total = BasicHeaderSegment.length + ahsLength + headerDigestLength + padded + dataDigestLength
+    guard buffer.readableBytes >= total else { return nil }
+
+    if parameters.headerDigest {
+      let covered = buffer.getSlice(at: start, length: BasicHeaderSegment.length + ahsLength)!
+      let expected = CRC32C.checksum(covered)
+      let got = buffer.getInteger(at: start + BasicHeaderSegment.length + ahsLength, endianness: .little, as: UInt32.self)!
+      guard expected == got else {
+        throw ISCSIError(.digestMismatch, "header digest mismatch on a \(header.opcode) from the target")
+      }
+    }
+    var ahs: ByteBuffer? = nil
+    if ahsLength > 0 {
+      ahs = buffer.getSlice(at: start + BasicHeaderSegment.length, length: ahsLength)
+    }
+    let dataStart = start + BasicHeaderSegment.length + ahsLength + headerDigestLength
+    let data = buffer.getSlice(at: dataStart, length: dataLength)!
+    if dataDigestLength > 0 {
+      let expected = CRC32C.checksum(data, padding: padded - dataLength)
+      let got = buffer.getInteger(at: dataStart + padded, endianness: .little, as: UInt32.self)!
+      guard expected == got else {
+        throw ISCSIError(.digestMismatch, "data digest mismatch on a \(header.opcode) from the target")
+      }
+    }
+    buffer.moveReaderIndex(to: start + total)
+    return ISCSIPDU(header: header, ahs: ahs, data: data)
+  }
+}
+
+/// Turns PDUs into bytes. The header part (BHS, AHS, header digest) is written into a
+/// buffer; the data segment is handed back untouched so the caller can write it without a
+/// copy, followed by `trailer` (padding and data digest).
+public struct PDUEncoder: Sendable {
+  public var parameters: FramingParameters
+
+  public init(parameters: FramingParameters = .login) {
+    self.parameters = parameters
+  }
+
+  /// Writes BHS + AHS + header digest of `pdu` into `out`, after fixing the length fields.
+  public func writeHeader(_ pdu: ISCSIPDU, into out: inout ByteBuffer) {
+    var header = pdu.header
+    header.dataSegmentLength = UInt32(pdu.data.readableBytes)
+    header.totalAHSLength = UInt8((pdu.ahs?.readableBytes ?? 0) / 4)
+    let start = out.writerIndex
+    header.write(to: &out)
+    if var ahs = pdu.ahs { out.writeBuffer(&ahs) }
+    if parameters.headerDigest {
+      let covered = out.getSlice(at: start, length: out.writerIndex - start)!
+      out.writeInteger(CRC32C.checksum(covered), endianness: .little)
+    }
+  }
+
+  /// Writes the padding and data digest that follow `data`.
+  public func writeTrailer(for data: ByteBuffer, into out: inout ByteBuffer) {
+    let length = data.readableBytes
+    guard length > 0 else { return }
+    let pad = (4 - length % 4) % 4
+    if pad > 0 { out.writeRepeatingByte(0, count: pad) }
+    if parameters.dataDigest {
+      out.writeInteger(CRC32C.checksum(data, padding: pad), endianness: .little)
+    }
+  }
+
+  /// Everything in one buffer (copies the data): for tests, login and small PDUs.
+  public func encode(_ pdu: ISCSIPDU, into out: inout ByteBuffer) {
+    writeHeader(pdu, into: &out)
+    var data = pdu.data
+    out.writeBuffer(&data)
+    writeTrailer(for: pdu.data, into: &out)
+  }
+}

@@ -1,0 +1,1 @@
+// SCSI: pure CDB builders and parsers. Filled in by SCSI*.swift.
