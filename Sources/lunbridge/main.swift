@@ -1,1 +1,1 @@
-print("lunbridge")
+print("x")

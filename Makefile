@@ -1,0 +1,55 @@
+# lunbridge: a user-space iSCSI initiator that serves LUNs as NBD devices.
+#   make demo   - start a private iSCSI target and show lunbridge using a LUN on it
+#   make test   - install what the tests need, then run unit and integration tests
+SHELL := /bin/bash
+SWIFT ?= swift
+PREFIX ?= /usr/local
+DESTDIR ?=
+# Debian packages the build, the tests, the demo and the benchmarks use.
+DEB_PACKAGES := tgt libiscsi-bin qemu-utils qemu-block-extra fio libnbd-bin procps iproute2
+
+.PHONY: all deps build debug test unit-test integration-test demo bench-codec install uninstall clean
+
+all: build
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make deps: installing$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "make deps: run as root to install:$$missing" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@command -v $(SWIFT) >/dev/null || { echo "make deps: swift toolchain not found on PATH" >&2; exit 1; }
+
+build:
+	$(SWIFT) build -c release --product lunbridge
+
+debug:
+	$(SWIFT) build
+
+test: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build --parallel --num-workers 2 2>&1 | tee .build/test.log; exit $${PIPESTATUS[0]}
+
+unit-test:
+	$(SWIFT) test --skip IntegrationTests
+
+integration-test: deps
+	$(SWIFT) test --filter IntegrationTests
+
+demo: deps build
+	@Tests/scripts/demo.sh .build/release/lunbridge
+
+bench-codec:
+	$(SWIFT) run -c release lunbridge-codec-bench
+
+install: build
+	install -D -m 0755 .build/release/lunbridge $(DESTDIR)$(PREFIX)/bin/lunbridge
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/lunbridge
+
+clean:
+	rm -rf .build

@@ -1,0 +1,76 @@
+import ISCSIProtocol
+import NIOCore
+
+/// Frames one TCP connection into PDUs and back. Inbound bytes are cut by `PDUFramer`
+/// (lengths checked before anything is buffered for them); outbound PDUs are written as
+/// header, data slice and trailer, so write payloads go to the socket without a copy.
+/// Everything here runs on the connection's event loop.
+final class PDUChannelHandler: ChannelDuplexHandler {
+  typealias InboundIn = ByteBuffer
+  typealias InboundOut = ISCSIPDU
+  typealias OutboundIn = ISCSIPDU
+  typealias OutboundOut = ByteBuffer
+
+  var framer = PDUFramer()
+  var encoder = PDUEncoder()
+  private var cumulation: ByteBuffer?
+  private var failed = false
+
+  /// Changes digests and segment limits; takes effect for the next byte in each direction.
+  func apply(_ parameters: FramingParameters) {
+    framer.parameters = parameters
+    encoder.parameters = parameters
+  }
+
+  func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    guard !failed else { return }
+    let incoming = unwrapInboundIn(data)
+    if var c = cumulation, c.readableBytes > 0 {
+      var incoming = incoming
+      c.writeBuffer(&incoming)
+      cumulation = c
+    } else {
+      cumulation = incoming
+    }
+    while !failed {
+      do {
+        guard let pdu = try framer.next(from: &cumulation!) else { break }
+        context.fireChannelRead(wrapInboundOut(pdu))
+      } catch {
+        failed = true
+        cumulation = nil
+        context.fireErrorCaught(error)
+        context.close(promise: nil)
+        return
+      }
+    }
+    if let c = cumulation, c.readableBytes == 0 { cumulation = nil }
+  }
+
+  func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+    let pdu = unwrapOutboundIn(data)
+    var head = context.channel.allocator.buffer(capacity: 48 + 8 + (pdu.ahs?.readableBytes ?? 0))
+    encoder.writeHeader(pdu, into: &head)
+    guard pdu.data.readableBytes > 0 else {
+      context.write(wrapOutboundOut(head), promise: promise)
+      return
+    }
+    if pdu.data.readableBytes <= 1024 {
+      // Small segments: one buffer is cheaper than a gathered write.
+      var data = pdu.data
+      head.writeBuffer(&data)
+      encoder.writeTrailer(for: pdu.data, into: &head)
+      context.write(wrapOutboundOut(head), promise: promise)
+      return
+    }
+    context.write(wrapOutboundOut(head), promise: nil)
+    var trailer = context.channel.allocator.buffer(capacity: 8)
+    encoder.writeTrailer(for: pdu.data, into: &trailer)
+    if trailer.readableBytes == 0 {
+      context.write(wrapOutboundOut(pdu.data), promise: promise)
+    } else {
+      context.write(wrapOutboundOut(pdu.data), promise: nil)
+      context.write(wrapOutboundOut(trailer), promise: promise)
+    }
+  }
+}

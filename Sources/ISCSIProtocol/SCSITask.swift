@@ -1,0 +1,253 @@
+import NIOCore
+
+/// The negotiated values that decide how a command's data moves (RFC 7143 section 13).
+public struct DataTransferLimits: Sendable, Equatable {
+  /// The target's declared MaxRecvDataSegmentLength: no Data-Out segment is larger.
+  public var maxSendDataSegmentLength: Int
+  public var firstBurstLength: Int
+  public var maxBurstLength: Int
+  public var initialR2T: Bool
+  public var immediateData: Bool
+  public var maxOutstandingR2T: Int
+
+  public init(
+    maxSendDataSegmentLength: Int = 8192, firstBurstLength: Int = 65536, maxBurstLength: Int = 262144,
+    initialR2T: Bool = true, immediateData: Bool = true, maxOutstandingR2T: Int = 1
+  ) {
+    self.maxSendDataSegmentLength = maxSendDataSegmentLength
+    self.firstBurstLength = firstBurstLength
+    self.maxBurstLength = maxBurstLength
+    self.initialR2T = initialR2T
+    self.immediateData = immediateData
+    self.maxOutstandingR2T = maxOutstandingR2T
+  }
+}
+
+/// A SCSI command as the session carries it.
+public struct SCSICommand: Sendable {
+  public enum Direction: Sendable {
+    case none
+    /// Read up to this many bytes.
+    case read(Int)
+    /// Write exactly these bytes.
+    case write(ByteBuffer)
+  }
+
+  public var lun: UInt16
+  public var cdb: [UInt8]
+  public var direction: Direction
+
+  public init(lun: UInt16, cdb: [UInt8], direction: Direction = .none) {
+    self.lun = lun
+    self.cdb = cdb
+    self.direction = direction
+  }
+
+  public var expectedLength: Int {
+    switch direction {
+    case .none: return 0
+    case .read(let n): return n
+    case .write(let b): return b.readableBytes
+    }
+  }
+}
+
+/// What a finished command returned (RFC 7143 section 11.4).
+public struct SCSICompletion: Sendable {
+  public var status: UInt8
+  /// Sense data without the 2-byte SenseLength prefix; empty when there is none.
+  public var sense: [UInt8]
+  /// Read data; empty for other commands. Its length is what the target sent.
+  public var data: ByteBuffer
+  /// Residual count with its meaning: positive = underflow, negative = overflow.
+  public var residual: Int
+
+  public init(status: UInt8, sense: [UInt8] = [], data: ByteBuffer = ByteBuffer(), residual: Int = 0) {
+    self.status = status
+    self.sense = sense
+    self.data = data
+    self.residual = residual
+  }
+}
+
+/// One SCSI task from command to status: builds the command and its unsolicited data,
+/// answers R2Ts, assembles Data-In, and reads the status. Pure: the session fills in
+/// CmdSN and ExpStatSN when it sends what this returns.
+public struct SCSITask: Sendable {
+  public let itt: UInt32
+  public let command: SCSICommand
+  let limits: DataTransferLimits
+  private var readBuffer: ByteBuffer?
+  private var received = 0
+  private var nextDataSN: UInt32 = 0
+  private var nextR2TSN: UInt32 = 0
+  private var finalStatus: SCSICompletion?
+
+  public init(itt: UInt32, command: SCSICommand, limits: DataTransferLimits) {
+    self.itt = itt
+    self.command = command
+    self.limits = limits
+  }
+
+  /// The SCSI Command PDU, carrying immediate data when allowed, and the unsolicited
+  /// Data-Out PDUs that follow it (RFC 7143 sections 4.2.5.2 and 13.10-13.14: immediate and
+  /// unsolicited data together never exceed FirstBurstLength).
+  public func makeCommandPDUs() -> (command: ISCSIPDU, unsolicited: [ISCSIPDU]) {
+    var header = BasicHeaderSegment(opcode: .scsiCommand)
+    header.lun = LUNEncoding.encode(command.lun)
+    header.initiatorTaskTag = itt
+    header.expectedDataTransferLength = UInt32(command.expectedLength)
+    header.cdb = command.cdb
+    var flags = SCSICommandFlags.simple
+    var pdu = ISCSIPDU(header: header)
+    var unsolicited: [ISCSIPDU] = []
+
+    switch command.direction {
+    case .none:
+      break
+    case .read:
+      flags |= SCSICommandFlags.read
+    case .write(let data):
+      flags |= SCSICommandFlags.write
+      let total = data.readableBytes
+      let burst = min(total, limits.firstBurstLength)
+      var sent = 0
+      if limits.immediateData {
+        let n = min(burst, limits.maxSendDataSegmentLength)
+        pdu.data = data.getSlice(at: data.readerIndex, length: n)!
+        sent = n
+      }
+      if !limits.initialR2T {
+        var dataSN: UInt32 = 0
+        while sent < burst {
+          let n = min(burst - sent, limits.maxSendDataSegmentLength)
+          unsolicited.append(
+            dataOut(data: data, offset: sent, length: n, ttt: reservedTag, dataSN: dataSN, final: sent + n == burst))
+          dataSN += 1
+          sent += n
+        }
+      }
+    }
+    if unsolicited.isEmpty { flags |= SCSICommandFlags.final }
+    pdu.header.flags = flags
+    return (pdu, unsolicited)
+  }
+
+  private func dataOut(data: ByteBuffer, offset: Int, length: Int, ttt: UInt32, dataSN: UInt32, final: Bool)
+    -> ISCSIPDU
+  {
+    var h = BasicHeaderSegment(opcode: .dataOut, flags: final ? finalFlag : 0)
+    h.lun = LUNEncoding.encode(command.lun)
+    h.initiatorTaskTag = itt
+    h.targetTransferTag = ttt
+    h.dataSN = dataSN
+    h.bufferOffset = UInt32(offset)
+    return ISCSIPDU(header: h, data: data.getSlice(at: data.readerIndex + offset, length: length)!)
+  }
+
+  /// Answers an R2T with the Data-Out PDUs it asks for (RFC 7143 section 11.8). DataSN
+  /// starts at 0 for each R2T's sequence.
+  public mutating func handleR2T(_ header: BasicHeaderSegment) throws -> [ISCSIPDU] {
+    guard case .write(let data) = command.direction else {
+      throw ISCSIError(.protocolViolation, "target sent an R2T for task 0x\(hex(itt)), which writes nothing")
+    }
+    guard header.dataSN == nextR2TSN else {
+      throw ISCSIError(
+        .protocolViolation, "target sent R2TSN \(header.dataSN) for task 0x\(hex(itt)), expected \(nextR2TSN)")
+    }
+    nextR2TSN &+= 1
+    let offset = Int(header.bufferOffset)
+    let length = Int(header.desiredDataTransferLength)
+    guard length > 0, length <= limits.maxBurstLength, offset + length <= data.readableBytes else {
+      throw ISCSIError(
+        .protocolViolation,
+        "target sent an R2T for \(length) bytes at offset \(offset) of a \(data.readableBytes)-byte write (MaxBurstLength \(limits.maxBurstLength))"
+      )
+    }
+    var pdus: [ISCSIPDU] = []
+    var sent = 0
+    var dataSN: UInt32 = 0
+    while sent < length {
+      let n = min(length - sent, limits.maxSendDataSegmentLength)
+      pdus.append(
+        dataOut(
+          data: data, offset: offset + sent, length: n, ttt: header.targetTransferTag, dataSN: dataSN,
+          final: sent + n == length))
+      dataSN += 1
+      sent += n
+    }
+    return pdus
+  }
+
+  /// Takes a Data-In PDU. Returns the completion when it carries the status (S bit,
+  /// phase collapse, RFC 7143 section 11.7.4).
+  public mutating func handleDataIn(_ pdu: ISCSIPDU, allocator: ByteBufferAllocator) throws -> SCSICompletion? {
+    guard case .read(let expected) = command.direction else {
+      throw ISCSIError(.protocolViolation, "target sent Data-In for task 0x\(hex(itt)), which reads nothing")
+    }
+    let h = pdu.header
+    guard h.dataSN == nextDataSN else {
+      throw ISCSIError(
+        .protocolViolation, "target sent DataSN \(h.dataSN) for task 0x\(hex(itt)), expected \(nextDataSN)")
+    }
+    nextDataSN &+= 1
+    let offset = Int(h.bufferOffset)
+    let length = pdu.data.readableBytes
+    guard offset + length <= expected else {
+      throw ISCSIError(
+        .protocolViolation,
+        "target sent Data-In for bytes \(offset)..<\(offset + length) of a \(expected)-byte read")
+    }
+    if length > 0 {
+      if readBuffer == nil && offset == 0 && (length == expected || h.flags & DataInFlags.status != 0) {
+        readBuffer = pdu.data  // the whole read in one PDU: keep the slice, no copy
+      } else {
+        if readBuffer == nil || readBuffer!.capacity < expected {
+          var b = allocator.buffer(capacity: expected)
+          if var old = readBuffer {
+            b.writeBuffer(&old)
+          }
+          readBuffer = b
+        }
+        readBuffer!.setBuffer(pdu.data, at: readBuffer!.readerIndex + offset)
+        let end = offset + length
+        if readBuffer!.writerIndex - readBuffer!.readerIndex < end {
+          readBuffer!.moveWriterIndex(to: readBuffer!.readerIndex + end)
+        }
+      }
+      received += length
+    }
+    guard h.flags & DataInFlags.status != 0 else { return nil }
+    guard h.flags & DataInFlags.final != 0 else {
+      throw ISCSIError(.protocolViolation, "target sent a Data-In with status but without the F bit")
+    }
+    return SCSICompletion(status: h.scsiStatus, data: readBuffer ?? ByteBuffer(), residual: residual(h))
+  }
+
+  /// Takes the SCSI Response PDU that ends the task (RFC 7143 section 11.4).
+  public func handleResponse(_ pdu: ISCSIPDU) throws -> SCSICompletion {
+    let h = pdu.header
+    guard h.response == 0 else {
+      throw ISCSIError(
+        .sessionFailed, "target reported iSCSI response 0x\(String(h.response, radix: 16)) (target failure)")
+    }
+    var sense: [UInt8] = []
+    if pdu.data.readableBytes >= 2 {
+      let senseLength = Int(pdu.data.getInteger(at: pdu.data.readerIndex, as: UInt16.self)!)
+      let available = min(senseLength, pdu.data.readableBytes - 2)
+      sense = pdu.data.getBytes(at: pdu.data.readerIndex + 2, length: available) ?? []
+    }
+    return SCSICompletion(status: h.scsiStatus, sense: sense, data: readBuffer ?? ByteBuffer(), residual: residual(h))
+  }
+
+  private func residual(_ h: BasicHeaderSegment) -> Int {
+    if h.flags & DataInFlags.underflow != 0 { return Int(h.residualCount) }
+    if h.flags & DataInFlags.overflow != 0 { return -Int(h.residualCount) }
+    return 0
+  }
+
+  public var bytesReceived: Int { received }
+}
+
+@usableFromInline
+func hex(_ v: UInt32) -> String { String(v, radix: 16) }

@@ -1,0 +1,128 @@
+import ISCSIProtocol
+import NIOCore
+import XCTest
+
+/// How a write's data is cut into immediate data, unsolicited Data-Out and R2T-solicited
+/// Data-Out, and how Data-In is assembled (RFC 7143 sections 4.2.5.2, 11.7, 11.8, 13.10-13.14).
+final class SCSITaskTests: XCTestCase {
+  func payload(_ n: Int) -> ByteBuffer {
+    var b = ByteBuffer()
+    for i in 0..<n { b.writeInteger(UInt8(truncatingIfNeeded: i)) }
+    return b
+  }
+
+  func writeTask(_ n: Int, _ limits: DataTransferLimits) -> SCSITask {
+    SCSITask(itt: 5, command: SCSICommand(lun: 1, cdb: [0x2a], direction: .write(payload(n))), limits: limits)
+  }
+
+  func testImmediateAndUnsolicitedDataStopAtFirstBurstLength() {
+    let limits = DataTransferLimits(
+      maxSendDataSegmentLength: 512, firstBurstLength: 2048, maxBurstLength: 4096, initialR2T: false,
+      immediateData: true)
+    let (cmd, unsolicited) = writeTask(10_000, limits).makeCommandPDUs()
+    XCTAssertEqual(cmd.data.readableBytes, 512, "immediate data limited by the target's MaxRecvDataSegmentLength")
+    XCTAssertEqual(cmd.header.flags & SCSICommandFlags.final, 0, "F clear: unsolicited Data-Out follows")
+    XCTAssertEqual(cmd.header.expectedDataTransferLength, 10_000)
+    XCTAssertEqual(unsolicited.map { Int($0.header.bufferOffset) }, [512, 1024, 1536])
+    XCTAssertEqual(unsolicited.map { $0.data.readableBytes }, [512, 512, 512])
+    XCTAssertEqual(unsolicited.map { $0.header.dataSN }, [0, 1, 2])
+    XCTAssertEqual(unsolicited.map { $0.header.flags & finalFlag != 0 }, [false, false, true])
+    XCTAssertTrue(unsolicited.allSatisfy { $0.header.targetTransferTag == reservedTag })
+    let total = cmd.data.readableBytes + unsolicited.reduce(0) { $0 + $1.data.readableBytes }
+    XCTAssertEqual(total, 2048, "immediate + unsolicited = FirstBurstLength")
+  }
+
+  func testInitialR2TYesAndImmediateDataNoSendsNothingUnsolicited() {
+    let limits = DataTransferLimits(initialR2T: true, immediateData: false)
+    let (cmd, unsolicited) = writeTask(4096, limits).makeCommandPDUs()
+    XCTAssertEqual(cmd.data.readableBytes, 0)
+    XCTAssertTrue(unsolicited.isEmpty)
+    XCTAssertNotEqual(cmd.header.flags & SCSICommandFlags.final, 0)
+    XCTAssertNotEqual(cmd.header.flags & SCSICommandFlags.write, 0)
+  }
+
+  func testSmallWriteFitsInImmediateData() {
+    let limits = DataTransferLimits(maxSendDataSegmentLength: 8192, initialR2T: false, immediateData: true)
+    let (cmd, unsolicited) = writeTask(4096, limits).makeCommandPDUs()
+    XCTAssertEqual(cmd.data.readableBytes, 4096)
+    XCTAssertTrue(unsolicited.isEmpty)
+    XCTAssertNotEqual(cmd.header.flags & SCSICommandFlags.final, 0)
+  }
+
+  func testR2TIsAnsweredWithSegmentsOfTheRequestedRange() throws {
+    var task = writeTask(
+      10_000, DataTransferLimits(maxSendDataSegmentLength: 1000, maxBurstLength: 4096, initialR2T: true, immediateData: false))
+    var r2t = BasicHeaderSegment(opcode: .readyToTransfer, flags: finalFlag)
+    r2t.initiatorTaskTag = 5
+    r2t.targetTransferTag = 0xabc
+    r2t.dataSN = 0  // R2TSN
+    r2t.bufferOffset = 4096
+    r2t.desiredDataTransferLength = 2500
+    let out = try task.handleR2T(r2t)
+    XCTAssertEqual(out.map { Int($0.header.bufferOffset) }, [4096, 5096, 6096])
+    XCTAssertEqual(out.map { $0.data.readableBytes }, [1000, 1000, 500])
+    XCTAssertEqual(out.map { $0.header.dataSN }, [0, 1, 2], "DataSN restarts at 0 for each R2T")
+    XCTAssertTrue(out.allSatisfy { $0.header.targetTransferTag == 0xabc })
+    XCTAssertEqual(out.last!.header.flags & finalFlag, finalFlag)
+    XCTAssertEqual(out[0].data.getInteger(at: out[0].data.readerIndex, as: UInt8.self), UInt8(truncatingIfNeeded: 4096))
+    // The next R2T must carry R2TSN 1.
+    r2t.bufferOffset = 0
+    r2t.desiredDataTransferLength = 100
+    XCTAssertThrowsError(try task.handleR2T(r2t), "R2TSN 0 again")
+  }
+
+  func testR2TOutsideTheBufferOrBeyondMaxBurstIsRefused() {
+    var task = writeTask(4096, DataTransferLimits(maxBurstLength: 2048))
+    var r2t = BasicHeaderSegment(opcode: .readyToTransfer)
+    r2t.bufferOffset = 0
+    r2t.desiredDataTransferLength = 4096
+    XCTAssertThrowsError(try task.handleR2T(r2t), "beyond MaxBurstLength")
+    var task2 = writeTask(4096, DataTransferLimits(maxBurstLength: 65536))
+    r2t.bufferOffset = 2048
+    r2t.desiredDataTransferLength = 4096
+    XCTAssertThrowsError(try task2.handleR2T(r2t), "beyond the end of the write")
+  }
+
+  func dataIn(offset: Int, bytes: [UInt8], dataSN: UInt32, status: Bool) -> ISCSIPDU {
+    var h = BasicHeaderSegment(opcode: .dataIn, flags: status ? (DataInFlags.final | DataInFlags.status) : 0)
+    h.initiatorTaskTag = 9
+    h.bufferOffset = UInt32(offset)
+    h.dataSN = dataSN
+    var b = ByteBuffer()
+    b.writeBytes(bytes)
+    return ISCSIPDU(header: h, data: b)
+  }
+
+  func testDataInIsAssembledInOrderAndCompletesOnStatus() throws {
+    var task = SCSITask(itt: 9, command: SCSICommand(lun: 0, cdb: [0x28], direction: .read(8)), limits: .init())
+    XCTAssertNil(try task.handleDataIn(dataIn(offset: 0, bytes: [1, 2, 3, 4], dataSN: 0, status: false), allocator: .init()))
+    let done = try XCTUnwrap(
+      try task.handleDataIn(dataIn(offset: 4, bytes: [5, 6, 7, 8], dataSN: 1, status: true), allocator: .init()))
+    XCTAssertEqual(done.status, 0)
+    XCTAssertEqual(Array(done.data.readableBytesView), [1, 2, 3, 4, 5, 6, 7, 8])
+  }
+
+  func testDataInBeyondTheExpectedLengthOrOutOfSequenceIsRefused() {
+    var task = SCSITask(itt: 9, command: SCSICommand(lun: 0, cdb: [0x28], direction: .read(8)), limits: .init())
+    XCTAssertThrowsError(try task.handleDataIn(dataIn(offset: 6, bytes: [1, 2, 3, 4], dataSN: 0, status: true), allocator: .init()))
+    var task2 = SCSITask(itt: 9, command: SCSICommand(lun: 0, cdb: [0x28], direction: .read(8)), limits: .init())
+    XCTAssertThrowsError(try task2.handleDataIn(dataIn(offset: 0, bytes: [1], dataSN: 3, status: false), allocator: .init()))
+    var task3 = SCSITask(itt: 9, command: SCSICommand(lun: 0, cdb: [0x2a], direction: .write(payload(8))), limits: .init())
+    XCTAssertThrowsError(try task3.handleDataIn(dataIn(offset: 0, bytes: [1], dataSN: 0, status: false), allocator: .init()))
+  }
+
+  func testSCSIResponseCarriesSenseAndResidual() throws {
+    let task = SCSITask(itt: 9, command: SCSICommand(lun: 0, cdb: [0x28], direction: .read(512)), limits: .init())
+    var h = BasicHeaderSegment(opcode: .scsiResponse, flags: finalFlag | DataInFlags.underflow)
+    h.scsiStatus = 0x02
+    h.residualCount = 512
+    var data = ByteBuffer()
+    data.writeInteger(UInt16(18))
+    data.writeBytes([0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0, 0, 0, 0, 0])
+    let c = try task.handleResponse(ISCSIPDU(header: h, data: data))
+    XCTAssertEqual(c.status, 0x02)
+    XCTAssertEqual(c.sense.count, 18)
+    XCTAssertEqual(c.sense[2], 0x05)
+    XCTAssertEqual(c.residual, 512)
+  }
+}
