@@ -120,7 +120,7 @@ public struct CHAPInitiator: Sendable {
   /// Throws when the configuration is unsafe: RFC 7143 section 9.2.1 forbids using the
   /// same secret for initiator and target authentication.
   public init(
-    configuration: CHAPConfiguration, randomBytes: RandomBytes = systemRandomBytes,
+    configuration: CHAPConfiguration, randomBytes: @escaping RandomBytes = systemRandomBytes,
     compare: @escaping @Sendable ([UInt8], [UInt8]) -> Bool = { CHAP.constantTimeEqual($0, $1) }
   ) throws {
     guard !configuration.algorithms.isEmpty else {
