@@ -164,13 +164,15 @@ public struct LoginStateMachine: Sendable {
     }
 
     // RFC 7143 section 11.13.2: C set means more text follows; answer with an empty
-    // request (T=0) until C is clear. T and C together are forbidden (11.13.1).
+    // request until C is clear. T and C together are forbidden in a response (11.13.1).
+    // The empty request keeps our previous T/NSG: our own text is complete (C=0), and the
+    // target may then transit in the response that ends its text.
     if h.textContinue {
       guard !h.loginTransit else {
         throw ISCSIError(.protocolViolation, "Login Response with both T and C set (RFC 7143 section 11.13.1)")
       }
       _ = try accumulator.append(pdu.data, continues: true)
-      return .send(try request(transit: false, nsg: nil, keys: []))
+      return .send(try request(transit: lastRequestTransit, nsg: lastRequestNSG, keys: []))
     }
     let pairs = try accumulator.append(pdu.data, continues: false) ?? []
 
@@ -210,7 +212,7 @@ public struct LoginStateMachine: Sendable {
       outgoing += negotiation.nextKeys(includeOffers: false)
       let authDone: Bool
       switch auth {
-      case .done, .responded: authDone = true
+      case .none, .done, .responded: authDone = true
       default: authDone = false
       }
       return .send(try request(transit: authDone, nsg: .operationalNegotiation, keys: outgoing))
@@ -287,6 +289,11 @@ public struct LoginStateMachine: Sendable {
       if targetTransits { auth = .done }
     }
 
+    if targetTransits, case .none = auth {
+      // No credentials: nothing to prove either way, even if the target left AuthMethod
+      // unanswered.
+      auth = .done
+    }
     if targetTransits {
       guard case .done = auth else {
         // The target leaves the security stage before we authenticated it (mutual) or
