@@ -17,9 +17,9 @@ public struct LoginConfiguration: Sendable {
   /// nil for a discovery session (RFC 7143 section 13.4: TargetName is not sent then).
   public var targetName: String?
   public var sessionType: SessionType
-  /// 48-bit ISID (RFC 7143 section 11.12.5).
+  /// 48-bit ISID (RFC 7143 section 11.12.6).
   public var isid: UInt64
-  /// 0 for a new session, the old TSIH to reinstate or add a connection (section 6.3.5).
+  /// 0 for a new session, the old TSIH to add a connection (sections 6.3.5, 11.12.7).
   public var tsih: UInt16
   public var cid: UInt16
   public var chap: CHAPConfiguration?
@@ -90,7 +90,7 @@ public struct LoginConfiguration: Sendable {
     self.sendMarkerKeys = sendMarkerKeys
   }
 
-  /// RFC 7143 section 11.12.5: ISID type T=10b ("Random"): A reserved (0), B and C a
+  /// RFC 7143 section 11.12.6: ISID type T=10b ("Random"): A reserved (0), B and C a
   /// random qualifier, D a qualifier; byte 0 is therefore 0x80.
   public static func randomISID(randomBytes: RandomBytes = systemRandomBytes) -> UInt64 {
     var v: UInt64 = 0x80

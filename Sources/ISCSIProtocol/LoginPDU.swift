@@ -15,7 +15,7 @@ public enum LoginStage: UInt8, Sendable, Comparable, CustomStringConvertible {
   }
 }
 
-/// Byte 1 of Login Request/Response (RFC 7143 sections 11.12.1, 11.13.1) and the C bit of
+/// Byte 1 of Login Request/Response (RFC 7143 sections 11.12.1-3, 11.13.6-7) and the C bit of
 /// Text Request/Response (11.10.2, 11.11.2).
 public enum LoginFlags {
   /// T: transit to NSG.

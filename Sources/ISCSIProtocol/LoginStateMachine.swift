@@ -154,22 +154,22 @@ public struct LoginStateMachine: Sendable {
       phase = .finished
       return try statusAction(h, data: pdu.data)
     }
-    // RFC 7143 section 11.13.3: Version-active must be one we support (0, section 11.12.4).
+    // RFC 7143 section 11.13.2: Version-active must be one we support (0, section 11.12.4).
     guard h.loginVersionMinOrActive == 0 else {
       throw ISCSIError(.protocolViolation, "target chose iSCSI version \(h.loginVersionMinOrActive); we speak version 0")
     }
     guard h.loginCSGRaw == stage.rawValue else {
       throw ISCSIError(
-        .protocolViolation, "Login Response for stage \(h.loginCSGRaw) while we are in \(stage) (RFC 7143 section 11.13.3)")
+        .protocolViolation, "Login Response for stage \(h.loginCSGRaw) while we are in \(stage) (RFC 7143 section 11.12.3)")
     }
 
-    // RFC 7143 section 11.13.2: C set means more text follows; answer with an empty
-    // request until C is clear. T and C together are forbidden in a response (11.13.1).
+    // RFC 7143 section 11.13.7: C set means more text follows; answer with an empty
+    // request until C is clear. T and C together are forbidden in a response (11.13.7).
     // The empty request keeps our previous T/NSG: our own text is complete (C=0), and the
     // target may then transit in the response that ends its text.
     if h.textContinue {
       guard !h.loginTransit else {
-        throw ISCSIError(.protocolViolation, "Login Response with both T and C set (RFC 7143 section 11.13.1)")
+        throw ISCSIError(.protocolViolation, "Login Response with both T and C set (RFC 7143 section 11.13.7)")
       }
       _ = try accumulator.append(pdu.data, continues: true)
       return .send(try request(transit: lastRequestTransit, nsg: lastRequestNSG, keys: []))
@@ -178,14 +178,14 @@ public struct LoginStateMachine: Sendable {
 
     var nextStage: LoginStage? = nil
     if h.loginTransit {
-      // RFC 7143 section 11.13.1: the target may set T only if we did, and NSG may not go
+      // RFC 7143 section 11.13.6: the target may set T only if we did, and NSG may not go
       // beyond the stage we asked for.
       guard lastRequestTransit, let asked = lastRequestNSG, let nsg = LoginStage(rawValue: h.loginNSGRaw),
         nsg > stage, nsg <= asked
       else {
         throw ISCSIError(
           .protocolViolation,
-          "target set T with NSG \(h.loginNSGRaw) that we did not ask for (RFC 7143 section 11.13.1)")
+          "target set T with NSG \(h.loginNSGRaw) that we did not ask for (RFC 7143 section 11.13.6)")
       }
       nextStage = nsg
     }
@@ -310,10 +310,10 @@ public struct LoginStateMachine: Sendable {
 
   private mutating func complete(_ h: BasicHeaderSegment) throws -> LoginAction {
     phase = .finished
-    // RFC 7143 section 11.13.6: the final response of a leading login carries the new TSIH;
+    // RFC 7143 section 11.13.3: the final response of a leading login carries the new TSIH;
     // when we reinstate or add a connection it must be the one we sent.
     guard h.tsih != 0 else {
-      throw ISCSIError(.protocolViolation, "final Login Response has TSIH 0 (RFC 7143 section 11.13.6)")
+      throw ISCSIError(.protocolViolation, "final Login Response has TSIH 0 (RFC 7143 section 11.13.3)")
     }
     if configuration.tsih != 0 && h.tsih != configuration.tsih {
       throw ISCSIError(
@@ -380,19 +380,19 @@ public struct LoginStateMachine: Sendable {
   ]
 
   /// A Login Request (RFC 7143 section 11.12): immediate, CmdSN unchanged for the whole
-  /// login (11.12.8... the Login Request is immediate and does not advance CmdSN).
+  /// login (the Login Request is immediate and does not advance CmdSN; section 11.12.9).
   private mutating func request(transit: Bool, nsg: LoginStage?, keys: [TextKeyValue]) throws -> ISCSIPDU {
     var h = BasicHeaderSegment(
       opcode: .loginRequest, immediate: true,
       flags: LoginFlags.make(transit: transit, csg: stage, nsg: nsg))
     h.loginVersionMax = 0  // 11.12.4
-    h.loginVersionMinOrActive = 0
-    h.isid = configuration.isid  // 11.12.5
-    h.tsih = configuration.tsih  // 11.12.6
+    h.loginVersionMinOrActive = 0  // 11.12.5
+    h.isid = configuration.isid  // 11.12.6
+    h.tsih = configuration.tsih  // 11.12.7
     h.initiatorTaskTag = initiatorTaskTag
-    h.cid = configuration.cid  // 11.12.7
-    h.cmdSN = cmdSN  // 11.12.8
-    h.expStatSN = expStatSN  // 11.12.9
+    h.cid = configuration.cid  // 11.12.8
+    h.cmdSN = cmdSN  // 11.12.9
+    h.expStatSN = expStatSN  // 11.12.10
     let bytes = try TextKeys.encode(keys)
     guard bytes.count <= Self.loginSegmentLimit else {
       throw ISCSIError(.negotiationFailed, "login text of \(bytes.count) bytes exceeds 8192 (RFC 7143 section 13.12)")

@@ -226,7 +226,7 @@ public enum TextValue {
 }
 
 /// Joins the data segments of a multi-PDU text (Login or Text Response with the C bit,
-/// RFC 7143 sections 11.11.2 and 11.13.2): a key=value pair may be split across PDUs, so
+/// RFC 7143 sections 11.11.2 and 11.13.7): a key=value pair may be split across PDUs, so
 /// nothing is decoded until a PDU arrives with C clear. The total is bounded.
 public struct TextAccumulator: Sendable {
   public static let defaultLimit = 64 * 1024
