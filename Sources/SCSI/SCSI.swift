@@ -1,1 +1,0 @@
-// SCSI: pure CDB builders and parsers. Filled in by SCSI*.swift.
