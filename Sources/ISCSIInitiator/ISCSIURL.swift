@@ -25,7 +25,7 @@ public struct ISCSIURL: Equatable, Sendable, CustomStringConvertible {
   public init(parsing text: String) throws {
     let scheme = "iscsi://"
     guard text.lowercased().hasPrefix(scheme) else {
-      throw URLError("'\(text)' is not an iSCSI URL: expected iscsi://HOST[:PORT]/TARGET-IQN/LUN")
+      throw ISCSIURLError("'\(text)' is not an iSCSI URL: expected iscsi://HOST[:PORT]/TARGET-IQN/LUN")
     }
     var rest = Substring(text.dropFirst(scheme.count))
     query = [:]
@@ -37,7 +37,7 @@ public struct ISCSIURL: Equatable, Sendable, CustomStringConvertible {
       rest = rest[..<q]
     }
     guard let slash = rest.firstIndex(of: "/") else {
-      throw URLError("'\(text)' names no target: expected iscsi://HOST[:PORT]/TARGET-IQN/LUN")
+      throw ISCSIURLError("'\(text)' names no target: expected iscsi://HOST[:PORT]/TARGET-IQN/LUN")
     }
     var authority = rest[..<slash]
     let path = rest[rest.index(after: slash)...]
@@ -52,25 +52,25 @@ public struct ISCSIURL: Equatable, Sendable, CustomStringConvertible {
       } else {
         user = String(credentials)
       }
-      if user?.isEmpty == true { throw URLError("empty user name in '\(text)'") }
+      if user?.isEmpty == true { throw ISCSIURLError("empty user name in '\(text)'") }
     }
-    guard !authority.isEmpty else { throw URLError("'\(text)' names no host") }
+    guard !authority.isEmpty else { throw ISCSIURLError("'\(text)' names no host") }
     portal = try Portal(parsing: String(authority))
     let parts = path.split(separator: "/", omittingEmptySubsequences: false)
     guard let target = parts.first, !target.isEmpty else {
-      throw URLError("'\(text)' names no target: expected iscsi://HOST[:PORT]/TARGET-IQN/LUN")
+      throw ISCSIURLError("'\(text)' names no target: expected iscsi://HOST[:PORT]/TARGET-IQN/LUN")
     }
     targetName = String(target)
     switch parts.count {
     case 1:
-      throw URLError("'\(text)' names no LUN: expected iscsi://HOST[:PORT]/TARGET-IQN/LUN")
+      throw ISCSIURLError("'\(text)' names no LUN: expected iscsi://HOST[:PORT]/TARGET-IQN/LUN")
     case 2:
       guard let n = UInt16(parts[1]), n < 16384 else {
-        throw URLError("invalid LUN '\(parts[1])' in '\(text)': expected a number from 0 to 16383")
+        throw ISCSIURLError("invalid LUN '\(parts[1])' in '\(text)': expected a number from 0 to 16383")
       }
       lun = n
     default:
-      throw URLError("'\(text)' has extra path parts: expected iscsi://HOST[:PORT]/TARGET-IQN/LUN")
+      throw ISCSIURLError("'\(text)' has extra path parts: expected iscsi://HOST[:PORT]/TARGET-IQN/LUN")
     }
   }
 

@@ -13,12 +13,12 @@ public struct Portal: Hashable, Sendable, CustomStringConvertible {
   public init(parsing text: String) throws {
     func port(_ s: Substring) throws -> Int {
       guard let p = Int(s), (1...65535).contains(p) else {
-        throw URLError("invalid port '\(s)' in portal '\(text)'")
+        throw ISCSIURLError("invalid port '\(s)' in portal '\(text)'")
       }
       return p
     }
     if text.hasPrefix("[") {
-      guard let close = text.firstIndex(of: "]") else { throw URLError("missing ']' in portal '\(text)'") }
+      guard let close = text.firstIndex(of: "]") else { throw ISCSIURLError("missing ']' in portal '\(text)'") }
       host = String(text[text.index(after: text.startIndex)..<close])
       let rest = text[text.index(after: close)...]
       if rest.isEmpty {
@@ -26,7 +26,7 @@ public struct Portal: Hashable, Sendable, CustomStringConvertible {
       } else if rest.hasPrefix(":") {
         self.port = try port(rest.dropFirst())
       } else {
-        throw URLError("unexpected '\(rest)' after ']' in portal '\(text)'")
+        throw ISCSIURLError("unexpected '\(rest)' after ']' in portal '\(text)'")
       }
     } else if text.filter({ $0 == ":" }).count > 1 {
       host = text  // a bare IPv6 address
@@ -38,7 +38,7 @@ public struct Portal: Hashable, Sendable, CustomStringConvertible {
       host = text
       self.port = Portal.defaultPort
     }
-    guard !host.isEmpty else { throw URLError("missing host in portal '\(text)'") }
+    guard !host.isEmpty else { throw ISCSIURLError("missing host in portal '\(text)'") }
   }
 
   /// `host:port`, with IPv6 hosts in brackets (as iscsiadm prints portals).
@@ -48,7 +48,7 @@ public struct Portal: Hashable, Sendable, CustomStringConvertible {
 }
 
 /// A malformed URL or portal; the message says what is wrong and where.
-public struct URLError: Error, CustomStringConvertible, Equatable {
+public struct ISCSIURLError: Error, CustomStringConvertible, Equatable {
   public var message: String
   public init(_ message: String) { self.message = message }
   public var description: String { message }

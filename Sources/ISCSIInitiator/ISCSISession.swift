@@ -1,0 +1,830 @@
+import ISCSIProtocol
+import Logging
+import NIOCore
+import NIOPosix
+
+/// Settings of one iSCSI session. Timeouts carry the names `info` prints.
+public struct SessionConfiguration: Sendable {
+  public var portal: Portal
+  public var login: LoginConfiguration
+  /// TCP connect plus the whole login exchange.
+  public var loginTimeout: TimeAmount = .seconds(15)
+  /// NOP-Out ping interval and how long its answer may take before the connection is dead.
+  public var keepaliveInterval: TimeAmount = .seconds(5)
+  public var keepaliveTimeout: TimeAmount = .seconds(5)
+  /// A command without status after this long is aborted (ABORT TASK), then the
+  /// connection is dropped and the session reinstated.
+  public var commandTimeout: TimeAmount = .seconds(30)
+  /// While the connection is lost, commands wait this long for a reinstated session
+  /// before they fail.
+  public var recoveryTimeout: TimeAmount = .seconds(120)
+  /// Login redirects followed for one connection attempt (redirect loops are refused).
+  public var maxRedirects = 8
+  /// How often a command that came back with UNIT ATTENTION, BUSY or TASK SET FULL is
+  /// sent again before its status is returned.
+  public var maxRetries = 8
+
+  public init(portal: Portal, login: LoginConfiguration) {
+    self.portal = portal
+    self.login = login
+  }
+}
+
+/// One iSCSI session over one TCP connection (MaxConnections = 1, ErrorRecoveryLevel 0).
+/// It logs in, runs SCSI commands, answers pings, keeps the connection alive with
+/// NOP-Outs, and on a lost connection reinstates the session (same ISID, RFC 7143 section
+/// 6.3.5) and sends again every command that had not completed.
+///
+/// All state lives on one event loop; the public methods hop there.
+public final class ISCSISession: @unchecked Sendable {
+  public let eventLoop: EventLoop
+  public let configuration: SessionConfiguration
+  var logger: Logger
+
+  public enum State: Equatable, Sendable {
+    case idle, loggingIn, fullFeature, recovering, closing, closed
+  }
+  public private(set) var state: State = .idle
+  /// The parameters of the current (or last) login.
+  public private(set) var parameters: NegotiatedParameters?
+  /// The portal the current connection reached (after redirects).
+  public private(set) var connectedPortal: Portal?
+  public private(set) var tsih: UInt16 = 0
+  /// Counters, for `info` and tests.
+  public private(set) var reinstatements = 0
+  public private(set) var commandsRetried = 0
+
+  private var channel: Channel?
+  private var handler: PDUChannelHandler?
+  private var login: LoginStateMachine?
+  private var loginPromise: EventLoopPromise<Void>?
+  private var loginTimer: Scheduled<Void>?
+  private var redirects = 0
+  private var window = CommandWindow(cmdSN: 1, expCmdSN: 1, maxCmdSN: 1)
+  private var expStatSN: UInt32 = 0
+  private var nextTag: UInt32 = 1
+  private var limits = DataTransferLimits()
+
+  private struct Pending {
+    var command: SCSICommand
+    var promise: EventLoopPromise<SCSICompletion>
+    var queuedAt: NIODeadline
+    var retries = 0
+  }
+  private struct InFlight {
+    var pending: Pending
+    var task: SCSITask
+    var cmdSN: UInt32
+    var sentAt: NIODeadline
+    var aborting: UInt32? = nil  // ITT of the ABORT TASK sent for it
+  }
+  private var inFlight: [UInt32: InFlight] = [:]
+  private var queue = CircularBuffer<Pending>()
+  private var textPromise: EventLoopPromise<[UInt8]>?
+  private var textData: [UInt8] = []
+  private var textITT: UInt32 = 0
+  private var logoutPromise: EventLoopPromise<Void>?
+  private var managementTasks: [UInt32: (ref: UInt32, sentAt: NIODeadline)] = [:]
+  private var pingITT: UInt32?
+  private var pingSentAt: NIODeadline = .now()
+  private var lastPing: NIODeadline = .now()
+  private var tick: RepeatedTask?
+  private var recoveryAttempt = 0
+  private var recoveryStarted: NIODeadline = .now()
+
+  init(configuration: SessionConfiguration, eventLoop: EventLoop, logger: Logger) {
+    self.configuration = configuration
+    self.eventLoop = eventLoop
+    self.logger = logger
+    self.logger[metadataKey: "portal"] = "\(configuration.portal)"
+  }
+
+  /// Connects and logs in. Fails within `loginTimeout` with an `ISCSIError` that says
+  /// why (unreachable portal, unknown target, authentication failure, ...).
+  public static func connect(
+    _ configuration: SessionConfiguration, on eventLoop: EventLoop,
+    logger: Logger = Logger(label: "lunbridge.iscsi")
+  ) -> EventLoopFuture<ISCSISession> {
+    let session = ISCSISession(configuration: configuration, eventLoop: eventLoop, logger: logger)
+    return eventLoop.flatSubmit {
+      session.establish(portal: configuration.portal).map { session }
+    }
+  }
+
+  public static func connect(
+    _ configuration: SessionConfiguration, on eventLoop: EventLoop,
+    logger: Logger = Logger(label: "lunbridge.iscsi")
+  ) async throws -> ISCSISession {
+    try await connect(configuration, on: eventLoop, logger: logger).get()
+  }
+
+  // MARK: - Connecting and logging in
+
+  /// One connection attempt with login, following redirects.
+  private func establish(portal: Portal) -> EventLoopFuture<Void> {
+    eventLoop.assertInEventLoop()
+    redirects = 0
+    let promise = eventLoop.makePromise(of: Void.self)
+    loginTimer = eventLoop.scheduleTask(in: configuration.loginTimeout) { [self] in
+      failLogin(ISCSIError(.timeout, "login to \(portal) timed out after \(seconds(configuration.loginTimeout)) s"))
+    }
+    loginPromise = promise
+    connectAndLogin(portal)
+    return promise.futureResult
+  }
+
+  private func connectAndLogin(_ portal: Portal) {
+    state = .loggingIn
+    let handler = PDUChannelHandler()
+    let bootstrap = ClientBootstrap(group: eventLoop)
+      .connectTimeout(configuration.loginTimeout)
+      .channelOption(.socketOption(.tcp_nodelay), value: 1)
+      .channelInitializer { [self] channel in
+        channel.eventLoop.makeCompletedFuture {
+          try channel.pipeline.syncOperations.addHandler(handler)
+          try channel.pipeline.syncOperations.addHandler(SessionInboundHandler(session: self))
+        }
+      }
+    bootstrap.connect(host: portal.host, port: portal.port).hop(to: eventLoop).whenComplete { [self] result in
+      switch result {
+      case .failure(let error):
+        failLogin(ISCSIError(.connectionClosed, "cannot connect to portal \(portal): \(describe(error))"))
+      case .success(let channel):
+        guard loginPromise != nil else {
+          channel.close(promise: nil)
+          return
+        }
+        self.channel = channel
+        self.handler = handler
+        self.connectedPortal = portal
+        startLogin(on: channel)
+      }
+    }
+  }
+
+  private func startLogin(on channel: Channel) {
+    var loginConfiguration = configuration.login
+    loginConfiguration.tsih = 0  // ERL 0: a new login reinstates the session by ISID
+    var machine = LoginStateMachine(configuration: loginConfiguration, initialCmdSN: window.nextCmdSN, itt: allocateTag())
+    do {
+      let first = try machine.start()
+      login = machine
+      channel.writeAndFlush(first, promise: nil)
+    } catch {
+      failLogin(error)
+    }
+  }
+
+  private func handleLoginPDU(_ pdu: ISCSIPDU) {
+    guard var machine = login else { return }
+    do {
+      let action = try machine.receive(pdu)
+      login = machine
+      switch action {
+      case .send(let next):
+        channel?.writeAndFlush(next, promise: nil)
+      case .redirect(let address):
+        redirects += 1
+        let target = Portal(host: address.host, port: address.port)
+        guard redirects <= configuration.maxRedirects else {
+          failLogin(
+            ISCSIError(
+              .redirectLoop, "login redirected more than \(configuration.maxRedirects) times (last to \(target))"))
+          return
+        }
+        logger.notice("login redirected", metadata: ["to": "\(target)", "permanent": "\(address.permanent)"])
+        let old = channel
+        channel = nil
+        login = nil
+        old?.close(promise: nil)
+        connectAndLogin(target)
+      case .complete(let negotiated, let completion):
+        login = nil
+        loginCompleted(negotiated, completion)
+      }
+    } catch {
+      failLogin(error)
+    }
+  }
+
+  private func loginCompleted(_ negotiated: NegotiatedParameters, _ completion: LoginCompletion) {
+    loginTimer?.cancel()
+    loginTimer = nil
+    parameters = negotiated
+    tsih = completion.tsih
+    expStatSN = completion.statSN &+ 1
+    window = CommandWindow(cmdSN: window.nextCmdSN, expCmdSN: completion.expCmdSN, maxCmdSN: completion.maxCmdSN)
+    window.update(expCmdSN: completion.expCmdSN, maxCmdSN: completion.maxCmdSN)
+    limits = DataTransferLimits(
+      maxSendDataSegmentLength: negotiated.maxSendDataSegmentLength,
+      firstBurstLength: negotiated.firstBurstLength,
+      maxBurstLength: negotiated.maxBurstLength,
+      initialR2T: negotiated.initialR2T,
+      immediateData: negotiated.immediateData,
+      maxOutstandingR2T: negotiated.maxOutstandingR2T)
+    handler?.apply(
+      FramingParameters(
+        headerDigest: negotiated.headerDigest, dataDigest: negotiated.dataDigest,
+        maxRecvDataSegmentLength: negotiated.maxRecvDataSegmentLength,
+        maxSendDataSegmentLength: negotiated.maxSendDataSegmentLength))
+    state = .fullFeature
+    recoveryAttempt = 0
+    lastPing = .now()
+    pingITT = nil
+    startTicking()
+    logger.info(
+      "logged in",
+      metadata: [
+        "target": "\(configuration.login.targetName ?? "discovery")", "tsih": "\(tsih)",
+        "headerDigest": "\(negotiated.headerDigest)", "dataDigest": "\(negotiated.dataDigest)",
+      ])
+    let promise = loginPromise
+    loginPromise = nil
+    promise?.succeed(())
+    pump()
+  }
+
+  private func failLogin(_ error: Error) {
+    loginTimer?.cancel()
+    loginTimer = nil
+    login = nil
+    let old = channel
+    channel = nil
+    handler = nil
+    old?.close(promise: nil)
+    guard let promise = loginPromise else { return }
+    loginPromise = nil
+    if state == .loggingIn { state = reinstatements > 0 || !inFlight.isEmpty || !queue.isEmpty ? .recovering : .idle }
+    promise.fail(error)
+  }
+
+  // MARK: - Running commands
+
+  /// Runs one SCSI command. UNIT ATTENTION, BUSY and TASK SET FULL are retried; a lost
+  /// connection reinstates the session and sends the command again; CHECK CONDITION
+  /// with other sense is returned to the caller in the completion.
+  public func execute(_ command: SCSICommand) -> EventLoopFuture<SCSICompletion> {
+    let promise = eventLoop.makePromise(of: SCSICompletion.self)
+    if eventLoop.inEventLoop {
+      enqueue(Pending(command: command, promise: promise, queuedAt: .now()))
+    } else {
+      eventLoop.execute { self.enqueue(Pending(command: command, promise: promise, queuedAt: .now())) }
+    }
+    return promise.futureResult
+  }
+
+  public func execute(_ command: SCSICommand) async throws -> SCSICompletion {
+    try await execute(command).get()
+  }
+
+  private func enqueue(_ pending: Pending) {
+    switch state {
+    case .closing, .closed, .idle:
+      pending.promise.fail(ISCSIError(.sessionFailed, "the iSCSI session to \(configuration.portal) is closed"))
+    default:
+      queue.append(pending)
+      pump()
+    }
+  }
+
+  /// Sends queued commands while the window is open.
+  private func pump() {
+    guard state == .fullFeature, let channel else { return }
+    var wrote = false
+    while !queue.isEmpty && window.isOpen {
+      let pending = queue.removeFirst()
+      let itt = allocateTag()
+      let task = SCSITask(itt: itt, command: pending.command, limits: limits)
+      var (command, unsolicited) = task.makeCommandPDUs()
+      let cmdSN = window.take()
+      command.header.cmdSN = cmdSN
+      command.header.expStatSN = expStatSN
+      inFlight[itt] = InFlight(pending: pending, task: task, cmdSN: cmdSN, sentAt: .now())
+      channel.write(command, promise: nil)
+      for var pdu in unsolicited {
+        pdu.header.expStatSN = expStatSN
+        channel.write(pdu, promise: nil)
+      }
+      wrote = true
+    }
+    if wrote { channel.flush() }
+  }
+
+  private func allocateTag() -> UInt32 {
+    repeat {
+      nextTag &+= 1
+    } while nextTag == reservedTag || inFlight[nextTag] != nil || nextTag == 0
+    return nextTag
+  }
+
+  // MARK: - Inbound PDUs
+
+  fileprivate func receive(_ pdu: ISCSIPDU, from channel: Channel) {
+    guard channel === self.channel else { return }  // a late PDU from a connection we left
+    if state == .loggingIn {
+      guard pdu.opcode == .loginResponse else {
+        connectionFailed(
+          ISCSIError(.protocolViolation, "target sent a \(pdu.opcode) during login"), channel: channel)
+        return
+      }
+      handleLoginPDU(pdu)
+      return
+    }
+    let h = pdu.header
+    // Every target PDU in full feature phase carries ExpCmdSN/MaxCmdSN (RFC 7143 section 11).
+    if case .ignored(let reason) = window.update(expCmdSN: h.expCmdSN, maxCmdSN: h.maxCmdSN) {
+      logger.warning("ignored a command window update from the target: \(reason)")
+    }
+    switch pdu.opcode {
+    case .dataIn:
+      if h.flags & DataInFlags.status != 0 { advanceStatSN(h.statSN) }
+      guard var entry = inFlight[h.initiatorTaskTag] else {
+        return connectionFailed(
+          ISCSIError(.protocolViolation, "target sent Data-In for unknown task 0x\(hex(h.initiatorTaskTag))"),
+          channel: channel)
+      }
+      do {
+        let done = try entry.task.handleDataIn(pdu, allocator: channel.allocator)
+        if let done {
+          inFlight[h.initiatorTaskTag] = nil
+          finish(entry, done)
+        } else {
+          inFlight[h.initiatorTaskTag] = entry
+        }
+      } catch {
+        connectionFailed(error, channel: channel)
+      }
+    case .scsiResponse:
+      advanceStatSN(h.statSN)
+      guard let entry = inFlight.removeValue(forKey: h.initiatorTaskTag) else {
+        return connectionFailed(
+          ISCSIError(.protocolViolation, "target sent a SCSI Response for unknown task 0x\(hex(h.initiatorTaskTag))"),
+          channel: channel)
+      }
+      do {
+        finish(entry, try entry.task.handleResponse(pdu))
+      } catch {
+        entry.pending.promise.fail(error)
+      }
+    case .readyToTransfer:
+      guard var entry = inFlight[h.initiatorTaskTag] else {
+        return connectionFailed(
+          ISCSIError(.protocolViolation, "target sent an R2T for unknown task 0x\(hex(h.initiatorTaskTag))"),
+          channel: channel)
+      }
+      do {
+        let pdus = try entry.task.handleR2T(h)
+        inFlight[h.initiatorTaskTag] = entry
+        for var out in pdus {
+          out.header.expStatSN = expStatSN
+          channel.write(out, promise: nil)
+        }
+        channel.flush()
+      } catch {
+        connectionFailed(error, channel: channel)
+      }
+    case .nopIn:
+      handleNopIn(pdu, channel: channel)
+    case .textResponse:
+      advanceStatSN(h.statSN)
+      handleTextResponse(pdu, channel: channel)
+    case .taskManagementResponse:
+      advanceStatSN(h.statSN)
+      handleTaskManagementResponse(h)
+    case .logoutResponse:
+      advanceStatSN(h.statSN)
+      let promise = logoutPromise
+      logoutPromise = nil
+      promise?.succeed(())
+    case .asyncMessage:
+      advanceStatSN(h.statSN)
+      handleAsync(pdu, channel: channel)
+    case .reject:
+      advanceStatSN(h.statSN)
+      handleReject(pdu, channel: channel)
+    default:
+      connectionFailed(
+        ISCSIError(.protocolViolation, "target sent an unexpected \(pdu.opcode) in full feature phase"),
+        channel: channel)
+    }
+    pump()
+  }
+
+  private func advanceStatSN(_ statSN: UInt32) {
+    if SerialNumber(statSN) >= SerialNumber(expStatSN) { expStatSN = statSN &+ 1 }
+  }
+
+  private func finish(_ entry: InFlight, _ completion: SCSICompletion) {
+    // SCSI status: BUSY 0x08, TASK SET FULL 0x28 (SAM-5 table 33); CHECK CONDITION 0x02
+    // with sense key UNIT ATTENTION 0x6 (SPC-4 table 48).
+    var retry = false
+    if completion.status == 0x08 || completion.status == 0x28 {
+      retry = true
+    } else if completion.status == 0x02, senseKey(completion.sense) == 0x6 {
+      retry = true
+    }
+    if retry && entry.pending.retries < configuration.maxRetries {
+      var pending = entry.pending
+      pending.retries += 1
+      commandsRetried += 1
+      logger.debug("retrying a command", metadata: ["status": "\(completion.status)", "retry": "\(pending.retries)"])
+      if completion.status == 0x02 {
+        queue.prepend(pending)
+      } else {
+        // BUSY / TASK SET FULL: give the target a moment.
+        eventLoop.scheduleTask(in: .milliseconds(10 * Int64(pending.retries))) { [self] in
+          queue.prepend(pending)
+          pump()
+        }
+      }
+      return
+    }
+    entry.pending.promise.succeed(completion)
+  }
+
+  private func handleNopIn(_ pdu: ISCSIPDU, channel: Channel) {
+    let h = pdu.header
+    if h.initiatorTaskTag != reservedTag {
+      // The answer to our ping (StatSN is valid only then, RFC 7143 section 11.19).
+      advanceStatSN(h.statSN)
+      if h.initiatorTaskTag == pingITT { pingITT = nil }
+      return
+    }
+    guard h.targetTransferTag != reservedTag else { return }
+    // A ping from the target: answer with a NOP-Out echoing TTT and LUN, ITT 0xffffffff,
+    // immediate (RFC 7143 section 11.18.3).
+    var out = BasicHeaderSegment(opcode: .nopOut, immediate: true, flags: finalFlag)
+    out.lun = h.lun
+    out.initiatorTaskTag = reservedTag
+    out.targetTransferTag = h.targetTransferTag
+    out.cmdSN = window.immediateCmdSN
+    out.expStatSN = expStatSN
+    channel.writeAndFlush(ISCSIPDU(header: out, data: pdu.data), promise: nil)
+  }
+
+  private func handleAsync(_ pdu: ISCSIPDU, channel: Channel) {
+    let h = pdu.header
+    switch h.asyncEvent {
+    case 0:
+      logger.info("target reported a SCSI asynchronous event")
+    case 1:
+      // The target asks for a logout within Parameter3 seconds (RFC 7143 section 11.9.1):
+      // log out and log in again, which moves our commands to the new connection.
+      logger.notice("target requested logout", metadata: ["within": "\(h.asyncParameter3) s"])
+      sendLogout(channel: channel)
+    case 2, 3:
+      logger.notice(
+        "target will drop the connection", metadata: ["event": "\(h.asyncEvent)", "time2wait": "\(h.asyncParameter2)"])
+    case 4:
+      logger.notice("target requested parameter renegotiation; logging in again")
+      sendLogout(channel: channel)
+    default:
+      logger.info("target sent async event \(h.asyncEvent)")
+    }
+  }
+
+  private func handleReject(_ pdu: ISCSIPDU, channel: Channel) {
+    let reason = pdu.header.rejectReason
+    var rejectedITT: UInt32? = nil
+    if pdu.data.readableBytes >= 48 {
+      rejectedITT = pdu.data.getInteger(at: pdu.data.readerIndex + 16, as: UInt32.self)
+    }
+    logger.warning(
+      "target rejected a PDU",
+      metadata: ["reason": "0x\(String(reason, radix: 16))", "itt": "\(rejectedITT.map { hex($0) } ?? "-")"])
+    if let itt = rejectedITT, let entry = inFlight.removeValue(forKey: itt) {
+      entry.pending.promise.fail(
+        ISCSIError(.rejected, "target rejected the command (reason 0x\(String(reason, radix: 16)))"))
+    }
+  }
+
+  private func handleTextResponse(_ pdu: ISCSIPDU, channel: Channel) {
+    guard textPromise != nil, pdu.header.initiatorTaskTag == textITT else { return }
+    textData.append(contentsOf: pdu.data.readableBytesView)
+    guard textData.count <= 1 << 20 else {
+      let promise = textPromise
+      textPromise = nil
+      promise?.fail(ISCSIError(.protocolViolation, "target sent more than 1 MiB of text"))
+      return
+    }
+    if pdu.header.flags & finalFlag != 0 && pdu.header.flags & 0x40 == 0 {
+      let promise = textPromise
+      textPromise = nil
+      promise?.succeed(textData)
+      return
+    }
+    // More to come (C bit, or F clear): ask for it with an empty Text Request echoing the
+    // Target Transfer Tag (RFC 7143 section 11.10.4).
+    var h = BasicHeaderSegment(opcode: .textRequest, immediate: true, flags: finalFlag)
+    h.initiatorTaskTag = textITT
+    h.targetTransferTag = pdu.header.targetTransferTag
+    h.cmdSN = window.immediateCmdSN
+    h.expStatSN = expStatSN
+    channel.writeAndFlush(ISCSIPDU(header: h), promise: nil)
+  }
+
+  /// Sends a Text Request with these key=value pairs and returns the whole response text
+  /// (continued responses joined). Used for SendTargets.
+  public func text(_ keys: [(String, String)]) -> EventLoopFuture<[UInt8]> {
+    eventLoop.flatSubmit { [self] in
+      guard state == .fullFeature, let channel else {
+        return eventLoop.makeFailedFuture(ISCSIError(.sessionFailed, "the session is not logged in"))
+      }
+      let promise = eventLoop.makePromise(of: [UInt8].self)
+      textPromise = promise
+      textData = []
+      textITT = allocateTag()
+      var h = BasicHeaderSegment(opcode: .textRequest, immediate: true, flags: finalFlag)
+      h.initiatorTaskTag = textITT
+      h.targetTransferTag = reservedTag
+      h.cmdSN = window.immediateCmdSN
+      h.expStatSN = expStatSN
+      var data = channel.allocator.buffer(capacity: 64)
+      for (k, v) in keys {
+        data.writeString("\(k)=\(v)")
+        data.writeInteger(UInt8(0))
+      }
+      channel.writeAndFlush(ISCSIPDU(header: h, data: data), promise: nil)
+      return promise.futureResult
+    }
+  }
+
+  // MARK: - Timers: keepalive and command timeouts
+
+  private func startTicking() {
+    tick?.cancel()
+    let period = TimeAmount.milliseconds(
+      min(500, configuration.keepaliveInterval.nanoseconds / 1_000_000, configuration.keepaliveTimeout.nanoseconds / 1_000_000))
+    tick = eventLoop.scheduleRepeatedTask(initialDelay: period, delay: period) { [weak self] _ in
+      self?.onTick()
+    }
+  }
+
+  private func onTick() {
+    let now = NIODeadline.now()
+    // Queued commands that waited too long for a session fail.
+    if !queue.isEmpty {
+      var kept = CircularBuffer<Pending>()
+      while let p = queue.popFirst() {
+        if now - p.queuedAt > configuration.recoveryTimeout {
+          p.promise.fail(
+            ISCSIError(
+              .timeout,
+              "no usable iSCSI session to \(configuration.portal) within \(seconds(configuration.recoveryTimeout)) s"
+            ))
+        } else {
+          kept.append(p)
+        }
+      }
+      queue = kept
+    }
+    guard state == .fullFeature, let channel else { return }
+    // Keepalive (RFC 7143 section 11.18): a NOP-Out ping; no answer in time = dead connection.
+    if let _ = pingITT {
+      if now - pingSentAt > configuration.keepaliveTimeout {
+        connectionFailed(
+          ISCSIError(.timeout, "no answer to a NOP-Out ping within \(seconds(configuration.keepaliveTimeout)) s"),
+          channel: channel)
+        return
+      }
+    } else if now - lastPing >= configuration.keepaliveInterval {
+      let itt = allocateTag()
+      pingITT = itt
+      pingSentAt = now
+      lastPing = now
+      var h = BasicHeaderSegment(opcode: .nopOut, immediate: true, flags: finalFlag)
+      h.initiatorTaskTag = itt
+      h.targetTransferTag = reservedTag
+      h.cmdSN = window.immediateCmdSN
+      h.expStatSN = expStatSN
+      channel.writeAndFlush(ISCSIPDU(header: h), promise: nil)
+    }
+    // Command timeouts: ABORT TASK first; if the abort itself is not answered, drop the
+    // connection and reinstate the session, which ends every task on the target.
+    for (itt, entry) in inFlight where now - entry.sentAt > configuration.commandTimeout {
+      if let abortITT = entry.aborting {
+        if let m = managementTasks[abortITT], now - m.sentAt > configuration.commandTimeout {
+          connectionFailed(
+            ISCSIError(.timeout, "ABORT TASK for task 0x\(hex(itt)) was not answered"), channel: channel)
+          return
+        }
+        continue
+      }
+      let abortITT = allocateTag()
+      inFlight[itt]!.aborting = abortITT
+      managementTasks[abortITT] = (ref: itt, sentAt: now)
+      logger.warning("command timed out; aborting it", metadata: ["itt": "0x\(hex(itt))"])
+      // Task Management Function Request, function 1 = ABORT TASK (RFC 7143 section 11.5.1).
+      var h = BasicHeaderSegment(opcode: .taskManagementRequest, immediate: true, flags: finalFlag | 1)
+      h.lun = LUNEncoding.encode(entry.pending.command.lun)
+      h.initiatorTaskTag = abortITT
+      h.word5 = itt  // Referenced Task Tag
+      h.cmdSN = window.immediateCmdSN
+      h.expStatSN = expStatSN
+      h.word8 = entry.cmdSN  // RefCmdSN
+      channel.writeAndFlush(ISCSIPDU(header: h), promise: nil)
+    }
+  }
+
+  private func handleTaskManagementResponse(_ h: BasicHeaderSegment) {
+    guard let m = managementTasks.removeValue(forKey: h.initiatorTaskTag) else { return }
+    // Response 0 = function complete, 1 = task does not exist (RFC 7143 section 11.6.1):
+    // either way the target no longer holds the task, so sending it again is safe.
+    if h.response == 0 || h.response == 1, let entry = inFlight.removeValue(forKey: m.ref) {
+      logger.notice("aborted a timed-out command; sending it again", metadata: ["itt": "0x\(hex(m.ref))"])
+      commandsRetried += 1
+      queue.prepend(entry.pending)
+    } else if h.response != 0 && h.response != 1, let channel {
+      connectionFailed(
+        ISCSIError(.timeout, "target refused ABORT TASK (response \(h.response)); reinstating the session"),
+        channel: channel)
+    }
+  }
+
+  // MARK: - Losing and regaining the connection
+
+  fileprivate func connectionFailed(_ error: Error, channel: Channel) {
+    guard channel === self.channel else { return }
+    if state == .loggingIn {
+      failLogin(error)
+      return
+    }
+    logger.error("iSCSI connection lost: \(describe(error))")
+    self.channel = nil
+    self.handler = nil
+    channel.close(promise: nil)
+    guard state == .fullFeature else { return }
+    beginRecovery()
+  }
+
+  fileprivate func channelClosed(_ channel: Channel) {
+    guard channel === self.channel else { return }
+    if state == .loggingIn {
+      failLogin(ISCSIError(.connectionClosed, "target closed the connection during login"))
+      return
+    }
+    if state == .closing {
+      self.channel = nil
+      return
+    }
+    connectionFailed(ISCSIError(.connectionClosed, "target closed the connection"), channel: channel)
+  }
+
+  /// ERL 0 recovery: every command not completed goes back to the front of the queue (in
+  /// CmdSN order), and a new login with the same ISID reinstates the session; the target
+  /// then ends all tasks of the old one (RFC 7143 section 6.3.5), so nothing from the old
+  /// connection can land after the retried commands.
+  private func beginRecovery() {
+    state = .recovering
+    pingITT = nil
+    managementTasks = [:]
+    let old = inFlight.values.sorted { SerialNumber($0.cmdSN) < SerialNumber($1.cmdSN) }
+    inFlight = [:]
+    for entry in old.reversed() { queue.prepend(entry.pending) }
+    commandsRetried += old.count
+    recoveryStarted = .now()
+    let textWaiter = textPromise
+    textPromise = nil
+    textWaiter?.fail(ISCSIError(.connectionClosed, "connection lost during a text exchange"))
+    let logoutWaiter = logoutPromise
+    logoutPromise = nil
+    logoutWaiter?.succeed(())
+    scheduleReconnect()
+  }
+
+  private func scheduleReconnect() {
+    // Exponential backoff with jitter: 0, 0.25, 0.5, 1, 2, 4 s (capped), +-25 %.
+    let base = recoveryAttempt == 0 ? 0 : min(4000, 125 << min(recoveryAttempt, 6))
+    let jitter = base / 4 > 0 ? Int.random(in: -(base / 4)...(base / 4)) : 0
+    recoveryAttempt += 1
+    eventLoop.scheduleTask(in: .milliseconds(Int64(base + jitter))) { [self] in
+      guard state == .recovering else { return }
+      establish(portal: configuration.portal).whenComplete { [self] result in
+        switch result {
+        case .success:
+          reinstatements += 1
+          logger.notice(
+            "session reinstated", metadata: ["after": "\(seconds(NIODeadline.now() - recoveryStarted)) s"])
+        case .failure(let error):
+          guard state == .recovering || state == .idle else { return }
+          state = .recovering
+          logger.warning("reconnect failed: \(describe(error))")
+          scheduleReconnect()
+        }
+      }
+    }
+  }
+
+  // MARK: - Logout
+
+  private func sendLogout(channel: Channel) {
+    var h = BasicHeaderSegment(opcode: .logoutRequest, immediate: true, flags: finalFlag | 0)
+    h.initiatorTaskTag = allocateTag()
+    h.cid = configuration.login.cid
+    h.cmdSN = window.immediateCmdSN
+    h.expStatSN = expStatSN
+    channel.writeAndFlush(ISCSIPDU(header: h), promise: nil)
+  }
+
+  /// Logs out (reason: close the session) and closes the connection. Commands still
+  /// queued fail; in-flight ones get up to `timeout` to finish first.
+  public func close(timeout: TimeAmount = .seconds(5)) -> EventLoopFuture<Void> {
+    eventLoop.flatSubmit { [self] in
+      let deadline = NIODeadline.now() + timeout
+      return drain(until: deadline).flatMap { [self] in
+        tick?.cancel()
+        tick = nil
+        let wasLoggedIn = state == .fullFeature
+        state = .closing
+        while let p = queue.popFirst() {
+          p.promise.fail(ISCSIError(.sessionFailed, "the session is closing"))
+        }
+        guard wasLoggedIn, let channel else { return finishClose() }
+        let promise = eventLoop.makePromise(of: Void.self)
+        logoutPromise = promise
+        sendLogout(channel: channel)
+        let timer = eventLoop.scheduleTask(in: max(.milliseconds(100), deadline - .now())) {
+          promise.succeed(())
+        }
+        return promise.futureResult.flatMap { [self] in
+          timer.cancel()
+          return finishClose()
+        }
+      }
+    }
+  }
+
+  public func close(timeout: TimeAmount = .seconds(5)) async {
+    try? await close(timeout: timeout).get()
+  }
+
+  private func drain(until deadline: NIODeadline) -> EventLoopFuture<Void> {
+    if (inFlight.isEmpty && (queue.isEmpty || state != .fullFeature)) || NIODeadline.now() >= deadline {
+      return eventLoop.makeSucceededVoidFuture()
+    }
+    return eventLoop.scheduleTask(in: .milliseconds(20)) {}.futureResult.flatMap { [self] in
+      drain(until: deadline)
+    }
+  }
+
+  private func finishClose() -> EventLoopFuture<Void> {
+    state = .closed
+    for (_, entry) in inFlight {
+      entry.pending.promise.fail(ISCSIError(.sessionFailed, "the session closed before the command completed"))
+    }
+    inFlight = [:]
+    let old = channel
+    channel = nil
+    guard let old else { return eventLoop.makeSucceededVoidFuture() }
+    return old.close().recover { _ in }
+  }
+
+  /// Closes the TCP connection without logging out, as a cable pull would (for tests).
+  public func dropConnectionForTesting() {
+    eventLoop.execute { [self] in
+      if let channel { connectionFailed(ISCSIError(.connectionClosed, "dropped for testing"), channel: channel) }
+    }
+  }
+}
+
+/// Delivers PDUs and connection events of one channel to its session.
+private final class SessionInboundHandler: ChannelInboundHandler {
+  typealias InboundIn = ISCSIPDU
+  let session: ISCSISession
+
+  init(session: ISCSISession) { self.session = session }
+
+  func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    session.receive(unwrapInboundIn(data), from: context.channel)
+  }
+
+  func errorCaught(context: ChannelHandlerContext, error: Error) {
+    session.connectionFailed(error, channel: context.channel)
+  }
+
+  func channelInactive(context: ChannelHandlerContext) {
+    session.channelClosed(context.channel)
+  }
+}
+
+/// Sense key from fixed (0x70/0x71) or descriptor (0x72/0x73) sense data (SPC-4 4.5).
+func senseKey(_ sense: [UInt8]) -> UInt8? {
+  guard let first = sense.first else { return nil }
+  switch first & 0x7f {
+  case 0x70, 0x71: return sense.count > 2 ? sense[2] & 0x0f : nil
+  case 0x72, 0x73: return sense.count > 1 ? sense[1] & 0x0f : nil
+  default: return nil
+  }
+}
+
+func seconds(_ t: TimeAmount) -> String {
+  let ms = t.nanoseconds / 1_000_000
+  return ms % 1000 == 0 ? "\(ms / 1000)" : "\(ms / 1000).\(ms % 1000 / 100)"
+}
+
+func describe(_ error: Error) -> String {
+  if let e = error as? IOError { return e.description }
+  return "\(error)"
+}
+
+func hex(_ v: UInt32) -> String { String(v, radix: 16) }

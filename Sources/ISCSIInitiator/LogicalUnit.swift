@@ -1,0 +1,345 @@
+import ISCSIProtocol
+import NIOCore
+import SCSI
+
+/// What a LUN is and can do, read once at open time (INQUIRY, VPD pages, READ CAPACITY,
+/// MODE SENSE). `info --json` prints these keys.
+public struct LUNInfo: Codable, Sendable, Equatable {
+  public var vendor: String
+  public var product: String
+  public var revision: String
+  public var serial: String?
+  /// VPD 0x83 designator as Linux shows it under /dev/disk/by-id (NAA/EUI in hex).
+  public var deviceIdentifier: String?
+  public var sizeBytes: UInt64
+  public var blockSize: Int
+  public var physicalBlockSize: Int
+  public var blockCount: UInt64
+  /// Largest single transfer in bytes (VPD 0xB0), 0 = the target sets no limit.
+  public var maxTransferBytes: Int
+  public var optimalTransferBytes: Int
+  public var thinProvisioned: Bool
+  public var unmapSupported: Bool
+  public var writeSameUnmapSupported: Bool
+  public var maxUnmapBlocks: UInt32
+  public var writeCache: Bool?
+  public var fua: Bool
+  public var readOnly: Bool
+  public var rotational: Bool?
+  public var aluaSupported: Bool
+
+  public func text(url: String) -> String {
+    func yn(_ b: Bool?) -> String { b.map { $0 ? "yes" : "no" } ?? "unknown" }
+    var lines = [
+      "URL: \(url)",
+      "Vendor: \(vendor)",
+      "Product: \(product)",
+      "Revision: \(revision)",
+      "Serial: \(serial ?? "-")",
+      "Device identifier: \(deviceIdentifier ?? "-")",
+      "Size: \(sizeBytes) bytes (\(humanSize(sizeBytes)))",
+      "Block size: \(blockSize) logical, \(physicalBlockSize) physical",
+      "Maximum transfer: \(maxTransferBytes == 0 ? "no limit" : "\(maxTransferBytes) bytes")",
+      "Thin provisioning: \(yn(thinProvisioned)) (UNMAP \(yn(unmapSupported)), WRITE SAME with UNMAP \(yn(writeSameUnmapSupported)))",
+      "Write cache: \(yn(writeCache))",
+      "FUA: \(yn(fua))",
+      "Read-only: \(yn(readOnly))",
+      "Rotational: \(yn(rotational))",
+    ]
+    if aluaSupported { lines.append("ALUA: yes") }
+    return lines.joined(separator: "\n")
+  }
+}
+
+func humanSize(_ bytes: UInt64) -> String {
+  let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
+  var v = Double(bytes)
+  var i = 0
+  while v >= 1024 && i < units.count - 1 {
+    v /= 1024
+    i += 1
+  }
+  let rounded = (v * 10).rounded() / 10
+  return rounded == rounded.rounded() ? "\(Int(rounded)) \(units[i])" : "\(rounded) \(units[i])"
+}
+
+/// A SCSI command that ended with an error status: the class says what a caller may do
+/// (retry elsewhere, fail the I/O, ...), the message names the sense.
+public struct SCSICommandError: Error, CustomStringConvertible, Sendable {
+  public var errorClass: SCSIErrorClass
+  public var status: UInt8
+  public var sense: SenseData?
+  public var operation: String
+
+  public var description: String {
+    let what = sense.map { $0.description } ?? "status 0x\(String(status, radix: 16))"
+    return "\(operation) failed: \(what)"
+  }
+}
+
+/// One LUN reached through one session: block I/O in logical blocks, with transfers split
+/// at the LUN's maximum transfer length.
+public final class LogicalUnit: @unchecked Sendable {
+  public let session: ISCSISession
+  public let lun: UInt16
+  public private(set) var info: LUNInfo
+  /// Blocks per READ/WRITE command: the LUN's maximum transfer, capped by what one
+  /// command should carry (MaxBurstLength-sized commands keep R2T rounds short).
+  public let maxBlocksPerCommand: UInt32
+  let use16: Bool
+
+  init(session: ISCSISession, lun: UInt16, info: LUNInfo) {
+    self.session = session
+    self.lun = lun
+    self.info = info
+    let cap = 1 << 20  // 1 MiB per command unless the LUN allows less
+    var limit = cap / info.blockSize
+    if info.maxTransferBytes > 0 { limit = min(limit, info.maxTransferBytes / info.blockSize) }
+    self.maxBlocksPerCommand = UInt32(max(1, limit))
+    self.use16 = info.blockCount > UInt64(UInt32.max)
+  }
+
+  /// Opens `lun` on `session`: checks it is there and ready, and reads what it can do.
+  public static func open(session: ISCSISession, lun: UInt16) async throws -> LogicalUnit {
+    let probe = Probe(session: session, lun: lun)
+    let info = try await probe.run()
+    return LogicalUnit(session: session, lun: lun, info: info)
+  }
+
+  // MARK: - Block I/O
+
+  public func read(lba: UInt64, blocks: UInt32) async throws -> ByteBuffer {
+    try await read(lba: lba, blocks: blocks).get()
+  }
+
+  /// Reads `blocks` blocks at `lba`; several commands when the LUN's limit requires.
+  public func read(lba: UInt64, blocks: UInt32) -> EventLoopFuture<ByteBuffer> {
+    let bs = info.blockSize
+    if blocks <= maxBlocksPerCommand {
+      return readOne(lba: lba, blocks: blocks)
+    }
+    var futures: [EventLoopFuture<ByteBuffer>] = []
+    var done: UInt32 = 0
+    while done < blocks {
+      let n = min(maxBlocksPerCommand, blocks - done)
+      futures.append(readOne(lba: lba + UInt64(done), blocks: n))
+      done += n
+    }
+    return EventLoopFuture.whenAllSucceed(futures, on: session.eventLoop).map { parts in
+      var out = ByteBufferAllocator().buffer(capacity: Int(blocks) * bs)
+      for var p in parts { out.writeBuffer(&p) }
+      return out
+    }
+  }
+
+  private func readOne(lba: UInt64, blocks: UInt32) -> EventLoopFuture<ByteBuffer> {
+    let length = Int(blocks) * info.blockSize
+    let cdb = CDB.read(lba: lba, blocks: blocks, prefer16: use16)
+    return run(SCSICommand(lun: lun, cdb: cdb, direction: .read(length)), "READ").flatMapThrowing { c in
+      guard c.data.readableBytes == length else {
+        throw SCSICommandError(
+          errorClass: .other, status: c.status, sense: nil,
+          operation: "READ of \(blocks) blocks at LBA \(lba) returned \(c.data.readableBytes) bytes")
+      }
+      return c.data
+    }
+  }
+
+  public func write(lba: UInt64, data: ByteBuffer, fua: Bool = false) async throws {
+    try await write(lba: lba, data: data, fua: fua).get()
+  }
+
+  /// Writes whole blocks at `lba`; `data.readableBytes` must be a multiple of the block size.
+  public func write(lba: UInt64, data: ByteBuffer, fua: Bool = false) -> EventLoopFuture<Void> {
+    let bs = info.blockSize
+    precondition(data.readableBytes % bs == 0, "write length must be a multiple of the block size")
+    let blocks = UInt32(data.readableBytes / bs)
+    var futures: [EventLoopFuture<Void>] = []
+    var done: UInt32 = 0
+    while done < blocks {
+      let n = min(maxBlocksPerCommand, blocks - done)
+      let slice = data.getSlice(at: data.readerIndex + Int(done) * bs, length: Int(n) * bs)!
+      let cdb = CDB.write(lba: lba + UInt64(done), blocks: n, fua: fua && info.fua, prefer16: use16)
+      futures.append(run(SCSICommand(lun: lun, cdb: cdb, direction: .write(slice)), "WRITE").map { _ in })
+      done += n
+    }
+    if fua && !info.fua {
+      // No DPOFUA: make the write durable with SYNCHRONIZE CACHE once it has landed.
+      return EventLoopFuture.andAllSucceed(futures, on: session.eventLoop).flatMap { self.synchronizeCache() }
+    }
+    return EventLoopFuture.andAllSucceed(futures, on: session.eventLoop)
+  }
+
+  public func synchronizeCache() -> EventLoopFuture<Void> {
+    run(SCSICommand(lun: lun, cdb: use16 ? CDB.synchronizeCache16() : CDB.synchronizeCache10()), "SYNCHRONIZE CACHE")
+      .map { _ in }
+  }
+
+  public func synchronizeCache() async throws { try await synchronizeCache().get() }
+
+  /// Deallocates blocks: UNMAP when the LUN supports it, else WRITE SAME(16) with UNMAP.
+  public func unmap(lba: UInt64, blocks: UInt32) -> EventLoopFuture<Void> {
+    if info.unmapSupported {
+      do {
+        let perCommand = info.maxUnmapBlocks > 0 ? info.maxUnmapBlocks : UInt32.max
+        var ranges: [(lba: UInt64, blocks: UInt32)] = []
+        var done: UInt32 = 0
+        while done < blocks {
+          let n = min(perCommand, blocks - done)
+          ranges.append((lba + UInt64(done), n))
+          done += n
+        }
+        var futures: [EventLoopFuture<Void>] = []
+        for r in ranges {
+          let list = try CDB.unmapParameterList(ranges: [r])
+          var buffer = ByteBufferAllocator().buffer(capacity: list.count)
+          buffer.writeBytes(list)
+          futures.append(
+            run(
+              SCSICommand(lun: lun, cdb: CDB.unmap(parameterListLength: UInt16(list.count)), direction: .write(buffer)),
+              "UNMAP"
+            ).map { _ in })
+        }
+        return EventLoopFuture.andAllSucceed(futures, on: session.eventLoop)
+      } catch {
+        return session.eventLoop.makeFailedFuture(error)
+      }
+    }
+    return writeSame(lba: lba, blocks: blocks, unmap: true)
+  }
+
+  /// WRITE SAME(16) of a zero block, with or without UNMAP (used for write-zeroes).
+  public func writeSame(lba: UInt64, blocks: UInt32, unmap: Bool) -> EventLoopFuture<Void> {
+    var zero = ByteBufferAllocator().buffer(capacity: info.blockSize)
+    zero.writeRepeatingByte(0, count: info.blockSize)
+    let cdb = CDB.writeSame16(lba: lba, blocks: blocks, unmap: unmap)
+    return run(SCSICommand(lun: lun, cdb: cdb, direction: .write(zero)), "WRITE SAME").map { _ in }
+  }
+
+  public func testUnitReady() -> EventLoopFuture<Void> {
+    run(SCSICommand(lun: lun, cdb: CDB.testUnitReady()), "TEST UNIT READY").map { _ in }
+  }
+
+  /// Runs a command and turns an error status into `SCSICommandError`.
+  func run(_ command: SCSICommand, _ name: String) -> EventLoopFuture<SCSICompletion> {
+    session.execute(command).flatMapThrowing { c in
+      try checkStatus(c, operation: name)
+      return c
+    }
+  }
+}
+
+func checkStatus(_ c: SCSICompletion, operation: String) throws {
+  let sense = c.sense.isEmpty ? nil : try? SenseData(c.sense)
+  if let errorClass = classify(status: c.status, sense: sense) {
+    throw SCSICommandError(errorClass: errorClass, status: c.status, sense: sense, operation: operation)
+  }
+}
+
+/// Reads what a LUN is, tolerating targets that lack optional pages.
+struct Probe {
+  let session: ISCSISession
+  let lun: UInt16
+
+  func command(_ cdb: [UInt8], read length: Int, _ name: String) async throws -> [UInt8] {
+    let c = try await session.execute(SCSICommand(lun: lun, cdb: cdb, direction: .read(length)))
+    try checkStatus(c, operation: name)
+    return Array(c.data.readableBytesView)
+  }
+
+  func optional(_ cdb: [UInt8], read length: Int, _ name: String) async -> [UInt8]? {
+    try? await command(cdb, read: length, name)
+  }
+
+  func run() async throws -> LUNInfo {
+    let inquiry: StandardInquiry
+    do {
+      inquiry = try StandardInquiry(try await command(CDB.inquiry(allocationLength: 96), read: 96, "INQUIRY"))
+    } catch let e as SCSICommandError where e.errorClass == .illegalRequest {
+      throw ISCSIError(.targetNotFound, "LUN \(lun) does not exist on this target (\(e))")
+    }
+    guard inquiry.isConnected, inquiry.deviceType != PeripheralDeviceType.unknownOrNoDevice else {
+      throw ISCSIError(.targetNotFound, "LUN \(lun) does not exist on this target")
+    }
+    guard inquiry.deviceType == PeripheralDeviceType.directAccess else {
+      throw ISCSIError(
+        .invalidArgument, "LUN \(lun) is not a disk (peripheral device type 0x\(String(inquiry.deviceType, radix: 16)))")
+    }
+    // A LUN may report UNIT ATTENTION or NOT READY (becoming ready) first; the session
+    // retries UNIT ATTENTION, TEST UNIT READY settles the rest.
+    for attempt in 0..<10 {
+      do {
+        _ = try await command(CDB.testUnitReady(), read: 0, "TEST UNIT READY")
+        break
+      } catch let e as SCSICommandError where e.errorClass == .retryable || e.errorClass == .unitAttention {
+        if attempt == 9 { throw e }
+        try await Task.sleep(nanoseconds: 200_000_000)
+      }
+    }
+    var pages: VPDSupportedPages? = nil
+    if let b = await optional(CDB.inquiryVPD(page: VPDPage.supportedPages, allocationLength: 255), read: 255, "INQUIRY VPD") {
+      pages = try? VPDSupportedPages(b)
+    }
+    func vpd(_ page: UInt8) async -> [UInt8]? {
+      guard pages?.contains(page) ?? false else { return nil }
+      return await optional(CDB.inquiryVPD(page: page, allocationLength: 1024), read: 1024, "INQUIRY VPD")
+    }
+    let serial = await vpd(VPDPage.unitSerialNumber).flatMap { try? UnitSerialNumber($0) }?.serialNumber
+    let ident = await vpd(VPDPage.deviceIdentification).flatMap { try? DeviceIdentification($0) }
+    let limits = await vpd(VPDPage.blockLimits).flatMap { try? BlockLimits($0) }
+    let characteristics = await vpd(VPDPage.blockDeviceCharacteristics).flatMap { try? BlockDeviceCharacteristics($0) }
+    let provisioning = await vpd(VPDPage.logicalBlockProvisioning).flatMap { try? LogicalBlockProvisioning($0) }
+
+    var blockSize: UInt32
+    var blockCount: UInt64
+    var physical: UInt64
+    var lbpme = false
+    if let b = await optional(CDB.readCapacity16(), read: 32, "READ CAPACITY(16)"), let rc = try? ReadCapacity16(b) {
+      blockSize = rc.blockLength
+      blockCount = rc.blockCount
+      physical = rc.physicalBlockLength
+      lbpme = rc.lbpme
+    } else {
+      let rc = try ReadCapacity10(try await command(CDB.readCapacity10(), read: 8, "READ CAPACITY(10)"))
+      blockSize = rc.blockLength
+      blockCount = rc.blockCount
+      physical = UInt64(rc.blockLength)
+    }
+    guard blockSize >= 512, blockSize <= 65536, blockSize & (blockSize - 1) == 0 else {
+      throw ISCSIError(.invalidArgument, "LUN \(lun) reports an unusable block size of \(blockSize) bytes")
+    }
+
+    var writeCache: Bool? = nil
+    var dpofua = false
+    var writeProtect = false
+    // Caching mode page 0x08 (SBC-3 6.4.5), via MODE SENSE(10) then (6).
+    if let b = await optional(CDB.modeSense10(page: 0x08, allocationLength: 255), read: 255, "MODE SENSE(10)"),
+      let m = try? ModeSense(mode10: b)
+    {
+      writeCache = m.writeCacheEnabled
+      dpofua = m.dpofua
+      writeProtect = m.writeProtect
+    } else if let b = await optional(CDB.modeSense6(page: 0x08, allocationLength: 255), read: 255, "MODE SENSE(6)"),
+      let m = try? ModeSense(mode6: b)
+    {
+      writeCache = m.writeCacheEnabled
+      dpofua = m.dpofua
+      writeProtect = m.writeProtect
+    }
+
+    let thin = lbpme || (provisioning.map { $0.lbpu || $0.lbpws } ?? false)
+    return LUNInfo(
+      vendor: inquiry.vendor, product: inquiry.product, revision: inquiry.revision,
+      serial: serial, deviceIdentifier: ident?.preferredIdentifier,
+      sizeBytes: blockCount * UInt64(blockSize), blockSize: Int(blockSize), physicalBlockSize: Int(physical),
+      blockCount: blockCount,
+      maxTransferBytes: Int(limits?.maximumTransferLength ?? 0) * Int(blockSize),
+      optimalTransferBytes: Int(limits?.optimalTransferLength ?? 0) * Int(blockSize),
+      thinProvisioned: thin,
+      unmapSupported: thin && (provisioning?.lbpu ?? false),
+      writeSameUnmapSupported: thin && (provisioning?.lbpws ?? false),
+      maxUnmapBlocks: limits?.maximumUnmapLBACount ?? 0,
+      writeCache: writeCache, fua: dpofua, readOnly: writeProtect,
+      rotational: characteristics?.isRotational, aluaSupported: inquiry.supportsALUA)
+  }
+}
