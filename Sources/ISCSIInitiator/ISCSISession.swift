@@ -2,6 +2,9 @@ import ISCSIProtocol
 import Logging
 import NIOCore
 import NIOPosix
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Settings of one iSCSI session. Timeouts carry the names `info` prints.
 public struct SessionConfiguration: Sendable {
@@ -70,6 +73,9 @@ public final class ISCSISession: @unchecked Sendable {
     var promise: EventLoopPromise<SCSICompletion>
     var queuedAt: NIODeadline
     var retries = 0
+    /// When this command was first caught by a lost connection (or submitted while there
+    /// was none); it fails `recoveryTimeout` after that, wherever it then is.
+    var troubleSince: NIODeadline? = nil
   }
   private struct InFlight {
     var pending: Pending
@@ -91,6 +97,9 @@ public final class ISCSISession: @unchecked Sendable {
   private var tick: RepeatedTask?
   private var recoveryAttempt = 0
   private var recoveryStarted: NIODeadline = .now()
+  /// Why the last connection ended or the last reconnect failed: named when queued
+  /// commands give up, so the user sees the cause and not only the timeout.
+  public private(set) var lastError: String?
 
   init(configuration: SessionConfiguration, eventLoop: EventLoop, logger: Logger) {
     self.configuration = configuration
@@ -228,7 +237,6 @@ public final class ISCSISession: @unchecked Sendable {
         maxRecvDataSegmentLength: negotiated.maxRecvDataSegmentLength,
         maxSendDataSegmentLength: negotiated.maxSendDataSegmentLength))
     state = .fullFeature
-    recoveryAttempt = 0
     lastPing = .now()
     pingITT = nil
     startTicking()
@@ -281,9 +289,13 @@ public final class ISCSISession: @unchecked Sendable {
     switch state {
     case .closing, .closed, .idle:
       pending.promise.fail(ISCSIError(.sessionFailed, "the iSCSI session to \(configuration.portal) is closed"))
-    default:
+    case .fullFeature:
       queue.append(pending)
       pump()
+    case .loggingIn, .recovering:
+      var p = pending
+      p.troubleSince = .now()
+      queue.append(p)
     }
   }
 
@@ -439,6 +451,9 @@ public final class ISCSISession: @unchecked Sendable {
       }
       return
     }
+    // A command answered on this connection: it works, so the next loss starts the
+    // backoff afresh (a target that fails right after each login keeps backing off).
+    recoveryAttempt = 0
     entry.pending.promise.succeed(completion)
   }
 
@@ -562,21 +577,34 @@ public final class ISCSISession: @unchecked Sendable {
 
   private func onTick() {
     let now = NIODeadline.now()
-    // Queued commands that waited too long for a session fail.
+    // Commands that have waited too long for a working session fail: those caught by a
+    // lost connection `recoveryTimeout` after that, and queued ones that never got a
+    // CmdSN within it.
+    func expired(_ p: Pending) -> Bool {
+      if let t = p.troubleSince { return now - t > configuration.recoveryTimeout }
+      return false
+    }
+    func giveUp(_ p: Pending) {
+      p.promise.fail(
+        ISCSIError(
+          .timeout,
+          "no usable iSCSI session to \(configuration.portal) within \(seconds(configuration.recoveryTimeout)) s"
+            + (lastError.map { " (last error: \($0))" } ?? "")))
+    }
     if !queue.isEmpty {
       var kept = CircularBuffer<Pending>()
       while let p = queue.popFirst() {
-        if now - p.queuedAt > configuration.recoveryTimeout {
-          p.promise.fail(
-            ISCSIError(
-              .timeout,
-              "no usable iSCSI session to \(configuration.portal) within \(seconds(configuration.recoveryTimeout)) s"
-            ))
+        if expired(p) || now - p.queuedAt > configuration.recoveryTimeout + configuration.commandTimeout {
+          giveUp(p)
         } else {
           kept.append(p)
         }
       }
       queue = kept
+    }
+    for (itt, entry) in inFlight where expired(entry.pending) {
+      inFlight[itt] = nil
+      giveUp(entry.pending)
     }
     guard state == .fullFeature, let channel else { return }
     // Keepalive (RFC 7143 section 11.18): a NOP-Out ping; no answer in time = dead connection.
@@ -649,6 +677,7 @@ public final class ISCSISession: @unchecked Sendable {
       failLogin(error)
       return
     }
+    lastError = describe(error)
     logger.error("iSCSI connection lost: \(describe(error))")
     self.channel = nil
     self.handler = nil
@@ -680,7 +709,12 @@ public final class ISCSISession: @unchecked Sendable {
     managementTasks = [:]
     let old = inFlight.values.sorted { SerialNumber($0.cmdSN) < SerialNumber($1.cmdSN) }
     inFlight = [:]
-    for entry in old.reversed() { queue.prepend(entry.pending) }
+    for entry in old.reversed() {
+      var p = entry.pending
+      if p.troubleSince == nil { p.troubleSince = .now() }
+      queue.prepend(p)
+    }
+    for i in queue.indices where queue[i].troubleSince == nil { queue[i].troubleSince = .now() }
     commandsRetried += old.count
     recoveryStarted = .now()
     let textWaiter = textPromise
@@ -708,6 +742,7 @@ public final class ISCSISession: @unchecked Sendable {
         case .failure(let error):
           guard state == .recovering || state == .idle else { return }
           state = .recovering
+          lastError = describe(error)
           logger.warning("reconnect failed: \(describe(error))")
           scheduleReconnect()
         }
@@ -822,8 +857,13 @@ func seconds(_ t: TimeAmount) -> String {
   return ms % 1000 == 0 ? "\(ms / 1000)" : "\(ms / 1000).\(ms % 1000 / 100)"
 }
 
+/// A short reason for a socket error: "connection refused", not NIO's nested dump.
 func describe(_ error: Error) -> String {
-  if let e = error as? IOError { return e.description }
+  if let e = error as? NIOConnectionError, let first = e.connectionErrors.first {
+    return describe(first.error)
+  }
+  if let e = error as? IOError { return String(cString: strerror(e.errnoCode)).lowercased() }
+  if error is ChannelError, case ChannelError.connectTimeout = error as! ChannelError { return "connection timed out" }
   return "\(error)"
 }
 

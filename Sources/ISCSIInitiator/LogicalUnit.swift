@@ -65,7 +65,7 @@ func humanSize(_ bytes: UInt64) -> String {
 
 /// A SCSI command that ended with an error status: the class says what a caller may do
 /// (retry elsewhere, fail the I/O, ...), the message names the sense.
-public struct SCSICommandError: Error, CustomStringConvertible, Sendable {
+public struct SCSIOperationError: Error, CustomStringConvertible, Sendable {
   public var errorClass: SCSIErrorClass
   public var status: UInt8
   public var sense: SenseData?
@@ -137,7 +137,7 @@ public final class LogicalUnit: @unchecked Sendable {
     let cdb = CDB.read(lba: lba, blocks: blocks, prefer16: use16)
     return run(SCSICommand(lun: lun, cdb: cdb, direction: .read(length)), "READ").flatMapThrowing { c in
       guard c.data.readableBytes == length else {
-        throw SCSICommandError(
+        throw SCSIOperationError(
           errorClass: .other, status: c.status, sense: nil,
           operation: "READ of \(blocks) blocks at LBA \(lba) returned \(c.data.readableBytes) bytes")
       }
@@ -220,7 +220,7 @@ public final class LogicalUnit: @unchecked Sendable {
     run(SCSICommand(lun: lun, cdb: CDB.testUnitReady()), "TEST UNIT READY").map { _ in }
   }
 
-  /// Runs a command and turns an error status into `SCSICommandError`.
+  /// Runs a command and turns an error status into `SCSIOperationError`.
   func run(_ command: SCSICommand, _ name: String) -> EventLoopFuture<SCSICompletion> {
     session.execute(command).flatMapThrowing { c in
       try checkStatus(c, operation: name)
@@ -232,7 +232,7 @@ public final class LogicalUnit: @unchecked Sendable {
 func checkStatus(_ c: SCSICompletion, operation: String) throws {
   let sense = c.sense.isEmpty ? nil : try? SenseData(c.sense)
   if let errorClass = classify(status: c.status, sense: sense) {
-    throw SCSICommandError(errorClass: errorClass, status: c.status, sense: sense, operation: operation)
+    throw SCSIOperationError(errorClass: errorClass, status: c.status, sense: sense, operation: operation)
   }
 }
 
@@ -255,7 +255,7 @@ struct Probe {
     let inquiry: StandardInquiry
     do {
       inquiry = try StandardInquiry(try await command(CDB.inquiry(allocationLength: 96), read: 96, "INQUIRY"))
-    } catch let e as SCSICommandError where e.errorClass == .illegalRequest {
+    } catch let e as SCSIOperationError where e.errorClass == .illegalRequest {
       throw ISCSIError(.targetNotFound, "LUN \(lun) does not exist on this target (\(e))")
     }
     guard inquiry.isConnected, inquiry.deviceType != PeripheralDeviceType.unknownOrNoDevice else {
@@ -271,7 +271,7 @@ struct Probe {
       do {
         _ = try await command(CDB.testUnitReady(), read: 0, "TEST UNIT READY")
         break
-      } catch let e as SCSICommandError where e.errorClass == .retryable || e.errorClass == .unitAttention {
+      } catch let e as SCSIOperationError where e.errorClass == .retryable || e.errorClass == .unitAttention {
         if attempt == 9 { throw e }
         try await Task.sleep(nanoseconds: 200_000_000)
       }

@@ -224,7 +224,7 @@ struct Lunbridge: AsyncParsableCommand {
       fail(error.description)
     } catch let error as ISCSIURLError {
       fail(error.description)
-    } catch let error as SCSICommandError {
+    } catch let error as SCSIOperationError {
       fail(error.description)
     } catch {
       exit(withError: error)
