@@ -65,15 +65,22 @@ enum Command {
     DispatchQueue.global().async(group: group) {
       box.setErr(errPipe.fileHandleForReading.readDataToEndOfFile())
     }
+    // Note: swift-corelibs-foundation notices a child's exit through a socket the child
+    // inherits, so a child that leaves a daemon holding that fd looks alive until the
+    // daemon exits (tgtd-private.sh closes inherited fds for this reason). Never wait
+    // unboundedly here.
     var timedOut = false
     if exited.wait(timeout: .now() + timeout) == .timedOut {
       timedOut = true
       Glibc.kill(process.processIdentifier, SIGKILL)
-      exited.wait()
+      _ = exited.wait(timeout: .now() + 5)
     }
-    group.wait()
+    _ = group.wait(timeout: .now() + 5)
+    try? outPipe.fileHandleForReading.close()
+    try? errPipe.fileHandleForReading.close()
+    let status: Int32 = process.isRunning ? -1 : process.terminationStatus
     return CommandResult(
-      status: process.terminationStatus,
+      status: status,
       stdout: String(decoding: box.out, as: UTF8.self),
       stderr: String(decoding: box.err, as: UTF8.self),
       timedOut: timedOut)
@@ -99,7 +106,8 @@ enum Command {
 ///   only succeeds once no target is left. Otherwise SIGKILL.
 /// - If no portal can be bound, tgtd does not exit: it falls back to 0.0.0.0:3260 and
 ///   [::]:3260. So the portal list is verified after start (and tgtd killed if wrong).
-/// - The control port only names /var/run/tgtd/socket.N (+ .lock, a POSIX lock); 0...65535.
+/// - The control port only names /var/run/tgtd/socket.N (+ .lock, a POSIX lock); tgtd
+///   accepts at most 32767.
 final class TGTD {
   static let packageHint = "install the Debian package tgt (make deps)"
 
@@ -134,6 +142,7 @@ final class TGTD {
     tgtdPath = try Command.locate("tgtd", hint: TGTD.packageHint)
     tgtadmPath = try Command.locate("tgtadm", hint: TGTD.packageHint)
     addresses = portals
+    TGTD.killOrphans()
 
     let template = "/dev/shm/lunbridge-tgtd-XXXXXX"
     var buf = Array(template.utf8CString)
@@ -428,6 +437,33 @@ final class TGTD {
     unlink(base + ".lock")
   }
 
+  /// A test runner that was SIGKILLed (or crashed) cannot run `stop()`, so its tgtd
+  /// lives on, reparented. Kill such leftovers of earlier runs: tgtd processes whose
+  /// parent is gone (ppid 1) and whose stderr is a harness log /dev/shm/lunbridge-tgtd-*/tgtd.log.
+  /// (tgtd started by Tests/scripts/tgtd-private.sh logs elsewhere and is left alone.)
+  static func killOrphans() {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    for e in entries {
+      guard let pid = Int32(e), pid != getpid(),
+        let comm = try? String(contentsOfFile: "/proc/\(e)/comm", encoding: .utf8),
+        comm.trimmingCharacters(in: .whitespacesAndNewlines) == "tgtd",
+        let stat = try? String(contentsOfFile: "/proc/\(e)/stat", encoding: .utf8),
+        let close = stat.lastIndex(of: ")")
+      else { continue }
+      let fields = stat[stat.index(after: close)...].split(separator: " ")
+      guard fields.count > 2, fields[1] == "1",
+        let log = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(e)/fd/2"),
+        log.hasPrefix("/dev/shm/lunbridge-tgtd-"), log.hasSuffix("/tgtd.log")
+      else { continue }
+      Glibc.kill(pid, SIGKILL)
+      let dir = (log as NSString).deletingLastPathComponent
+      for _ in 0..<100 where FileManager.default.fileExists(atPath: "/proc/\(e)/fd") {
+        usleep(20_000)
+      }
+      try? FileManager.default.removeItem(atPath: dir)
+    }
+  }
+
   static func parseTids(_ text: String) -> [Int] {
     text.split(whereSeparator: \.isNewline).compactMap { line in
       guard line.hasPrefix("Target ") else { return nil }
@@ -592,7 +628,8 @@ final class TGTD {
     let pid = Int(getpid())
     for _ in 0..<1000 {
       counter += 1
-      let cp = 20000 + (pid &* 97 &+ counter &* 7919 &+ Int.random(in: 0..<1000)) % 40000
+      // tgtd rejects -C above 32767 ("-C argument value '32768' out of range").
+      let cp = 10000 + (pid &* 97 &+ counter &* 7919 &+ Int.random(in: 0..<1000)) % 22768
       if !controlPortInUse(cp) { return cp }
     }
     throw TGTDError("no free tgtd control port")

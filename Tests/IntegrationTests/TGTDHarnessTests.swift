@@ -210,18 +210,18 @@ final class TGTDHarnessTests: XCTestCase {
     XCTAssertFalse(FileManager.default.fileExists(atPath: dir))
   }
 
-  func testStopWhilePausedAndWithClientConnected() throws {
+  func testPauseResumeAndStopWhilePaused() throws {
     let t = try startWithLUN()
     guard let pid = t.pid else { return XCTFail("tgtd not running") }
     try t.pause()
-    XCTAssertEqual(Self.state(of: pid), "T")
+    waitUntil(5, "tgtd to be stopped (state T)") { Self.state(of: pid) == "T" }
     t.tgtadmTimeout = 1
     XCTAssertThrowsError(try t.tgtadm(["--op", "show", "--mode", "target"])) {
       XCTAssertTrue("\($0)".contains("timed out"), "\($0)")
     }
     t.tgtadmTimeout = 10
     try t.resume()
-    XCTAssertNotEqual(Self.state(of: pid), "T")
+    waitUntil(5, "tgtd to run again") { Self.state(of: pid) != "T" }
     XCTAssertTrue(try t.tgtadm(["--op", "show", "--mode", "target"]).contains(iqn))
     try t.pause()
     t.stop()
@@ -233,6 +233,18 @@ final class TGTDHarnessTests: XCTestCase {
     defer { t.stop() }
     guard let pid = t.pid else { return XCTFail("tgtd not running") }
     let port = t.port
+    // A client holding a connection while tgtd dies: the port must still be reusable.
+    let perf = Process()
+    perf.executableURL = URL(fileURLWithPath: try tool("iscsi-perf"))
+    perf.arguments = ["-m", "1", "-b", "1", "-x", "0", "iscsi://127.0.0.1:\(port)/\(iqn)/1"]
+    perf.standardOutput = FileHandle.nullDevice
+    perf.standardError = FileHandle.nullDevice
+    try perf.run()
+    defer {
+      if perf.isRunning { kill(perf.processIdentifier, SIGKILL) }
+      perf.waitUntilExit()
+    }
+    try waitUntil(10, "iscsi-perf's connection") { try !t.connections(tid: 1).isEmpty }
     t.kill()
     XCTAssertNil(t.pid)
     XCTAssertFalse(FileManager.default.fileExists(atPath: "/proc/\(pid)"))
@@ -317,6 +329,52 @@ final class TGTDHarnessTests: XCTestCase {
     for name in ["iscsi-ls", "iscsi-inq", "iscsi-perf"] {
       XCTAssertNoThrow(try tool(name))
     }
+  }
+
+  func testControlPortsStayInTgtdsRange() throws {
+    for _ in 0..<200 {
+      let cp = try TGTD.freeControlPort()
+      XCTAssertTrue((1024...32767).contains(cp), "control port \(cp)")
+    }
+  }
+
+  /// Tests/scripts/tgtd-private.sh (used by `make demo` / `make bench`) start/stop.
+  func testPrivateTgtdScript() throws {
+    let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+      .deletingLastPathComponent().appendingPathComponent("scripts/tgtd-private.sh").path
+    let dir = FileManager.default.temporaryDirectory
+      .appendingPathComponent("tgtd-private-\(getpid())").path
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    setenv("TGTD_LUN_SIZE_MIB", "8", 1)
+    setenv("TGTD_IQN", iqn, 1)
+    defer {
+      unsetenv("TGTD_LUN_SIZE_MIB")
+      unsetenv("TGTD_IQN")
+    }
+    let start = try Command.run("/bin/bash", [script, "start", dir], timeout: 30)
+    func read(_ name: String) -> String {
+      ((try? String(contentsOfFile: dir + "/" + name, encoding: .utf8)) ?? "")
+        .trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+    let pid = read("pid")
+    defer { _ = try? Command.run("/bin/bash", [script, "stop", dir], timeout: 30) }
+    XCTAssertEqual(start.status, 0, start.stdout + start.stderr)
+    XCTAssertEqual(read("iqn"), iqn)
+    guard let port = Int(read("port")), Int(read("cp")) != nil, Int32(pid) != nil else {
+      return XCTFail("missing port/cp/pid files in \(dir): \(start.stderr)")
+    }
+    XCTAssertEqual(start.stdout.trimmingCharacters(in: .whitespacesAndNewlines),
+                   "iscsi://127.0.0.1:\(port)/\(iqn)/1")
+    let ls = try run("iscsi-ls", ["-s", "iscsi://127.0.0.1:\(port)"])
+    XCTAssertTrue(
+      ls.stdout.contains("Target:\(iqn)") && ls.stdout.contains("DIRECT_ACCESS"),
+      "status \(ls.status) stdout: \(ls.stdout) stderr: \(ls.stderr)")
+
+    let stop = try Command.run("/bin/bash", [script, "stop", dir], timeout: 30)
+    XCTAssertEqual(stop.status, 0, stop.stdout + stop.stderr)
+    XCTAssertFalse(FileManager.default.fileExists(atPath: "/proc/\(pid)"), "tgtd \(pid) left running")
+    XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/pid"))
+    XCTAssertFalse(TGTD.canConnect("127.0.0.1", port))
   }
 
   // MARK: - helpers
