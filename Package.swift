@@ -36,10 +36,33 @@ let package = Package(
         .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "Logging", package: "swift-log"),
       ]),
+    // Pure: NBD transmission codec, fixed-newstyle handshake (server side), validation.
+    .target(
+      name: "NBDProtocol",
+      dependencies: [.product(name: "NIOCore", package: "swift-nio")]),
+    // libnl-3 / libnl-genl-3 and <linux/nbd-netlink.h>, with a C shim for the macros
+    // Swift cannot import (packages libnl-3-dev, libnl-genl-3-dev).
+    .target(
+      name: "CNetlink",
+      cSettings: [.unsafeFlags(["-I/usr/include/libnl3"])],
+      linkerSettings: [.linkedLibrary("nl-3"), .linkedLibrary("nl-genl-3")]),
+    // I/O: the kernel's NBD driver over generic netlink.
+    .target(
+      name: "NBDKernel",
+      dependencies: ["CNetlink", .product(name: "Logging", package: "swift-log")]),
+    // Glue: a Volume = one LUN served over NBD sockets (kernel socketpairs or an export).
+    .target(
+      name: "Bridge",
+      dependencies: [
+        "ISCSIInitiator", "ISCSIProtocol", "SCSI", "NBDProtocol", "NBDKernel",
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "Logging", package: "swift-log"),
+      ]),
     .executableTarget(
       name: "lunbridge",
       dependencies: [
-        "ISCSIInitiator", "ISCSIProtocol", "SCSI",
+        "ISCSIInitiator", "ISCSIProtocol", "SCSI", "Bridge", "NBDKernel",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
       ]),
@@ -51,6 +74,16 @@ let package = Package(
         .product(name: "NIOCore", package: "swift-nio"),
       ]),
     .testTarget(name: "SCSITests", dependencies: ["SCSI"]),
+    .testTarget(
+      name: "NBDProtocolTests",
+      dependencies: ["NBDProtocol", .product(name: "NIOCore", package: "swift-nio")]),
+    .testTarget(
+      name: "BridgeTests",
+      dependencies: [
+        "Bridge", "NBDProtocol", "ISCSIInitiator",
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+      ]),
     .testTarget(
       name: "ISCSIProtocolTests",
       dependencies: ["ISCSIProtocol", .product(name: "NIOCore", package: "swift-nio")]),
