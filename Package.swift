@@ -66,11 +66,13 @@ let package = Package(
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
       ]),
+    // Counts malloc calls in the process that links it (benchmarks only).
+    .target(name: "CAllocationCounter"),
     // Benchmark of the PDU codec (not a test): `make bench-codec`.
     .executableTarget(
       name: "lunbridge-codec-bench",
       dependencies: [
-        "ISCSIProtocol",
+        "ISCSIProtocol", "CAllocationCounter",
         .product(name: "NIOCore", package: "swift-nio"),
       ]),
     .testTarget(name: "SCSITests", dependencies: ["SCSI"]),
