@@ -140,7 +140,8 @@ final class NBDKernelTests: XCTestCase {
         XCTAssertEqual((error as? NBDKernelError)?.code, .invalidArgument, file: file, line: line)
       }
     }
-    let ok = NBDConnectRequest(sockets: [3], sizeBytes: 1 << 20, timeoutSeconds: 30, deadConnectionTimeoutSeconds: 60)
+    let ok = NBDConnectRequest(
+      sockets: [3], sizeBytes: 1 << 20, timeoutSeconds: 30, deadConnectionTimeoutSeconds: 60)
     XCTAssertNoThrow(try NBDNetlinkMessage.connect(ok))
     var r = ok
     r.sockets = []
@@ -169,7 +170,8 @@ final class NBDKernelTests: XCTestCase {
   }
 
   func testClientFlagsOnlyWhenAsked() throws {
-    var r = NBDConnectRequest(sockets: [3], sizeBytes: 1 << 20, timeoutSeconds: 30, deadConnectionTimeoutSeconds: 60)
+    var r = NBDConnectRequest(
+      sockets: [3], sizeBytes: 1 << 20, timeoutSeconds: 30, deadConnectionTimeoutSeconds: 60)
     XCTAssertEqual(r.clientFlags, [])
     r.clientFlags = [.destroyOnDisconnect]
     let attrs = try NetlinkAttribute.parse(NBDNetlinkMessage.connect(r).attributes)
