@@ -1,0 +1,245 @@
+import NIOCore
+
+/// What the server must do next during the handshake.
+public enum NBDHandshakeAction: Hashable, Sendable {
+  /// Write these bytes to the client.
+  case send(ByteBuffer)
+  /// The handshake is over: the transmission phase starts with this export. Bytes still
+  /// in the input buffer belong to the transmission phase (feed them to `NBDRequestDecoder`).
+  case enterTransmission(export: NBDExportInfo)
+  /// Close the connection (hard disconnect, or after the ACK of `NBD_OPT_ABORT`).
+  case close(reason: String)
+}
+
+/// Server side of the fixed-newstyle handshake — proto.md "Newstyle negotiation",
+/// "Fixed newstyle negotiation", "Option types", "Option reply types". No TLS, no
+/// structured replies, no extended headers: the kernel only speaks simple replies, so we
+/// answer `NBD_OPT_STRUCTURED_REPLY`, `NBD_OPT_EXTENDED_HEADERS`, `NBD_OPT_STARTTLS`
+/// (allowed in NOTLS mode, "NOTLS mode"), the META_CONTEXT options and any unknown option
+/// with `NBD_REP_ERR_UNSUP`.
+///
+/// Pure: `start()` gives the greeting, `receive(_:)` consumes whole messages from the
+/// accumulated input and returns actions; with incomplete input it returns `[]` and
+/// consumes nothing of the partial message. After `.enterTransmission` or `.close`,
+/// further calls return `[]` and consume nothing.
+public struct NBDHandshakeStateMachine: Sendable {
+  public enum State: Hashable, Sendable {
+    case awaitingClientFlags
+    case awaitingOption
+    case transmission
+    case closed
+  }
+
+  public let exports: [NBDExportInfo]
+  /// Option data larger than this closes the connection (proto.md lets a server hard
+  /// disconnect a client it believes is a denial of service; the largest legitimate
+  /// option is a 4096-byte name plus a few info requests).
+  public let maxOptionLength: UInt32
+  public private(set) var state: State = .awaitingClientFlags
+  public private(set) var clientFlags: NBDClientFlags = []
+  /// True once the client's final `NBD_OPT_GO` listed `NBD_INFO_BLOCK_SIZE`, i.e. it
+  /// promised to honour the size constraints ("Size constraints").
+  public private(set) var clientAcknowledgedBlockSizes = false
+
+  static let advertisedHandshakeFlags: NBDHandshakeFlags = [.fixedNewstyle, .noZeroes]
+  static let optionHeaderSize = 16  // IHAVEOPT 8 + option 4 + length 4
+
+  /// The default export (requested by an empty name) is the one named "" if present,
+  /// otherwise the first one.
+  public init(exports: [NBDExportInfo], maxOptionLength: UInt32 = 64 * 1024) {
+    self.exports = exports
+    self.maxOptionLength = maxOptionLength
+  }
+
+  /// The server greeting: NBDMAGIC, IHAVEOPT, handshake flags FIXED_NEWSTYLE|NO_ZEROES
+  /// (18 bytes, "Newstyle negotiation").
+  public func start(allocator: ByteBufferAllocator = ByteBufferAllocator()) -> ByteBuffer {
+    var buffer = allocator.buffer(capacity: 18)
+    buffer.writeInteger(NBDMagic.initPasswd)
+    buffer.writeInteger(NBDMagic.iHaveOpt)
+    buffer.writeInteger(Self.advertisedHandshakeFlags.rawValue)
+    return buffer
+  }
+
+  public mutating func receive(_ buffer: inout ByteBuffer) throws -> [NBDHandshakeAction] {
+    var actions: [NBDHandshakeAction] = []
+    loop: while true {
+      switch state {
+      case .transmission, .closed:
+        break loop
+      case .awaitingClientFlags:
+        guard let raw = buffer.readInteger(as: UInt32.self) else { break loop }
+        let flags = NBDClientFlags(rawValue: raw)
+        // "Client flags": the server MUST drop the connection on an unknown flag or one it
+        // did not advertise (we advertise both NO_ZEROES and FIXED_NEWSTYLE).
+        guard NBDClientFlags([.fixedNewstyle, .noZeroes]).isSuperset(of: flags) else {
+          actions.append(close("unknown client flags 0x\(String(raw, radix: 16))"))
+          break loop
+        }
+        clientFlags = flags
+        state = .awaitingOption
+      case .awaitingOption:
+        guard buffer.readableBytes >= Self.optionHeaderSize else { break loop }
+        let base = buffer.readerIndex
+        let magic = buffer.getInteger(at: base, as: UInt64.self)!
+        let option = NBDOption(rawValue: buffer.getInteger(at: base + 8, as: UInt32.self)!)
+        let length = buffer.getInteger(at: base + 12, as: UInt32.self)!
+        guard magic == NBDMagic.iHaveOpt else {
+          actions.append(close("bad option magic 0x\(String(magic, radix: 16))"))
+          break loop
+        }
+        guard length <= maxOptionLength else {
+          actions.append(close("\(option) with \(length) bytes of data exceeds \(maxOptionLength)"))
+          break loop
+        }
+        guard buffer.readableBytes >= Self.optionHeaderSize + Int(length) else { break loop }
+        buffer.moveReaderIndex(forwardBy: Self.optionHeaderSize)
+        var data = buffer.readSlice(length: Int(length))!
+        actions += handle(option, data: &data)
+      }
+    }
+    return actions
+  }
+
+  // MARK: - Options
+
+  private mutating func handle(_ option: NBDOption, data: inout ByteBuffer) -> [NBDHandshakeAction] {
+    switch option {
+    case .exportName:
+      return exportName(data: data)
+    case .abort:
+      // "The server MUST reply with NBD_REP_ACK"; data SHOULD be ignored.
+      return [.send(reply(option, .ack)), close("client sent NBD_OPT_ABORT")]
+    case .list:
+      guard data.readableBytes == 0 else {
+        return [.send(reply(option, .errInvalid, message: "NBD_OPT_LIST takes no data"))]
+      }
+      var out = ByteBuffer()
+      for export in exports {
+        var payload = ByteBuffer()
+        payload.writeInteger(UInt32(export.name.utf8.count))
+        payload.writeString(export.name)
+        payload.writeString(export.description)
+        writeReply(option, .server, payload: payload, into: &out)
+      }
+      writeReply(option, .ack, into: &out)
+      return [.send(out)]
+    case .info, .go:
+      return infoOrGo(option, data: &data)
+    default:
+      return [.send(reply(option, .errUnsupported, message: "\(option) is not supported"))]
+    }
+  }
+
+  /// "NBD_OPT_EXPORT_NAME": size 64, transmission flags 16, 124 zero bytes unless the
+  /// client set NBD_FLAG_C_NO_ZEROES. An unknown export MUST terminate the session.
+  private mutating func exportName(data: ByteBuffer) -> [NBDHandshakeAction] {
+    let name = data.getBytes(at: data.readerIndex, length: data.readableBytes) ?? []
+    guard let export = lookup(name) else {
+      return [close("NBD_OPT_EXPORT_NAME for unknown export '\(Self.printable(name))'")]
+    }
+    var out = ByteBuffer()
+    out.writeInteger(export.size)
+    out.writeInteger(export.transmissionFlags.rawValue)
+    if !clientFlags.contains(.noZeroes) { out.writeRepeatingByte(0, count: 124) }
+    state = .transmission
+    clientAcknowledgedBlockSizes = false
+    return [.send(out), .enterTransmission(export: export)]
+  }
+
+  /// "NBD_OPT_INFO and NBD_OPT_GO": name length 32, name, count 16, count × info type 16.
+  private mutating func infoOrGo(_ option: NBDOption, data: inout ByteBuffer) -> [NBDHandshakeAction] {
+    let total = data.readableBytes
+    guard total >= 6, let nameLength = data.readInteger(as: UInt32.self), Int(nameLength) <= total - 6,
+      let name = data.readBytes(length: Int(nameLength)),
+      let count = data.readInteger(as: UInt16.self), data.readableBytes == Int(count) * 2
+    else {
+      return [.send(reply(option, .errInvalid, message: "malformed \(option) data"))]
+    }
+    var requested: Set<NBDInfoType> = []
+    for _ in 0..<count { requested.insert(NBDInfoType(rawValue: data.readInteger(as: UInt16.self)!)) }
+
+    guard let export = lookup(name) else {
+      // SHOULD NOT send NBD_REP_INFO before NBD_REP_ERR_UNKNOWN.
+      return [
+        .send(reply(option, .errUnknown, message: "unknown export '\(Self.printable(name))'"))
+      ]
+    }
+    var out = ByteBuffer()
+    // NBD_INFO_EXPORT is mandatory before an ACK: type 16, size 64, flags 16 (length 12).
+    var info = ByteBuffer()
+    info.writeInteger(NBDInfoType.export.rawValue)
+    info.writeInteger(export.size)
+    info.writeInteger(export.transmissionFlags.rawValue)
+    writeReply(option, .info, payload: info, into: &out)
+    if requested.contains(.name) {
+      info.clear()
+      info.writeInteger(NBDInfoType.name.rawValue)
+      info.writeString(export.name)
+      writeReply(option, .info, payload: info, into: &out)
+    }
+    if requested.contains(.description), !export.description.isEmpty {
+      info.clear()
+      info.writeInteger(NBDInfoType.description.rawValue)
+      info.writeString(export.description)
+      writeReply(option, .info, payload: info, into: &out)
+    }
+    // Always sent (even unrequested): the server may send unrequested info and clients
+    // MUST ignore what they do not understand. Length 14.
+    info.clear()
+    info.writeInteger(NBDInfoType.blockSize.rawValue)
+    info.writeInteger(export.minimumBlockSize)
+    info.writeInteger(export.preferredBlockSize)
+    info.writeInteger(export.maximumPayload)
+    writeReply(option, .info, payload: info, into: &out)
+    writeReply(option, .ack, into: &out)
+
+    guard option == .go else { return [.send(out)] }
+    state = .transmission
+    clientAcknowledgedBlockSizes = requested.contains(.blockSize)
+    return [.send(out), .enterTransmission(export: export)]
+  }
+
+  // MARK: - Helpers
+
+  /// A client-supplied name for a message: at most 256 bytes, so messages stay far below
+  /// the 4096-byte string limit ("Conventions").
+  private static func printable(_ name: [UInt8]) -> String {
+    String(decoding: name.prefix(256), as: UTF8.self)
+  }
+
+  private func lookup(_ name: [UInt8]) -> NBDExportInfo? {
+    if let exact = exports.first(where: { $0.name.utf8.elementsEqual(name) }) { return exact }
+    return name.isEmpty ? exports.first : nil
+  }
+
+  private mutating func close(_ reason: String) -> NBDHandshakeAction {
+    state = .closed
+    return .close(reason: reason)
+  }
+
+  /// Option reply ("Fixed newstyle negotiation"): magic 64, option 32, type 32, length 32, data.
+  private func writeReply(
+    _ option: NBDOption, _ type: NBDOptionReplyType, payload: ByteBuffer? = nil, into out: inout ByteBuffer
+  ) {
+    out.writeInteger(NBDMagic.optionReply)
+    out.writeInteger(option.rawValue)
+    out.writeInteger(type.rawValue)
+    out.writeInteger(UInt32(payload?.readableBytes ?? 0))
+    if let payload { out.writeImmutableBuffer(payload) }
+  }
+
+  /// A single reply; error replies carry a human-readable message ("All error replies MAY
+  /// have some data set").
+  private func reply(_ option: NBDOption, _ type: NBDOptionReplyType, message: String? = nil) -> ByteBuffer {
+    var out = ByteBuffer()
+    var payload: ByteBuffer?
+    if let message {
+      var p = ByteBuffer()
+      p.writeString(message)
+      payload = p
+    }
+    writeReply(option, type, payload: payload, into: &out)
+    return out
+  }
+}

@@ -1,1 +1,0 @@
-// NBD protocol: see NBD*.swift
