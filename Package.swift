@@ -82,7 +82,7 @@ let package = Package(
     .testTarget(
       name: "BridgeTests",
       dependencies: [
-        "Bridge", "NBDProtocol", "ISCSIInitiator",
+        "Bridge", "NBDProtocol", "NBDKernel", "ISCSIInitiator",
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
       ]),

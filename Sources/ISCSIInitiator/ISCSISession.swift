@@ -90,7 +90,15 @@ public final class ISCSISession: @unchecked Sendable {
   private var textData: [UInt8] = []
   private var textITT: UInt32 = 0
   private var logoutPromise: EventLoopPromise<Void>?
-  private var managementTasks: [UInt32: (ref: UInt32, sentAt: NIODeadline)] = [:]
+  /// Task management requests in flight: ABORT TASK (function 1) names one task,
+  /// LOGICAL UNIT RESET (function 5) every task of one LUN.
+  private struct ManagementTask {
+    var function: UInt8
+    var ref: UInt32
+    var lun: UInt16
+    var sentAt: NIODeadline
+  }
+  private var managementTasks: [UInt32: ManagementTask] = [:]
   private var pingITT: UInt32?
   private var pingSentAt: NIODeadline = .now()
   private var lastPing: NIODeadline = .now()
@@ -627,44 +635,67 @@ public final class ISCSISession: @unchecked Sendable {
       h.expStatSN = expStatSN
       channel.writeAndFlush(ISCSIPDU(header: h), promise: nil)
     }
-    // Command timeouts: ABORT TASK first; if the abort itself is not answered, drop the
-    // connection and reinstate the session, which ends every task on the target.
-    for (itt, entry) in inFlight where now - entry.sentAt > configuration.commandTimeout {
-      if let abortITT = entry.aborting {
-        if let m = managementTasks[abortITT], now - m.sentAt > configuration.commandTimeout {
-          connectionFailed(
-            ISCSIError(.timeout, "ABORT TASK for task 0x\(hex(itt)) was not answered"), channel: channel)
-          return
-        }
-        continue
+    // Command timeouts escalate: ABORT TASK; if that is refused or not answered, LOGICAL
+    // UNIT RESET; if that fails too, drop the connection and reinstate the session, which
+    // ends every task on the target (RFC 7143 sections 6.3.5, 11.5).
+    for (itt, m) in managementTasks where now - m.sentAt > configuration.commandTimeout {
+      managementTasks[itt] = nil
+      if m.function == 1 {
+        logger.warning("ABORT TASK was not answered; resetting the LUN", metadata: ["lun": "\(m.lun)"])
+        sendTaskManagement(function: 5, ref: reservedTag, lun: m.lun, refCmdSN: 0, channel: channel)
+      } else {
+        connectionFailed(
+          ISCSIError(.timeout, "LOGICAL UNIT RESET of LUN \(m.lun) was not answered; reinstating the session"),
+          channel: channel)
+        return
       }
-      let abortITT = allocateTag()
-      inFlight[itt]!.aborting = abortITT
-      managementTasks[abortITT] = (ref: itt, sentAt: now)
+    }
+    for (itt, entry) in inFlight where entry.aborting == nil && now - entry.sentAt > configuration.commandTimeout {
       logger.warning("command timed out; aborting it", metadata: ["itt": "0x\(hex(itt))"])
-      // Task Management Function Request, function 1 = ABORT TASK (RFC 7143 section 11.5.1).
-      var h = BasicHeaderSegment(opcode: .taskManagementRequest, immediate: true, flags: finalFlag | 1)
-      h.lun = LUNEncoding.encode(entry.pending.command.lun)
-      h.initiatorTaskTag = abortITT
-      h.word5 = itt  // Referenced Task Tag
-      h.cmdSN = window.immediateCmdSN
-      h.expStatSN = expStatSN
-      h.word8 = entry.cmdSN  // RefCmdSN
-      channel.writeAndFlush(ISCSIPDU(header: h), promise: nil)
+      sendTaskManagement(function: 1, ref: itt, lun: entry.pending.command.lun, refCmdSN: entry.cmdSN, channel: channel)
     }
   }
 
+  /// Sends a Task Management Function Request (RFC 7143 section 11.5.1), immediate, and
+  /// marks the tasks it covers.
+  private func sendTaskManagement(function: UInt8, ref: UInt32, lun: UInt16, refCmdSN: UInt32, channel: Channel) {
+    let tag = allocateTag()
+    managementTasks[tag] = ManagementTask(function: function, ref: ref, lun: lun, sentAt: .now())
+    for (itt, entry) in inFlight where (function == 1 && itt == ref) || (function == 5 && entry.pending.command.lun == lun) {
+      inFlight[itt]!.aborting = tag
+    }
+    var h = BasicHeaderSegment(opcode: .taskManagementRequest, immediate: true, flags: finalFlag | function)
+    h.lun = LUNEncoding.encode(lun)
+    h.initiatorTaskTag = tag
+    h.word5 = ref  // Referenced Task Tag
+    h.cmdSN = window.immediateCmdSN
+    h.expStatSN = expStatSN
+    h.word8 = refCmdSN  // RefCmdSN
+    channel.writeAndFlush(ISCSIPDU(header: h), promise: nil)
+  }
+
   private func handleTaskManagementResponse(_ h: BasicHeaderSegment) {
-    guard let m = managementTasks.removeValue(forKey: h.initiatorTaskTag) else { return }
-    // Response 0 = function complete, 1 = task does not exist (RFC 7143 section 11.6.1):
-    // either way the target no longer holds the task, so sending it again is safe.
-    if h.response == 0 || h.response == 1, let entry = inFlight.removeValue(forKey: m.ref) {
-      logger.notice("aborted a timed-out command; sending it again", metadata: ["itt": "0x\(hex(m.ref))"])
-      commandsRetried += 1
-      queue.prepend(entry.pending)
-    } else if h.response != 0 && h.response != 1, let channel {
+    guard let m = managementTasks.removeValue(forKey: h.initiatorTaskTag), let channel else { return }
+    // Response 0 = function complete; for ABORT TASK 1 = task does not exist (RFC 7143
+    // section 11.6.1). Either way the target no longer holds the tasks: send them again.
+    let done = h.response == 0 || (m.function == 1 && h.response == 1)
+    if done {
+      let covered = inFlight.filter { $0.value.aborting == h.initiatorTaskTag }
+        .sorted { SerialNumber($0.value.cmdSN) < SerialNumber($1.value.cmdSN) }
+      for (itt, entry) in covered.reversed() {
+        inFlight[itt] = nil
+        commandsRetried += 1
+        queue.prepend(entry.pending)
+      }
+      logger.notice(
+        m.function == 1 ? "aborted a timed-out command; sending it again" : "LUN reset; sending its commands again",
+        metadata: ["lun": "\(m.lun)", "commands": "\(covered.count)"])
+    } else if m.function == 1 {
+      logger.warning("target refused ABORT TASK (response \(h.response)); resetting the LUN")
+      sendTaskManagement(function: 5, ref: reservedTag, lun: m.lun, refCmdSN: 0, channel: channel)
+    } else {
       connectionFailed(
-        ISCSIError(.timeout, "target refused ABORT TASK (response \(h.response)); reinstating the session"),
+        ISCSIError(.timeout, "target refused LOGICAL UNIT RESET (response \(h.response)); reinstating the session"),
         channel: channel)
     }
   }

@@ -22,6 +22,8 @@ final class HostileTarget: @unchecked Sendable {
     case maxCmdSNBackwards
     /// Commands are never answered (and neither are task management requests).
     case silent
+    /// The first command is never answered; ABORT TASK is, and later commands too.
+    case loseFirstCommand
   }
 
   let misbehaviour: Misbehaviour
@@ -58,6 +60,7 @@ private final class HostileConnection: ChannelInboundHandler {
   var statSN: UInt32 = 1
   var maxCmdSN: UInt32 = 0
   var backwards: UInt32 = 0
+  var commands = 0
 
   init(misbehaviour: HostileTarget.Misbehaviour, port: @escaping () -> Int) {
     self.misbehaviour = misbehaviour
@@ -105,6 +108,10 @@ private final class HostileConnection: ChannelInboundHandler {
     case .nopOut where h.initiatorTaskTag != reservedTag:
       var r = targetHeader(.nopIn, itt: h.initiatorTaskTag, cmdSN: h.cmdSN &- 1)
       r.targetTransferTag = reservedTag
+      send(ISCSIPDU(header: r), context)
+    case .taskManagementRequest where misbehaviour == .loseFirstCommand:
+      var r = targetHeader(.taskManagementResponse, itt: h.initiatorTaskTag, cmdSN: h.cmdSN &- 1)
+      r.response = 0  // function complete
       send(ISCSIPDU(header: r), context)
     case .logoutRequest:
       send(ISCSIPDU(header: targetHeader(.logoutResponse, itt: h.initiatorTaskTag, cmdSN: h.cmdSN &- 1)), context)
@@ -182,6 +189,11 @@ private final class HostileConnection: ChannelInboundHandler {
       r.maxCmdSN = maxCmdSN &- backwards
       r.scsiStatus = 0
       send(ISCSIPDU(header: r), context)
+    case .loseFirstCommand:
+      commands += 1
+      if commands > 1 {
+        send(ISCSIPDU(header: targetHeader(.scsiResponse, itt: h.initiatorTaskTag, cmdSN: h.cmdSN)), context)
+      }
     case .silent, .endlessRedirect:
       break
     }

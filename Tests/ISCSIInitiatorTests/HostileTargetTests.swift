@@ -53,8 +53,19 @@ final class HostileTargetTests: XCTestCase {
     try await expectCommandFailure(.truncatedPDUThenClose, mentioning: "closed the connection")
   }
 
-  func testUnansweredCommandIsAbortedThenTheSessionGivesUp() async throws {
-    try await expectCommandFailure(.silent, mentioning: "ABORT TASK")
+  func testUnansweredCommandEscalatesToLUNResetThenTheSessionGivesUp() async throws {
+    try await expectCommandFailure(.silent, mentioning: "LOGICAL UNIT RESET")
+  }
+
+  func testTimedOutCommandIsAbortedAndSentAgain() async throws {
+    let target = try HostileTarget(.loseFirstCommand)
+    defer { target.stop() }
+    let session = try await ISCSISession.connect(config(target), on: MultiThreadedEventLoopGroup.singleton.next())
+    let c = try await session.execute(SCSICommand(lun: 0, cdb: CDB.testUnitReady()))
+    XCTAssertEqual(c.status, 0)
+    XCTAssertEqual(session.commandsRetried, 1, "the lost command was aborted and sent once more")
+    XCTAssertEqual(session.reinstatements, 0, "no reconnect was needed")
+    await session.close(timeout: .milliseconds(200))
   }
 
   func testEndlessRedirectIsBounded() async throws {
