@@ -22,6 +22,8 @@ public struct LUNInfo: Codable, Sendable, Equatable {
   public var unmapSupported: Bool
   public var writeSameUnmapSupported: Bool
   public var maxUnmapBlocks: UInt32
+  /// Largest WRITE SAME in blocks (VPD 0xB0), 0 = no limit reported.
+  public var maxWriteSameBlocks: UInt64
   public var writeCache: Bool?
   public var fua: Bool
   public var readOnly: Bool
@@ -216,6 +218,20 @@ public final class LogicalUnit: @unchecked Sendable {
     return run(SCSICommand(lun: lun, cdb: cdb, direction: .write(zero)), "WRITE SAME").map { _ in }
   }
 
+  /// Zeroes blocks with WRITE SAME(16) of a zero block, without deallocating them, in
+  /// pieces no larger than the LUN's WRITE SAME limit.
+  public func writeZeroes(lba: UInt64, blocks: UInt32) -> EventLoopFuture<Void> {
+    let limit = info.maxWriteSameBlocks > 0 ? min(info.maxWriteSameBlocks, 1 << 16) : 1 << 16
+    var futures: [EventLoopFuture<Void>] = []
+    var done: UInt32 = 0
+    while done < blocks {
+      let n = UInt32(min(UInt64(blocks - done), limit))
+      futures.append(writeSame(lba: lba + UInt64(done), blocks: n, unmap: false))
+      done += n
+    }
+    return EventLoopFuture.andAllSucceed(futures, on: session.eventLoop)
+  }
+
   public func testUnitReady() -> EventLoopFuture<Void> {
     run(SCSICommand(lun: lun, cdb: CDB.testUnitReady()), "TEST UNIT READY").map { _ in }
   }
@@ -339,6 +355,7 @@ struct Probe {
       unmapSupported: thin && (provisioning?.lbpu ?? false),
       writeSameUnmapSupported: thin && (provisioning?.lbpws ?? false),
       maxUnmapBlocks: limits?.maximumUnmapLBACount ?? 0,
+      maxWriteSameBlocks: limits?.maximumWriteSameLength ?? 0,
       writeCache: writeCache, fua: dpofua, readOnly: writeProtect,
       rotational: characteristics?.isRotational, aluaSupported: inquiry.supportsALUA)
   }

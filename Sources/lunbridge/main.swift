@@ -1,4 +1,5 @@
 import ArgumentParser
+import Bridge
 import Foundation
 import ISCSIInitiator
 import ISCSIProtocol
@@ -184,6 +185,83 @@ struct Info: AsyncParsableCommand {
   }
 }
 
+/// Blocks until SIGINT or SIGTERM arrives.
+func waitForTerminationSignal() async -> Int32 {
+  await withCheckedContinuation { (cont: CheckedContinuation<Int32, Never>) in
+    let queue = DispatchQueue(label: "lunbridge.signals")
+    var sources: [DispatchSourceSignal] = []
+    let once = OnceFlag()
+    for sig in [SIGINT, SIGTERM] {
+      signal(sig, SIG_IGN)
+      let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
+      source.setEventHandler {
+        if once.set() { cont.resume(returning: sig) }
+      }
+      source.resume()
+      sources.append(source)
+    }
+    signalSources = sources
+  }
+}
+
+nonisolated(unsafe) var signalSources: [DispatchSourceSignal] = []
+
+final class OnceFlag: @unchecked Sendable {
+  private let lock = NSLock()
+  private var done = false
+  func set() -> Bool { lock.withLock { if done { return false }; done = true; return true } }
+}
+
+/// Logs in to the LUN of `url` and opens it: what serve and attach share.
+func openVolume(url text: String, options: LoginOptions, readOnly: Bool, logger: Logger) async throws -> Volume {
+  let url = try ISCSIURL(parsing: text)
+  if url.passwordInURL {
+    warn("the CHAP secret in the URL shows in ps and shell history; use --chap-secret-file")
+  }
+  var config = try options.sessionConfiguration(
+    portal: url.portal, targetName: url.targetName, urlUser: url.user, urlPassword: url.password)
+  config.recoveryTimeout = .seconds(120)
+  let session = try await ISCSISession.connect(config, on: MultiThreadedEventLoopGroup.singleton.next(), logger: logger)
+  do {
+    let unit = try await LogicalUnit.open(session: session, lun: url.lun)
+    return try Volume(unit: unit, readOnly: readOnly, logger: logger)
+  } catch {
+    await session.close()
+    throw error
+  }
+}
+
+struct Serve: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Serve a LUN as an NBD export on a socket until SIGINT or SIGTERM.")
+
+  @Argument(help: "iscsi://[USER@]HOST[:PORT]/TARGET-IQN/LUN")
+  var url: String
+
+  @Option(help: "unix:PATH or tcp:[HOST:]PORT (default host 127.0.0.1).")
+  var listen: String
+
+  @Flag(help: "Refuse writes.")
+  var readOnly = false
+
+  @OptionGroup var options: LoginOptions
+
+  func run() async throws {
+    let logger = makeLogger(verbose: options.verbose)
+    let address = try ListenAddress(parsing: listen)
+    let volume = try await openVolume(url: url, options: options, readOnly: readOnly, logger: logger)
+    let server = try await NBDExportServer.start(volume: volume, address: address, logger: logger)
+    var shown = address
+    if case .tcp(let h, 0) = address, let p = server.boundPort { shown = .tcp(host: h, port: p) }
+    FileHandle.standardError.write(Data("lunbridge: serving \(url) at \(shown.uri)\n".utf8))
+    let sig = await waitForTerminationSignal()
+    logger.notice("stopping", metadata: ["signal": "\(sig)"])
+    await server.stop()
+    try? await volume.unit.synchronizeCache().get()
+    await volume.unit.session.close()
+  }
+}
+
 struct InfoReport: Encodable {
   var url: String
   var lun: LUNInfo
@@ -208,7 +286,7 @@ struct Lunbridge: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "lunbridge",
     abstract: "A user-space iSCSI initiator that serves LUNs as NBD devices.",
-    subcommands: [Discover.self, Info.self])
+    subcommands: [Discover.self, Info.self, Serve.self])
 
   /// One line `lunbridge: error: ...` and a non-zero exit for every failure; usage
   /// errors keep ArgumentParser's help text.
@@ -225,6 +303,8 @@ struct Lunbridge: AsyncParsableCommand {
     } catch let error as ISCSIURLError {
       fail(error.description)
     } catch let error as SCSIOperationError {
+      fail(error.description)
+    } catch let error as BridgeError {
       fail(error.description)
     } catch {
       exit(withError: error)

@@ -1,0 +1,163 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+
+/// Where `serve` listens: `unix:PATH` or `tcp:[HOST:]PORT` (host default 127.0.0.1,
+/// IPv6 as `[::1]:PORT`), as `qemu-nbd` users write socket addresses.
+public enum ListenAddress: Equatable, CustomStringConvertible, Sendable {
+  case unix(String)
+  case tcp(host: String, port: Int)
+
+  public init(parsing text: String) throws {
+    if text.hasPrefix("unix:") {
+      let path = String(text.dropFirst(5))
+      guard !path.isEmpty else { throw BridgeError("--listen unix: needs a socket path, as in unix:/run/lb.sock") }
+      self = .unix(path)
+      return
+    }
+    guard text.hasPrefix("tcp:") else {
+      throw BridgeError("--listen '\(text)': expected unix:PATH or tcp:[HOST:]PORT")
+    }
+    let rest = String(text.dropFirst(4))
+    var host = "127.0.0.1"
+    var portText = rest
+    if rest.hasPrefix("[") {
+      guard let close = rest.firstIndex(of: "]"), rest[rest.index(after: close)...].hasPrefix(":") else {
+        throw BridgeError("--listen '\(text)': expected tcp:[ADDR]:PORT for IPv6")
+      }
+      host = String(rest[rest.index(after: rest.startIndex)..<close])
+      portText = String(rest[rest.index(close, offsetBy: 2)...])
+    } else if let colon = rest.lastIndex(of: ":") {
+      host = String(rest[..<colon])
+      portText = String(rest[rest.index(after: colon)...])
+    }
+    guard let port = Int(portText), (1...65535).contains(port) else {
+      throw BridgeError("--listen '\(text)': '\(portText)' is not a port number")
+    }
+    self = .tcp(host: host, port: port)
+  }
+
+  public var description: String {
+    switch self {
+    case .unix(let p): return "unix:\(p)"
+    case .tcp(let h, let p): return h.contains(":") ? "tcp:[\(h)]:\(p)" : "tcp:\(h):\(p)"
+    }
+  }
+
+  /// The NBD URI a client such as nbdinfo or fio uses.
+  public var uri: String {
+    switch self {
+    case .unix(let p): return "nbd+unix:///?socket=\(p)"
+    case .tcp(let h, let p): return h.contains(":") ? "nbd://[\(h)]:\(p)/" : "nbd://\(h):\(p)/"
+    }
+  }
+}
+
+/// A user-facing error of the bridge layer (bad option, busy socket path, ...).
+public struct BridgeError: Error, CustomStringConvertible {
+  public var description: String
+  public init(_ description: String) { self.description = description }
+}
+
+/// The volume as a standard NBD export on a socket (fixed-newstyle handshake, simple
+/// replies, several connections at once).
+public final class NBDExportServer: @unchecked Sendable {
+  public let volume: Volume
+  public let address: ListenAddress
+  let channel: Channel
+  let logger: Logger
+
+  init(volume: Volume, address: ListenAddress, channel: Channel, logger: Logger) {
+    self.volume = volume
+    self.address = address
+    self.channel = channel
+    self.logger = logger
+  }
+
+  /// The port actually bound (for `tcp:HOST:0`).
+  public var boundPort: Int? { channel.localAddress?.port }
+
+  public static func start(volume: Volume, address: ListenAddress, logger: Logger) async throws -> NBDExportServer {
+    let loop = volume.eventLoop
+    let holder = ConnectionRegistry()
+    let bootstrap = ServerBootstrap(group: loop, childGroup: loop)
+      .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+      .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+      .childChannelInitializer { child in
+        child.eventLoop.makeCompletedFuture {
+          holder.add(child)
+          try child.pipeline.syncOperations.addHandler(
+            NBDConnectionHandler(volume: volume, handshake: true, logger: logger) { holder.remove(child) })
+        }
+      }
+    let channel: Channel
+    do {
+      switch address {
+      case .unix(let path):
+        if FileManager.default.fileExists(atPath: path) {
+          // A socket left by a process that is gone may be replaced; a live one may not.
+          if isListening(unixPath: path) {
+            throw BridgeError("\(path) is in use by another process")
+          }
+          try? FileManager.default.removeItem(atPath: path)
+        }
+        channel = try await bootstrap.bind(unixDomainSocketPath: path).get()
+      case .tcp(let host, let port):
+        channel = try await bootstrap.bind(host: host, port: port).get()
+      }
+    } catch let e as BridgeError {
+      throw e
+    } catch {
+      throw BridgeError("cannot listen on \(address): \(error)")
+    }
+    let server = NBDExportServer(volume: volume, address: address, channel: channel, logger: logger)
+    server.registry = holder
+    return server
+  }
+
+  private var registry: ConnectionRegistry?
+
+  /// Stops accepting, lets in-flight requests finish (up to `timeout`), closes the
+  /// connections and removes a Unix socket.
+  public func stop(timeout: TimeAmount = .seconds(10)) async {
+    try? await channel.close().get()
+    let deadline = NIODeadline.now() + timeout
+    if let registry {
+      for c in registry.all() {
+        c.close(mode: .input, promise: nil)
+      }
+      while NIODeadline.now() < deadline, registry.all().contains(where: { $0.isActive }) {
+        try? await Task.sleep(nanoseconds: 20_000_000)
+        for c in registry.all() { try? await c.close().get() }
+      }
+    }
+    if case .unix(let path) = address { try? FileManager.default.removeItem(atPath: path) }
+  }
+}
+
+final class ConnectionRegistry: @unchecked Sendable {
+  private let lock = NSLock()
+  private var channels: [ObjectIdentifier: Channel] = [:]
+  func add(_ c: Channel) { lock.withLock { channels[ObjectIdentifier(c)] = c } }
+  func remove(_ c: Channel) { _ = lock.withLock { channels.removeValue(forKey: ObjectIdentifier(c)) } }
+  func all() -> [Channel] { lock.withLock { Array(channels.values) } }
+}
+
+/// True when something accepts connections on the Unix socket at `path`.
+func isListening(unixPath path: String) -> Bool {
+  let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+  guard fd >= 0 else { return false }
+  defer { close(fd) }
+  var addr = sockaddr_un()
+  addr.sun_family = sa_family_t(AF_UNIX)
+  let bytes = Array(path.utf8)
+  guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return false }
+  withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+    for (i, b) in bytes.enumerated() { raw[i] = b }
+  }
+  let rc = withUnsafePointer(to: &addr) {
+    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+  }
+  return rc == 0
+}
