@@ -102,6 +102,9 @@ public final class ISCSISession: @unchecked Sendable {
   private var pingITT: UInt32?
   private var pingSentAt: NIODeadline = .now()
   private var lastPing: NIODeadline = .now()
+  /// Any PDU from the target shows the connection is alive (as open-iscsi counts it): a
+  /// ping stuck behind a long queue of Data-In must not kill a busy connection.
+  private var lastReceived: NIODeadline = .now()
   private var tick: RepeatedTask?
   private var recoveryAttempt = 0
   private var recoveryStarted: NIODeadline = .now()
@@ -246,6 +249,7 @@ public final class ISCSISession: @unchecked Sendable {
         maxSendDataSegmentLength: negotiated.maxSendDataSegmentLength))
     state = .fullFeature
     lastPing = .now()
+    lastReceived = .now()
     pingITT = nil
     startTicking()
     logger.info(
@@ -341,6 +345,7 @@ public final class ISCSISession: @unchecked Sendable {
 
   fileprivate func receive(_ pdu: ISCSIPDU, from channel: Channel) {
     guard channel === self.channel else { return }  // a late PDU from a connection we left
+    lastReceived = .now()
     if state == .loggingIn {
       guard pdu.opcode == .loginResponse else {
         connectionFailed(
@@ -617,13 +622,13 @@ public final class ISCSISession: @unchecked Sendable {
     guard state == .fullFeature, let channel else { return }
     // Keepalive (RFC 7143 section 11.18): a NOP-Out ping; no answer in time = dead connection.
     if let _ = pingITT {
-      if now - pingSentAt > configuration.keepaliveTimeout {
+      if now - pingSentAt > configuration.keepaliveTimeout && now - lastReceived > configuration.keepaliveTimeout {
         connectionFailed(
           ISCSIError(.timeout, "no answer to a NOP-Out ping within \(seconds(configuration.keepaliveTimeout)) s"),
           channel: channel)
         return
       }
-    } else if now - lastPing >= configuration.keepaliveInterval {
+    } else if now - lastPing >= configuration.keepaliveInterval && now - lastReceived >= configuration.keepaliveInterval {
       let itt = allocateTag()
       pingITT = itt
       pingSentAt = now

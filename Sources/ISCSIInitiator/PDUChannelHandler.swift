@@ -26,7 +26,11 @@ final class PDUChannelHandler: ChannelDuplexHandler {
     guard !failed else { return }
     let incoming = unwrapInboundIn(data)
     if var c = cumulation, c.readableBytes > 0 {
+      // Slices of earlier PDUs may still share this storage: dropping the consumed
+      // prefix first means a copy-on-write copies only the partial PDU, not everything
+      // received so far.
       var incoming = incoming
+      c.discardReadBytes()
       c.writeBuffer(&incoming)
       cumulation = c
     } else {
