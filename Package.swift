@@ -101,7 +101,7 @@ let package = Package(
     .testTarget(
       name: "IntegrationTests",
       dependencies: [
-        "ISCSIInitiator", "ISCSIProtocol", "SCSI",
+        "ISCSIInitiator", "ISCSIProtocol", "SCSI", "Bridge", "NBDProtocol",
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
       ]),
