@@ -4,6 +4,7 @@ import Foundation
 import ISCSIInitiator
 import ISCSIProtocol
 import Logging
+import NBDKernel
 import NIOCore
 import NIOPosix
 
@@ -262,6 +263,186 @@ struct Serve: AsyncParsableCommand {
   }
 }
 
+struct Attach: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Attach a LUN as /dev/nbdN through the kernel's NBD driver (needs root and the nbd module).",
+    discussion: """
+      Prints the device once it is live, then goes to the background, as nbd-client and
+      qemu-nbd -c do. --foreground keeps it in the foreground (for systemd). A restarted
+      attach of the same LUN takes over its old device, so mounts survive.
+      """)
+
+  @Argument(help: "iscsi://[USER@]HOST[:PORT]/TARGET-IQN/LUN")
+  var url: String
+
+  @Option(help: "Use this device, as /dev/nbdN or N (default: the kernel picks a free one).")
+  var device: String?
+
+  @Option(help: "NBD sockets = kernel hardware queues (default: the number of CPUs).")
+  var connections: Int?
+
+  @Option(help: "Seconds before the kernel times out a request on a socket.")
+  var timeout: UInt64 = 30
+
+  @Option(help: "Seconds the kernel holds I/O while no socket is alive (restart window).")
+  var deadConnTimeout: UInt64 = 120
+
+  @Flag(help: "Attach read-only.")
+  var readOnly = false
+
+  @Flag(help: "Stay in the foreground.")
+  var foreground = false
+
+  @OptionGroup var options: LoginOptions
+
+  func validate() throws {
+    if let connections, !(1...64).contains(connections) {
+      throw ValidationError("--connections must be between 1 and 64")
+    }
+  }
+
+  func run() async throws {
+    if !foreground {
+      try daemonize()
+    }
+    let logger = makeLogger(verbose: options.verbose)
+    guard getuid() == 0 else { throw BridgeError("attach needs root (CAP_SYS_ADMIN) to configure NBD devices") }
+    guard isNBDModuleLoaded() else { throw BridgeError("the nbd kernel module is not loaded: run modprobe nbd") }
+    var attachOptions = AttachOptions(connections: connections ?? ProcessInfo.processInfo.activeProcessorCount)
+    attachOptions.timeoutSeconds = timeout
+    attachOptions.deadConnectionTimeoutSeconds = deadConnTimeout
+    if let device { attachOptions.index = try parseDeviceIndex(device) }
+    let volume = try await openVolume(url: url, options: options, readOnly: readOnly, logger: logger)
+    let attachment: KernelAttachment
+    do {
+      attachment = try await KernelAttachment.attach(volume: volume, options: attachOptions, logger: logger)
+    } catch {
+      await volume.unit.session.close()
+      throw error
+    }
+    print(attachment.devicePath)
+    fflush(stdout)
+    if ProcessInfo.processInfo.environment["LUNBRIDGE_DAEMON_CHILD"] == "1" {
+      // The parent has what it waited for; stop writing to its pipe.
+      let devnull = open("/dev/null", O_RDWR)
+      dup2(devnull, STDOUT_FILENO)
+      dup2(devnull, STDIN_FILENO)
+      close(devnull)
+    }
+    logger.notice("attached", metadata: ["device": "\(attachment.devicePath)", "lun": "\(url)"])
+    let signalled = Task { await waitForTerminationSignal() }
+    let detached = Task { try? await attachment.closed.get() }
+    // Whichever comes first: a signal (we disconnect the device) or a detach (the kernel
+    // closed our sockets).
+    await withTaskGroup(of: Void.self) { g in
+      g.addTask { _ = await signalled.value }
+      g.addTask { await detached.value }
+      await g.next()
+      g.cancelAll()
+    }
+    if attachment.isConnected {
+      logger.notice("stopping: disconnecting \(attachment.devicePath)")
+      try? await volume.unit.synchronizeCache().get()
+      try? attachment.disconnect()
+      _ = try? await attachment.closed.get()
+    }
+    try? await volume.unit.synchronizeCache().get()
+    await volume.unit.session.close()
+    Foundation.exit(0)
+  }
+
+  /// Runs this command again in the background with --foreground and waits for the device
+  /// path on a pipe; exits with the child's status when it fails first.
+  func daemonize() throws -> Never {
+    let child = Process()
+    child.executableURL = URL(fileURLWithPath: "/proc/self/exe")
+    child.arguments = Array(CommandLine.arguments.dropFirst()) + ["--foreground"]
+    var env = ProcessInfo.processInfo.environment
+    env["LUNBRIDGE_DAEMON_CHILD"] = "1"
+    child.environment = env
+    let pipe = Pipe()
+    child.standardOutput = pipe
+    child.standardInput = FileHandle.nullDevice
+    try child.run()
+    let line = readLine(from: pipe.fileHandleForReading)
+    if let line, line.hasPrefix("/dev/") {
+      print(line)
+      Foundation.exit(0)
+    }
+    child.waitUntilExit()
+    Foundation.exit(child.terminationStatus == 0 ? 1 : child.terminationStatus)
+  }
+}
+
+func readLine(from handle: FileHandle) -> String? {
+  var bytes: [UInt8] = []
+  while true {
+    let d = handle.readData(ofLength: 1)
+    guard let b = d.first else { return bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self) }
+    if b == 0x0a { return String(decoding: bytes, as: UTF8.self) }
+    bytes.append(b)
+  }
+}
+
+func parseDeviceIndex(_ text: String) throws -> UInt32 {
+  let digits = text.hasPrefix("/dev/nbd") ? String(text.dropFirst(8)) : text
+  guard let n = UInt32(digits) else {
+    throw ValidationError("'\(text)' is not an NBD device: expected /dev/nbdN or N")
+  }
+  return n
+}
+
+struct Detach: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Detach /dev/nbdN: the serving process flushes, logs out and exits.")
+
+  @Argument(help: "/dev/nbdN")
+  var device: String
+
+  func run() throws {
+    let index = try parseDeviceIndex(device)
+    guard isNBDModuleLoaded() else { throw BridgeError("the nbd kernel module is not loaded: run modprobe nbd") }
+    let netlink = try NBDNetlink()
+    let known = try netlink.status(index: index)
+    guard let d = known.first(where: { $0.index == index }), d.connected else {
+      throw BridgeError("/dev/nbd\(index) is not attached")
+    }
+    try netlink.disconnect(index: index)
+  }
+}
+
+struct DeviceListing: Encodable {
+  var device: String
+  var connected: Bool
+  var backend: String
+  var pid: Int32?
+}
+
+struct List: ParsableCommand {
+  static let configuration = CommandConfiguration(abstract: "List the NBD devices lunbridge serves.")
+
+  @Flag(help: "Print JSON.")
+  var json = false
+
+  func run() throws {
+    guard isNBDModuleLoaded() else { throw BridgeError("the nbd kernel module is not loaded: run modprobe nbd") }
+    let netlink = try NBDNetlink()
+    var rows: [DeviceListing] = []
+    for d in try netlink.status() {
+      guard let backend = NBDNetlink.backendIdentifier(index: d.index), backend.hasPrefix("lunbridge:") else { continue }
+      rows.append(
+        DeviceListing(device: "/dev/nbd\(d.index)", connected: d.connected, backend: backend, pid: NBDNetlink.pid(index: d.index)))
+    }
+    if json {
+      try printJSON(rows)
+    } else {
+      for r in rows {
+        print("\(r.device)\t\(r.connected ? "connected" : "disconnected")\tpid \(r.pid.map { String($0) } ?? "-")\t\(r.backend)")
+      }
+    }
+  }
+}
+
 struct InfoReport: Encodable {
   var url: String
   var lun: LUNInfo
@@ -286,7 +467,7 @@ struct Lunbridge: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "lunbridge",
     abstract: "A user-space iSCSI initiator that serves LUNs as NBD devices.",
-    subcommands: [Discover.self, Info.self, Serve.self])
+    subcommands: [Discover.self, Info.self, Serve.self, Attach.self, Detach.self, List.self])
 
   /// One line `lunbridge: error: ...` and a non-zero exit for every failure; usage
   /// errors keep ArgumentParser's help text.
@@ -305,6 +486,8 @@ struct Lunbridge: AsyncParsableCommand {
     } catch let error as SCSIOperationError {
       fail(error.description)
     } catch let error as BridgeError {
+      fail(error.description)
+    } catch let error as NBDKernelError {
       fail(error.description)
     } catch {
       exit(withError: error)

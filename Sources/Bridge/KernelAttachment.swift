@@ -1,0 +1,163 @@
+import Foundation
+import Logging
+import NBDKernel
+import NBDProtocol
+import NIOCore
+import NIOPosix
+
+/// Settings of `attach`. Both kernel timeouts are always set explicitly (NOTES-KERNEL-NBD:
+/// an unset TIMEOUT means the block layer waits forever).
+public struct AttachOptions: Sendable {
+  public var connections: Int
+  /// Seconds before the kernel declares a request on a socket timed out.
+  public var timeoutSeconds: UInt64 = 30
+  /// Seconds the kernel waits for a RECONFIGURE when every socket is dead.
+  public var deadConnectionTimeoutSeconds: UInt64 = 120
+  public var index: UInt32?
+
+  public init(connections: Int = ProcessInfo.processInfo.activeProcessorCount) {
+    self.connections = max(1, connections)
+  }
+}
+
+/// A volume handed to the kernel as /dev/nbdN: N socketpairs, one NBD connection each, on
+/// the volume's event loop. A device already carrying this LUN's backend identifier whose
+/// server is gone is taken over with NBD_CMD_RECONFIGURE, so mounts survive a restart.
+public final class KernelAttachment: @unchecked Sendable {
+  public let volume: Volume
+  public let index: UInt32
+  public let backendIdentifier: String
+  public let reattached: Bool
+  let netlink: NBDNetlink
+  let logger: Logger
+  let channels: [Channel]
+  private let closedPromise: EventLoopPromise<Void>
+
+  public var devicePath: String { "/dev/nbd\(index)" }
+
+  /// Names the LUN so a restarted attach finds its device: target, LUN and the LUN's own
+  /// identifier (VPD 0x83), which tells a different LUN behind the same name apart.
+  public static func backendIdentifier(for volume: Volume) -> String {
+    let unit = volume.unit
+    let target = unit.session.configuration.login.targetName ?? "-"
+    return "lunbridge:\(target):\(unit.lun):\(unit.info.deviceIdentifier ?? "-")"
+  }
+
+  init(
+    volume: Volume, index: UInt32, backendIdentifier: String, reattached: Bool, netlink: NBDNetlink,
+    channels: [Channel], logger: Logger
+  ) {
+    self.volume = volume
+    self.index = index
+    self.backendIdentifier = backendIdentifier
+    self.reattached = reattached
+    self.netlink = netlink
+    self.channels = channels
+    self.logger = logger
+    self.closedPromise = volume.eventLoop.makePromise()
+    let remaining = ManagedCounter(channels.count)
+    for c in channels {
+      c.closeFuture.whenComplete { [closedPromise] _ in
+        if remaining.decrement() == 0 { closedPromise.succeed(()) }
+      }
+    }
+  }
+
+  /// Attaches `volume`. Throws `NBDKernelError` with a one-line reason (module missing,
+  /// not root, device busy).
+  public static func attach(volume: Volume, options: AttachOptions, logger: Logger) async throws -> KernelAttachment {
+    let netlink = try NBDNetlink(logger: logger)
+    let identifier = backendIdentifier(for: volume)
+
+    // A device left by an earlier run of this LUN whose server is gone: reconfigure it.
+    var reuse: UInt32? = nil
+    if let devices = try? netlink.status() {
+      for d in devices where NBDNetlink.backendIdentifier(index: d.index) == identifier {
+        if let pid = NBDNetlink.pid(index: d.index), pid > 0, kill(pid, 0) == 0, pid != getpid() {
+          throw BridgeError("\(identifier) is already attached as /dev/nbd\(d.index) by process \(pid)")
+        }
+        if options.index == nil || options.index == d.index { reuse = d.index }
+      }
+    }
+
+    var ours: [Int32] = []
+    var theirs: [Int32] = []
+    for _ in 0..<options.connections {
+      var fds: [Int32] = [0, 0]
+      guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
+        (ours + theirs).forEach { close($0) }
+        throw BridgeError("socketpair failed: \(String(cString: strerror(errno)))")
+      }
+      ours.append(fds[0])
+      theirs.append(fds[1])
+    }
+    defer { theirs.forEach { close($0) } }  // the kernel holds its own references
+
+    var channels: [Channel] = []
+    do {
+      for fd in ours {
+        let channel = try await ClientBootstrap(group: volume.eventLoop)
+          .channelInitializer { ch in
+            ch.eventLoop.makeCompletedFuture {
+              try ch.pipeline.syncOperations.addHandler(
+                NBDConnectionHandler(volume: volume, handshake: false, logger: logger))
+            }
+          }
+          .withConnectedSocket(fd).get()
+        channels.append(channel)
+      }
+    } catch {
+      for c in channels { try? await c.close().get() }
+      for fd in ours.dropFirst(channels.count) { close(fd) }
+      throw BridgeError("cannot serve the NBD sockets: \(error)")
+    }
+
+    let index: UInt32
+    do {
+      if let reuse {
+        try netlink.reconfigure(
+          index: reuse, sockets: theirs, timeoutSeconds: options.timeoutSeconds,
+          deadConnectionTimeoutSeconds: options.deadConnectionTimeoutSeconds, backendIdentifier: identifier)
+        index = reuse
+        logger.notice("reattached an existing device", metadata: ["device": "/dev/nbd\(reuse)"])
+      } else {
+        var flags: NBDServerFlags = [.hasFlags, .sendFlush, .sendFUA, .canMultiConn]
+        let export = volume.export.transmissionFlags
+        if export.contains(.readOnly) { flags.insert(.readOnly) }
+        if export.contains(.sendTrim) { flags.insert(.sendTrim) }
+        if export.contains(.sendWriteZeroes) { flags.insert(.sendWriteZeroes) }
+        if export.contains(.rotational) { flags.insert(.rotational) }
+        let request = NBDConnectRequest(
+          sockets: theirs, sizeBytes: volume.export.size, blockSize: UInt64(volume.unit.info.blockSize),
+          serverFlags: flags, timeoutSeconds: options.timeoutSeconds,
+          deadConnectionTimeoutSeconds: options.deadConnectionTimeoutSeconds, index: options.index,
+          backendIdentifier: identifier)
+        index = try netlink.connect(request)
+      }
+    } catch {
+      for c in channels { try? await c.close().get() }
+      throw error
+    }
+    return KernelAttachment(
+      volume: volume, index: index, backendIdentifier: identifier, reattached: reuse != nil, netlink: netlink,
+      channels: channels, logger: logger)
+  }
+
+  /// True while the kernel still holds at least one of our sockets.
+  public var isConnected: Bool { channels.contains { $0.isActive } }
+
+  /// Completes when the kernel has closed every socket (detach, or the device removed).
+  public var closed: EventLoopFuture<Void> { closedPromise.futureResult }
+
+  /// Asks the kernel to disconnect the device (as `lunbridge detach` does).
+  public func disconnect() throws {
+    try netlink.disconnect(index: index)
+  }
+}
+
+final class ManagedCounter: @unchecked Sendable {
+  private let lock = NSLock()
+  private var value: Int
+  init(_ value: Int) { self.value = value }
+  func decrement() -> Int { lock.withLock { value -= 1; return value } }
+}
