@@ -73,10 +73,10 @@ extension BasicHeaderSegment {
     }
     set {
       precondition(newValue.count <= 16, "CDBs longer than 16 bytes need an extended-CDB AHS")
-      var b = [UInt8](repeating: 0, count: 16)
-      b.replaceSubrange(0..<newValue.count, with: newValue)
+      // Bytes past the CDB's end are zero. No scratch array: this runs for every command.
+      func b(_ i: Int) -> UInt32 { i < newValue.count ? UInt32(newValue[i]) : 0 }
       func w(_ i: Int) -> UInt32 {
-        UInt32(b[i]) << 24 | UInt32(b[i + 1]) << 16 | UInt32(b[i + 2]) << 8 | UInt32(b[i + 3])
+        b(i) << 24 | b(i + 1) << 16 | b(i + 2) << 8 | b(i + 3)
       }
       word8 = w(0)
       word9 = w(4)

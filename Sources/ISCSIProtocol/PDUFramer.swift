@@ -106,8 +106,12 @@ public struct PDUEncoder: Sendable {
     header.write(to: &out)
     if var ahs = pdu.ahs { out.writeBuffer(&ahs) }
     if parameters.headerDigest {
-      let covered = out.getSlice(at: start, length: out.writerIndex - start)!
-      out.writeInteger(CRC32C.checksum(covered), endianness: .little)
+      // Checksum in place: a slice of `out` alive across the write below would make
+      // `out` shared, and the write would copy the whole buffer (copy-on-write).
+      let digest = out.withUnsafeReadableBytes { bytes in
+        CRC32C.checksum(UnsafeRawBufferPointer(rebasing: bytes[(start - out.readerIndex)...]))
+      }
+      out.writeInteger(digest, endianness: .little)
     }
   }
 
