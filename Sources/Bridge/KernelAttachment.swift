@@ -143,6 +143,35 @@ public final class KernelAttachment: @unchecked Sendable {
       channels: channels, logger: logger)
   }
 
+  /// Watches the device from a thread of its own (netlink calls block): logs the kernel's
+  /// LINK_DEAD notifications for this device, and ends the attachment once the kernel says
+  /// the device is no longer connected. That matters after a RECONFIGURE: the kernel
+  /// only takes as many of the new sockets as it had dead slots, and never closes the
+  /// others, so waiting for every socket to close would wait forever.
+  public func startWatching(interval: TimeInterval = 1) {
+    let monitor = try? NBDLinkDeadMonitor()
+    if monitor == nil { logger.warning("cannot subscribe to NBD link-dead notifications") }
+    let thread = Thread { [self] in
+      while true {
+        Thread.sleep(forTimeInterval: interval)
+        if let dead = try? monitor?.drain(), dead.contains(index) {
+          logger.notice("the kernel reported a dead NBD socket", metadata: ["device": "\(devicePath)"])
+        }
+        if let status = try? netlink.status(index: index), let me = status.first(where: { $0.index == index }),
+          !me.connected
+        {
+          logger.notice("\(devicePath) was disconnected")
+          for c in channels { c.close(promise: nil) }
+          closedPromise.succeed(())
+          return
+        }
+        if !isConnected { return }
+      }
+    }
+    thread.name = "lunbridge-nbd-watch"
+    thread.start()
+  }
+
   /// True while the kernel still holds at least one of our sockets.
   public var isConnected: Bool { channels.contains { $0.isActive } }
 

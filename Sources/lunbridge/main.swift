@@ -320,6 +320,7 @@ struct Attach: AsyncParsableCommand {
       await volume.unit.session.close()
       throw error
     }
+    attachment.startWatching()
     print(attachment.devicePath)
     fflush(stdout)
     if ProcessInfo.processInfo.environment["LUNBRIDGE_DAEMON_CHILD"] == "1" {
@@ -330,16 +331,17 @@ struct Attach: AsyncParsableCommand {
       close(devnull)
     }
     logger.notice("attached", metadata: ["device": "\(attachment.devicePath)", "lun": "\(url)"])
-    let signalled = Task { await waitForTerminationSignal() }
-    let detached = Task { try? await attachment.closed.get() }
     // Whichever comes first: a signal (we disconnect the device) or a detach (the kernel
-    // closed our sockets).
-    await withTaskGroup(of: Void.self) { g in
-      g.addTask { _ = await signalled.value }
-      g.addTask { await detached.value }
-      await g.next()
-      g.cancelAll()
+    // closed our sockets or reports the device disconnected).
+    let stop = volume.eventLoop.makePromise(of: Void.self)
+    let once = OnceFlag()
+    attachment.closed.whenComplete { _ in if once.set() { stop.succeed(()) } }
+    Task {
+      let sig = await waitForTerminationSignal()
+      logger.notice("stopping", metadata: ["signal": "\(sig)"])
+      if once.set() { stop.succeed(()) }
     }
+    try? await stop.futureResult.get()
     if attachment.isConnected {
       logger.notice("stopping: disconnecting \(attachment.devicePath)")
       try? await volume.unit.synchronizeCache().get()
@@ -355,7 +357,9 @@ struct Attach: AsyncParsableCommand {
   /// path on a pipe; exits with the child's status when it fails first.
   func daemonize() throws -> Never {
     let child = Process()
-    child.executableURL = URL(fileURLWithPath: "/proc/self/exe")
+    // The resolved path, so ps and pgrep show "lunbridge attach ..." for the child.
+    let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? "/proc/self/exe"
+    child.executableURL = URL(fileURLWithPath: exe)
     child.arguments = Array(CommandLine.arguments.dropFirst()) + ["--foreground"]
     var env = ProcessInfo.processInfo.environment
     env["LUNBRIDGE_DAEMON_CHILD"] = "1"

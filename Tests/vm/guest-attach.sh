@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Runs INSIDE the VM (Tests/vm/vm-run.sh): the kernel path end to end against a tgtd in
+# the guest on loopback. Prints one "ok N - ..." / "not ok N - ..." line per check (TAP)
+# and exits non-zero if any failed.
+#   guest-attach.sh LUNBRIDGE_BINARY REPO_DIR
+set -uo pipefail
+LB=$(realpath "$1")
+REPO=$(realpath "$2")
+n=0; failed=0
+ok() { n=$((n + 1)); echo "ok $n - $*"; }
+notok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $*"; }
+check() { local what=$1; shift; if "$@"; then ok "$what"; else notok "$what"; return 1; fi; }
+finish() { echo "1..$n"; echo "vm checks: $((n - failed)) passed, $failed failed"; exit $((failed > 0)); }
+
+T=$(mktemp -d /tmp/guest-attach.XXXXXX)
+M=$T/mnt  # the guest's /mnt is read-only; /tmp is a writable overlay
+cleanup() {
+  umount "$M" 2>/dev/null
+  [ -n "${dev:-}" ] && "$LB" detach "$dev" 2>/dev/null
+  "$REPO/Tests/scripts/tgtd-private.sh" stop "$T" >/dev/null 2>&1
+}
+trap cleanup EXIT
+
+modprobe nbd nbds_max=8 || { notok "modprobe nbd"; finish; }
+ok "modprobe nbd ($(uname -r))"
+
+export TGTD_LUN_SIZE_MIB=128 TGTD_IQN=iqn.2026-11.org.lunbridge:vm
+url=$("$REPO/Tests/scripts/tgtd-private.sh" start "$T") || { notok "start tgtd"; finish; }
+ok "tgtd started: $url"
+img="$T/lun.img"
+
+# attach: prints the device, goes to the background.
+dev=$(timeout 60 "$LB" attach "$url" --connections 2 --timeout 30 --dead-conn-timeout 60 2>"$T/attach.err")
+rc=$?
+if [ $rc -ne 0 ] || [[ "$dev" != /dev/nbd* ]]; then
+  notok "attach (rc $rc, '$dev'): $(cat "$T/attach.err")"; finish
+fi
+ok "attach printed $dev and returned"
+idx=${dev#/dev/nbd}
+check "device size is the LUN's 128 MiB" test "$(cat /sys/block/nbd$idx/size)" = $((128 * 2048))
+check "backend names the LUN" grep -q "lunbridge:$TGTD_IQN:1:" /sys/block/nbd$idx/backend
+check "list shows it" bash -c "'$LB' list | grep -q '^$dev'"
+pid=$(pgrep -f "lunbridge attach $url" | head -1)
+check "the serving process runs in the background (pid ${pid:-none})" test -n "$pid"
+
+# A filesystem: write, remount, verify.
+mkdir -p "$M"
+check "mkfs.ext4" mkfs.ext4 -q -E nodiscard "$dev"
+check "mount" mount "$dev" $M
+for i in 1 2 3; do dd if=/dev/urandom of=$M/file$i bs=1M count=6 status=none; done
+(cd $M && sha256sum file1 file2 file3 >"$T/sums")
+check "umount" umount $M
+check "mount again" mount "$dev" $M
+check "checksums after remount" bash -c "cd $M && sha256sum -c --quiet '$T/sums'"
+df -h $M
+
+# fstrim reaches the target: the thin LUN's backing file gives blocks back.
+before=$(du -kL "$img" | cut -f1)
+rm -f $M/file1 $M/file2 $M/file3; sync
+check "fstrim" fstrim -v $M
+after=$(du -kL "$img" | cut -f1)
+check "fstrim shrank the backing file ($before KiB -> $after KiB)" test "$after" -lt "$before"
+check "umount after trim" umount $M
+
+# fio with crc32c verify on the raw device.
+check "fio verify on $dev" fio --name=raw --filename="$dev" --ioengine=libaio --direct=1 --rw=randwrite \
+  --bs=4k --iodepth=16 --size=24m --verify=crc32c --verify_fatal=1 --output="$T/fio-raw.txt"
+
+# kill -9 of the server while fio verifies, then a restart within the dead-connection
+# timeout: the device is taken over with RECONFIGURE and fio sees no error.
+fio --name=survive --filename="$dev" --ioengine=libaio --direct=1 --rw=randwrite --bs=4k --iodepth=8 \
+  --size=16m --time_based --runtime=25 --verify=crc32c --verify_fatal=1 --verify_backlog=256 \
+  --output="$T/fio-survive.txt" &
+fio_pid=$!
+sleep 6
+check "kill -9 the serving process (pid ${pid:-none}) during fio" kill -9 "${pid:-none}"
+sleep 2
+dev2=$(timeout 60 "$LB" attach "$url" --verbose --connections 2 --timeout 30 --dead-conn-timeout 60 2>"$T/attach2.err")
+check "restarted attach took over $dev (got '$dev2': $(cat "$T/attach2.err"))" test "$dev2" = "$dev"
+wait $fio_pid
+fio_rc=$?
+check "fio verify survived kill -9 and restart (rc $fio_rc)" test $fio_rc -eq 0
+grep -E "err=|verify" "$T/fio-survive.txt" | head -3
+
+# detach: the serving process flushes, logs out and exits.
+pid=$(pgrep -f "lunbridge attach $url" | head -1)
+check "the restarted serving process runs (pid ${pid:-none})" test -n "$pid"
+check "detach" "$LB" detach "$dev"
+for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+check "the serving process exited after detach" bash -c "[ -n '$pid' ] && ! kill -0 '$pid' 2>/dev/null" ||
+  { echo "# serving process log:"; sed 's/^/# /' "$T/attach2.err"; }
+dev=""
+
+# Errors a user meets.
+out=$("$LB" attach "iscsi://127.0.0.1:$(cat "$T/port")/iqn.2026-11.org.lunbridge:nope/1" 2>&1); rc=$?
+check "unknown target: one line, non-zero ($out)" bash -c "[ $rc -ne 0 ] && [ \$(wc -l <<<'$out') -eq 1 ]"
+finish
