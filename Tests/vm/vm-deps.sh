@@ -11,7 +11,9 @@
 #                      `vng` stops with "a statically linked busybox could not be found".
 #                      It replaces the dynamic `busybox` package (apt removes it; the
 #                      host's initramfs-tools is content with either).
-#   tgt fio iproute2 e2fsprogs   what guest-smoke.sh and the VM tests use in the guest
+#   tgt fio iproute2 e2fsprogs mount iputils-ping bc   what guest-smoke.sh and the VM
+#                      tests use in the guest (ping is not on this image by default),
+#                      and bc for vm-run.sh's timings
 # PyPI:
 #   virtme-ng          the `vng` command. pip installs it for the `python3` first on PATH
 #                      (here a pyenv build: /root/.pyenv/versions/X/bin/vng, reached
@@ -28,7 +30,8 @@ PYTHON=${PYTHON:-python3}
 VNG_LINK=/usr/local/bin/vng
 
 # --- Debian packages ---------------------------------------------------------------
-pkgs=(qemu-system-x86 linux-image-amd64 busybox-static tgt fio iproute2 e2fsprogs kmod)
+pkgs=(qemu-system-x86 linux-image-amd64 busybox-static tgt fio iproute2 e2fsprogs kmod mount
+  iputils-ping bc)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' ||

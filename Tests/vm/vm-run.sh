@@ -62,9 +62,9 @@ t0=$(date +%s.%N)
 vpid=$!
 tpids=()
 if [ "${VM_QUIET:-0}" != 1 ]; then # stream the script's output as the guest writes it
-  tail -n +1 -F --pid="$vpid" "$R/stdout" 2>/dev/null &
+  tail -n +1 -F -s 0.2 "$R/stdout" 2>/dev/null &
   tpids+=($!)
-  tail -n +1 -F --pid="$vpid" "$R/stderr" >&2 2>/dev/null &
+  tail -n +1 -F -s 0.2 "$R/stderr" >&2 2>/dev/null &
   tpids+=($!)
 fi
 
@@ -87,7 +87,8 @@ while kill -0 "$vpid" 2>/dev/null; do
   sleep 0.25
 done
 wait "$vpid"; vng_rc=$?
-if [ ${#tpids[@]} -gt 0 ]; then sleep 0.5; kill "${tpids[@]}" 2>/dev/null; wait "${tpids[@]}" 2>/dev/null; fi
+if [ ${#tpids[@]} -gt 0 ]; then sleep 1; # let tail print the last lines
+   kill "${tpids[@]}" 2>/dev/null; wait "${tpids[@]}" 2>/dev/null; fi
 total=$(echo "$(date +%s.%N) - $t0" | bc)
 printf '%.1f\n' "$total" >"$R/total-seconds"
 [ -z "$booted" ] && [ -e "$R/booted" ] && printf 'unknown\n' >"$R/boot-seconds"
