@@ -8,7 +8,7 @@ DESTDIR ?=
 # Debian packages the build, the tests, the demo and the benchmarks use.
 DEB_PACKAGES := libnl-3-dev libnl-genl-3-dev tgt libiscsi-bin qemu-utils qemu-block-extra fio libnbd-bin python3-libnbd procps iproute2
 
-.PHONY: all deps build debug test unit-test integration-test demo bench-codec install uninstall clean
+.PHONY: all deps build debug test vm-test unit-test integration-test demo bench-codec install uninstall clean
 
 all: build
 
@@ -22,6 +22,7 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	@command -v $(SWIFT) >/dev/null || { echo "make deps: swift toolchain not found on PATH" >&2; exit 1; }
+	@Tests/vm/vm-deps.sh
 
 build:
 	$(SWIFT) build -c release --product lunbridge
@@ -35,7 +36,15 @@ test: deps
 	$(SWIFT) build --build-tests
 	@set -o pipefail; $(SWIFT) test --skip-build --disable-swift-testing 2>&1 | tee .build/test.log \
 	  | grep -v -E '^[0-9T:+-]+ (debug|info|notice|warning|error) lunbridge'; rc=$$?; \
-	  Tests/scripts/test-summary.sh .build/test.log; exit $$rc
+	  $(MAKE) --no-print-directory vm-test || rc=1; \
+	  Tests/scripts/test-summary.sh .build/test.log .build/vm-test/stdout; exit $$rc
+
+# The kernel path in a real Debian kernel under QEMU (this machine's kernel has no nbd).
+vm-test: deps
+	$(SWIFT) build --product lunbridge
+	@rm -rf .build/vm-test; mkdir -p .build/vm-test
+	RESULTDIR=.build/vm-test VM_QUIET=1 VM_TIMEOUT=1200 Tests/vm/vm-run.sh Tests/vm/guest-attach.sh \
+	  "$$(pwd)/.build/debug/lunbridge" "$$(pwd)"
 
 unit-test:
 	$(SWIFT) test --skip IntegrationTests
