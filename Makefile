@@ -52,8 +52,19 @@ unit-test:
 integration-test: deps
 	$(SWIFT) test --filter IntegrationTests
 
+# Discovery and info on this machine; the kernel part (attach, mkfs, mount) here when the
+# running kernel has an nbd driver, otherwise inside the VM (and it says so).
 demo: deps build
 	@Tests/scripts/demo.sh .build/release/lunbridge
+	@if modprobe nbd 2>/dev/null && [ -e /sys/module/nbd ]; then \
+	  Tests/vm/guest-demo.sh .build/release/lunbridge "$$(pwd)"; \
+	else \
+	  echo; echo "This kernel has no nbd driver: running the attach part inside a Debian kernel under QEMU (about a minute)..."; \
+	  rm -rf .build/demo-vm; mkdir -p .build/demo-vm; \
+	  RESULTDIR=.build/demo-vm VM_QUIET=1 Tests/vm/vm-run.sh Tests/vm/guest-demo.sh \
+	    "$$(pwd)/.build/release/lunbridge" "$$(pwd)" >/dev/null 2>&1; rc=$$?; \
+	  cat .build/demo-vm/stdout .build/demo-vm/stderr 2>/dev/null; exit $$rc; \
+	fi
 
 bench-codec:
 	$(SWIFT) run -c release lunbridge-codec-bench
