@@ -1,3 +1,4 @@
+import ISCSIProtocol
 import Logging
 import NBDProtocol
 import NIOCore
@@ -47,17 +48,7 @@ final class NBDConnectionHandler: ChannelInboundHandler {
 
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {
     let incoming = unwrapInboundIn(data)
-    if var c = cumulation, c.readableBytes > 0 {
-      // Slices of earlier PDUs may still share this storage: dropping the consumed
-      // prefix first means a copy-on-write copies only the partial PDU, not everything
-      // received so far.
-      var incoming = incoming
-      c.discardReadBytes()
-      c.writeBuffer(&incoming)
-      cumulation = c
-    } else {
-      cumulation = incoming
-    }
+    cumulation.cumulate(incoming)
     process(context: context)
     if let c = cumulation, c.readableBytes == 0 { cumulation = nil }
   }

@@ -25,17 +25,7 @@ final class PDUChannelHandler: ChannelDuplexHandler {
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {
     guard !failed else { return }
     let incoming = unwrapInboundIn(data)
-    if var c = cumulation, c.readableBytes > 0 {
-      // Slices of earlier PDUs may still share this storage: dropping the consumed
-      // prefix first means a copy-on-write copies only the partial PDU, not everything
-      // received so far.
-      var incoming = incoming
-      c.discardReadBytes()
-      c.writeBuffer(&incoming)
-      cumulation = c
-    } else {
-      cumulation = incoming
-    }
+    cumulation.cumulate(incoming)
     while !failed {
       do {
         guard let pdu = try framer.next(from: &cumulation!) else { break }
