@@ -321,6 +321,7 @@ struct Attach: AsyncParsableCommand {
       throw error
     }
     attachment.startWatching()
+    let urlFile = recordURL(try ISCSIURL(parsing: url).description, index: attachment.index)
     print(attachment.devicePath)
     fflush(stdout)
     if ProcessInfo.processInfo.environment["LUNBRIDGE_DAEMON_CHILD"] == "1" {
@@ -350,6 +351,7 @@ struct Attach: AsyncParsableCommand {
     }
     try? await volume.unit.synchronizeCache().get()
     await volume.unit.session.close()
+    if let urlFile { unlink(urlFile) }
     Foundation.exit(0)
   }
 
@@ -376,6 +378,26 @@ struct Attach: AsyncParsableCommand {
     child.waitUntilExit()
     Foundation.exit(child.terminationStatus == 0 ? 1 : child.terminationStatus)
   }
+}
+
+/// Where `list` finds the URL (without password) a device was attached from.
+let runDirectory = "/run/lunbridge"
+
+func recordURL(_ url: String, index: UInt32) -> String? {
+  let path = "\(runDirectory)/nbd\(index).url"
+  do {
+    try FileManager.default.createDirectory(
+      atPath: runDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+    try (url + "\n").write(toFile: path, atomically: true, encoding: .utf8)
+    return path
+  } catch {
+    return nil
+  }
+}
+
+func recordedURL(index: UInt32) -> String? {
+  (try? String(contentsOfFile: "\(runDirectory)/nbd\(index).url", encoding: .utf8))?
+    .trimmingCharacters(in: .whitespacesAndNewlines)
 }
 
 func readLine(from handle: FileHandle) -> String? {
@@ -417,6 +439,7 @@ struct Detach: ParsableCommand {
 
 struct DeviceListing: Encodable {
   var device: String
+  var url: String?
   var connected: Bool
   var backend: String
   var pid: Int32?
@@ -435,13 +458,17 @@ struct List: ParsableCommand {
     for d in try netlink.status() {
       guard let backend = NBDNetlink.backendIdentifier(index: d.index), backend.hasPrefix("lunbridge:") else { continue }
       rows.append(
-        DeviceListing(device: "/dev/nbd\(d.index)", connected: d.connected, backend: backend, pid: NBDNetlink.pid(index: d.index)))
+        DeviceListing(
+          device: "/dev/nbd\(d.index)", url: recordedURL(index: d.index), connected: d.connected, backend: backend,
+          pid: NBDNetlink.pid(index: d.index)))
     }
     if json {
       try printJSON(rows)
     } else {
       for r in rows {
-        print("\(r.device)\t\(r.connected ? "connected" : "disconnected")\tpid \(r.pid.map { String($0) } ?? "-")\t\(r.backend)")
+        print(
+          "\(r.device)\t\(r.connected ? "connected" : "disconnected")\tpid \(r.pid.map { String($0) } ?? "-")\t"
+            + "\(r.url ?? "-")\t\(r.backend)")
       }
     }
   }

@@ -72,6 +72,17 @@ final class ServeIntegrationTests: XCTestCase {
     XCTAssertGreaterThanOrEqual(export["block_size_maximum"] as? Int ?? 0, 32 << 20)
   }
 
+  func testQemuImgReadsTheExport() throws {
+    let r = try tool("qemu-img", ["info", "--output=json", uri], package: "qemu-utils")
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+    XCTAssertEqual(json["virtual-size"] as? Int, 96 << 20)
+    // qemu-io writes a pattern through the export and reads it back.
+    let w = try tool("qemu-io", ["-f", "raw", "-c", "write -P 0xa5 1M 64k", "-c", "read -P 0xa5 1M 64k", uri], package: "qemu-utils")
+    XCTAssertEqual(w.status, 0, w.stdout + w.stderr)
+    XCTAssertFalse(w.stdout.contains("Pattern verification failed"), w.stdout)
+  }
+
   func testNbdcopy64MiBInAndOutMatchesByteForByte() throws {
     let source = scratch + "/random.img"
     let back = scratch + "/back.img"

@@ -39,7 +39,7 @@ ok "attach printed $dev and returned"
 idx=${dev#/dev/nbd}
 check "device size is the LUN's 128 MiB" test "$(cat /sys/block/nbd$idx/size)" = $((128 * 2048))
 check "backend names the LUN" grep -q "lunbridge:$TGTD_IQN:1:" /sys/block/nbd$idx/backend
-check "list shows it" bash -c "'$LB' list | grep -q '^$dev'"
+check "list shows it with its URL" bash -c "'$LB' list | grep '^$dev' | grep -q '$url'"
 pid=$(pgrep -f "lunbridge attach $url" | head -1)
 check "the serving process runs in the background (pid ${pid:-none})" test -n "$pid"
 
