@@ -225,7 +225,8 @@ done
 declare -A HWM=()
 for s in "${SERVERS[@]}"; do
   HWM[$s]=$(awk '/^VmHWM:/ { print $2 }' "/proc/${PID[$s]}/status")
-done
+  printf '%s\t%s\n' "$s" "${HWM[$s]}"
+done >"$OUTDIR/peak-rss-kib.tsv"
 for s in "${SERVERS[@]}"; do stop_pid "${PID[$s]}"; unset "PID[$s]"; done
 "$TGT" stop "$TGTDIR" >/dev/null 2>&1 || true
 TGT_STARTED=
