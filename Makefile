@@ -8,7 +8,7 @@ DESTDIR ?=
 # Debian packages the build, the tests, the demo and the benchmarks use.
 DEB_PACKAGES := libnl-3-dev libnl-genl-3-dev tgt libiscsi-bin qemu-utils qemu-block-extra fio libnbd-bin python3-libnbd procps iproute2
 
-.PHONY: all deps build debug test vm-test unit-test integration-test demo bench-codec install uninstall clean
+.PHONY: all deps build debug test vm-test bench unit-test integration-test demo bench-codec install uninstall clean
 
 all: build
 
@@ -65,6 +65,11 @@ demo: deps build
 	    "$$(pwd)/.build/release/lunbridge" "$$(pwd)" >/dev/null 2>&1; rc=$$?; \
 	  cat .build/demo-vm/stdout .build/demo-vm/stderr 2>/dev/null; exit $$rc; \
 	fi
+
+# fio through `lunbridge serve` vs qemu-nbd (libiscsi) on one tgtd LUN in one run, with
+# iscsi-perf as the no-NBD ceiling; medians and ratios in .build/bench/bench.md.
+bench: deps build
+	Tests/bench/bench.sh .build/release/lunbridge .build/bench
 
 bench-codec:
 	$(SWIFT) run -c release lunbridge-codec-bench
