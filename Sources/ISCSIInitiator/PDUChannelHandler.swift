@@ -58,13 +58,15 @@ final class PDUChannelHandler: ChannelDuplexHandler {
       return
     }
     context.write(wrapOutboundOut(head), promise: nil)
+    // Padding and data digest only when there are any: most Data-Out segments are
+    // multiples of 4 without digests, and need no third buffer.
+    guard pdu.data.readableBytes % 4 != 0 || encoder.parameters.dataDigest else {
+      context.write(wrapOutboundOut(pdu.data), promise: promise)
+      return
+    }
     var trailer = context.channel.allocator.buffer(capacity: 8)
     encoder.writeTrailer(for: pdu.data, into: &trailer)
-    if trailer.readableBytes == 0 {
-      context.write(wrapOutboundOut(pdu.data), promise: promise)
-    } else {
-      context.write(wrapOutboundOut(pdu.data), promise: nil)
-      context.write(wrapOutboundOut(trailer), promise: promise)
-    }
+    context.write(wrapOutboundOut(pdu.data), promise: nil)
+    context.write(wrapOutboundOut(trailer), promise: promise)
   }
 }
