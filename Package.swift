@@ -46,6 +46,8 @@ let package = Package(
       name: "CNetlink",
       cSettings: [.unsafeFlags(["-I/usr/include/libnl3"])],
       linkerSettings: [.linkedLibrary("nl-3"), .linkedLibrary("nl-genl-3")]),
+    // Pure: path states and selectors over a LUN's sessions, generic over a clock.
+    .target(name: "Multipath"),
     // I/O: the kernel's NBD driver over generic netlink.
     .target(
       name: "NBDKernel",
@@ -76,6 +78,7 @@ let package = Package(
         .product(name: "NIOCore", package: "swift-nio"),
       ]),
     .testTarget(name: "SCSITests", dependencies: ["SCSI"]),
+    .testTarget(name: "MultipathTests", dependencies: ["Multipath"]),
     .testTarget(
       name: "NBDProtocolTests",
       dependencies: ["NBDProtocol", .product(name: "NIOCore", package: "swift-nio")]),

@@ -1,0 +1,1 @@
+// Multipath: path selection (see Path*.swift)
