@@ -324,6 +324,7 @@ struct Attach: AsyncParsableCommand {
     let urlFile = recordURL(try ISCSIURL(parsing: url).description, index: attachment.index)
     print(attachment.devicePath)
     fflush(stdout)
+    SystemdNotify.send("READY=1\nSTATUS=\(attachment.devicePath) attached to \(try ISCSIURL(parsing: url).description)")
     if ProcessInfo.processInfo.environment["LUNBRIDGE_DAEMON_CHILD"] == "1" {
       // The parent has what it waited for; stop writing to its pipe.
       let devnull = open("/dev/null", O_RDWR)
@@ -343,6 +344,7 @@ struct Attach: AsyncParsableCommand {
       if once.set() { stop.succeed(()) }
     }
     try? await stop.futureResult.get()
+    SystemdNotify.send("STOPPING=1")
     if attachment.isConnected {
       logger.notice("stopping: disconnecting \(attachment.devicePath)")
       try? await volume.unit.synchronizeCache().get()
