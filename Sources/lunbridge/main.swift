@@ -104,9 +104,9 @@ struct LoginOptions: ParsableArguments {
 
 func makeLogger(verbose: Bool) -> Logger {
   LoggingSystem.bootstrap { label in
-    var h = StreamLogHandler.standardError(label: label)
-    h.logLevel = verbose ? .debug : .warning
-    return h
+    // Under systemd the journal keeps notices (logins, path changes); on a terminal only
+    // warnings and errors show unless --verbose.
+    StderrLogHandler(label: label, level: verbose ? .debug : (SystemdNotify.underJournal ? .notice : .warning))
   }
   return Logger(label: "lunbridge")
 }

@@ -1,0 +1,56 @@
+import Foundation
+import Logging
+
+/// One line per event on stderr. Under systemd (stderr is the journal) each line starts
+/// with the syslog priority in angle brackets, which journald takes as the priority;
+/// elsewhere it starts with a timestamp and the level. Secrets never reach a logger.
+public struct StderrLogHandler: LogHandler {
+  public var logLevel: Logger.Level
+  public var metadata: Logger.Metadata = [:]
+  let label: String
+  let journal: Bool
+
+  public init(label: String, level: Logger.Level, journal: Bool = SystemdNotify.underJournal) {
+    self.label = label
+    self.logLevel = level
+    self.journal = journal
+  }
+
+  public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+    get { metadata[key] }
+    set { metadata[key] = newValue }
+  }
+
+  /// syslog priorities (RFC 5424 severity) for journald's `<N>` prefix.
+  static func priority(_ level: Logger.Level) -> Int {
+    switch level {
+    case .trace, .debug: return 7
+    case .info: return 6
+    case .notice: return 5
+    case .warning: return 4
+    case .error: return 3
+    case .critical: return 2
+    }
+  }
+
+  public func log(event: LogEvent) {
+    var all = metadata
+    if let extra = event.metadata { all.merge(extra) { $1 } }
+    let fields = all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+    let text = fields.isEmpty ? "\(event.message)" : "\(event.message) (\(fields))"
+    let line: String
+    if journal {
+      line = "<\(Self.priority(event.level))>\(text)\n"
+    } else {
+      let now = Date()
+      line = "\(Self.timestamp(now)) \(event.level) \(label): \(text)\n"
+    }
+    FileHandle.standardError.write(Data(line.utf8))
+  }
+
+  static func timestamp(_ date: Date) -> String {
+    let f = ISO8601DateFormatter()
+    f.formatOptions = [.withInternetDateTime]
+    return f.string(from: date)
+  }
+}
