@@ -108,12 +108,9 @@ final class NBDConnectionHandler: ChannelInboundHandler {
       switch result {
       case .success(let data):
         NBDReplyEncoder.writeSimpleReply(handle: handle, error: nil, into: &header)
-        if let data {
-          context.write(wrapOutboundOut(header), promise: nil)
-          context.writeAndFlush(wrapOutboundOut(data), promise: nil)
-        } else {
-          context.writeAndFlush(wrapOutboundOut(header), promise: nil)
-        }
+        context.write(wrapOutboundOut(header), promise: nil)
+        for segment in data { context.write(wrapOutboundOut(segment), promise: nil) }
+        context.flush()
       case .failure(let errno):
         NBDReplyEncoder.writeSimpleReply(handle: handle, error: errno, into: &header)
         context.writeAndFlush(wrapOutboundOut(header), promise: nil)

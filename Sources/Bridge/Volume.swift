@@ -51,8 +51,9 @@ public final class Volume: @unchecked Sendable {
   }
 
   /// Validates and runs one request. The future never fails: an error becomes the errno
-  /// of the reply. A successful READ returns its data (a slice of what the target sent).
-  public func handle(_ request: NBDRequest, payload: ByteBuffer?) -> EventLoopFuture<Result<ByteBuffer?, NBDErrno>>
+  /// of the reply. A successful READ returns its data: the Data-In segments the target
+  /// sent, in order, to be written to the socket as they are.
+  public func handle(_ request: NBDRequest, payload: ByteBuffer?) -> EventLoopFuture<Result<[ByteBuffer], NBDErrno>>
   {
     requests += 1
     if let errno = validator.validate(request) {
@@ -62,21 +63,21 @@ public final class Volume: @unchecked Sendable {
     let bs = UInt64(unit.info.blockSize)
     let lba = request.offset / bs
     let blocks = UInt32(UInt64(request.length) / bs)
-    let work: EventLoopFuture<ByteBuffer?>
+    let work: EventLoopFuture<[ByteBuffer]>
     switch request.type {
     case .read:
-      work = unit.read(lba: lba, blocks: blocks).map { Optional($0) }
+      work = unit.readSegments(lba: lba, blocks: blocks)
     case .write:
       guard let payload else { return eventLoop.makeSucceededFuture(.failure(.einval)) }
-      work = unit.write(lba: lba, data: payload, fua: request.flags.contains(.fua)).map { nil }
+      work = unit.write(lba: lba, data: payload, fua: request.flags.contains(.fua)).map { [] }
     case .flush:
-      work = unit.synchronizeCache().map { nil }
+      work = unit.synchronizeCache().map { [] }
     case .trim:
-      work = unit.unmap(lba: lba, blocks: blocks).map { nil }
+      work = unit.unmap(lba: lba, blocks: blocks).map { [] }
     case .writeZeroes:
       var w = unit.writeZeroes(lba: lba, blocks: blocks)
       if request.flags.contains(.fua) { w = w.flatMap { self.unit.synchronizeCache() } }
-      work = w.map { nil }
+      work = w.map { [] }
     default:
       return eventLoop.makeSucceededFuture(.failure(.einval))
     }

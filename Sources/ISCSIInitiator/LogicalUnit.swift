@@ -114,36 +114,42 @@ public final class LogicalUnit: @unchecked Sendable {
     try await read(lba: lba, blocks: blocks).get()
   }
 
-  /// Reads `blocks` blocks at `lba`; several commands when the LUN's limit requires.
+  /// Reads `blocks` blocks at `lba` into one buffer.
   public func read(lba: UInt64, blocks: UInt32) -> EventLoopFuture<ByteBuffer> {
-    let bs = info.blockSize
+    readSegments(lba: lba, blocks: blocks).map { parts in
+      if parts.count == 1 { return parts[0] }
+      var out = ByteBufferAllocator().buffer(capacity: parts.reduce(0) { $0 + $1.readableBytes })
+      for var p in parts { out.writeBuffer(&p) }
+      return out
+    }
+  }
+
+  /// Reads `blocks` blocks at `lba` as the target sent them: the Data-In segments in
+  /// order, several commands when the LUN's limit requires. Nothing is copied.
+  public func readSegments(lba: UInt64, blocks: UInt32) -> EventLoopFuture<[ByteBuffer]> {
     if blocks <= maxBlocksPerCommand {
       return readOne(lba: lba, blocks: blocks)
     }
-    var futures: [EventLoopFuture<ByteBuffer>] = []
+    var futures: [EventLoopFuture<[ByteBuffer]>] = []
     var done: UInt32 = 0
     while done < blocks {
       let n = min(maxBlocksPerCommand, blocks - done)
       futures.append(readOne(lba: lba + UInt64(done), blocks: n))
       done += n
     }
-    return EventLoopFuture.whenAllSucceed(futures, on: session.eventLoop).map { parts in
-      var out = ByteBufferAllocator().buffer(capacity: Int(blocks) * bs)
-      for var p in parts { out.writeBuffer(&p) }
-      return out
-    }
+    return EventLoopFuture.whenAllSucceed(futures, on: session.eventLoop).map { $0.flatMap { $0 } }
   }
 
-  private func readOne(lba: UInt64, blocks: UInt32) -> EventLoopFuture<ByteBuffer> {
+  private func readOne(lba: UInt64, blocks: UInt32) -> EventLoopFuture<[ByteBuffer]> {
     let length = Int(blocks) * info.blockSize
     let cdb = CDB.read(lba: lba, blocks: blocks, prefer16: use16)
     return run(SCSICommand(lun: lun, cdb: cdb, direction: .read(length)), "READ").flatMapThrowing { c in
-      guard c.data.readableBytes == length else {
+      guard c.dataLength == length else {
         throw SCSIOperationError(
           errorClass: .other, status: c.status, sense: nil,
-          operation: "READ of \(blocks) blocks at LBA \(lba) returned \(c.data.readableBytes) bytes")
+          operation: "READ of \(blocks) blocks at LBA \(lba) returned \(c.dataLength) bytes")
       }
-      return c.data
+      return c.segments
     }
   }
 

@@ -57,16 +57,32 @@ public struct SCSICompletion: Sendable {
   public var status: UInt8
   /// Sense data without the 2-byte SenseLength prefix; empty when there is none.
   public var sense: [UInt8]
-  /// Read data; empty for other commands. Its length is what the target sent.
-  public var data: ByteBuffer
+  /// Read data as the target sent it, in order: the Data-In segments themselves, so a
+  /// read that came in several PDUs is passed on without being copied together.
+  public var segments: [ByteBuffer]
   /// Residual count with its meaning: positive = underflow, negative = overflow.
   public var residual: Int
 
   public init(status: UInt8, sense: [UInt8] = [], data: ByteBuffer = ByteBuffer(), residual: Int = 0) {
+    self.init(status: status, sense: sense, segments: data.readableBytes > 0 ? [data] : [], residual: residual)
+  }
+
+  public init(status: UInt8, sense: [UInt8] = [], segments: [ByteBuffer], residual: Int = 0) {
     self.status = status
     self.sense = sense
-    self.data = data
+    self.segments = segments
     self.residual = residual
+  }
+
+  /// Bytes of read data.
+  public var dataLength: Int { segments.reduce(0) { $0 + $1.readableBytes } }
+
+  /// Read data in one buffer (copied together when it came in several segments).
+  public var data: ByteBuffer {
+    if segments.count == 1 { return segments[0] }
+    var out = ByteBufferAllocator().buffer(capacity: dataLength)
+    for var s in segments { out.writeBuffer(&s) }
+    return out
   }
 }
 
@@ -77,6 +93,9 @@ public struct SCSITask: Sendable {
   public let itt: UInt32
   public let command: SCSICommand
   let limits: DataTransferLimits
+  /// Data-In segments received in order (the usual case, DataPDUInOrder=Yes)...
+  private var readSegments: [ByteBuffer] = []
+  /// ...or, once one arrives out of order, everything copied into place.
   private var readBuffer: ByteBuffer?
   private var received = 0
   private var nextDataSN: UInt32 = 0
@@ -199,14 +218,13 @@ public struct SCSITask: Sendable {
         "target sent Data-In for bytes \(offset)..<\(offset + length) of a \(expected)-byte read")
     }
     if length > 0 {
-      if readBuffer == nil && offset == 0 && (length == expected || h.flags & DataInFlags.status != 0) {
-        readBuffer = pdu.data  // the whole read in one PDU: keep the slice, no copy
+      if readBuffer == nil && offset == received {
+        readSegments.append(pdu.data)  // in order: keep the slice, no copy
       } else {
-        if readBuffer == nil || readBuffer!.capacity < expected {
+        if readBuffer == nil {
           var b = allocator.buffer(capacity: expected)
-          if var old = readBuffer {
-            b.writeBuffer(&old)
-          }
+          for var segment in readSegments { b.writeBuffer(&segment) }
+          readSegments = []
           readBuffer = b
         }
         readBuffer!.setBuffer(pdu.data, at: readBuffer!.readerIndex + offset)
@@ -221,7 +239,7 @@ public struct SCSITask: Sendable {
     guard h.flags & DataInFlags.final != 0 else {
       throw ISCSIError(.protocolViolation, "target sent a Data-In with status but without the F bit")
     }
-    return SCSICompletion(status: h.scsiStatus, data: readBuffer ?? ByteBuffer(), residual: residual(h))
+    return SCSICompletion(status: h.scsiStatus, segments: receivedData, residual: residual(h))
   }
 
   /// Takes the SCSI Response PDU that ends the task (RFC 7143 section 11.4).
@@ -237,8 +255,10 @@ public struct SCSITask: Sendable {
       let available = min(senseLength, pdu.data.readableBytes - 2)
       sense = pdu.data.getBytes(at: pdu.data.readerIndex + 2, length: available) ?? []
     }
-    return SCSICompletion(status: h.scsiStatus, sense: sense, data: readBuffer ?? ByteBuffer(), residual: residual(h))
+    return SCSICompletion(status: h.scsiStatus, sense: sense, segments: receivedData, residual: residual(h))
   }
+
+  private var receivedData: [ByteBuffer] { readBuffer.map { [$0] } ?? readSegments }
 
   private func residual(_ h: BasicHeaderSegment) -> Int {
     if h.flags & DataInFlags.underflow != 0 { return Int(h.residualCount) }

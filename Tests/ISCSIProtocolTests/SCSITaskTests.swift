@@ -102,6 +102,22 @@ final class SCSITaskTests: XCTestCase {
     XCTAssertEqual(Array(done.data.readableBytesView), [1, 2, 3, 4, 5, 6, 7, 8])
   }
 
+  func testInOrderDataInIsKeptAsSegmentsAndOutOfOrderIsCopiedIntoPlace() throws {
+    var task = SCSITask(itt: 9, command: SCSICommand(lun: 0, cdb: [0x28], direction: .read(8)), limits: .init())
+    _ = try task.handleDataIn(dataIn(offset: 0, bytes: [1, 2, 3, 4], dataSN: 0, status: false), allocator: .init())
+    let done = try XCTUnwrap(
+      try task.handleDataIn(dataIn(offset: 4, bytes: [5, 6, 7, 8], dataSN: 1, status: true), allocator: .init()))
+    XCTAssertEqual(done.segments.count, 2, "two Data-In PDUs, two segments, no copy")
+    XCTAssertEqual(done.dataLength, 8)
+
+    var shuffled = SCSITask(itt: 9, command: SCSICommand(lun: 0, cdb: [0x28], direction: .read(8)), limits: .init())
+    _ = try shuffled.handleDataIn(dataIn(offset: 4, bytes: [5, 6, 7, 8], dataSN: 0, status: false), allocator: .init())
+    let put = try XCTUnwrap(
+      try shuffled.handleDataIn(dataIn(offset: 0, bytes: [1, 2, 3, 4], dataSN: 1, status: true), allocator: .init()))
+    XCTAssertEqual(put.segments.count, 1)
+    XCTAssertEqual(Array(put.data.readableBytesView), [1, 2, 3, 4, 5, 6, 7, 8])
+  }
+
   func testDataInBeyondTheExpectedLengthOrOutOfSequenceIsRefused() {
     var task = SCSITask(itt: 9, command: SCSICommand(lun: 0, cdb: [0x28], direction: .read(8)), limits: .init())
     XCTAssertThrowsError(try task.handleDataIn(dataIn(offset: 6, bytes: [1, 2, 3, 4], dataSN: 0, status: true), allocator: .init()))
