@@ -1,0 +1,565 @@
+import Foundation
+import ISCSIInitiator
+import ISCSIProtocol
+
+/// One volume for boot-time attach: `/etc/lunbridge/volumes/NAME.toml`, attached by
+/// `lunbridge@NAME.service` (`lunbridge attach NAME --foreground`).
+///
+/// Parsing (`init(parsing:file:name:)`, `load`) checks syntax, keys, types and values; it
+/// touches no other file. `validate()` does the filesystem checks (secret files exist,
+/// are regular, non-empty, readable, and not readable by group or others). Neither
+/// connects to anything, and neither reads a secret's contents into memory.
+///
+/// Unset keys take the defaults `lunbridge attach` uses.
+public struct VolumeConfig: Equatable, Sendable {
+  public static let directory = "/etc/lunbridge/volumes"
+  public static let fileExtension = "toml"
+
+  /// Multipath path selector.
+  public enum Policy: String, Sendable, CaseIterable {
+    case serviceTime = "service-time"
+    case queueLength = "queue-length"
+    case roundRobin = "round-robin"
+    case failover
+  }
+
+  /// The volume's name (the file name without `.toml`): the unit instance
+  /// (`lunbridge@NAME`) and the link `/dev/lunbridge/NAME`.
+  public var name: String
+  /// The file it was parsed from (for messages).
+  public var file: String
+
+  /// At least one; more are paths to the same LUN (multipath). Passwords in URLs are refused.
+  public var paths: [ISCSIURL]
+  /// nil: /etc/iscsi/initiatorname.iscsi, else /etc/lunbridge/initiatorname.
+  public var initiatorName: String?
+  /// `chap_user`, else the user of the first URL that names one.
+  public var chapUser: String?
+  public var chapSecretFile: String?
+  public var mutualUser: String?
+  public var mutualSecretFile: String?
+  public var chapAlgorithms: [CHAPAlgorithm] = [.md5]
+  public var headerDigest: [Digest] = [.none]
+  public var dataDigest: [Digest] = [.none]
+  public var policy: Policy = .serviceTime
+  /// Seconds between NOP-Out pings on an idle connection (nil: the initiator's default).
+  public var keepaliveInterval: Int?
+  /// Seconds without a NOP-In answer before a connection counts as dead (nil: default).
+  public var keepaliveTimeout: Int?
+  public var loginTimeout: Int = 15
+  /// Seconds before the kernel times out a request on an NBD socket (`--timeout`).
+  public var timeout: Int = 30
+  /// Seconds the kernel holds I/O while no NBD socket is alive (`--dead-conn-timeout`).
+  public var deadConnTimeout: Int = 120
+  /// Seconds to queue I/O while every path is down before failing it (nil: default).
+  public var noPathRetry: Int?
+  /// nil: the kernel picks a free device.
+  public var device: UInt32?
+  public var readOnly: Bool = false
+  /// NBD sockets (nil: the number of CPUs), 1...64.
+  public var connections: Int?
+
+  /// The line each key was set on, for `validate()`'s messages.
+  public var lines: [String: Int] = [:]
+
+  public static let knownKeys: [String] = [
+    "paths", "initiator_name", "chap_user", "chap_secret_file", "mutual_user", "mutual_secret_file",
+    "chap_algorithms", "header_digest", "data_digest", "policy", "keepalive_interval", "keepalive_timeout",
+    "login_timeout", "timeout", "dead_conn_timeout", "no_path_retry", "device", "read_only", "connections",
+  ]
+
+  /// Keys people write from habit (command-line spellings are caught by the edit distance).
+  static let aliases: [String: String] = [
+    "url": "paths", "urls": "paths", "path": "paths", "portal": "paths", "portals": "paths", "target": "paths",
+    "readonly": "read_only", "ro": "read_only", "nbd": "device", "dev": "device", "initiator": "initiator_name",
+    "iqn": "initiator_name", "username": "chap_user", "user": "chap_user", "secret_file": "chap_secret_file",
+    "password": "chap_secret_file", "secret": "chap_secret_file", "chap_secret": "chap_secret_file",
+    "mutual_secret": "mutual_secret_file", "digest": "header_digest", "multipath_policy": "policy",
+    "path_selector": "policy",
+  ]
+
+  // MARK: loading
+
+  /// `directory/NAME.toml` (a trailing `.toml` on `name` is ignored).
+  public static func path(name: String, directory: String = VolumeConfig.directory) -> String {
+    let base = name.hasSuffix(".\(fileExtension)") ? String(name.dropLast(fileExtension.count + 1)) : name
+    return (directory as NSString).appendingPathComponent("\(base).\(fileExtension)")
+  }
+
+  public static func load(name: String, directory: String = VolumeConfig.directory) throws -> VolumeConfig {
+    let base = name.hasSuffix(".\(fileExtension)") ? String(name.dropLast(fileExtension.count + 1)) : name
+    let file = path(name: base, directory: directory)
+    if let problem = nameProblem(base) {
+      throw VolumeConfigError(.badName, file: file, message: problem)
+    }
+    return try load(path: file)
+  }
+
+  /// Parses `path`; the volume's name is the file name without `.toml`.
+  public static func load(path: String) throws -> VolumeConfig {
+    let name = volumeName(path: path)
+    if let problem = nameProblem(name) {
+      throw VolumeConfigError(.badName, file: path, message: problem)
+    }
+    guard FileManager.default.fileExists(atPath: path) else {
+      throw VolumeConfigError(
+        .volumeFile, file: path,
+        message: "no such volume file (volumes are \(directory)/NAME.\(fileExtension); see lunbridge's example.toml)")
+    }
+    guard let data = FileManager.default.contents(atPath: path) else {
+      throw VolumeConfigError(.volumeFile, file: path, message: "cannot read the volume file (permissions?)")
+    }
+    guard let text = String(data: data, encoding: .utf8) else {
+      throw VolumeConfigError(.volumeFile, file: path, message: "the volume file is not UTF-8 text")
+    }
+    return try VolumeConfig(parsing: text, file: path, name: name)
+  }
+
+  /// Parse + validate, without connecting (`lunbridge config check NAME`).
+  @discardableResult
+  public static func check(name: String, directory: String = VolumeConfig.directory) throws -> VolumeConfig {
+    let config = try load(name: name, directory: directory)
+    try config.check()
+    return config
+  }
+
+  @discardableResult
+  public static func check(path: String) throws -> VolumeConfig {
+    let config = try load(path: path)
+    try config.check()
+    return config
+  }
+
+  /// The volume names in `directory` (files ending in `.toml`), sorted. An absent
+  /// directory has none.
+  public static func names(directory: String = VolumeConfig.directory) throws -> [String] {
+    guard FileManager.default.fileExists(atPath: directory) else { return [] }
+    return try FileManager.default.contentsOfDirectory(atPath: directory)
+      .filter { $0.hasSuffix(".\(fileExtension)") && !$0.hasPrefix(".") }
+      .map { volumeName(path: $0) }
+      .sorted()
+  }
+
+  /// Checks every volume in `directory` (`lunbridge config check` without a name): one
+  /// result per file, in name order.
+  public static func checkAll(directory: String = VolumeConfig.directory) throws -> [(
+    name: String, result: Result<VolumeConfig, VolumeConfigError>
+  )] {
+    try names(directory: directory).map { name in
+      do {
+        return (name, .success(try check(path: path(name: name, directory: directory))))
+      } catch let error as VolumeConfigError {
+        return (name, .failure(error))
+      } catch {
+        return (
+          name,
+          .failure(VolumeConfigError(.volumeFile, file: path(name: name, directory: directory), message: "\(error)"))
+        )
+      }
+    }
+  }
+
+  static func volumeName(path: String) -> String {
+    let base = (path as NSString).lastPathComponent
+    return base.hasSuffix(".\(fileExtension)") ? String(base.dropLast(fileExtension.count + 1)) : base
+  }
+
+  /// Why `name` cannot name a volume, or nil. Names become a file name, a systemd unit
+  /// instance (`%i`) and `/dev/lunbridge/NAME`: letters, digits, '_', '.', '-'.
+  public static func nameProblem(_ name: String) -> String? {
+    if name.isEmpty { return "empty volume name" }
+    if name.hasPrefix(".") || name.hasPrefix("-") {
+      return "volume name '\(name)' must not start with '.' or '-'"
+    }
+    if name.count > 64 { return "volume name '\(name)' is longer than 64 characters" }
+    let ok = name.unicodeScalars.allSatisfy {
+      ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0) || "_.-".unicodeScalars.contains($0)
+    }
+    if !ok { return "volume name '\(name)' may only hold letters, digits, '_', '.' and '-'" }
+    return nil
+  }
+
+  // MARK: checks
+
+  /// `validate()`: the checks that need the filesystem. Call after parsing.
+  public func check() throws {
+    try validate()
+  }
+
+  /// Filesystem checks: each secret file exists, is a regular file, is not empty, is
+  /// readable by this process, and is not readable by group or others; the volume file
+  /// is not writable by group or others. Reads no secret.
+  public func validate() throws {
+    try checkVolumeFileMode()
+    for (key, path) in [("chap_secret_file", chapSecretFile), ("mutual_secret_file", mutualSecretFile)] {
+      guard let path else { continue }
+      try checkSecretFile(key: key, path: path)
+    }
+  }
+
+  private func checkVolumeFileMode() throws {
+    var st = stat()
+    guard stat(file, &st) == 0 else { return }  // parsed from text, not a file
+    let mode = st.st_mode & 0o777
+    if mode & 0o022 != 0 {
+      throw VolumeConfigError(
+        .volumeFile, file: file,
+        message:
+          "the volume file is writable by group or others (mode \(String(mode, radix: 8))); run chmod 644 \(file)")
+    }
+  }
+
+  private func checkSecretFile(key: String, path: String) throws {
+    func failure(_ text: String) -> VolumeConfigError {
+      VolumeConfigError(.secretFile, file: file, line: lines[key], key: key, message: "key '\(key)': \(text)")
+    }
+    var st = stat()
+    guard stat(path, &st) == 0 else {
+      let reason = errno == ENOENT ? "does not exist" : "cannot be examined (\(String(cString: strerror(errno))))"
+      throw failure("secret file \(path) \(reason)")
+    }
+    guard st.st_mode & S_IFMT == S_IFREG else {
+      throw failure("secret file \(path) is not a regular file")
+    }
+    let mode = st.st_mode & 0o777
+    if mode & 0o077 != 0 {
+      throw failure(
+        "secret file \(path) is readable by group or others (mode \(String(mode, radix: 8))); run chmod 600 \(path)")
+    }
+    if st.st_size == 0 { throw failure("secret file \(path) is empty") }
+    if access(path, R_OK) != 0 {
+      throw failure(
+        "secret file \(path) is not readable by this user (\(String(cString: strerror(errno)))); lunbridge@.service runs as root"
+      )
+    }
+  }
+
+  // MARK: parsing
+
+  public init(parsing text: String, file: String, name: String) throws {
+    self.name = name
+    self.file = file
+    self.paths = []
+    let entries: [TOMLEntry]
+    do {
+      entries = try TOMLParser.parse(text)
+    } catch let e as TOMLSyntaxError {
+      throw VolumeConfigError(.syntax, file: file, line: e.line, key: e.key, message: e.message)
+    }
+    let d = Decoder(file: file)
+    for entry in entries {
+      if let first = lines[entry.key] {
+        throw d.error(
+          .duplicateKey, entry, "key '\(entry.key)' is set twice (first on line \(first))")
+      }
+      lines[entry.key] = entry.line
+      switch entry.key {
+      case "paths":
+        paths = try d.urls(entry)
+      case "initiator_name":
+        let v = try d.string(entry)
+        guard ["iqn.", "eui.", "naa."].contains(where: { v.lowercased().hasPrefix($0) }), !v.contains(" ") else {
+          throw d.error(.invalidValue, entry, "key 'initiator_name' must be an iSCSI name (iqn..., eui... or naa...), got '\(v)'")
+        }
+        initiatorName = v
+      case "chap_user": chapUser = try d.nonEmptyString(entry)
+      case "chap_secret_file": chapSecretFile = try d.absolutePath(entry)
+      case "mutual_user": mutualUser = try d.nonEmptyString(entry)
+      case "mutual_secret_file": mutualSecretFile = try d.absolutePath(entry)
+      case "chap_algorithms":
+        chapAlgorithms = try d.list(entry, of: "CHAP algorithms", allowed: "md5, sha1, sha256") {
+          switch $0.lowercased() {
+          case "md5": return .md5
+          case "sha1", "sha-1": return .sha1
+          case "sha256", "sha-256": return .sha256
+          default: return nil
+          }
+        }
+      case "header_digest", "data_digest":
+        let digests: [Digest] = try d.list(entry, of: "digests", allowed: "none, crc32c") {
+          switch $0.lowercased() {
+          case "none": return Digest.none
+          case "crc32c": return .crc32c
+          default: return nil
+          }
+        }
+        if entry.key == "header_digest" { headerDigest = digests } else { dataDigest = digests }
+      case "policy":
+        let v = try d.string(entry)
+        guard let p = Policy(rawValue: v.lowercased()) else {
+          throw d.error(
+            .invalidValue, entry,
+            "key 'policy' must be one of \(Policy.allCases.map(\.rawValue).joined(separator: ", ")), got '\(v)'")
+        }
+        policy = p
+      case "keepalive_interval": keepaliveInterval = try d.seconds(entry, min: 1)
+      case "keepalive_timeout": keepaliveTimeout = try d.seconds(entry, min: 1)
+      case "login_timeout": loginTimeout = try d.seconds(entry, min: 1)
+      case "timeout": timeout = try d.seconds(entry, min: 1)
+      case "dead_conn_timeout": deadConnTimeout = try d.seconds(entry, min: 0)
+      case "no_path_retry": noPathRetry = try d.seconds(entry, min: 0)
+      case "device": device = try d.device(entry)
+      case "read_only": readOnly = try d.boolean(entry)
+      case "connections":
+        let n = try d.integer(entry, what: "an integer")
+        guard (1...64).contains(n) else {
+          throw d.error(.invalidValue, entry, "key 'connections' must be between 1 and 64, got \(n)")
+        }
+        connections = Int(n)
+      default:
+        let suggestion = Self.closestKey(to: entry.key)
+        throw VolumeConfigError(
+          .unknownKey, file: file, line: entry.line, key: entry.key,
+          message: "unknown key '\(entry.key)'" + (suggestion.map { " (did you mean '\($0)'?)" } ?? ""),
+          suggestion: suggestion)
+      }
+    }
+    guard lines["paths"] != nil else {
+      throw VolumeConfigError(
+        .missingKey, file: file, key: "paths",
+        message: "key 'paths' is missing: add paths = [\"iscsi://HOST[:PORT]/TARGET-IQN/LUN\"]")
+    }
+    try checkCombinations()
+  }
+
+  private func checkCombinations() throws {
+    func error(_ key: String, _ message: String) -> VolumeConfigError {
+      VolumeConfigError(.invalidValue, file: file, line: lines[key], key: key, message: message)
+    }
+    let user = chapUser ?? paths.lazy.compactMap(\.user).first
+    if let user, chapSecretFile == nil {
+      throw error(
+        lines["chap_user"] != nil ? "chap_user" : "paths",
+        "CHAP user '\(user)' has no secret: add chap_secret_file = \"/etc/lunbridge/NAME.secret\" (mode 600)")
+    }
+    if user == nil, chapSecretFile != nil {
+      throw error("chap_secret_file", "key 'chap_secret_file' needs chap_user")
+    }
+    if mutualUser != nil, mutualSecretFile == nil {
+      throw error("mutual_user", "key 'mutual_user' needs mutual_secret_file")
+    }
+    if mutualSecretFile != nil, mutualUser == nil {
+      throw error("mutual_secret_file", "key 'mutual_secret_file' needs mutual_user")
+    }
+    if mutualUser != nil, user == nil {
+      throw error("mutual_user", "mutual CHAP (key 'mutual_user') needs chap_user as well")
+    }
+  }
+
+  /// The known key closest to `key` by edit distance (after '-' → '_'), if close enough.
+  public static func closestKey(to key: String) -> String? {
+    let k = key.lowercased().replacingOccurrences(of: "-", with: "_")
+    if let alias = aliases[k] { return alias }
+    var best: (key: String, distance: Int)?
+    for candidate in knownKeys {
+      let d = editDistance(k, candidate)
+      if best == nil || d < best!.distance { best = (candidate, d) }
+    }
+    guard let best, best.distance <= max(2, k.count / 3) else { return nil }
+    return best.key
+  }
+
+  /// Optimal string alignment distance: insertions, deletions, substitutions and
+  /// transpositions of neighbours ("tiemout" is one typo from "timeout").
+  static func editDistance(_ a: String, _ b: String) -> Int {
+    let a = Array(a), b = Array(b)
+    var d = [[Int]](repeating: [Int](repeating: 0, count: b.count + 1), count: a.count + 1)
+    for i in 0...a.count { d[i][0] = i }
+    for j in 0...b.count { d[0][j] = j }
+    for i in stride(from: 1, through: a.count, by: 1) {
+      for j in stride(from: 1, through: b.count, by: 1) {
+        let cost = a[i - 1] == b[j - 1] ? 0 : 1
+        d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+        if i > 1, j > 1, a[i - 1] == b[j - 2], a[i - 2] == b[j - 1] {
+          d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+        }
+      }
+    }
+    return d[a.count][b.count]
+  }
+
+  // MARK: summary
+
+  /// The settings in effect, one `key = value` a line (secret file paths, never secrets).
+  public var summary: String {
+    func list(_ items: [String]) -> String { "[" + items.map { "\"\($0)\"" }.joined(separator: ", ") + "]" }
+    var out: [String] = []
+    out.append("paths = " + list(paths.map(\.description)))
+    if let initiatorName { out.append("initiator_name = \"\(initiatorName)\"") }
+    if let chapUser { out.append("chap_user = \"\(chapUser)\"") }
+    if let chapSecretFile { out.append("chap_secret_file = \"\(chapSecretFile)\"") }
+    if let mutualUser { out.append("mutual_user = \"\(mutualUser)\"") }
+    if let mutualSecretFile { out.append("mutual_secret_file = \"\(mutualSecretFile)\"") }
+    out.append("chap_algorithms = " + list(chapAlgorithms.map { "\($0)".lowercased() }))
+    out.append("header_digest = " + list(headerDigest.map { $0.rawValue.lowercased() }))
+    out.append("data_digest = " + list(dataDigest.map { $0.rawValue.lowercased() }))
+    out.append("policy = \"\(policy.rawValue)\"")
+    if let keepaliveInterval { out.append("keepalive_interval = \(keepaliveInterval)") }
+    if let keepaliveTimeout { out.append("keepalive_timeout = \(keepaliveTimeout)") }
+    out.append("login_timeout = \(loginTimeout)")
+    out.append("timeout = \(timeout)")
+    out.append("dead_conn_timeout = \(deadConnTimeout)")
+    if let noPathRetry { out.append("no_path_retry = \(noPathRetry)") }
+    if let device { out.append("device = \"/dev/nbd\(device)\"") }
+    out.append("read_only = \(readOnly)")
+    if let connections { out.append("connections = \(connections)") }
+    return out.joined(separator: "\n")
+  }
+}
+
+/// Turns TOML values into settings, with errors that name the file, line and key.
+private struct Decoder {
+  var file: String
+
+  func error(_ kind: VolumeConfigError.Kind, _ entry: TOMLEntry, _ message: String, line: Int? = nil)
+    -> VolumeConfigError
+  {
+    VolumeConfigError(kind, file: file, line: line ?? entry.line, key: entry.key, message: message)
+  }
+
+  func wrongType(_ entry: TOMLEntry, _ expected: String, got node: TOMLNode? = nil) -> VolumeConfigError {
+    let n = node ?? entry.node
+    return error(.wrongType, entry, "key '\(entry.key)' must be \(expected), got \(n.value.typeName)", line: n.line)
+  }
+
+  func string(_ entry: TOMLEntry) throws -> String {
+    guard case .string(let s) = entry.node.value else { throw wrongType(entry, "a string") }
+    return s
+  }
+
+  func nonEmptyString(_ entry: TOMLEntry) throws -> String {
+    let s = try string(entry)
+    guard !s.isEmpty else { throw error(.invalidValue, entry, "key '\(entry.key)' must not be empty") }
+    return s
+  }
+
+  func absolutePath(_ entry: TOMLEntry) throws -> String {
+    let s = try nonEmptyString(entry)
+    guard s.hasPrefix("/") else {
+      throw error(.invalidValue, entry, "key '\(entry.key)' must be an absolute path, got '\(s)'")
+    }
+    return s
+  }
+
+  func boolean(_ entry: TOMLEntry) throws -> Bool {
+    guard case .boolean(let b) = entry.node.value else { throw wrongType(entry, "a boolean (true or false)") }
+    return b
+  }
+
+  func integer(_ entry: TOMLEntry, what: String) throws -> Int64 {
+    guard case .integer(let n) = entry.node.value else { throw wrongType(entry, what) }
+    return n
+  }
+
+  func seconds(_ entry: TOMLEntry, min: Int64) throws -> Int {
+    let n = try integer(entry, what: "an integer (seconds)")
+    guard n >= min, n <= 86_400 * 365 else {
+      throw error(
+        .invalidValue, entry,
+        "key '\(entry.key)' must be \(min == 0 ? "0 or more" : "at least \(min)") seconds (and at most a year), got \(n)")
+    }
+    return Int(n)
+  }
+
+  /// An array of strings, or one string (comma-separated, like the command line).
+  func strings(_ entry: TOMLEntry, expected: String) throws -> [(String, Int)] {
+    switch entry.node.value {
+    case .string(let s):
+      return s.split(separator: ",").map { (String($0).trimmingCharacters(in: .whitespaces), entry.line) }
+    case .array(let items):
+      return try items.map {
+        guard case .string(let s) = $0.value else {
+          throw error(
+            .wrongType, entry, "key '\(entry.key)' must be \(expected), got an array holding \($0.value.typeName)",
+            line: $0.line)
+        }
+        return (s, $0.line)
+      }
+    default:
+      throw wrongType(entry, expected)
+    }
+  }
+
+  func list<T>(_ entry: TOMLEntry, of what: String, allowed: String, _ convert: (String) -> T?) throws -> [T] {
+    let items = try strings(entry, expected: "a string or an array of strings (\(what): \(allowed))")
+    guard !items.isEmpty else { throw error(.invalidValue, entry, "key '\(entry.key)' is empty (use \(allowed))") }
+    return try items.map { item, line in
+      guard let v = convert(item) else {
+        throw error(.invalidValue, entry, "key '\(entry.key)': unknown value '\(item)' (use \(allowed))", line: line)
+      }
+      return v
+    }
+  }
+
+  func urls(_ entry: TOMLEntry) throws -> [ISCSIURL] {
+    guard case .array(let items) = entry.node.value else {
+      if case .string(let s) = entry.node.value {
+        throw error(
+          .wrongType, entry, "key 'paths' must be an array of iscsi:// URLs, got a string: write paths = [\"\(s)\"]")
+      }
+      throw wrongType(entry, "an array of iscsi:// URLs")
+    }
+    guard !items.isEmpty else {
+      throw error(.invalidValue, entry, "key 'paths' is empty: give at least one iscsi://HOST[:PORT]/TARGET-IQN/LUN")
+    }
+    var urls: [ISCSIURL] = []
+    var seen: [String: Int] = [:]
+    for item in items {
+      guard case .string(let s) = item.value else {
+        throw error(
+          .wrongType, entry, "key 'paths' must be an array of iscsi:// URLs, got an array holding \(item.value.typeName)",
+          line: item.line)
+      }
+      let url: ISCSIURL
+      do {
+        url = try ISCSIURL(parsing: s)
+      } catch {
+        // ISCSIURLError quotes the text; strip a password first so it never shows.
+        let shown = Self.withoutPassword(s)
+        let reason = "\(error)".replacingOccurrences(of: s, with: shown)
+        throw self.error(.badURL, entry, "key 'paths': \(reason)", line: item.line)
+      }
+      if url.passwordInURL {
+        throw error(
+          .badURL, entry,
+          "key 'paths': \(url) carries a CHAP secret in the URL; remove it and use chap_secret_file (mode 600)",
+          line: item.line)
+      }
+      if let first = seen[url.description] {
+        throw error(.invalidValue, entry, "key 'paths': \(url) is listed twice (first on line \(first))", line: item.line)
+      }
+      seen[url.description] = item.line
+      urls.append(url)
+    }
+    return urls
+  }
+
+  /// `iscsi://user%secret@host/...` → `iscsi://user@host/...`.
+  static func withoutPassword(_ text: String) -> String {
+    guard let scheme = text.range(of: "://") else { return text }
+    let rest = text[scheme.upperBound...]
+    let authorityEnd = rest.firstIndex(of: "/") ?? rest.endIndex
+    guard let at = rest[..<authorityEnd].lastIndex(of: "@"),
+      let pct = rest[..<at].firstIndex(of: "%")
+    else { return text }
+    return String(text[..<pct]) + String(rest[at...])
+  }
+
+  func device(_ entry: TOMLEntry) throws -> UInt32 {
+    switch entry.node.value {
+    case .integer(let n):
+      guard n >= 0, n <= Int64(UInt32.max) else {
+        throw error(.invalidValue, entry, "key 'device' must be 0 or more, got \(n)")
+      }
+      return UInt32(n)
+    case .string(let s):
+      let digits = s.hasPrefix("/dev/nbd") ? String(s.dropFirst("/dev/nbd".count)) : s
+      guard let n = UInt32(digits), digits.allSatisfy(\.isASCII) else {
+        throw error(.invalidValue, entry, "key 'device' must be /dev/nbdN or N, got '\(s)'")
+      }
+      return n
+    default:
+      throw wrongType(entry, "an NBD device (\"/dev/nbdN\" or an index)")
+    }
+  }
+}
