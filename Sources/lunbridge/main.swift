@@ -25,17 +25,17 @@ struct LoginOptions: ParsableArguments {
   @Option(help: "Mutual CHAP: file holding the target's secret (mode 600).")
   var mutualSecretFile: String?
 
-  @Option(help: "CHAP algorithms to offer, in order: md5, sha1, sha256 (comma-separated).")
-  var chapAlgorithms: String = "md5"
+  @Option(help: "CHAP algorithms to offer, in order: md5, sha1, sha256 (comma-separated; default md5).")
+  var chapAlgorithms: String?
 
-  @Option(help: "Header digest: none, crc32c, or a preference list such as crc32c,none.")
-  var headerDigest: String = "none"
+  @Option(help: "Header digest: none, crc32c, or a preference list such as crc32c,none (default none).")
+  var headerDigest: String?
 
-  @Option(help: "Data digest: none, crc32c, or a preference list such as crc32c,none.")
-  var dataDigest: String = "none"
+  @Option(help: "Data digest: none, crc32c, or a preference list such as crc32c,none (default none).")
+  var dataDigest: String?
 
-  @Option(help: "Seconds allowed for connecting and logging in.")
-  var loginTimeout: Int = 15
+  @Option(help: "Seconds allowed for connecting and logging in (default 15).")
+  var loginTimeout: Int?
 
   @Flag(name: .shortAndLong, help: "Log protocol events to stderr.")
   var verbose = false
@@ -50,7 +50,7 @@ struct LoginOptions: ParsableArguments {
     }
   }
 
-  func algorithms() throws -> [CHAPAlgorithm] {
+  func algorithms(_ chapAlgorithms: String) throws -> [CHAPAlgorithm] {
     try chapAlgorithms.split(separator: ",").map {
       switch $0.lowercased() {
       case "md5": return .md5
@@ -61,16 +61,20 @@ struct LoginOptions: ParsableArguments {
     }
   }
 
-  /// Builds the session settings for `portal`; `urlUser`/`urlPassword` come from the URL.
+  /// Builds the session settings for `portal`; `urlUser`/`urlPassword` come from the URL,
+  /// the rest from these options, then the volume file (if any), then the defaults.
   func sessionConfiguration(
-    portal: Portal, targetName: String?, urlUser: String?, urlPassword: String?
+    portal: Portal, targetName: String?, urlUser: String?, urlPassword: String?, volume: VolumeConfig? = nil
   ) throws -> SessionConfiguration {
-    let name = try initiatorName ?? InitiatorName.resolve()
+    let name = try initiatorName ?? volume?.initiatorName ?? InitiatorName.resolve()
     var chap: CHAPConfiguration? = nil
-    let user = chapUser ?? urlUser
+    let user = chapUser ?? urlUser ?? volume?.chapUser
+    let secretFile = chapSecretFile ?? volume?.chapSecretFile
+    let mutualName = mutualUser ?? volume?.mutualUser
+    let mutualFile = mutualSecretFile ?? volume?.mutualSecretFile
     if let user {
       let secret: [UInt8]
-      if let file = chapSecretFile {
+      if let file = secretFile {
         secret = try SecretFile.read(file)
       } else if let urlPassword {
         secret = Array(urlPassword.utf8)
@@ -78,26 +82,30 @@ struct LoginOptions: ParsableArguments {
         throw ValidationError("CHAP user '\(user)' given without a secret: add --chap-secret-file FILE")
       }
       var mutual: (username: String, secret: [UInt8])? = nil
-      if let mu = mutualUser {
-        guard let mf = mutualSecretFile else {
+      if let mu = mutualName {
+        guard let mf = mutualFile else {
           throw ValidationError("--mutual-user needs --mutual-secret-file")
         }
         mutual = (mu, try SecretFile.read(mf))
-      } else if mutualSecretFile != nil {
+      } else if mutualFile != nil {
         throw ValidationError("--mutual-secret-file needs --mutual-user")
       }
-      chap = try CHAPConfiguration(username: user, secret: secret, algorithms: algorithms(), mutual: mutual)
-    } else if chapSecretFile != nil || mutualUser != nil {
+      let algorithms = try chapAlgorithms.map { try self.algorithms($0) } ?? volume?.chapAlgorithms ?? [.md5]
+      chap = CHAPConfiguration(username: user, secret: secret, algorithms: algorithms, mutual: mutual)
+    } else if secretFile != nil || mutualName != nil {
       throw ValidationError("--chap-secret-file and --mutual-user need --chap-user")
     }
     let login = LoginConfiguration(
       initiatorName: name, targetName: targetName, chap: chap,
-      headerDigest: try digests(headerDigest, option: "header-digest"),
-      dataDigest: try digests(dataDigest, option: "data-digest"))
+      headerDigest: try headerDigest.map { try digests($0, option: "header-digest") } ?? volume?.headerDigest ?? [.none],
+      dataDigest: try dataDigest.map { try digests($0, option: "data-digest") } ?? volume?.dataDigest ?? [.none])
     var config = SessionConfiguration(portal: portal, login: login)
-    config.loginTimeout = .seconds(Int64(loginTimeout))
+    let seconds = loginTimeout ?? volume?.loginTimeout ?? 15
+    config.loginTimeout = .seconds(Int64(seconds))
     // A command-line tool fails fast instead of waiting for a lost target to return.
-    config.recoveryTimeout = .seconds(Int64(loginTimeout))
+    config.recoveryTimeout = .seconds(Int64(seconds))
+    if let v = volume?.keepaliveInterval { config.keepaliveInterval = .seconds(Int64(v)) }
+    if let v = volume?.keepaliveTimeout { config.keepaliveTimeout = .seconds(Int64(v)) }
     return config
   }
 }
@@ -214,14 +222,16 @@ final class OnceFlag: @unchecked Sendable {
 }
 
 /// Logs in to the LUN of `url` and opens it: what serve and attach share.
-func openVolume(url text: String, options: LoginOptions, readOnly: Bool, logger: Logger) async throws -> Volume {
+func openVolume(
+  url text: String, options: LoginOptions, readOnly: Bool, logger: Logger, volume: VolumeConfig? = nil
+) async throws -> Volume {
   let url = try ISCSIURL(parsing: text)
   if url.passwordInURL {
     warn("the CHAP secret in the URL shows in ps and shell history; use --chap-secret-file")
   }
   var config = try options.sessionConfiguration(
-    portal: url.portal, targetName: url.targetName, urlUser: url.user, urlPassword: url.password)
-  config.recoveryTimeout = .seconds(120)
+    portal: url.portal, targetName: url.targetName, urlUser: url.user, urlPassword: url.password, volume: volume)
+  config.recoveryTimeout = .seconds(Int64(volume?.noPathRetry ?? 120))
   let session = try await ISCSISession.connect(config, on: MultiThreadedEventLoopGroup.singleton.next(), logger: logger)
   do {
     let unit = try await LogicalUnit.open(session: session, lun: url.lun)
@@ -272,8 +282,11 @@ struct Attach: AsyncParsableCommand {
       attach of the same LUN takes over its old device, so mounts survive.
       """)
 
-  @Argument(help: "iscsi://[USER@]HOST[:PORT]/TARGET-IQN/LUN")
-  var url: String
+  @Argument(help: "iscsi://[USER@]HOST[:PORT]/TARGET-IQN/LUN, or the NAME of /etc/lunbridge/volumes/NAME.toml")
+  var target: String?
+
+  @Option(help: "A volume file to attach (command-line options override it).")
+  var config: String?
 
   @Option(help: "Use this device, as /dev/nbdN or N (default: the kernel picks a free one).")
   var device: String?
@@ -281,11 +294,11 @@ struct Attach: AsyncParsableCommand {
   @Option(help: "NBD sockets = kernel hardware queues (default: the number of CPUs).")
   var connections: Int?
 
-  @Option(help: "Seconds before the kernel times out a request on a socket.")
-  var timeout: UInt64 = 30
+  @Option(help: "Seconds before the kernel times out a request on a socket (default 30).")
+  var timeout: UInt64?
 
-  @Option(help: "Seconds the kernel holds I/O while no socket is alive (restart window).")
-  var deadConnTimeout: UInt64 = 120
+  @Option(help: "Seconds the kernel holds I/O while no socket is alive: the restart window (default 120).")
+  var deadConnTimeout: UInt64?
 
   @Flag(help: "Attach read-only.")
   var readOnly = false
@@ -301,18 +314,38 @@ struct Attach: AsyncParsableCommand {
     }
   }
 
+  /// The volume file named by --config or by a NAME argument, checked (secret files
+  /// included) before anything connects.
+  func volumeConfig() throws -> VolumeConfig? {
+    if let config {
+      if target != nil { throw ValidationError("give either --config FILE or a URL/NAME, not both") }
+      return try VolumeConfig.check(path: config)
+    }
+    guard let target else { throw ValidationError("attach needs a URL, a volume NAME or --config FILE") }
+    if target.lowercased().hasPrefix("iscsi://") { return nil }
+    return try VolumeConfig.check(name: target)
+  }
+
   func run() async throws {
+    let volumeFile = try volumeConfig()
     if !foreground {
       try daemonize()
     }
     let logger = makeLogger(verbose: options.verbose)
     guard getuid() == 0 else { throw BridgeError("attach needs root (CAP_SYS_ADMIN) to configure NBD devices") }
     guard isNBDModuleLoaded() else { throw BridgeError("the nbd kernel module is not loaded: run modprobe nbd") }
-    var attachOptions = AttachOptions(connections: connections ?? ProcessInfo.processInfo.activeProcessorCount)
-    attachOptions.timeoutSeconds = timeout
-    attachOptions.deadConnectionTimeoutSeconds = deadConnTimeout
-    if let device { attachOptions.index = try parseDeviceIndex(device) }
-    let volume = try await openVolume(url: url, options: options, readOnly: readOnly, logger: logger)
+    let url = volumeFile?.paths.first?.description ?? target!
+    if let paths = volumeFile?.paths, paths.count > 1 {
+      warn("\(volumeFile!.file) lists \(paths.count) paths; this version uses the first (\(paths[0]))")
+    }
+    var attachOptions = AttachOptions(
+      connections: connections ?? volumeFile?.connections ?? ProcessInfo.processInfo.activeProcessorCount)
+    attachOptions.timeoutSeconds = timeout ?? volumeFile.map { UInt64($0.timeout) } ?? 30
+    attachOptions.deadConnectionTimeoutSeconds = deadConnTimeout ?? volumeFile.map { UInt64($0.deadConnTimeout) } ?? 120
+    if let device { attachOptions.index = try parseDeviceIndex(device) } else { attachOptions.index = volumeFile?.device }
+    let volume = try await openVolume(
+      url: url, options: options, readOnly: readOnly || (volumeFile?.readOnly ?? false), logger: logger,
+      volume: volumeFile)
     let attachment: KernelAttachment
     do {
       attachment = try await KernelAttachment.attach(volume: volume, options: attachOptions, logger: logger)
@@ -322,6 +355,11 @@ struct Attach: AsyncParsableCommand {
     }
     attachment.startWatching()
     let urlFile = recordURL(try ISCSIURL(parsing: url).description, index: attachment.index)
+    if let volumeFile {
+      // udev names /dev/lunbridge/NAME from this record (systemd/99-lunbridge.rules).
+      try? VolumeNameRecord.write(
+        name: volumeFile.name, backendIdentifier: attachment.backendIdentifier, index: attachment.index)
+    }
     print(attachment.devicePath)
     fflush(stdout)
     SystemdNotify.send("READY=1\nSTATUS=\(attachment.devicePath) attached to \(try ISCSIURL(parsing: url).description)")
@@ -354,6 +392,7 @@ struct Attach: AsyncParsableCommand {
     try? await volume.unit.synchronizeCache().get()
     await volume.unit.session.close()
     if let urlFile { unlink(urlFile) }
+    if volumeFile != nil { VolumeNameRecord.remove(index: attachment.index) }
     Foundation.exit(0)
   }
 
@@ -439,6 +478,41 @@ struct Detach: ParsableCommand {
   }
 }
 
+struct ConfigCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "config", abstract: "Volume files in /etc/lunbridge/volumes.", subcommands: [ConfigCheck.self])
+}
+
+struct ConfigCheck: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "check", abstract: "Check volume files (syntax, keys, URLs, secret files) without connecting.")
+
+  @Argument(help: "Volume NAME or a file path (default: every file in --directory).")
+  var name: String?
+
+  @Option(help: "Where volume files live.")
+  var directory: String = VolumeConfig.directory
+
+  func run() throws {
+    if let name {
+      let config =
+        name.contains("/") ? try VolumeConfig.check(path: name) : try VolumeConfig.check(name: name, directory: directory)
+      print("\(config.file): ok")
+      return
+    }
+    var failed = 0
+    for (_, result) in try VolumeConfig.checkAll(directory: directory) {
+      switch result {
+      case .success(let c): print("\(c.file): ok")
+      case .failure(let e):
+        failed += 1
+        FileHandle.standardError.write(Data("lunbridge: error: \(e)\n".utf8))
+      }
+    }
+    if failed > 0 { throw ExitCode(1) }
+  }
+}
+
 struct DeviceListing: Encodable {
   var device: String
   var url: String?
@@ -500,7 +574,7 @@ struct Lunbridge: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "lunbridge",
     abstract: "A user-space iSCSI initiator that serves LUNs as NBD devices.",
-    subcommands: [Discover.self, Info.self, Serve.self, Attach.self, Detach.self, List.self])
+    subcommands: [Discover.self, Info.self, Serve.self, Attach.self, Detach.self, List.self, ConfigCommand.self])
 
   /// One line `lunbridge: error: ...` and a non-zero exit for every failure; usage
   /// errors keep ArgumentParser's help text.
@@ -521,6 +595,8 @@ struct Lunbridge: AsyncParsableCommand {
     } catch let error as BridgeError {
       fail(error.description)
     } catch let error as NBDKernelError {
+      fail(error.description)
+    } catch let error as VolumeConfigError {
       fail(error.description)
     } catch {
       exit(withError: error)
