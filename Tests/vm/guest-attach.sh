@@ -91,6 +91,21 @@ check "the serving process exited after detach" bash -c "[ -n '$pid' ] && ! kill
   { echo "# serving process log:"; sed 's/^/# /' "$T/attach2.err"; }
 dev=""
 
+# A volume file: attach by NAME, the name record for udev, config check.
+mkdir -p /etc/lunbridge/volumes
+printf 'paths = ["%s"]\nconnections = 1\ntimeout = 20\n' "$url" >/etc/lunbridge/volumes/vmvol.toml
+chmod 600 /etc/lunbridge/volumes/vmvol.toml
+check "config check vmvol" "$LB" config check vmvol
+dev=$(timeout 60 "$LB" attach vmvol 2>"$T/attach3.err")
+check "attach by volume name printed '$dev' ($(cat "$T/attach3.err"))" test -b "${dev:-/nonexistent}"
+if [ -n "$dev" ]; then
+  idx=${dev#/dev/nbd}
+  check "the name record for udev says vmvol" bash -c "head -1 /run/lunbridge/nbd$idx.name | grep -qx vmvol"
+  check "the by-name device's timeout came from the file" test "$(cat /sys/block/nbd$idx/queue/io_timeout 2>/dev/null)" = 20000
+  check "detach the volume" "$LB" detach "$dev"
+  dev=""
+fi
+
 # Errors a user meets.
 out=$("$LB" attach "iscsi://127.0.0.1:$(cat "$T/port")/iqn.2026-11.org.lunbridge:nope/1" 2>&1); rc=$?
 check "unknown target: one line, non-zero ($out)" bash -c "[ $rc -ne 0 ] && [ \$(wc -l <<<'$out') -eq 1 ]"
