@@ -25,7 +25,8 @@ extension MultipathStateMachine {
     guard case .failover = self.configuration.policy else {
       return Level(rank: -record.priority, group: 0)
     }
-    let groupPriority = self.paths.values.lazy
+    let groupPriority =
+      self.paths.values.lazy
       .filter { $0.group == record.group && !$0.removing }
       .map(\.priority).max() ?? record.priority
     return Level(rank: -groupPriority, group: record.group)
@@ -64,7 +65,9 @@ extension MultipathStateMachine {
     guard let first = candidates.first else { return nil }
     switch self.configuration.policy {
     case .failover, .queueLength:
-      return candidates.min { self.paths[$0]!.statistics.outstandingIOs < self.paths[$1]!.statistics.outstandingIOs }
+      return candidates.min {
+        self.paths[$0]!.statistics.outstandingIOs < self.paths[$1]!.statistics.outstandingIOs
+      }
         ?? first
     case .serviceTime:
       return self.serviceTimeChoice(among: candidates, io: io)

@@ -160,7 +160,8 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
       self.place(io, &actions)
     }
     self.forgetIfSettled(id)
-    return self.finish(before, subject: id, reason: "fenced; \(record.fenced.count) write(s) re-sent", &actions)
+    return self.finish(
+      before, subject: id, reason: "fenced; \(record.fenced.count) write(s) re-sent", &actions)
   }
 
   /// The administrator takes the path out: handled as a failure, but never probed.
@@ -226,7 +227,8 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
 
   /// The probe failed: the path stays failed and the next probe is scheduled, one backoff
   /// step later.
-  public mutating func probeFailed(_ id: PathID, reason: PathFailure = PathFailure(.probeFailed)) -> [Action] {
+  public mutating func probeFailed(_ id: PathID, reason: PathFailure = PathFailure(.probeFailed)) -> [Action]
+  {
     guard let record = self.paths[id], !record.removing else { return [] }
     switch record.health {
     case .failed, .probing: break
@@ -316,7 +318,8 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
       return self.finish(before, subject: path, reason: "probe \(record.probeAttempt + 1)", &actions)
 
     case .failback(let path):
-      guard let record = self.paths[path], record.held, let deadline = record.failbackDeadline, deadline <= now
+      guard let record = self.paths[path], record.held, let deadline = record.failbackDeadline,
+        deadline <= now
       else { return [] }
       let before = self.states()
       var actions: [Action] = []

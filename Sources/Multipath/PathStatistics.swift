@@ -10,7 +10,8 @@ public struct LatencyHistogram: Hashable, Sendable {
     100_000_000, 250_000_000, 500_000_000, 1_000_000_000, 2_500_000_000,
   ]
 
-  public private(set) var counts: [UInt64] = Array(repeating: 0, count: LatencyHistogram.upperBounds.count + 1)
+  public private(set) var counts: [UInt64] = Array(
+    repeating: 0, count: LatencyHistogram.upperBounds.count + 1)
   public private(set) var total: UInt64 = 0
   public private(set) var maximum: Duration = .zero
 

@@ -39,7 +39,9 @@ final class MultipathStateMachineTests: XCTestCase {
   }
 
   /// The paths the I/Os went to, in order; fails the test on any other action.
-  func dispatched(_ machine: inout Machine, _ ios: [IOToken], file: StaticString = #filePath, line: UInt = #line)
+  func dispatched(
+    _ machine: inout Machine, _ ios: [IOToken], file: StaticString = #filePath, line: UInt = #line
+  )
     -> [PathID]
   {
     ios.map { io in
@@ -56,7 +58,8 @@ final class MultipathStateMachineTests: XCTestCase {
 
   func testAddPathLogsItsState() {
     var machine = Machine(configuration: .init(policy: .failover), clock: self.clock)
-    XCTAssertEqual(machine.addPath(p1, group: 1, priority: 50), [log(p1, nil, .active, "added (group 1, priority 50)")])
+    XCTAssertEqual(
+      machine.addPath(p1, group: 1, priority: 50), [log(p1, nil, .active, "added (group 1, priority 50)")])
     XCTAssertEqual(
       machine.addPath(p2, group: 2, priority: 10), [log(p2, nil, .standby, "added (group 2, priority 10)")])
   }
@@ -177,7 +180,8 @@ final class MultipathStateMachineTests: XCTestCase {
   func testManualFailbackWaitsForTheCommand() {
     var machine = failoverToGroupTwo(.manual)
     XCTAssertEqual(
-      machine.probeSucceeded(p1), [log(p1, .probing, .standby, "probe succeeded; waiting for manual failback")])
+      machine.probeSucceeded(p1),
+      [log(p1, .probing, .standby, "probe succeeded; waiting for manual failback")])
     XCTAssertEqual(dispatched(&machine, [read(5)]), [p3])
     _ = machine.completed(read(5), path: p3, latency: .milliseconds(1), success: true)
     XCTAssertEqual(
@@ -226,7 +230,8 @@ final class MultipathStateMachineTests: XCTestCase {
     _ = machine.pathFailed(p1, reason: down)
     // Probed by the caller before its probe timer fired: the timer is cancelled.
     XCTAssertEqual(
-      machine.probeSucceeded(p1), [log(p1, .failed(down), .active, "probe succeeded"), .cancelTimer(.probe(p1))])
+      machine.probeSucceeded(p1),
+      [log(p1, .failed(down), .active, "probe succeeded"), .cancelTimer(.probe(p1))])
     XCTAssertEqual(dispatched(&machine, [read(1), read(2)]), [p1, p2])
   }
 
@@ -290,7 +295,8 @@ final class MultipathStateMachineTests: XCTestCase {
 
     self.clock.advance(to: .seconds(60))
     XCTAssertEqual(
-      machine.timerFired(.noPathRetry), [.fail(read(1), .noPath), .scheduleTimer(.noPathRetry, at(.seconds(70)))])
+      machine.timerFired(.noPathRetry),
+      [.fail(read(1), .noPath), .scheduleTimer(.noPathRetry, at(.seconds(70)))])
     self.clock.advance(to: .seconds(70))
     XCTAssertEqual(machine.timerFired(.noPathRetry), [.fail(write(2), .noPath)])
     XCTAssertEqual(machine.queuedIOs, 0)
@@ -304,7 +310,8 @@ final class MultipathStateMachineTests: XCTestCase {
     XCTAssertEqual(machine.submit(write(2)), [])
 
     self.clock.advance(to: .seconds(1))
-    XCTAssertEqual(machine.timerFired(.probe(p1)), [log(p1, .failed(down), .probing, "probe 1"), .startProbe(p1)])
+    XCTAssertEqual(
+      machine.timerFired(.probe(p1)), [log(p1, .failed(down), .probing, "probe 1"), .startProbe(p1)])
     XCTAssertEqual(
       machine.probeSucceeded(p1),
       [
@@ -326,7 +333,8 @@ final class MultipathStateMachineTests: XCTestCase {
 
   func testProbeBackoffDoublesWithJitterUpToTheMaximum() {
     var machine = Machine(
-      configuration: .init(probeBackoff: ProbeBackoff(initial: .seconds(1), maximum: .seconds(8), jitterPercent: 20)),
+      configuration: .init(
+        probeBackoff: ProbeBackoff(initial: .seconds(1), maximum: .seconds(8), jitterPercent: 20)),
       clock: self.clock,
       random: ScriptedRandom(values: [0, 1_000_000, 300, 0, 1_600_000_001 + 7]))
     _ = machine.addPath(p1, group: 1, priority: 50)
@@ -341,7 +349,8 @@ final class MultipathStateMachineTests: XCTestCase {
       .seconds(1) + .seconds(2) + .milliseconds(1),  // 2 s + 1 ms of jitter
       .seconds(3) + .milliseconds(1) + .seconds(4) + .nanoseconds(300),  // 4 s + 300 ns
       .seconds(7) + .milliseconds(1) + .nanoseconds(300) + .seconds(8),  // capped, no jitter
-      .seconds(15) + .milliseconds(1) + .nanoseconds(300) + .seconds(8) + .nanoseconds(7),  // wraps mod 1.6e9+1
+      // capped; the draw wraps modulo 1.6e9 + 1 to 7 ns of jitter
+      .seconds(15) + .milliseconds(1) + .nanoseconds(300) + .seconds(8) + .nanoseconds(7),
     ]
     var probeAt = Duration.seconds(1)
     for (step, next) in expected.enumerated() {
@@ -376,7 +385,8 @@ final class MultipathStateMachineTests: XCTestCase {
       [log(p1, .active, .disabled, "removed"), .fencePath(p1)])
     XCTAssertEqual(machine.status().map(\.path), [p1, p2])
     XCTAssertEqual(
-      machine.pathFenced(p1), [log(p1, .disabled, nil, "fenced; 1 write(s) re-sent"), .dispatch(write(1), p2)])
+      machine.pathFenced(p1),
+      [log(p1, .disabled, nil, "fenced; 1 write(s) re-sent"), .dispatch(write(1), p2)])
     XCTAssertEqual(machine.status().map(\.path), [p2])
   }
 
