@@ -1,1 +1,0 @@
-// Multipath: path selection (see Path*.swift)

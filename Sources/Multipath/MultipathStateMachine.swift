@@ -1,0 +1,484 @@
+// The multipath scheduler of one LUN: which path each I/O goes to, what happens to I/O
+// when a path dies, when a dead path is probed and taken back.
+//
+// Pure: it owns no socket, thread or timer and reads no clock but the injected one. The
+// caller feeds it events (an I/O to place, a completion, a path failure, a timer firing)
+// and carries out the actions it returns (send this I/O on that path, fence that session,
+// arm this timer, fail this I/O with EIO, log this).
+
+/// The scheduler. Generic over its clock so tests drive time by hand.
+///
+/// Write ordering: **a write is re-sent on another path only once its old path can no
+/// longer deliver it.** When a path fails, the reads it had in flight are re-sent at once
+/// (a read sent twice is harmless), but its writes are *fenced*: the machine emits
+/// `.fencePath(path)` and holds them until the caller reports `pathFenced(path)`, that is
+/// until the old session is closed, its tasks aborted or the session reinstated, so that
+/// no copy of the write can still reach the LUN. Otherwise an old copy of a write arriving
+/// late through the dead path could land after a newer write to the same blocks sent
+/// through a healthy path, and silently undo it. A fenced write that completes on its old
+/// path before the fence is simply done and is not re-sent.
+public struct MultipathStateMachine<Clock: MultipathClock> {
+  public typealias Instant = Clock.Instant
+
+  /// What the caller must do. Carry them out in order.
+  public enum Action: Hashable {
+    /// Send the I/O on the path (a re-sent I/O comes out as `.dispatch` again).
+    case dispatch(IOToken, PathID)
+    /// Give up on the I/O: complete it to the user with an error (EIO).
+    case fail(IOToken, MultipathError)
+    /// Make sure nothing sent on the path can still reach the LUN (close the connection,
+    /// abort its tasks, or reinstate the session), then call `pathFenced(path)`.
+    case fencePath(PathID)
+    /// Arm (or re-arm) the timer; at `deadline` call `timerFired(id)`.
+    case scheduleTimer(TimerID, Instant)
+    case cancelTimer(TimerID)
+    /// Arm the probe timer of a failed path; at `at` call `timerFired(.probe(path))`.
+    case scheduleProbe(PathID, at: Instant)
+    /// Probe the path now (TEST UNIT READY / NOP-Out / re-login), then call
+    /// `probeSucceeded(path)` or `probeFailed(path, reason:)`.
+    case startProbe(PathID)
+    /// A path changed state.
+    case log(PathEvent)
+  }
+
+  enum Health: Hashable {
+    case up
+    case failed(PathFailure)
+    case probing(PathFailure)
+    case disabled
+  }
+
+  struct PathRecord {
+    let id: PathID
+    var group: Int
+    var priority: Int
+    var relativeThroughput: Int
+    var health: Health = .up
+    /// Reinstated and better than the serving paths, waiting for failback.
+    var held = false
+    var failbackDeadline: Instant?
+    /// Probes failed since the path failed; picks the backoff step.
+    var probeAttempt = 0
+    var probeDeadline: Instant?
+    /// `removePath` was called; the record goes once its fenced writes are settled.
+    var removing = false
+    /// In dispatch order.
+    var inflight: [IOToken] = []
+    var fenced: [IOToken] = []
+    var statistics = PathStatistics()
+  }
+
+  struct QueuedIO {
+    var io: IOToken
+    var deadline: Instant
+  }
+
+  public let clock: Clock
+  public private(set) var configuration: MultipathConfiguration
+  private var random: any RandomNumberGenerator
+
+  var order: [PathID] = []
+  var paths: [PathID: PathRecord] = [:]
+  /// Which path each dispatched I/O is on (fenced writes are not here).
+  private var inflightPath: [UInt64: PathID] = [:]
+  /// I/O waiting for a usable path, oldest first (deadlines are therefore ascending).
+  private var queue: [QueuedIO] = []
+  var roundRobinCurrent: PathID?
+  var roundRobinRemaining = 0
+
+  public init(
+    configuration: MultipathConfiguration = MultipathConfiguration(),
+    clock: Clock,
+    random: any RandomNumberGenerator = SystemRandomNumberGenerator()
+  ) {
+    self.configuration = configuration
+    self.clock = clock
+    self.random = random
+  }
+
+  // MARK: - Paths
+
+  /// A new path. `group` and `priority` come from the caller, e.g. from REPORT TARGET PORT
+  /// GROUPS: give active/optimized ports a higher priority than active/non-optimized ones.
+  /// `relativeThroughput` (>= 1) weighs the path in `service-time` (as dm's table argument).
+  public mutating func addPath(_ id: PathID, group: Int, priority: Int, relativeThroughput: Int = 1)
+    -> [Action]
+  {
+    precondition(self.paths[id] == nil, "\(id) added twice")
+    let before = self.states()
+    self.order.append(id)
+    self.paths[id] = PathRecord(
+      id: id, group: group, priority: priority, relativeThroughput: max(relativeThroughput, 1))
+    var actions: [Action] = []
+    return self.finish(before, subject: id, reason: "added (group \(group), priority \(priority))", &actions)
+  }
+
+  /// Takes the path away. Its reads are re-sent at once; its writes are fenced as on a
+  /// failure, and the path is forgotten once they are settled (`pathFenced` or completed).
+  public mutating func removePath(_ id: PathID) -> [Action] {
+    guard var record = self.paths[id], !record.removing else { return [] }
+    let before = self.states()
+    var actions: [Action] = []
+    self.cancelPathTimers(&record, &actions)
+    record.removing = true
+    record.held = false
+    record.health = .disabled
+    self.paths[id] = record
+    self.takeIOOff(id, &actions)
+    self.forgetIfSettled(id)
+    return self.finish(before, subject: id, reason: "removed", &actions)
+  }
+
+  /// The path stopped working. Reads in flight on it are re-sent elsewhere (or queued);
+  /// writes in flight on it are fenced (see the type's comment); a probe is scheduled.
+  public mutating func pathFailed(_ id: PathID, reason: PathFailure) -> [Action] {
+    guard let record = self.paths[id], !record.removing else { return [] }
+    switch record.health {
+    case .up: break
+    case .probing: return self.probeFailed(id, reason: reason)
+    case .failed, .disabled: return []
+    }
+    let before = self.states()
+    var actions: [Action] = []
+    let servingBefore = self.servingLevel()
+    self.paths[id]!.health = .failed(reason)
+    self.paths[id]!.probeAttempt = 0
+    self.releaseHeldIfServingChanged(from: servingBefore, &actions)
+    self.takeIOOff(id, &actions)
+    self.scheduleProbe(id, &actions)
+    return self.finish(before, subject: id, reason: "\(reason)", &actions)
+  }
+
+  /// The caller made sure nothing sent on the failed path can reach the LUN any more:
+  /// its fenced writes are re-sent on other paths now (or queued if there is none).
+  public mutating func pathFenced(_ id: PathID) -> [Action] {
+    guard let record = self.paths[id], !record.fenced.isEmpty else { return [] }
+    let before = self.states()
+    var actions: [Action] = []
+    self.paths[id]!.fenced = []
+    for io in record.fenced {
+      self.place(io, &actions)
+    }
+    self.forgetIfSettled(id)
+    return self.finish(
+      before, subject: id, reason: "fenced; \(record.fenced.count) write(s) re-sent", &actions)
+  }
+
+  /// The administrator takes the path out: handled as a failure, but never probed.
+  public mutating func disablePath(_ id: PathID) -> [Action] {
+    guard var record = self.paths[id], !record.removing, record.health != .disabled else { return [] }
+    let before = self.states()
+    var actions: [Action] = []
+    let servingBefore = self.servingLevel()
+    self.cancelPathTimers(&record, &actions)
+    record.health = .disabled
+    record.held = false
+    self.paths[id] = record
+    self.releaseHeldIfServingChanged(from: servingBefore, &actions)
+    self.takeIOOff(id, &actions)
+    return self.finish(before, subject: id, reason: "disabled by administrator", &actions)
+  }
+
+  /// The administrator puts a disabled path back: usable at once.
+  public mutating func enablePath(_ id: PathID) -> [Action] {
+    guard let record = self.paths[id], !record.removing, record.health == .disabled else { return [] }
+    let before = self.states()
+    var actions: [Action] = []
+    self.paths[id]!.health = .up
+    self.paths[id]!.probeAttempt = 0
+    return self.finish(before, subject: id, reason: "enabled by administrator", &actions)
+  }
+
+  // MARK: - Probes and failback
+
+  /// The probe found the path working again: it is reinstated, and takes I/O according to
+  /// the failback policy (see `FailbackPolicy`).
+  public mutating func probeSucceeded(_ id: PathID) -> [Action] {
+    guard var record = self.paths[id], !record.removing else { return [] }
+    switch record.health {
+    case .failed, .probing: break
+    case .up, .disabled: return []
+    }
+    let before = self.states()
+    var actions: [Action] = []
+    let servingBefore = self.servingLevel()
+    self.cancelPathTimers(&record, &actions)
+    record.health = .up
+    record.probeAttempt = 0
+    var reason = "probe succeeded"
+    if let serving = servingBefore, self.level(of: record) < serving {
+      switch self.configuration.failback {
+      case .immediate:
+        reason += "; immediate failback"
+      case .manual:
+        record.held = true
+        reason += "; waiting for manual failback"
+      case .deferred(let seconds):
+        let deadline = self.clock.now.advanced(by: .seconds(seconds))
+        record.held = true
+        record.failbackDeadline = deadline
+        actions.append(.scheduleTimer(.failback(id), deadline))
+        reason += "; failback in \(seconds) s"
+      }
+    }
+    self.paths[id] = record
+    return self.finish(before, subject: id, reason: reason, &actions)
+  }
+
+  /// The probe failed: the path stays failed and the next probe is scheduled, one backoff
+  /// step later.
+  public mutating func probeFailed(_ id: PathID, reason: PathFailure = PathFailure(.probeFailed)) -> [Action]
+  {
+    guard let record = self.paths[id], !record.removing else { return [] }
+    switch record.health {
+    case .failed, .probing: break
+    case .up, .disabled: return []
+    }
+    let before = self.states()
+    var actions: [Action] = []
+    self.paths[id]!.health = .failed(reason)
+    self.paths[id]!.probeAttempt += 1
+    self.scheduleProbe(id, &actions)
+    return self.finish(before, subject: id, reason: "\(reason)", &actions)
+  }
+
+  /// Manual failback: reinstated paths waiting for failback take I/O now.
+  public mutating func failback() -> [Action] {
+    let before = self.states()
+    var actions: [Action] = []
+    self.releaseAllHeld(&actions)
+    return self.finish(before, subject: nil, reason: "failback", &actions)
+  }
+
+  // MARK: - I/O
+
+  /// A new I/O: dispatched on the path the policy picks, or queued when no path is usable
+  /// (failed with `.noPath` after `noPathRetry`).
+  public mutating func submit(_ io: IOToken) -> [Action] {
+    var actions: [Action] = []
+    self.place(io, &actions)
+    return actions
+  }
+
+  /// The I/O finished on `path`. A completion from a path the I/O is no longer on (a read
+  /// already re-sent elsewhere) is stale and ignored. A fenced write that completes on its
+  /// old path is done and will not be re-sent.
+  public mutating func completed(_ io: IOToken, path: PathID, latency: Duration, success: Bool) -> [Action] {
+    guard var record = self.paths[path] else { return [] }
+    if self.inflightPath[io.id] == path, let index = record.inflight.firstIndex(where: { $0.id == io.id }) {
+      self.inflightPath[io.id] = nil
+      record.inflight.remove(at: index)
+      record.statistics.outstandingIOs -= 1
+      record.statistics.outstandingBytes -= io.bytes
+    } else if let index = record.fenced.firstIndex(where: { $0.id == io.id }) {
+      record.fenced.remove(at: index)
+    } else {
+      return []
+    }
+    record.statistics.ios += 1
+    if success {
+      record.statistics.bytes += UInt64(max(io.bytes, 0))
+      record.statistics.recordLatency(latency)
+    } else {
+      record.statistics.errors += 1
+    }
+    self.paths[path] = record
+    guard record.removing else { return [] }
+    let before = self.states()
+    var actions: [Action] = []
+    self.forgetIfSettled(path)
+    return self.finish(before, subject: path, reason: "removed", &actions)
+  }
+
+  // MARK: - Timers
+
+  public mutating func timerFired(_ id: TimerID) -> [Action] {
+    let now = self.clock.now
+    switch id {
+    case .noPathRetry:
+      var actions: [Action] = []
+      while let first = self.queue.first, first.deadline <= now {
+        self.queue.removeFirst()
+        actions.append(.fail(first.io, .noPath))
+      }
+      if let first = self.queue.first {
+        actions.append(.scheduleTimer(.noPathRetry, first.deadline))
+      }
+      return actions
+
+    case .probe(let path):
+      guard let record = self.paths[path], case .failed(let reason) = record.health,
+        let deadline = record.probeDeadline, deadline <= now
+      else { return [] }
+      let before = self.states()
+      var actions: [Action] = []
+      self.paths[path]!.health = .probing(reason)
+      self.paths[path]!.probeDeadline = nil
+      actions.append(.startProbe(path))
+      return self.finish(before, subject: path, reason: "probe \(record.probeAttempt + 1)", &actions)
+
+    case .failback(let path):
+      guard let record = self.paths[path], record.held, let deadline = record.failbackDeadline,
+        deadline <= now
+      else { return [] }
+      let before = self.states()
+      var actions: [Action] = []
+      self.paths[path]!.held = false
+      self.paths[path]!.failbackDeadline = nil
+      return self.finish(before, subject: path, reason: "deferred failback", &actions)
+    }
+  }
+
+  // MARK: - Status
+
+  /// One row per path, in the order they were added.
+  public func status() -> [PathStatus] {
+    let serving = self.servingLevel()
+    return self.order.compactMap { id in
+      guard let record = self.paths[id] else { return nil }
+      return PathStatus(
+        path: id, group: record.group, priority: record.priority,
+        state: self.state(of: record, serving: serving),
+        fencedWrites: record.fenced.count, statistics: record.statistics)
+    }
+  }
+
+  public func state(of id: PathID) -> PathState? {
+    self.paths[id].map { self.state(of: $0, serving: self.servingLevel()) }
+  }
+
+  /// I/O waiting for a usable path.
+  public var queuedIOs: Int { self.queue.count }
+
+  // MARK: - Internals
+
+  /// Puts an I/O on a path, or in the no-path queue.
+  private mutating func place(_ io: IOToken, _ actions: inout [Action]) {
+    if let path = self.select(for: io) {
+      self.dispatch(io, on: path, &actions)
+      return
+    }
+    guard self.configuration.noPathRetry > .zero else {
+      actions.append(.fail(io, .noPath))
+      return
+    }
+    let deadline = self.clock.now.advanced(by: self.configuration.noPathRetry)
+    if self.queue.isEmpty {
+      actions.append(.scheduleTimer(.noPathRetry, deadline))
+    }
+    self.queue.append(QueuedIO(io: io, deadline: deadline))
+  }
+
+  private mutating func dispatch(_ io: IOToken, on path: PathID, _ actions: inout [Action]) {
+    self.inflightPath[io.id] = path
+    self.paths[path]!.inflight.append(io)
+    self.paths[path]!.statistics.outstandingIOs += 1
+    self.paths[path]!.statistics.outstandingBytes += io.bytes
+    actions.append(.dispatch(io, path))
+  }
+
+  /// Takes everything in flight off a path that stopped: reads are placed again at once,
+  /// writes are fenced until `pathFenced`.
+  private mutating func takeIOOff(_ id: PathID, _ actions: inout [Action]) {
+    let ios = self.paths[id]!.inflight
+    guard !ios.isEmpty else { return }
+    self.paths[id]!.inflight = []
+    self.paths[id]!.statistics.outstandingIOs = 0
+    self.paths[id]!.statistics.outstandingBytes = 0
+    self.paths[id]!.statistics.failovers += UInt64(ios.count)
+    for io in ios { self.inflightPath[io.id] = nil }
+    let writes = ios.filter(\.isWrite)
+    if !writes.isEmpty {
+      self.paths[id]!.fenced.append(contentsOf: writes)
+      actions.append(.fencePath(id))
+    }
+    for io in ios where !io.isWrite {
+      self.place(io, &actions)
+    }
+  }
+
+  /// Sends queued I/O, oldest first, as long as a path is usable.
+  private mutating func drainQueue(_ actions: inout [Action]) {
+    guard !self.queue.isEmpty else { return }
+    while let first = self.queue.first, let path = self.select(for: first.io) {
+      self.queue.removeFirst()
+      self.dispatch(first.io, on: path, &actions)
+    }
+    if self.queue.isEmpty {
+      actions.append(.cancelTimer(.noPathRetry))
+    }
+  }
+
+  private mutating func scheduleProbe(_ id: PathID, _ actions: inout [Action]) {
+    let delay = self.configuration.probeBackoff.delay(
+      attempt: self.paths[id]!.probeAttempt, random: self.random.next())
+    let deadline = self.clock.now.advanced(by: delay)
+    self.paths[id]!.probeDeadline = deadline
+    actions.append(.scheduleProbe(id, at: deadline))
+  }
+
+  private func cancelPathTimers(_ record: inout PathRecord, _ actions: inout [Action]) {
+    if record.probeDeadline != nil {
+      record.probeDeadline = nil
+      actions.append(.cancelTimer(.probe(record.id)))
+    }
+    if record.failbackDeadline != nil {
+      record.failbackDeadline = nil
+      actions.append(.cancelTimer(.failback(record.id)))
+    }
+  }
+
+  private mutating func releaseAllHeld(_ actions: inout [Action]) {
+    for id in self.order where self.paths[id]!.held {
+      self.paths[id]!.held = false
+      if self.paths[id]!.failbackDeadline != nil {
+        self.paths[id]!.failbackDeadline = nil
+        actions.append(.cancelTimer(.failback(id)))
+      }
+    }
+  }
+
+  /// Paths waiting for failback only wait while the paths they would replace are serving:
+  /// once those are gone, the best paths take over whatever the failback policy.
+  private mutating func releaseHeldIfServingChanged(from before: Level?, _ actions: inout [Action]) {
+    if self.servingLevel() != before {
+      self.releaseAllHeld(&actions)
+    }
+  }
+
+  private mutating func forgetIfSettled(_ id: PathID) {
+    guard let record = self.paths[id], record.removing, record.fenced.isEmpty, record.inflight.isEmpty
+    else { return }
+    self.paths[id] = nil
+    self.order.removeAll { $0 == id }
+    if self.roundRobinCurrent == id { self.roundRobinCurrent = nil }
+  }
+
+  private func states() -> [(PathID, PathState)] {
+    let serving = self.servingLevel()
+    return self.order.map { ($0, self.state(of: self.paths[$0]!, serving: serving)) }
+  }
+
+  /// Ends an event: sends queued I/O if a path became usable, and puts a `.log` first for
+  /// every path whose state changed.
+  private mutating func finish(
+    _ before: [(PathID, PathState)], subject: PathID?, reason: String, _ actions: inout [Action]
+  ) -> [Action] {
+    self.drainQueue(&actions)
+    let after = self.states()
+    let afterByID = Dictionary(uniqueKeysWithValues: after)
+    let beforeByID = Dictionary(uniqueKeysWithValues: before)
+    var logs: [Action] = []
+    func why(_ id: PathID) -> String {
+      if id == subject { return reason }
+      return subject.map { "\($0): \(reason)" } ?? reason
+    }
+    for (id, old) in before where afterByID[id] != old {
+      logs.append(.log(PathEvent(path: id, from: old, to: afterByID[id], reason: why(id))))
+    }
+    for (id, new) in after where beforeByID[id] == nil {
+      logs.append(.log(PathEvent(path: id, from: nil, to: new, reason: why(id))))
+    }
+    return logs + actions
+  }
+}
