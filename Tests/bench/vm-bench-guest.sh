@@ -23,7 +23,12 @@ T0=$(date +%s)
 log() { printf '[guest %4ds] %s\n' $(($(date +%s) - T0)) "$*" >&2; }
 
 [ $# -eq 3 ] || die "usage: $0 LUNBRIDGE REPO OUTDIR"
-LB=$(realpath -e "$1") || die "no binary $1"
+# Run a private copy of the binary: the guest sees the host's files live over 9p, and a
+# rebuild on the host while the VM runs changes the text under the serving process (in
+# the first run it segfaulted at detach and the guest died).
+LB_SRC=$(realpath -e "$1") || die "no binary $1"
+LB=/tmp/lunbridge-under-test
+cp "$LB_SRC" "$LB" && chmod 755 "$LB" || die "cannot copy $LB_SRC"
 REPO=$(realpath -e "$2") || die "no repo $2"
 mkdir -p "$3" && OUT=$(realpath "$3") || die "cannot create $3"
 REPEATS=${REPEATS:-2}
@@ -38,6 +43,9 @@ for t in fio qemu-nbd iscsid iscsiadm tgtd modprobe; do
   command -v "$t" >/dev/null || die "$t not found (open-iscsi must be installed on the host)"
 done
 
+# The kernel log goes straight to OUTDIR, so an oops or panic is on the host afterwards.
+dmesg -w >"$OUT/dmesg.log" 2>&1 &
+DMESG_PID=$!
 T=$(mktemp -d /tmp/vm-bench.XXXXXX) # guest-private scratch (tgtd state; LUN is in /dev/shm)
 rm -rf "$OUT/fio"; mkdir -p "$OUT/fio"
 RUNS=$OUT/runs.tsv
@@ -48,6 +56,7 @@ cleanup() {
   local rc=$? bad=
   trap - EXIT INT TERM
   log "cleanup (rc $rc)"
+  log "cleanup: detach $LB_DEV, qemu-nbd -d $Q_DEV, logout $SD_DEV, stop iscsid and tgtd"
   if [ -n "$LB_DEV" ]; then timeout 30 "$LB" detach "$LB_DEV" || bad="$bad lunbridge-detach"; fi
   if [ -n "$Q_DEV" ]; then timeout 30 qemu-nbd -d "$Q_DEV" >/dev/null || bad="$bad qemu-nbd-d"; fi
   if [ -n "$ISCSI_LOGGED_IN" ]; then
@@ -67,6 +76,7 @@ cleanup() {
   done
   [ -z "$TGT_STARTED" ] || "$TGT" stop "$T/tgtd" >/dev/null 2>&1
   rm -rf "$T"
+  sleep 0.5; kill "$DMESG_PID" 2>/dev/null; wait "$DMESG_PID" 2>/dev/null
   if [ -n "$bad" ]; then
     log "cleanup problems:$bad"
     [ $rc -ne 0 ] || rc=1
@@ -167,7 +177,7 @@ done
 {
   echo "kernel: $(uname -r)"
   echo "cpus: $(nproc)"
-  echo "lunbridge: $("$LB" --version 2>&1 | head -1)"
+  echo "lunbridge: $LB_SRC sha256 $(sha256sum <"$LB" | cut -c1-16) ($(stat -c '%s bytes, built %y' "$LB_SRC"))"
   echo "qemu-nbd: $(qemu-nbd --version | head -1)"
   echo "iscsid: $(iscsid --version 2>&1 | head -1)"
   echo "fio: $(fio --version)"
@@ -175,7 +185,7 @@ done
   for d in lunbridge qemu-nbd open-iscsi; do
     b=${DEV[$d]##*/}
     echo "$d: ${DEV[$d]} size=$(($(cat /sys/block/$b/size) / 2048))MiB" \
-      "scheduler=$(cat /sys/block/$b/queue/scheduler) max_sectors_kb=$(cat /sys/block/$b/queue/max_sectors_kb)" \
+      "scheduler=$(cat /sys/block/$b/queue/scheduler) max_sectors_kb/max_hw_sectors_kb=$(cat /sys/block/$b/queue/max_sectors_kb)/$(cat /sys/block/$b/queue/max_hw_sectors_kb)" \
       "nr_requests=$(cat /sys/block/$b/queue/nr_requests) hw_queues=$(ls /sys/block/$b/mq 2>/dev/null | wc -l)"
   done
   echo "repeats=$REPEATS runtime=${RUNTIME}s size=${SIZE_MIB}MiB lun=${LUN_MIB}MiB"

@@ -33,6 +33,13 @@ for t in qemu-nbd fio tgtd python3; do
   command -v "$t" >/dev/null || [ -x "/usr/sbin/$t" ] || die "$t not found: run Tests/vm/vm-deps.sh"
 done
 
+# Snapshot the binary and the guest script: the guest reads host files live over 9p, so a
+# rebuild or an edit during the ~6 min run would change them under the running guest
+# (bash reads a script as it goes; a replaced binary crashed the serving process).
+mkdir -p "$OUTDIR/bin"
+cp "$LB" "$OUTDIR/bin/lunbridge" && cp "$HERE/vm-bench-guest.sh" "$OUTDIR/bin/" || die "cannot snapshot into $OUTDIR/bin"
+echo "$LB" >"$OUTDIR/bin/source"
+
 export REPEATS=${REPEATS:-2} BENCH_RUNTIME=${BENCH_RUNTIME:-4} BENCH_SIZE_MIB=${BENCH_SIZE_MIB:-128}
 export BENCH_LUN_MIB=${BENCH_LUN_MIB:-256}
 t0=$(date +%s)
@@ -40,7 +47,7 @@ t0=$(date +%s)
 RESULTDIR=$OUTDIR VM_TIMEOUT=${VM_TIMEOUT:-1200} VM_QUIET=${VM_QUIET:-1} \
   "$REPO/Tests/vm/vm-run.sh" /usr/bin/env "REPEATS=$REPEATS" "BENCH_RUNTIME=$BENCH_RUNTIME" \
   "BENCH_SIZE_MIB=$BENCH_SIZE_MIB" "BENCH_LUN_MIB=$BENCH_LUN_MIB" \
-  "$HERE/vm-bench-guest.sh" "$LB" "$REPO" "$OUTDIR"
+  "$OUTDIR/bin/vm-bench-guest.sh" "$OUTDIR/bin/lunbridge" "$REPO" "$OUTDIR"
 rc=$?
 wall=$(($(date +%s) - t0))
 if [ $rc -ne 0 ]; then
