@@ -119,7 +119,7 @@ LB_DEV=$(timeout 60 "$LB" attach "$URL" --connections 2 \
   { LB_DEV=; die "lunbridge attach failed: $(cat "$OUT/lunbridge.log")"; }
 [[ $LB_DEV == /dev/nbd* ]] || { LB_DEV=; die "lunbridge attach printed '$LB_DEV'"; }
 wait_size "$LB_DEV" || die "$LB_DEV has no size"
-LB_PID=$(pgrep -f "lunbridge attach $URL" | head -1)
+LB_PID=$(pgrep -f "$LB attach $URL" | head -1)
 [ -n "$LB_PID" ] || die "no lunbridge serving process"
 log "lunbridge: $LB_DEV (pid $LB_PID)"
 
