@@ -145,7 +145,10 @@ mkdir -p /etc/iscsi /run/lock/iscsi /var/lib/iscsi
 grep -q '^InitiatorName=' /etc/iscsi/initiatorname.iscsi 2>/dev/null ||
   echo "InitiatorName=$(iscsi-iname 2>/dev/null || echo iqn.2026-11.org.lunbridge:vmbench-openiscsi)" \
     >/etc/iscsi/initiatorname.iscsi
-iscsid -f >"$OUT/iscsid.log" 2>&1 </dev/null &
+# A session of its own: on SIGTERM iscsid runs killpg(getpid(), SIGTERM) / stops its
+# logger, and sharing our process group took the whole guest script down with it (the
+# VM died at cleanup, right after "iscsid shutting down", without an rc).
+setsid iscsid -f >"$OUT/iscsid.log" 2>&1 </dev/null &
 ISCSID_PID=$!
 for i in $(seq 50); do iscsiadm -m session >/dev/null 2>&1; [ $? -ne 20 ] && break; sleep 0.2; done # 20 = no iscsid
 kill -0 "$ISCSID_PID" 2>/dev/null || { ISCSID_PID=; die "iscsid exited: $(cat "$OUT/iscsid.log")"; }
