@@ -37,7 +37,7 @@ done
 # rebuild or an edit during the ~6 min run would change them under the running guest
 # (bash reads a script as it goes; a replaced binary crashed the serving process).
 mkdir -p "$OUTDIR/bin"
-cp "$LB" "$OUTDIR/bin/lunbridge" && cp "$HERE/vm-bench-guest.sh" "$OUTDIR/bin/" || die "cannot snapshot into $OUTDIR/bin"
+cp -p "$LB" "$OUTDIR/bin/lunbridge" && cp "$HERE/vm-bench-guest.sh" "$OUTDIR/bin/" || die "cannot snapshot into $OUTDIR/bin"
 echo "$LB" >"$OUTDIR/bin/source"
 
 export REPEATS=${REPEATS:-2} BENCH_RUNTIME=${BENCH_RUNTIME:-4} BENCH_SIZE_MIB=${BENCH_SIZE_MIB:-128}
