@@ -70,6 +70,9 @@ demo: deps build
 # iscsi-perf as the no-NBD ceiling; medians and ratios in .build/bench/bench.md.
 bench: deps build
 	Tests/bench/bench.sh .build/release/lunbridge .build/bench
+	@dpkg-query -W -f='$${Status}' open-iscsi 2>/dev/null | grep -q "install ok installed" || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq open-iscsi >/dev/null
+	Tests/bench/vm-bench.sh "$$(pwd)/.build/release/lunbridge" "$$(pwd)/.build/bench-vm"
 
 bench-codec:
 	$(SWIFT) run -c release lunbridge-codec-bench
