@@ -79,9 +79,18 @@ bench-codec:
 
 install: build
 	install -D -m 0755 .build/release/lunbridge $(DESTDIR)$(PREFIX)/bin/lunbridge
+	install -D -m 0644 systemd/lunbridge@.service $(DESTDIR)/etc/systemd/system/lunbridge@.service
+	install -D -m 0644 systemd/99-lunbridge.rules $(DESTDIR)/etc/udev/rules.d/99-lunbridge.rules
+	install -D -m 0644 systemd/lunbridge-modules.conf $(DESTDIR)/etc/modules-load.d/lunbridge.conf
+	install -D -m 0600 systemd/example.toml $(DESTDIR)/etc/lunbridge/volumes/example.toml.sample
+	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/lunbridge/README.md
+	-systemctl daemon-reload 2>/dev/null; udevadm control --reload 2>/dev/null; true
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/lunbridge
+	rm -f $(DESTDIR)$(PREFIX)/bin/lunbridge $(DESTDIR)/etc/systemd/system/lunbridge@.service \
+	  $(DESTDIR)/etc/udev/rules.d/99-lunbridge.rules $(DESTDIR)/etc/modules-load.d/lunbridge.conf \
+	  $(DESTDIR)/etc/lunbridge/volumes/example.toml.sample
+	rm -rf $(DESTDIR)$(PREFIX)/share/doc/lunbridge
 
 clean:
 	rm -rf .build
