@@ -354,6 +354,7 @@ struct Attach: AsyncParsableCommand {
       throw error
     }
     attachment.startWatching()
+    attachment.raiseRequestSize()
     let urlFile = recordURL(try ISCSIURL(parsing: url).description, index: attachment.index)
     if let volumeFile {
       // udev names /dev/lunbridge/NAME from this record (systemd/99-lunbridge.rules).

@@ -38,6 +38,8 @@ fi
 ok "attach printed $dev and returned"
 idx=${dev#/dev/nbd}
 check "device size is the LUN's 128 MiB" test "$(cat /sys/block/nbd$idx/size)" = $((128 * 2048))
+check "requests up to 1 MiB (max_sectors_kb $(cat /sys/block/nbd$idx/queue/max_sectors_kb))" \
+  test "$(cat /sys/block/nbd$idx/queue/max_sectors_kb)" -ge 512
 check "backend names the LUN" grep -q "lunbridge:$TGTD_IQN:1:" /sys/block/nbd$idx/backend
 check "list shows it with its URL" bash -c "'$LB' list | grep '^$dev' | grep -q '$url'"
 pid=$(pgrep -f "lunbridge attach $url" | head -1)
