@@ -221,6 +221,23 @@ final class OnceFlag: @unchecked Sendable {
   func set() -> Bool { lock.withLock { if done { return false }; done = true; return true } }
 }
 
+/// SYNCHRONIZE CACHE before exiting, but never longer than `seconds`: a target that is
+/// gone must not keep Ctrl-C or systemd's stop waiting for the recovery timeout.
+func flushBeforeExit(_ volume: Volume, logger: Logger, seconds: Int64 = 10) async {
+  let loop = volume.eventLoop
+  let done = loop.makePromise(of: Void.self)
+  let once = OnceFlag()
+  volume.unit.synchronizeCache().whenComplete { result in if once.set() { done.completeWith(result) } }
+  loop.scheduleTask(in: .seconds(seconds)) {
+    if once.set() { done.fail(BridgeError("no answer within \(seconds) s")) }
+  }
+  do {
+    try await done.futureResult.get()
+  } catch {
+    logger.warning("could not flush the target's cache before exiting: \(error)")
+  }
+}
+
 /// Logs in to the LUN of `url` and opens it: what serve and attach share.
 func openVolume(
   url text: String, options: LoginOptions, readOnly: Bool, logger: Logger, volume: VolumeConfig? = nil
@@ -268,7 +285,7 @@ struct Serve: AsyncParsableCommand {
     let sig = await waitForTerminationSignal()
     logger.notice("stopping", metadata: ["signal": "\(sig)"])
     await server.stop()
-    try? await volume.unit.synchronizeCache().get()
+    await flushBeforeExit(volume, logger: logger)
     await volume.unit.session.close()
   }
 }
@@ -386,11 +403,11 @@ struct Attach: AsyncParsableCommand {
     SystemdNotify.send("STOPPING=1")
     if attachment.isConnected {
       logger.notice("stopping: disconnecting \(attachment.devicePath)")
-      try? await volume.unit.synchronizeCache().get()
+      await flushBeforeExit(volume, logger: logger)
       try? attachment.disconnect()
       _ = try? await attachment.closed.get()
     }
-    try? await volume.unit.synchronizeCache().get()
+    await flushBeforeExit(volume, logger: logger)
     await volume.unit.session.close()
     if let urlFile { unlink(urlFile) }
     if volumeFile != nil { VolumeNameRecord.remove(index: attachment.index) }
