@@ -234,7 +234,6 @@ public final class ISCSISession: @unchecked Sendable {
     tsih = completion.tsih
     expStatSN = completion.statSN &+ 1
     window = CommandWindow(cmdSN: window.nextCmdSN, expCmdSN: completion.expCmdSN, maxCmdSN: completion.maxCmdSN)
-    window.update(expCmdSN: completion.expCmdSN, maxCmdSN: completion.maxCmdSN)
     limits = DataTransferLimits(
       maxSendDataSegmentLength: negotiated.maxSendDataSegmentLength,
       firstBurstLength: negotiated.firstBurstLength,

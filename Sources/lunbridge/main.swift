@@ -61,6 +61,18 @@ struct LoginOptions: ParsableArguments {
     }
   }
 
+  /// Parses `text` and builds the session settings for its LUN, warning once about a
+  /// password in the URL: what info, serve and attach share.
+  func sessionConfiguration(url text: String, volume: VolumeConfig? = nil) throws -> (ISCSIURL, SessionConfiguration) {
+    let url = try ISCSIURL(parsing: text)
+    if url.passwordInURL {
+      warn("the CHAP secret in the URL shows in ps and shell history; use --chap-secret-file")
+    }
+    let config = try sessionConfiguration(
+      portal: url.portal, targetName: url.targetName, urlUser: url.user, urlPassword: url.password, volume: volume)
+    return (url, config)
+  }
+
   /// Builds the session settings for `portal`; `urlUser`/`urlPassword` come from the URL,
   /// the rest from these options, then the volume file (if any), then the defaults.
   func sessionConfiguration(
@@ -167,12 +179,7 @@ struct Info: AsyncParsableCommand {
 
   func run() async throws {
     let logger = makeLogger(verbose: options.verbose)
-    let url = try ISCSIURL(parsing: url)
-    if url.passwordInURL {
-      warn("the CHAP secret in the URL shows in ps and shell history; use --chap-secret-file")
-    }
-    let config = try options.sessionConfiguration(
-      portal: url.portal, targetName: url.targetName, urlUser: url.user, urlPassword: url.password)
+    let (url, config) = try options.sessionConfiguration(url: url)
     let group = MultiThreadedEventLoopGroup.singleton
     let session = try await ISCSISession.connect(config, on: group.next(), logger: logger)
     do {
@@ -242,12 +249,7 @@ func flushBeforeExit(_ volume: Volume, logger: Logger, seconds: Int64 = 10) asyn
 func openVolume(
   url text: String, options: LoginOptions, readOnly: Bool, logger: Logger, volume: VolumeConfig? = nil
 ) async throws -> Volume {
-  let url = try ISCSIURL(parsing: text)
-  if url.passwordInURL {
-    warn("the CHAP secret in the URL shows in ps and shell history; use --chap-secret-file")
-  }
-  var config = try options.sessionConfiguration(
-    portal: url.portal, targetName: url.targetName, urlUser: url.user, urlPassword: url.password, volume: volume)
+  var (url, config) = try options.sessionConfiguration(url: text, volume: volume)
   config.recoveryTimeout = .seconds(Int64(volume?.noPathRetry ?? 120))
   let session = try await ISCSISession.connect(config, on: MultiThreadedEventLoopGroup.singleton.next(), logger: logger)
   do {
