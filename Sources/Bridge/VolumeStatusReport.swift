@@ -1,0 +1,166 @@
+// What `lunbridge status`, the control socket and the metrics endpoint report about one
+// volume: a plain Codable snapshot taken on the volume's event loop.
+
+/// Latency counts in fixed buckets (upper bounds in seconds, the last bucket is +Inf).
+/// `counts[i]` is the number of samples in bucket i alone (not cumulative).
+public struct LatencyReport: Codable, Hashable, Sendable {
+  public var upperBoundsSeconds: [Double]
+  public var counts: [UInt64]
+  public var sumSeconds: Double
+  public var p50Seconds: Double?
+  public var p99Seconds: Double?
+  public var maxSeconds: Double?
+
+  public init(
+    upperBoundsSeconds: [Double], counts: [UInt64], sumSeconds: Double, p50Seconds: Double?, p99Seconds: Double?,
+    maxSeconds: Double?
+  ) {
+    self.upperBoundsSeconds = upperBoundsSeconds
+    self.counts = counts
+    self.sumSeconds = sumSeconds
+    self.p50Seconds = p50Seconds
+    self.p99Seconds = p99Seconds
+    self.maxSeconds = maxSeconds
+  }
+
+  public var total: UInt64 { counts.reduce(0, +) }
+}
+
+/// One path (one iSCSI session) of a volume.
+public struct PathReport: Codable, Hashable, Sendable {
+  /// Stable number of the path within the volume (0, 1, ...).
+  public var id: UInt32
+  /// The path's URL without any password (with its `?iface=` / `?source=`).
+  public var url: String
+  /// HOST:PORT of the portal.
+  public var portal: String
+  /// The NIC the path is bound to (`?iface=`), if any.
+  public var interface: String?
+  /// The source address the path is bound to (`?source=`), if any.
+  public var source: String?
+  /// active, standby, failed, probing or disabled.
+  public var state: String
+  /// Why the path failed (when state is failed or probing).
+  public var reason: String?
+  public var group: Int
+  public var priority: Int
+  /// The session's ISID (12 hex digits) and its current TSIH (0 when not logged in).
+  public var isid: String
+  public var tsih: UInt16
+  /// I/Os and bytes completed on this path since start.
+  public var ios: UInt64
+  public var bytes: UInt64
+  public var errors: UInt64
+  /// I/Os taken off this path because it failed.
+  public var failovers: UInt64
+  /// Times this path went from working to failed.
+  public var failures: UInt64
+  /// Times a failed path was reinstated after a probe.
+  public var reinstatements: UInt64
+  public var outstandingIOs: Int
+  /// Over the last few seconds.
+  public var iops: Double
+  public var megabytesPerSecond: Double
+  public var latency: LatencyReport
+
+  public init(
+    id: UInt32, url: String, portal: String, interface: String?, source: String?, state: String, reason: String?,
+    group: Int, priority: Int, isid: String, tsih: UInt16, ios: UInt64, bytes: UInt64, errors: UInt64,
+    failovers: UInt64, failures: UInt64, reinstatements: UInt64, outstandingIOs: Int, iops: Double,
+    megabytesPerSecond: Double, latency: LatencyReport
+  ) {
+    self.id = id
+    self.url = url
+    self.portal = portal
+    self.interface = interface
+    self.source = source
+    self.state = state
+    self.reason = reason
+    self.group = group
+    self.priority = priority
+    self.isid = isid
+    self.tsih = tsih
+    self.ios = ios
+    self.bytes = bytes
+    self.errors = errors
+    self.failovers = failovers
+    self.failures = failures
+    self.reinstatements = reinstatements
+    self.outstandingIOs = outstandingIOs
+    self.iops = iops
+    self.megabytesPerSecond = megabytesPerSecond
+    self.latency = latency
+  }
+}
+
+/// Counts of the NBD requests a volume served, per type.
+public struct RequestCounts: Codable, Hashable, Sendable {
+  public var reads: UInt64 = 0
+  public var writes: UInt64 = 0
+  public var flushes: UInt64 = 0
+  public var trims: UInt64 = 0
+  public var writeZeroes: UInt64 = 0
+  public var readBytes: UInt64 = 0
+  public var writeBytes: UInt64 = 0
+  /// Requests answered with an error (any type, including invalid ones).
+  public var errors: UInt64 = 0
+
+  public init() {}
+}
+
+/// One volume: what `lunbridge status --json` prints per volume.
+public struct VolumeStatusReport: Codable, Hashable, Sendable {
+  /// The volume name (the volume file's name, or `--name`); the control socket is
+  /// `/run/lunbridge/NAME.sock`.
+  public var name: String
+  /// `/dev/nbdN` for attach, nil for serve.
+  public var device: String?
+  /// The NBD URI for serve, nil for attach.
+  public var export: String?
+  public var targetName: String
+  public var lun: UInt16
+  /// VPD page 0x83 designator the paths were checked against.
+  public var deviceIdentifier: String?
+  public var sizeBytes: UInt64
+  public var blockSize: Int
+  public var readOnly: Bool
+  public var policy: String
+  public var failback: String
+  public var noPathRetrySeconds: Int
+  /// I/Os waiting for a usable path right now.
+  public var queuedIOs: Int
+  /// I/Os that failed with EIO because no path came back within no-path-retry.
+  public var noPathFailures: UInt64
+  public var requests: RequestCounts
+  /// Latency of NBD requests as the volume served them (all types, including failover waits).
+  public var latency: LatencyReport
+  public var paths: [PathReport]
+  /// Seconds since the volume was opened.
+  public var uptimeSeconds: Double
+
+  public init(
+    name: String, device: String?, export: String?, targetName: String, lun: UInt16, deviceIdentifier: String?,
+    sizeBytes: UInt64, blockSize: Int, readOnly: Bool, policy: String, failback: String, noPathRetrySeconds: Int,
+    queuedIOs: Int, noPathFailures: UInt64, requests: RequestCounts, latency: LatencyReport, paths: [PathReport],
+    uptimeSeconds: Double
+  ) {
+    self.name = name
+    self.device = device
+    self.export = export
+    self.targetName = targetName
+    self.lun = lun
+    self.deviceIdentifier = deviceIdentifier
+    self.sizeBytes = sizeBytes
+    self.blockSize = blockSize
+    self.readOnly = readOnly
+    self.policy = policy
+    self.failback = failback
+    self.noPathRetrySeconds = noPathRetrySeconds
+    self.queuedIOs = queuedIOs
+    self.noPathFailures = noPathFailures
+    self.requests = requests
+    self.latency = latency
+    self.paths = paths
+    self.uptimeSeconds = uptimeSeconds
+  }
+}
