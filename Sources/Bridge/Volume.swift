@@ -25,6 +25,16 @@ public struct PathSpec: Sendable {
   }
 }
 
+/// What happened inside a volume, in order, for tests that check the write-ordering rule.
+public enum VolumeEvent: Hashable, Sendable {
+  /// An I/O was sent on a path (`attempt` 1 is its first send).
+  case dispatched(io: UInt64, isWrite: Bool, path: UInt32, attempt: Int)
+  case pathFailed(path: UInt32)
+  /// Nothing sent earlier on the path can reach the LU any more.
+  case fenced(path: UInt32)
+  case completed(io: UInt64, success: Bool)
+}
+
 /// How a volume schedules its paths and what it calls itself.
 public struct VolumeOptions: Sendable {
   public var multipath = MultipathConfiguration(
@@ -69,6 +79,7 @@ public final class Volume: @unchecked Sendable {
     let session: ISCSISession
     var unit: LogicalUnit?
     var fencing = false
+    var fenceStarted = NIODeadline.now()
     var probing = false
     var failures: UInt64 = 0
     var reinstatements: UInt64 = 0
@@ -108,6 +119,9 @@ public final class Volume: @unchecked Sendable {
   private var sampler: RepeatedTask?
   private var closed = false
   private let opened = NIODeadline.now()
+
+  /// Called on the event loop with every `VolumeEvent` (tests only; nil otherwise).
+  public var observer: ((VolumeEvent) -> Void)?
 
   /// Counters for `status`, metrics and tests.
   public private(set) var counts = RequestCounts()
@@ -373,6 +387,7 @@ public final class Volume: @unchecked Sendable {
     entry.dispatched = .now()
     pending[io.id] = entry
     let attempt = entry.attempt
+    observer?(.dispatched(io: io.id, isWrite: io.isWrite, path: pathID.rawValue, attempt: attempt))
     guard let unit = path.unit else {
       // Cannot happen (a path without a LU is never usable); treat it as a path failure.
       finished(io.id, on: pathID, attempt: attempt, .failure(ISCSIError(.pathDown, "path has no logical unit")))
@@ -403,6 +418,7 @@ public final class Volume: @unchecked Sendable {
     switch result {
     case .success(let data):
       pending[id] = nil
+      observer?(.completed(io: id, success: true))
       run(machine.completed(entry.token, path: pathID, latency: latency, success: true))
       entry.promise.succeed(data)
     case .failure(let error) where Volume.isPathError(error):
@@ -410,6 +426,7 @@ public final class Volume: @unchecked Sendable {
       failPath(pathID, PathFailure(.connectionLost, context: describeError(error)))
     case .failure(let error):
       pending[id] = nil
+      observer?(.completed(io: id, success: false))
       run(machine.completed(entry.token, path: pathID, latency: latency, success: false))
       entry.promise.fail(error)
     }
@@ -431,6 +448,7 @@ public final class Volume: @unchecked Sendable {
     switch state {
     case .active, .standby:
       paths[id]?.failures += 1
+      observer?(.pathFailed(path: id.rawValue))
       run(machine.pathFailed(id, reason: failure))
     case .probing:
       run(machine.pathFailed(id, reason: failure))
@@ -522,6 +540,7 @@ public final class Volume: @unchecked Sendable {
   private func fence(_ id: PathID) {
     guard let path = paths[id], !path.fencing, !closed else { return }
     path.fencing = true
+    path.fenceStarted = .now()
     attemptFence(path, attempt: 0)
   }
 
@@ -530,6 +549,17 @@ public final class Volume: @unchecked Sendable {
     if path.session.state == .fullFeature {
       // Logged in again (its probe reinstated it): the old tasks are gone.
       fenced(path, how: "session reinstated")
+      return
+    }
+    let bound = TimeAmount.nanoseconds(machine.configuration.noPathRetry.nanosecondsSaturating)
+    if NIODeadline.now() - path.fenceStarted >= bound {
+      // No way to end the old session within no-path-retry: its writes fail with EIO
+      // rather than wait forever (re-sending them is what must not happen).
+      path.fencing = false
+      logger.warning(
+        "could not fence a failed path within no-path-retry; failing its unfinished writes",
+        metadata: ["path": "\(path.id)"])
+      run(machine.abandonFenced(path.id))
       return
     }
     // A working path in the same portal group: log in there with the failed session's
@@ -545,8 +575,12 @@ public final class Volume: @unchecked Sendable {
       eventLoop.scheduleTask(in: .milliseconds(250)) { [self] in attemptFence(path, attempt: attempt + 1) }
       return
     }
-    var config = helper.session.configuration
-    config.login.isid = path.session.configuration.login.isid
+    // The failed session's own login settings (initiator name, ISID, CHAP), reaching the
+    // target through the working path's portal and NIC.
+    var config = path.session.configuration
+    config.portal = helper.spec.configuration.portal
+    config.interface = helper.spec.configuration.interface
+    config.sourceAddress = helper.spec.configuration.sourceAddress
     config.failFast = true
     config.loginTimeout = min(config.loginTimeout, .seconds(5))
     let fenceSession = ISCSISession.unconnected(config, on: eventLoop, logger: logger)
@@ -567,6 +601,7 @@ public final class Volume: @unchecked Sendable {
     guard path.fencing else { return }
     path.fencing = false
     logger.info("path fenced: \(how)", metadata: ["path": "\(path.id)"])
+    observer?(.fenced(path: path.id.rawValue))
     run(machine.pathFenced(path.id))
   }
 
@@ -692,6 +727,17 @@ public final class Volume: @unchecked Sendable {
   /// Path states, for tests: "active", "failed", ...
   public func pathStates() -> EventLoopFuture<[String]> {
     report().map { $0.paths.map(\.state) }
+  }
+
+  /// Sets `observer` on the event loop.
+  public func observe(_ observer: @escaping (VolumeEvent) -> Void) -> EventLoopFuture<Void> {
+    eventLoop.submit { self.observer = observer }
+  }
+
+  /// Gives up on a path's connection as a black hole would (keepalive timeout) but
+  /// leaves it open, so the target keeps the old session (for tests).
+  public func abandonPathForTesting(_ index: Int) {
+    eventLoop.execute { [self] in paths[PathID(UInt32(index))]?.session.abandonConnectionForTesting() }
   }
 
   /// Drops a path's connection as a cable pull would (for tests).

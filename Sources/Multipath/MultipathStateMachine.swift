@@ -164,6 +164,23 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
       before, subject: id, reason: "fenced; \(record.fenced.count) write(s) re-sent", &actions)
   }
 
+  /// The caller could not fence the path in time (no path came back within its own
+  /// no-path-retry bound): its fenced writes fail with `.noPath` instead of being re-sent.
+  /// Failing a write is safe where re-sending it is not: the user sees EIO, as for any
+  /// write whose fate is unknown.
+  public mutating func abandonFenced(_ id: PathID) -> [Action] {
+    guard let record = self.paths[id], !record.fenced.isEmpty else { return [] }
+    let before = self.states()
+    var actions: [Action] = []
+    self.paths[id]!.fenced = []
+    for io in record.fenced {
+      actions.append(.fail(io, .noPath))
+    }
+    self.forgetIfSettled(id)
+    return self.finish(
+      before, subject: id, reason: "not fenced in time; \(record.fenced.count) write(s) failed", &actions)
+  }
+
   /// The administrator takes the path out: handled as a failure, but never probed.
   public mutating func disablePath(_ id: PathID) -> [Action] {
     guard var record = self.paths[id], !record.removing, record.health != .disabled else { return [] }
