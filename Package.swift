@@ -59,6 +59,7 @@ let package = Package(
         "ISCSIInitiator", "ISCSIProtocol", "SCSI", "NBDProtocol", "NBDKernel",
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
         .product(name: "Logging", package: "swift-log"),
       ]),
     .executableTarget(
@@ -88,6 +89,7 @@ let package = Package(
         "Bridge", "NBDProtocol", "NBDKernel", "ISCSIInitiator",
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "Logging", package: "swift-log"),
       ]),
     .testTarget(
       name: "ISCSIProtocolTests",
