@@ -62,13 +62,16 @@ let package = Package(
         .product(name: "NIOHTTP1", package: "swift-nio"),
         .product(name: "Logging", package: "swift-log"),
       ]),
+    // main.swift holds the @main command; with more than one file in the target SwiftPM
+    // compiles main.swift as top-level code unless told otherwise.
     .executableTarget(
       name: "lunbridge",
       dependencies: [
         "ISCSIInitiator", "ISCSIProtocol", "SCSI", "Bridge", "NBDKernel",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
-      ]),
+      ],
+      swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
     // Counts malloc calls in the process that links it (benchmarks only).
     .target(name: "CAllocationCounter"),
     // Benchmark of the PDU codec (not a test): `make bench-codec`.

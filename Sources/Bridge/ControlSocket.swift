@@ -58,11 +58,14 @@ public final class ControlServer: Sendable {
 
   /// The socket path of volume `name` in `directory`; throws for a name that cannot be a
   /// file name (empty, `/`, leading dot, control characters) or a path too long for a socket.
-  public static func socketPath(name: String, directory: String = ControlServer.defaultDirectory) throws -> String {
+  public static func socketPath(name: String, directory: String = ControlServer.defaultDirectory) throws
+    -> String
+  {
     guard !name.isEmpty, !name.hasPrefix("."), !name.contains("/"),
       !name.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f })
     else {
-      throw BridgeError("'\(name)' cannot name a volume's control socket (no '/', no leading '.', no control characters)")
+      throw BridgeError(
+        "'\(name)' cannot name a volume's control socket (no '/', no leading '.', no control characters)")
     }
     let path = directory.hasSuffix("/") ? "\(directory)\(name).sock" : "\(directory)/\(name).sock"
     guard path.utf8.count < unixPathCapacity else {
@@ -116,7 +119,8 @@ public final class ControlServer: Sendable {
     // socket is never reachable under a mode wider than 0600.
     var template = Array("\(directory)/.control-XXXXXX".utf8CString)
     guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-      throw BridgeError("cannot create a temporary directory in \(directory): \(String(cString: strerror(errno)))")
+      throw BridgeError(
+        "cannot create a temporary directory in \(directory): \(String(cString: strerror(errno)))")
     }
     let privateDirectory = String(cString: made)
     defer { rmdir(privateDirectory) }
@@ -250,7 +254,8 @@ final class ControlConnectionHandler: ChannelInboundHandler {
       reply = commands.report().flatMapThrowing { try ControlJSON.encoder().encode($0) }
     case "reload":
       guard let reload = commands.reload else {
-        return send(Self.encode(ControlReply(ok: false, error: "this volume cannot reload")), context: context)
+        return send(
+          Self.encode(ControlReply(ok: false, error: "this volume cannot reload")), context: context)
       }
       reply = reload().map { Self.encode(ControlReply(ok: true, message: $0)) }
     default:

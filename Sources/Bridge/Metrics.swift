@@ -35,7 +35,8 @@ public enum PrometheusText {
   public static func render(_ reports: [VolumeStatusReport]) -> String {
     var families: [Family] = []
     func volumeFamily(
-      _ name: String, _ type: String, _ help: String, _ samples: (VolumeStatusReport, Labels, inout Family) -> Void
+      _ name: String, _ type: String, _ help: String,
+      _ samples: (VolumeStatusReport, Labels, inout Family) -> Void
     ) {
       var family = Family(name: name, type: type, help: help)
       for r in reports { samples(r, volumeLabels(r), &family) }
@@ -52,7 +53,8 @@ public enum PrometheusText {
       families.append(family)
     }
 
-    volumeFamily("lunbridge_volume_info", "gauge", "The volume's target, LUN and policy; always 1.") { r, l, f in
+    volumeFamily("lunbridge_volume_info", "gauge", "The volume's target, LUN and policy; always 1.") {
+      r, l, f in
       f.add(
         l + [
           ("export", r.export ?? ""), ("target", r.targetName), ("lun", String(r.lun)),
@@ -78,7 +80,8 @@ public enum PrometheusText {
       f.add(l + [("direction", "read")], String(r.requests.readBytes))
       f.add(l + [("direction", "write")], String(r.requests.writeBytes))
     }
-    volumeFamily("lunbridge_request_errors_total", "counter", "NBD requests answered with an error.") { r, l, f in
+    volumeFamily("lunbridge_request_errors_total", "counter", "NBD requests answered with an error.") {
+      r, l, f in
       f.add(l, String(r.requests.errors))
     }
     volumeFamily(
@@ -108,10 +111,12 @@ public enum PrometheusText {
     pathFamily("lunbridge_path_ios_total", "counter", "I/Os completed on the path.") { p, l, f in
       f.add(l, String(p.ios))
     }
-    pathFamily("lunbridge_path_bytes_total", "counter", "Bytes of the I/Os completed on the path.") { p, l, f in
+    pathFamily("lunbridge_path_bytes_total", "counter", "Bytes of the I/Os completed on the path.") {
+      p, l, f in
       f.add(l, String(p.bytes))
     }
-    pathFamily("lunbridge_path_errors_total", "counter", "I/Os completed on the path with an error.") { p, l, f in
+    pathFamily("lunbridge_path_errors_total", "counter", "I/Os completed on the path with an error.") {
+      p, l, f in
       f.add(l, String(p.errors))
     }
     pathFamily(
@@ -283,7 +288,8 @@ public final class MetricsServer: Sendable {
     } catch {
       throw BridgeError("cannot serve metrics on \(listen): \(error)")
     }
-    logger.debug("metrics endpoint ready", metadata: ["address": "\(host):\(channel.localAddress?.port ?? port)"])
+    logger.debug(
+      "metrics endpoint ready", metadata: ["address": "\(host):\(channel.localAddress?.port ?? port)"])
     return MetricsServer(host: host, port: port, channel: channel)
   }
 
@@ -354,7 +360,8 @@ final class MetricsHTTPHandler: ChannelInboundHandler {
           context: context)
       case .failure(let error):
         self.logger.warning("metrics: cannot collect the status", metadata: ["error": "\(error)"])
-        self.send(.internalServerError, body: "cannot collect the status: \(error)\n", head: head, context: context)
+        self.send(
+          .internalServerError, body: "cannot collect the status: \(error)\n", head: head, context: context)
       }
     }
   }
