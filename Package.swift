@@ -59,15 +59,19 @@ let package = Package(
         "ISCSIInitiator", "ISCSIProtocol", "SCSI", "NBDProtocol", "NBDKernel", "Multipath",
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
         .product(name: "Logging", package: "swift-log"),
       ]),
+    // main.swift holds the @main command; with more than one file in the target SwiftPM
+    // compiles main.swift as top-level code unless told otherwise.
     .executableTarget(
       name: "lunbridge",
       dependencies: [
         "ISCSIInitiator", "ISCSIProtocol", "SCSI", "Bridge", "NBDKernel", "Multipath",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
-      ]),
+      ],
+      swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
     // Counts malloc calls in the process that links it (benchmarks only).
     .target(name: "CAllocationCounter"),
     // Benchmark of the PDU codec (not a test): `make bench-codec`.
@@ -88,6 +92,7 @@ let package = Package(
         "Bridge", "NBDProtocol", "NBDKernel", "ISCSIInitiator",
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "Logging", package: "swift-log"),
       ]),
     .testTarget(
       name: "ISCSIProtocolTests",
