@@ -70,8 +70,7 @@ let package = Package(
         "ISCSIInitiator", "ISCSIProtocol", "SCSI", "Bridge", "NBDKernel", "Multipath",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
-      ],
-      swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
+      ]),
     // Counts malloc calls in the process that links it (benchmarks only).
     .target(name: "CAllocationCounter"),
     // Benchmark of the PDU codec (not a test): `make bench-codec`.

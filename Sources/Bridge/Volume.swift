@@ -80,6 +80,11 @@ public final class Volume: @unchecked Sendable {
     var unit: LogicalUnit?
     var fencing = false
     var fenceStarted = NIODeadline.now()
+    /// The session's reinstatement count when the fence began: a later login of its own
+    /// ended the old session too.
+    var reinstatementsAtFence = 0
+    /// Taken away by a reload: never probed again; its session is closed.
+    var removed = false
     var probing = false
     var failures: UInt64 = 0
     var reinstatements: UInt64 = 0
@@ -541,12 +546,13 @@ public final class Volume: @unchecked Sendable {
     guard let path = paths[id], !path.fencing, !closed else { return }
     path.fencing = true
     path.fenceStarted = .now()
+    path.reinstatementsAtFence = path.session.reinstatements
     attemptFence(path, attempt: 0)
   }
 
   private func attemptFence(_ path: Path, attempt: Int) {
     guard path.fencing, !closed else { return }
-    if path.session.state == .fullFeature {
+    if path.session.state == .fullFeature && path.session.reinstatements > path.reinstatementsAtFence {
       // Logged in again (its probe reinstated it): the old tasks are gone.
       fenced(path, how: "session reinstated")
       return
@@ -608,7 +614,7 @@ public final class Volume: @unchecked Sendable {
   /// Reconnect (a login with the same ISID), open the LU if it never was, check it is the
   /// same LU, TEST UNIT READY.
   private func probe(_ id: PathID) {
-    guard let path = paths[id], !path.probing, !closed else { return }
+    guard let path = paths[id], !path.probing, !path.removed, !closed else { return }
     path.probing = true
     let session = path.session
     session.reconnect().flatMap { [self] () -> EventLoopFuture<LogicalUnit> in
@@ -639,6 +645,71 @@ public final class Volume: @unchecked Sendable {
         logger.info("probe failed", metadata: ["path": "\(id)", "error": "\(describeError(error))"])
         run(machine.probeFailed(id, reason: PathFailure(.probeFailed, context: describeError(error))))
       }
+    }
+  }
+
+  // MARK: - Reload
+
+  /// Applies a reloaded configuration without detaching: paths no longer listed are taken
+  /// away (their I/O moves to the others, writes after fencing), new ones are added and
+  /// probed, the policy, failback and no-path-retry change, and every session takes the
+  /// new keepalive and command timeouts. Paths are matched by URL (with its ?iface= or
+  /// ?source=) and session number. Returns a one-line summary.
+  public func reconfigure(paths specs: [PathSpec], multipath: MultipathConfiguration) -> EventLoopFuture<String> {
+    eventLoop.submit { [self] in
+      guard !closed else { throw BridgeError("the volume is closing") }
+      func key(_ s: PathSpec, _ n: Int) -> String { "\(s.url)#\(n)" }
+      var wanted: [String: PathSpec] = [:]
+      var seen: [String: Int] = [:]
+      var wantedOrder: [String] = []
+      for spec in specs {
+        let n = seen[spec.url.description, default: 0]
+        seen[spec.url.description] = n + 1
+        wanted[key(spec, n)] = spec
+        wantedOrder.append(key(spec, n))
+      }
+      var existing: [String: Path] = [:]
+      var count: [String: Int] = [:]
+      for id in order {
+        guard let p = paths[id], !p.removed else { continue }
+        let n = count[p.spec.url.description, default: 0]
+        count[p.spec.url.description] = n + 1
+        existing[key(p.spec, n)] = p
+      }
+      var removed = 0
+      var added = 0
+      for (k, p) in existing where wanted[k] == nil {
+        removed += 1
+        p.removed = true
+        timers.removeValue(forKey: .probe(p.id))?.cancel()
+        logger.notice("removing path", metadata: ["path": "\(p.id)", "url": "\(p.spec.url)"])
+        run(machine.removePath(p.id))
+        let session = p.session
+        session.close(timeout: .seconds(5)).whenComplete { _ in }
+      }
+      run(machine.reconfigure(multipath))
+      for k in wantedOrder {
+        let spec = wanted[k]!
+        if let p = existing[k] {
+          p.session.updateTimeouts(
+            keepaliveInterval: spec.configuration.keepaliveInterval,
+            keepaliveTimeout: spec.configuration.keepaliveTimeout,
+            commandTimeout: spec.configuration.commandTimeout)
+          continue
+        }
+        added += 1
+        var config = spec.configuration
+        config.failFast = true
+        let id = PathID((order.map(\.rawValue).max() ?? 0) + 1)
+        let path = Path(id: id, spec: spec, session: ISCSISession.unconnected(config, on: eventLoop, logger: logger))
+        add(path)
+        // Not logged in yet: it takes I/O once its first probe succeeds.
+        run(machine.pathFailed(id, reason: PathFailure(.probeFailed, context: "new path, not logged in yet")))
+      }
+      let summary =
+        "reloaded: \(specs.count) path(s), \(added) added, \(removed) removed, policy \(multipath.policy), no-path-retry \(multipath.noPathRetry.components.seconds) s"
+      logger.notice("\(summary)")
+      return summary
     }
   }
 

@@ -51,7 +51,7 @@ public struct SessionConfiguration: Sendable {
 /// All state lives on one event loop; the public methods hop there.
 public final class ISCSISession: @unchecked Sendable {
   public let eventLoop: EventLoop
-  public let configuration: SessionConfiguration
+  public private(set) var configuration: SessionConfiguration
   var logger: Logger
 
   public enum State: Equatable, Sendable {
@@ -802,6 +802,16 @@ public final class ISCSISession: @unchecked Sendable {
     onConnectionLost?(reason)
   }
 
+  /// New keepalive and command timeouts (a reload), used from the next check on.
+  public func updateTimeouts(keepaliveInterval: TimeAmount, keepaliveTimeout: TimeAmount, commandTimeout: TimeAmount) {
+    eventLoop.execute { [self] in
+      configuration.keepaliveInterval = keepaliveInterval
+      configuration.keepaliveTimeout = keepaliveTimeout
+      configuration.commandTimeout = commandTimeout
+      if state == .fullFeature { startTicking() }
+    }
+  }
+
   /// Multipath: logs in again after a lost connection (same ISID, TSIH 0: the target
   /// ends whatever was left of the old session, RFC 7143 section 6.3.5). Succeeds at once
   /// when the session is logged in.
@@ -952,7 +962,11 @@ public final class ISCSISession: @unchecked Sendable {
     for c in abandoned { c.close(promise: nil) }
     abandoned = []
     for (_, entry) in inFlight {
-      entry.pending.promise.fail(ISCSIError(.sessionFailed, "the session closed before the command completed"))
+      // Multipath: a path taken away by a reload closes with commands still out; they
+      // go to another path (after fencing) rather than fail.
+      entry.pending.promise.fail(
+        ISCSIError(
+          configuration.failFast ? .pathDown : .sessionFailed, "the session closed before the command completed"))
     }
     inFlight = [:]
     let old = channel

@@ -260,6 +260,21 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
   }
 
   /// Manual failback: reinstated paths waiting for failback take I/O now.
+  /// New policy, failback or no-path-retry (a reload). I/O in flight stays where it is;
+  /// the next I/O follows the new policy. Queued I/O keeps the deadline it was given.
+  /// Switching failback to `.immediate` releases paths held for failback.
+  public mutating func reconfigure(_ configuration: MultipathConfiguration) -> [Action] {
+    let before = self.states()
+    var actions: [Action] = []
+    self.configuration = configuration
+    self.roundRobinCurrent = nil
+    self.roundRobinRemaining = 0
+    if configuration.failback == .immediate {
+      self.releaseAllHeld(&actions)
+    }
+    return self.finish(before, subject: nil, reason: "configuration reloaded", &actions)
+  }
+
   public mutating func failback() -> [Action] {
     let before = self.states()
     var actions: [Action] = []
