@@ -183,6 +183,55 @@ final class MultipathIntegrationTests: XCTestCase {
     XCTAssertEqual(report.requests.errors, 0)
   }
 
+  /// A reload adds a path (it is probed and takes I/O), changes the policy, then takes the
+  /// first path away, while writes keep going: none fails, and the data reads back.
+  func testReconfigureAddsAndRemovesPathsWithoutErrors() async throws {
+    var options = VolumeOptions()
+    options.multipath.probeBackoff = ProbeBackoff(initial: .milliseconds(100), maximum: .seconds(1))
+    let v = try await Volume.open(paths: [spec("127.0.0.1")], options: options, logger: logger)
+    volume = v
+    let size = 4096
+    var round = 0
+    func writeRound() async throws {
+      var futures: [EventLoopFuture<Result<[ByteBuffer], NBDErrno>>] = []
+      for i in 0..<32 {
+        futures.append(
+          request(v, .write, offset: UInt64(i * size), length: UInt32(size), payload: block(round, i, size: size)))
+      }
+      for f in futures {
+        let r = try await f.get()
+        XCTAssertNil(r.failureValue, "a write failed during a reload")
+      }
+      round += 1
+    }
+    try await writeRound()
+    var roundRobin = options.multipath
+    roundRobin.policy = .roundRobin(iosPerTurn: 1)
+    let added = try await v.reconfigure(paths: [spec("127.0.0.1"), spec("127.0.0.2")], multipath: roundRobin).get()
+    XCTAssertTrue(added.contains("1 added"), added)
+    try await waitUntil(seconds: 10) { try await v.pathStates().get() == ["active", "active"] }
+    try await writeRound()
+    var report = try await v.report().get()
+    XCTAssertEqual(report.policy, "round-robin")
+    XCTAssertGreaterThan(report.paths[1].ios, 0, "the added path carries no I/O")
+    // Take path 0 away while writes are in flight.
+    let writes = Task { try await writeRound() }
+    let removed = try await v.reconfigure(paths: [spec("127.0.0.2")], multipath: roundRobin).get()
+    XCTAssertTrue(removed.contains("1 removed"), removed)
+    try await writes.value
+    try await writeRound()
+    report = try await v.report().get()
+    XCTAssertEqual(report.paths.map(\.url), [spec("127.0.0.2").url.description])
+    XCTAssertEqual(report.requests.errors, 0)
+    for i in 0..<32 {
+      let r = try await request(v, .read, offset: UInt64(i * size), length: UInt32(size)).get()
+      guard case .success(let parts) = r else { return XCTFail("read of block \(i) failed") }
+      var got = ByteBufferAllocator().buffer(capacity: size)
+      for var p in parts { got.writeBuffer(&p) }
+      XCTAssertEqual(got, block(round - 1, i, size: size), "block \(i) is not the last write")
+    }
+  }
+
   /// A path that reaches another LU is refused, naming both identifiers.
   func testPathToAnotherLogicalUnitIsRefused() async throws {
     do {
