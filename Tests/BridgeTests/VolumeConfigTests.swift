@@ -150,6 +150,22 @@ final class VolumeConfigTests: XCTestCase {
     XCTAssertEqual(c.loginTimeout, 15)
     XCTAssertEqual(c.timeout, 30)
     XCTAssertEqual(c.deadConnTimeout, 120)
+    XCTAssertEqual(c.paths.map { $0.query["iface"] }, ["eth1", "eth2"])
+    XCTAssertEqual(c.sessionsPerPath, 1)
+    XCTAssertEqual(c.failback, "immediate")
+    XCTAssertEqual(c.keepaliveInterval, 2)
+    XCTAssertEqual(c.commandTimeout, 30)
+    XCTAssertEqual(c.noPathRetry, 60)
+  }
+
+  func testMultipathKeysAreChecked() {
+    XCTAssertTrue(
+      (error("paths = [\"iscsi://h/iqn.x:t/0?nic=eth1\"]\n")?.description ?? "").contains("unknown parameter 'nic'"))
+    XCTAssertTrue(
+      (error("paths = [\"iscsi://h/iqn.x:t/0\", \"iscsi://h2/iqn.x:other/0\"]\n")?.description ?? "").contains("same target and LUN"))
+    XCTAssertTrue((error("paths = [\"iscsi://h/iqn.x:t/0\"]\nsessions_per_path = 40\n")?.description ?? "").contains("between 1 and 16"))
+    XCTAssertTrue((error("paths = [\"iscsi://h/iqn.x:t/0\"]\nfailback = \"later\"\n")?.description ?? "").contains("failback"))
+    XCTAssertTrue((error("paths = [\"iscsi://h/iqn.x:t/0\"]\nmetrics = \"9617\"\n")?.description ?? "").contains("tcp:"))
   }
 
   // MARK: errors name the file, the line and the key
