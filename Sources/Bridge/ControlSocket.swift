@@ -6,7 +6,7 @@ import NIOPosix
 // The control socket of one served volume: `DIR/NAME.sock` (DIR is /run/lunbridge unless
 // LUNBRIDGE_RUN_DIR says otherwise), a Unix stream socket only root may connect to.
 //
-// Protocol: the client sends one line, `status` or `reload`; the server answers one line of
+// Protocol: the client sends one line, `status`, `reload` or `failback`; the server answers one line of
 // JSON and closes the connection.
 //   status  -> the VolumeStatusReport (keys sorted)
 //   reload  -> {"ok":true,"message":"..."} or {"ok":false,"error":"..."}
@@ -95,6 +95,7 @@ public final class ControlServer: Sendable {
     name: String, directory: String = ControlServer.defaultDirectory,
     report: @escaping @Sendable () -> EventLoopFuture<VolumeStatusReport>,
     reload: (@Sendable () -> EventLoopFuture<String>)? = nil,
+    failback: (@Sendable () -> EventLoopFuture<String>)? = nil,
     requestTimeout: TimeAmount = .seconds(5),
     logger: Logger
   ) async throws -> ControlServer {
@@ -129,7 +130,8 @@ public final class ControlServer: Sendable {
       throw BridgeError("control socket directory \(directory) is too long a path for a Unix socket")
     }
 
-    let commands = ControlCommands(report: report, reload: reload, timeout: requestTimeout, logger: logger)
+    let commands = ControlCommands(
+      report: report, reload: reload, failback: failback, timeout: requestTimeout, logger: logger)
     let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
       .childChannelOption(.allowRemoteHalfClosure, value: true)
       .childChannelInitializer { child in
@@ -168,6 +170,8 @@ public final class ControlServer: Sendable {
 struct ControlCommands: Sendable {
   let report: @Sendable () -> EventLoopFuture<VolumeStatusReport>
   let reload: (@Sendable () -> EventLoopFuture<String>)?
+  /// `failback`: paths waiting for a manual failback take I/O again.
+  var failback: (@Sendable () -> EventLoopFuture<String>)? = nil
   let timeout: TimeAmount
   let logger: Logger
 }
@@ -258,6 +262,12 @@ final class ControlConnectionHandler: ChannelInboundHandler {
           Self.encode(ControlReply(ok: false, error: "this volume cannot reload")), context: context)
       }
       reply = reload().map { Self.encode(ControlReply(ok: true, message: $0)) }
+    case "failback":
+      guard let failback = commands.failback else {
+        return send(
+          Self.encode(ControlReply(ok: false, error: "this volume cannot fail back")), context: context)
+      }
+      reply = failback().map { Self.encode(ControlReply(ok: true, message: $0)) }
     default:
       let shown = command.count > 64 ? String(command.prefix(64)) + "..." : command
       return send(Self.encode(ControlReply(ok: false, error: "unknown command '\(shown)'")), context: context)
@@ -359,12 +369,18 @@ public enum ControlClient {
 
   /// Asks the volume to reload its configuration; returns its message, or throws its error.
   public static func reload(socket path: String, timeout: Double = 30) throws -> String {
-    let data = try request("reload", socket: path, timeout: timeout)
+    try action("reload", socket: path, timeout: timeout)
+  }
+
+  /// Runs a command answered with a `ControlReply` (`reload`, `failback`): its message, or
+  /// its error thrown.
+  public static func action(_ command: String, socket path: String, timeout: Double = 30) throws -> String {
+    let data = try request(command, socket: path, timeout: timeout)
     guard let reply = try? ControlJSON.decoder().decode(ControlReply.self, from: data) else {
-      throw BridgeError("\(path) answered something that is not a reload reply")
+      throw BridgeError("\(path) answered something that is not a \(command) reply")
     }
-    guard reply.ok else { throw BridgeError(reply.error ?? "reload failed") }
-    return reply.message ?? "reloaded"
+    guard reply.ok else { throw BridgeError(reply.error ?? "\(command) failed") }
+    return reply.message ?? "done"
   }
 
   private static func waitFor(_ fd: Int32, events: Int16, until deadline: Date, path: String) throws {

@@ -713,6 +713,17 @@ public final class Volume: @unchecked Sendable {
     }
   }
 
+  /// Manual failback: reinstated paths held back take I/O again.
+  public func failback() -> EventLoopFuture<String> {
+    eventLoop.submit { [self] in
+      let held = machine.status().filter { $0.state == .standby }.count
+      run(machine.failback())
+      let summary = "failback: \(held) standby path(s) considered"
+      logger.notice("\(summary)")
+      return summary
+    }
+  }
+
   // MARK: - Status
 
   private func sample() {

@@ -411,7 +411,8 @@ struct Observability {
       volume.report(device: device, export: export)
     }
     do {
-      o.control = try await ControlServer.start(name: name, report: report, reload: reload, logger: logger)
+      o.control = try await ControlServer.start(
+        name: name, report: report, reload: reload, failback: { volume.failback() }, logger: logger)
     } catch {
       logger.warning("no control socket, so no `lunbridge status` for this volume: \(error)")
     }
@@ -825,7 +826,7 @@ struct Lunbridge: AsyncParsableCommand {
     commandName: "lunbridge",
     abstract: "A user-space iSCSI initiator that serves LUNs as NBD devices.",
     subcommands: [
-      Discover.self, Info.self, Serve.self, Attach.self, Detach.self, List.self, Status.self, Reload.self,
+      Discover.self, Info.self, Serve.self, Attach.self, Detach.self, List.self, Status.self, Reload.self, Failback.self,
       ConfigCommand.self,
     ])
 

@@ -62,3 +62,18 @@ struct Reload: ParsableCommand {
     print(try ControlClient.reload(socket: socket))
   }
 }
+
+/// `lunbridge failback NAME`: with `--failback manual`, paths that came back wait until
+/// this is run.
+struct Failback: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Let reinstated paths that wait for a manual failback take I/O again.")
+
+  @Argument(help: "The volume NAME, /dev/nbdN or nbdN.")
+  var volume: String
+
+  func run() throws {
+    let socket = try ControlDirectory().socket(for: volume)
+    print(try ControlClient.action("failback", socket: socket))
+  }
+}

@@ -232,6 +232,40 @@ final class MultipathIntegrationTests: XCTestCase {
     }
   }
 
+  /// Failover with manual failback: I/O moves to the second group when the first path
+  /// fails, stays there when the first path comes back, and returns on `failback()`.
+  func testFailoverWithManualFailback() async throws {
+    var options = VolumeOptions()
+    options.multipath.policy = .failover
+    options.multipath.failback = .manual
+    options.multipath.probeBackoff = ProbeBackoff(initial: .milliseconds(100), maximum: .seconds(1))
+    let p0 = spec("127.0.0.1")
+    var p1 = spec("127.0.0.2")
+    p1.group = 1
+    let v = try await Volume.open(paths: [p0, p1], options: options, logger: logger)
+    volume = v
+    func write() async throws {
+      let r = try await request(v, .write, offset: 0, length: 4096, payload: block(0, 0, size: 4096)).get()
+      XCTAssertNil(r.failureValue)
+    }
+    var states = try await v.pathStates().get()
+    XCTAssertEqual(states, ["active", "standby"])
+    v.dropPathForTesting(0)
+    try await waitUntil(seconds: 10) { try await v.pathStates().get() == ["standby", "active"] }
+    try await write()
+    let before = try await v.report().get().paths.map(\.ios)
+    try await write()
+    let after = try await v.report().get().paths.map(\.ios)
+    XCTAssertEqual(after[0], before[0], "the reinstated path took I/O before a manual failback")
+    XCTAssertGreaterThan(after[1], before[1])
+    _ = try await v.failback().get()
+    states = try await v.pathStates().get()
+    XCTAssertEqual(states, ["active", "standby"])
+    try await write()
+    let last = try await v.report().get().paths.map(\.ios)
+    XCTAssertGreaterThan(last[0], after[0], "I/O did not return to the first group after failback")
+  }
+
   /// A path that reaches another LU is refused, naming both identifiers.
   func testPathToAnotherLogicalUnitIsRefused() async throws {
     do {
