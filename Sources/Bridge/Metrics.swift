@@ -246,21 +246,7 @@ public final class MetricsServer: Sendable {
       throw BridgeError("metrics address '\(text)': metrics are served over TCP: expected tcp:[HOST:]PORT")
     }
     let rest = text.hasPrefix("tcp:") ? String(text.dropFirst(4)) : text
-    var host = "127.0.0.1"
-    var portText = rest
-    if rest.hasPrefix("[") {
-      guard let close = rest.firstIndex(of: "]"), rest[rest.index(after: close)...].hasPrefix(":") else {
-        throw BridgeError("metrics address '\(text)': expected tcp:[ADDR]:PORT for IPv6")
-      }
-      host = String(rest[rest.index(after: rest.startIndex)..<close])
-      portText = String(rest[rest.index(close, offsetBy: 2)...])
-    } else if let colon = rest.lastIndex(of: ":") {
-      host = String(rest[..<colon])
-      portText = String(rest[rest.index(after: colon)...])
-      if host.contains(":") {
-        throw BridgeError("metrics address '\(text)': write an IPv6 address in brackets, as tcp:[::1]:9100")
-      }
-    }
+    let (host, portText) = try splitHostPort(rest, what: "metrics address '\(text)'")
     guard !host.isEmpty else { throw BridgeError("metrics address '\(text)': empty host") }
     guard let port = Int(portText), (0...65535).contains(port) else {
       throw BridgeError("metrics address '\(text)': '\(portText)' is not a port number")

@@ -5,6 +5,23 @@ import NIOPosix
 
 /// Where `serve` listens: `unix:PATH` or `tcp:[HOST:]PORT` (host default 127.0.0.1,
 /// IPv6 as `[::1]:PORT`), as `qemu-nbd` users write socket addresses.
+/// `[HOST:]PORT` as written after `tcp:`: host default 127.0.0.1, IPv6 in brackets
+/// (`[::1]:PORT`). The port is returned as text for the caller to range-check.
+func splitHostPort(_ rest: String, what: String) throws -> (host: String, portText: String) {
+  if rest.hasPrefix("[") {
+    guard let close = rest.firstIndex(of: "]"), rest[rest.index(after: close)...].hasPrefix(":") else {
+      throw BridgeError("\(what): expected tcp:[ADDR]:PORT for IPv6")
+    }
+    return (String(rest[rest.index(after: rest.startIndex)..<close]), String(rest[rest.index(close, offsetBy: 2)...]))
+  }
+  guard let colon = rest.lastIndex(of: ":") else { return ("127.0.0.1", rest) }
+  let host = String(rest[..<colon])
+  if host.contains(":") {
+    throw BridgeError("\(what): write an IPv6 address in brackets, as tcp:[::1]:9100")
+  }
+  return (host, String(rest[rest.index(after: colon)...]))
+}
+
 public enum ListenAddress: Equatable, CustomStringConvertible, Sendable {
   case unix(String)
   case tcp(host: String, port: Int)
@@ -19,19 +36,7 @@ public enum ListenAddress: Equatable, CustomStringConvertible, Sendable {
     guard text.hasPrefix("tcp:") else {
       throw BridgeError("--listen '\(text)': expected unix:PATH or tcp:[HOST:]PORT")
     }
-    let rest = String(text.dropFirst(4))
-    var host = "127.0.0.1"
-    var portText = rest
-    if rest.hasPrefix("[") {
-      guard let close = rest.firstIndex(of: "]"), rest[rest.index(after: close)...].hasPrefix(":") else {
-        throw BridgeError("--listen '\(text)': expected tcp:[ADDR]:PORT for IPv6")
-      }
-      host = String(rest[rest.index(after: rest.startIndex)..<close])
-      portText = String(rest[rest.index(close, offsetBy: 2)...])
-    } else if let colon = rest.lastIndex(of: ":") {
-      host = String(rest[..<colon])
-      portText = String(rest[rest.index(after: colon)...])
-    }
+    let (host, portText) = try splitHostPort(String(text.dropFirst(4)), what: "--listen '\(text)'")
     guard let port = Int(portText), (1...65535).contains(port) else {
       throw BridgeError("--listen '\(text)': '\(portText)' is not a port number")
     }
