@@ -24,7 +24,7 @@ public enum Discovery {
     config.login.sessionType = .discovery
     let session = try await ISCSISession.connect(config, on: eventLoop, logger: logger)
     do {
-      let text = try await session.text([("SendTargets", "All")]).get()
+      let text = try await session.text([TextKeyValue("SendTargets", "All")]).get()
       await session.close()
       let records = try SendTargetsParser.parse(text)
       return records.map { record in

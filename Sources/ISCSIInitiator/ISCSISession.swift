@@ -96,9 +96,9 @@ public final class ISCSISession: @unchecked Sendable {
   }
   private var inFlight: [UInt32: InFlight] = [:]
   private var queue = CircularBuffer<Pending>()
-  private var textPromise: EventLoopPromise<[UInt8]>?
-  private var textData: [UInt8] = []
-  private var textITT: UInt32 = 0
+  private var textPromise: EventLoopPromise<[TextKeyValue]>?
+  /// The Text Request/Response exchange in progress (continuations included).
+  private var textExchange: TextExchange?
   private var logoutPromise: EventLoopPromise<Void>?
   /// Task management requests in flight: ABORT TASK (function 1) names one task,
   /// LOGICAL UNIT RESET (function 5) every task of one LUN.
@@ -564,53 +564,50 @@ public final class ISCSISession: @unchecked Sendable {
   }
 
   private func handleTextResponse(_ pdu: ISCSIPDU, channel: Channel) {
-    guard textPromise != nil, pdu.header.initiatorTaskTag == textITT else { return }
-    textData.append(contentsOf: pdu.data.readableBytesView)
-    guard textData.count <= 1 << 20 else {
-      let promise = textPromise
-      textPromise = nil
-      promise?.fail(ISCSIError(.protocolViolation, "target sent more than 1 MiB of text"))
-      return
+    guard textPromise != nil, var exchange = textExchange, pdu.header.initiatorTaskTag == exchange.initiatorTaskTag
+    else { return }
+    do {
+      switch try exchange.receive(pdu, nextCmdSN: window.immediateCmdSN, expStatSN: expStatSN, immediate: true) {
+      case .send(let next):
+        textExchange = exchange
+        channel.writeAndFlush(next, promise: nil)
+      case .complete(let pairs):
+        finishText(.success(pairs))
+      }
+    } catch {
+      finishText(.failure(error))
     }
-    if pdu.header.flags & finalFlag != 0 && pdu.header.flags & 0x40 == 0 {
-      let promise = textPromise
-      textPromise = nil
-      promise?.succeed(textData)
-      return
-    }
-    // More to come (C bit, or F clear): ask for it with an empty Text Request echoing the
-    // Target Transfer Tag (RFC 7143 section 11.10.4).
-    var h = BasicHeaderSegment(opcode: .textRequest, immediate: true, flags: finalFlag)
-    h.initiatorTaskTag = textITT
-    h.targetTransferTag = pdu.header.targetTransferTag
-    h.cmdSN = window.immediateCmdSN
-    h.expStatSN = expStatSN
-    channel.writeAndFlush(ISCSIPDU(header: h), promise: nil)
   }
 
-  /// Sends a Text Request with these key=value pairs and returns the whole response text
-  /// (continued responses joined). Used for SendTargets.
-  public func text(_ keys: [(String, String)]) -> EventLoopFuture<[UInt8]> {
+  private func finishText(_ result: Result<[TextKeyValue], Error>) {
+    let promise = textPromise
+    textPromise = nil
+    textExchange = nil
+    promise?.completeWith(result)
+  }
+
+  /// Sends a Text Request with these keys and returns the whole response (continued
+  /// responses joined, RFC 7143 sections 11.10-11.11). Used for SendTargets.
+  public func text(_ keys: [TextKeyValue]) -> EventLoopFuture<[TextKeyValue]> {
     eventLoop.flatSubmit { [self] in
       guard state == .fullFeature, let channel else {
         return eventLoop.makeFailedFuture(ISCSIError(.sessionFailed, "the session is not logged in"))
       }
-      let promise = eventLoop.makePromise(of: [UInt8].self)
-      textPromise = promise
-      textData = []
-      textITT = allocateTag()
-      var h = BasicHeaderSegment(opcode: .textRequest, immediate: true, flags: finalFlag)
-      h.initiatorTaskTag = textITT
-      h.targetTransferTag = reservedTag
-      h.cmdSN = window.immediateCmdSN
-      h.expStatSN = expStatSN
-      var data = channel.allocator.buffer(capacity: 64)
-      for (k, v) in keys {
-        data.writeString("\(k)=\(v)")
-        data.writeInteger(UInt8(0))
+      guard textPromise == nil else {
+        return eventLoop.makeFailedFuture(ISCSIError(.sessionFailed, "a text exchange is already running"))
       }
-      channel.writeAndFlush(ISCSIPDU(header: h, data: data), promise: nil)
-      return promise.futureResult
+      do {
+        let itt = allocateTag()
+        let request = try TextRequestBuilder.request(
+          keys: keys, itt: itt, cmdSN: window.immediateCmdSN, expStatSN: expStatSN, immediate: true)
+        let promise = eventLoop.makePromise(of: [TextKeyValue].self)
+        textPromise = promise
+        textExchange = TextExchange(itt: itt)
+        channel.writeAndFlush(request, promise: nil)
+        return promise.futureResult
+      } catch {
+        return eventLoop.makeFailedFuture(error)
+      }
     }
   }
 
@@ -793,9 +790,7 @@ public final class ISCSISession: @unchecked Sendable {
     let error = ISCSIError(.pathDown, "path to \(configuration.portal) lost: \(reason)")
     for entry in old { entry.pending.promise.fail(error) }
     while let p = queue.popFirst() { p.promise.fail(error) }
-    let textWaiter = textPromise
-    textPromise = nil
-    textWaiter?.fail(error)
+    finishText(.failure(error))
     let logoutWaiter = logoutPromise
     logoutPromise = nil
     logoutWaiter?.succeed(())
@@ -872,9 +867,7 @@ public final class ISCSISession: @unchecked Sendable {
     for i in queue.indices where queue[i].troubleSince == nil { queue[i].troubleSince = .now() }
     commandsRetried += old.count
     recoveryStarted = .now()
-    let textWaiter = textPromise
-    textPromise = nil
-    textWaiter?.fail(ISCSIError(.connectionClosed, "connection lost during a text exchange"))
+    finishText(.failure(ISCSIError(.connectionClosed, "connection lost during a text exchange")))
     let logoutWaiter = logoutPromise
     logoutPromise = nil
     logoutWaiter?.succeed(())
@@ -1043,7 +1036,6 @@ func describe(_ error: Error) -> String {
   return "\(error)"
 }
 
-func hex(_ v: UInt32) -> String { String(v, radix: 16) }
 
 /// SO_BINDTODEVICE: the connection leaves through this interface only.
 private func bindToDevice(_ channel: Channel, _ interface: String) -> EventLoopFuture<Void> {

@@ -116,12 +116,7 @@ public final class LogicalUnit: @unchecked Sendable {
 
   /// Reads `blocks` blocks at `lba` into one buffer.
   public func read(lba: UInt64, blocks: UInt32) -> EventLoopFuture<ByteBuffer> {
-    readSegments(lba: lba, blocks: blocks).map { parts in
-      if parts.count == 1 { return parts[0] }
-      var out = ByteBufferAllocator().buffer(capacity: parts.reduce(0) { $0 + $1.readableBytes })
-      for var p in parts { out.writeBuffer(&p) }
-      return out
-    }
+    readSegments(lba: lba, blocks: blocks).map(\.joined)
   }
 
   /// Reads `blocks` blocks at `lba` as the target sent them: the Data-In segments in

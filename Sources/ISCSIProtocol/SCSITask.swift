@@ -78,12 +78,7 @@ public struct SCSICompletion: Sendable {
   public var dataLength: Int { segments.reduce(0) { $0 + $1.readableBytes } }
 
   /// Read data in one buffer (copied together when it came in several segments).
-  public var data: ByteBuffer {
-    if segments.count == 1 { return segments[0] }
-    var out = ByteBufferAllocator().buffer(capacity: dataLength)
-    for var s in segments { out.writeBuffer(&s) }
-    return out
-  }
+  public var data: ByteBuffer { segments.joined }
 }
 
 /// One SCSI task from command to status: builds the command and its unsolicited data,
@@ -270,4 +265,15 @@ public struct SCSITask: Sendable {
 }
 
 @usableFromInline
-func hex(_ v: UInt32) -> String { String(v, radix: 16) }
+/// A task tag or sequence number in hex, for messages (shared with ISCSIInitiator).
+package func hex(_ v: UInt32) -> String { String(v, radix: 16) }
+
+extension Array where Element == ByteBuffer {
+  /// The buffers in one (copied together when there are several).
+  public var joined: ByteBuffer {
+    if count == 1 { return self[0] }
+    var out = ByteBufferAllocator().buffer(capacity: reduce(0) { $0 + $1.readableBytes })
+    for var s in self { out.writeBuffer(&s) }
+    return out
+  }
+}
