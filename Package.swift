@@ -56,7 +56,7 @@ let package = Package(
     .target(
       name: "Bridge",
       dependencies: [
-        "ISCSIInitiator", "ISCSIProtocol", "SCSI", "NBDProtocol", "NBDKernel",
+        "ISCSIInitiator", "ISCSIProtocol", "SCSI", "NBDProtocol", "NBDKernel", "Multipath",
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "Logging", package: "swift-log"),
@@ -64,7 +64,7 @@ let package = Package(
     .executableTarget(
       name: "lunbridge",
       dependencies: [
-        "ISCSIInitiator", "ISCSIProtocol", "SCSI", "Bridge", "NBDKernel",
+        "ISCSIInitiator", "ISCSIProtocol", "SCSI", "Bridge", "NBDKernel", "Multipath",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
       ]),

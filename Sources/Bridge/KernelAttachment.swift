@@ -38,9 +38,7 @@ public final class KernelAttachment: @unchecked Sendable {
   /// Names the LUN so a restarted attach finds its device: target, LUN and the LUN's own
   /// identifier (VPD 0x83), which tells a different LUN behind the same name apart.
   public static func backendIdentifier(for volume: Volume) -> String {
-    let unit = volume.unit
-    let target = unit.session.configuration.login.targetName ?? "-"
-    return "lunbridge:\(target):\(unit.lun):\(unit.info.deviceIdentifier ?? "-")"
+    "lunbridge:\(volume.targetName):\(volume.lun):\(volume.info.deviceIdentifier ?? "-")"
   }
 
   init(
@@ -128,7 +126,7 @@ public final class KernelAttachment: @unchecked Sendable {
         if export.contains(.sendWriteZeroes) { flags.insert(.sendWriteZeroes) }
         if export.contains(.rotational) { flags.insert(.rotational) }
         let request = NBDConnectRequest(
-          sockets: theirs, sizeBytes: volume.export.size, blockSize: UInt64(volume.unit.info.blockSize),
+          sockets: theirs, sizeBytes: volume.export.size, blockSize: UInt64(volume.info.blockSize),
           serverFlags: flags, timeoutSeconds: options.timeoutSeconds,
           deadConnectionTimeoutSeconds: options.deadConnectionTimeoutSeconds, index: options.index,
           backendIdentifier: identifier)
@@ -183,7 +181,7 @@ public final class KernelAttachment: @unchecked Sendable {
     let hw = (try? String(contentsOfFile: "\(queue)/max_hw_sectors_kb", encoding: .utf8))
       .flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? 1024
     var kb = min(1024, hw)
-    let lunMax = volume.unit.info.maxTransferBytes
+    let lunMax = volume.info.maxTransferBytes
     if lunMax > 0 { kb = min(kb, max(4, lunMax / 1024)) }
     do {
       try "\(kb)\n".write(toFile: "\(queue)/max_sectors_kb", atomically: false, encoding: .utf8)

@@ -1,41 +1,264 @@
+import Foundation
 import ISCSIInitiator
 import ISCSIProtocol
 import Logging
+import Multipath
 import NBDProtocol
 import NIOCore
+import NIOPosix
 import SCSI
 
-/// One LUN served over NBD: turns NBD requests into block operations on the LUN and
-/// maps their failures to the errno an NBD reply carries. It lives on the session's event
-/// loop; every NBD connection of the volume is put on the same loop, so the data path
-/// needs no locks and no thread hops.
+/// One path to open: a URL's portal, its session settings (with its NIC or source binding)
+/// and its place among the paths.
+public struct PathSpec: Sendable {
+  public var url: ISCSIURL
+  public var configuration: SessionConfiguration
+  /// Failover policy: all I/O goes to the best group (lowest number among equal priority).
+  public var group: Int
+  public var priority: Int
+
+  public init(url: ISCSIURL, configuration: SessionConfiguration, group: Int = 0, priority: Int = 0) {
+    self.url = url
+    self.configuration = configuration
+    self.group = group
+    self.priority = priority
+  }
+}
+
+/// How a volume schedules its paths and what it calls itself.
+public struct VolumeOptions: Sendable {
+  public var multipath = MultipathConfiguration(
+    probeBackoff: ProbeBackoff(initial: .milliseconds(500), maximum: .seconds(16), jitterPercent: 20))
+  public var readOnly = false
+  /// The export name (NBD) and the name in `status`.
+  public var name = ""
+
+  public init() {}
+}
+
+/// One LUN served over NBD through one or more iSCSI sessions (paths). NBD requests become
+/// block operations; a multipath scheduler (`Multipath.MultipathStateMachine`) picks the
+/// path of each, takes the I/O of a failed path elsewhere, probes failed paths and takes
+/// them back.
+///
+/// Everything (all sessions, every NBD connection of the volume) runs on one event loop,
+/// so the data path needs no locks and no thread hops.
+///
+/// Write ordering: a write caught on a failed path is sent again on another path only once
+/// the old path can no longer deliver it. The old session is *fenced* first: a login with
+/// its ISID (and TSIH 0), through a working portal of the same portal group or through its
+/// own portal once that answers again, reinstates the session on the target, which ends
+/// every task of the old one before it answers the login (RFC 7143 section 6.3.5). Only
+/// then are its writes re-sent. Reads are re-sent at once.
 public final class Volume: @unchecked Sendable {
-  public let unit: LogicalUnit
+  public let eventLoop: EventLoop
   public let export: NBDExportInfo
   public let readOnly: Bool
+  public let info: LUNInfo
+  public let targetName: String
+  public let lun: UInt16
+  public let options: VolumeOptions
   let validator: NBDRequestValidator
   let logger: Logger
-  public var eventLoop: EventLoop { unit.session.eventLoop }
   /// Largest NBD payload we accept and advertise (proto.md: servers should allow 32 MiB).
   public static let maximumPayload: UInt32 = 32 << 20
 
-  /// Counters for `status` and tests.
-  public private(set) var requests = 0
-  public private(set) var errors = 0
+  final class Path {
+    let id: PathID
+    let spec: PathSpec
+    let session: ISCSISession
+    var unit: LogicalUnit?
+    var fencing = false
+    var probing = false
+    var failures: UInt64 = 0
+    var reinstatements: UInt64 = 0
+    /// (time, ios, bytes) once a second, for IOPS and MB/s over the last seconds.
+    var samples: [(NIODeadline, UInt64, UInt64)] = []
+    init(id: PathID, spec: PathSpec, session: ISCSISession) {
+      self.id = id
+      self.spec = spec
+      self.session = session
+    }
+  }
 
-  public init(unit: LogicalUnit, name: String = "", readOnly: Bool = false, logger: Logger) throws {
-    self.unit = unit
+  enum Operation {
+    case read(lba: UInt64, blocks: UInt32)
+    case write(lba: UInt64, data: ByteBuffer, fua: Bool)
+    case flush
+    case trim(lba: UInt64, blocks: UInt32)
+    case writeZeroes(lba: UInt64, blocks: UInt32, fua: Bool)
+  }
+
+  struct PendingIO {
+    var token: IOToken
+    var operation: Operation
+    var promise: EventLoopPromise<[ByteBuffer]>
+    var submitted: NIODeadline
+    var path: PathID?
+    var attempt = 0
+    var dispatched: NIODeadline
+  }
+
+  private var machine: MultipathStateMachine<ContinuousClock>
+  private var paths: [PathID: Path] = [:]
+  private var order: [PathID] = []
+  private var pending: [UInt64: PendingIO] = [:]
+  private var nextIO: UInt64 = 1
+  private var timers: [TimerID: Scheduled<Void>] = [:]
+  private var sampler: RepeatedTask?
+  private var closed = false
+  private let opened = NIODeadline.now()
+
+  /// Counters for `status`, metrics and tests.
+  public private(set) var counts = RequestCounts()
+  public private(set) var noPathFailures: UInt64 = 0
+  private var latency = LatencyHistogram()
+
+  /// Requests served and answered with an error (kept for tests and older callers).
+  public var requests: Int { Int(counts.reads + counts.writes + counts.flushes + counts.trims + counts.writeZeroes) }
+  public var errors: Int { Int(counts.errors) }
+
+  private init(
+    eventLoop: EventLoop, info: LUNInfo, targetName: String, lun: UInt16, options: VolumeOptions, logger: Logger
+  ) throws {
+    self.eventLoop = eventLoop
+    self.info = info
+    self.targetName = targetName
+    self.lun = lun
+    self.options = options
     self.logger = logger
-    let info = unit.info
-    self.readOnly = readOnly || info.readOnly
+    self.readOnly = options.readOnly || info.readOnly
     self.export = try NBDExportInfo(
-      name: name, description: info.deviceIdentifier.map { "iSCSI LUN \($0)" } ?? "iSCSI LUN",
+      name: options.name, description: info.deviceIdentifier.map { "iSCSI LUN \($0)" } ?? "iSCSI LUN",
       size: info.sizeBytes, transmissionFlags: Volume.flags(for: info, readOnly: self.readOnly),
       minimumBlockSize: UInt32(info.blockSize),
       preferredBlockSize: UInt32(max(info.blockSize, min(info.physicalBlockSize, 65536))),
       maximumPayload: Volume.maximumPayload)
     self.validator = NBDRequestValidator(export: export)
+    self.machine = MultipathStateMachine(configuration: options.multipath, clock: ContinuousClock())
   }
+
+  // MARK: - Opening and closing
+
+  /// Logs in on every path at once and checks they reach the same logical unit (VPD page
+  /// 0x83). A path that cannot log in now is kept as failed and probed later, as long as
+  /// one path works; with none working, the first path's error is thrown.
+  public static func open(
+    paths specs: [PathSpec], options: VolumeOptions = VolumeOptions(), logger: Logger,
+    on eventLoop: EventLoop = MultiThreadedEventLoopGroup.singleton.next()
+  ) async throws -> Volume {
+    precondition(!specs.isEmpty, "a volume needs at least one path")
+    var sessionConfigs: [SessionConfiguration] = []
+    for spec in specs {
+      var c = spec.configuration
+      c.failFast = true
+      sessionConfigs.append(c)
+    }
+    let sessions = sessionConfigs.map { ISCSISession.unconnected($0, on: eventLoop, logger: logger) }
+    // Log in everywhere concurrently.
+    let results: [Result<LogicalUnit, Error>] = await withTaskGroup(of: (Int, Result<LogicalUnit, Error>).self) {
+      group in
+      for (i, session) in sessions.enumerated() {
+        group.addTask {
+          do {
+            try await session.reconnect().get()
+            return (i, .success(try await LogicalUnit.open(session: session, lun: specs[i].url.lun)))
+          } catch {
+            return (i, .failure(error))
+          }
+        }
+      }
+      var out = [Result<LogicalUnit, Error>?](repeating: nil, count: specs.count)
+      for await (i, r) in group { out[i] = r }
+      return out.map { $0! }
+    }
+    func closeAll() async {
+      for s in sessions { await s.close(timeout: .seconds(1)) }
+    }
+    guard let firstIndex = results.firstIndex(where: { if case .success = $0 { return true } else { return false } }),
+      case .success(let reference) = results[firstIndex]
+    else {
+      await closeAll()
+      if case .failure(let error) = results[0] { throw error }
+      throw BridgeError("no path could log in")
+    }
+    // Every working path must reach the same LU as the first working one.
+    for (i, r) in results.enumerated() {
+      guard case .success(let unit) = r else { continue }
+      if let problem = Volume.identityProblem(
+        reference: reference.info, referenceURL: specs[firstIndex].url, other: unit.info, otherURL: specs[i].url)
+      {
+        await closeAll()
+        throw BridgeError(problem)
+      }
+    }
+    let volume = try Volume(
+      eventLoop: eventLoop, info: reference.info, targetName: specs[firstIndex].url.targetName,
+      lun: specs[firstIndex].url.lun, options: options, logger: logger)
+    try await eventLoop.submit {
+      for (i, spec) in specs.enumerated() {
+        let path = Path(id: PathID(UInt32(i)), spec: spec, session: sessions[i])
+        if case .success(let unit) = results[i] { path.unit = unit }
+        volume.add(path)
+        if case .failure(let error) = results[i] {
+          volume.logger.warning(
+            "path could not log in; probing it later",
+            metadata: ["path": "\(path.id)", "url": "\(spec.url)", "error": "\(describeError(error))"])
+          path.failures += 1
+          volume.run(volume.machine.pathFailed(path.id, reason: PathFailure(.probeFailed, context: describeError(error))))
+        }
+      }
+      volume.sampler = eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
+        volume.sample()
+      }
+    }.get()
+    return volume
+  }
+
+  /// nil when `other` is the same LU as `reference`; otherwise why not, naming both.
+  static func identityProblem(reference: LUNInfo, referenceURL: ISCSIURL, other: LUNInfo, otherURL: ISCSIURL)
+    -> String?
+  {
+    if let a = reference.deviceIdentifier, let b = other.deviceIdentifier {
+      if a != b {
+        return "path \(otherURL) reaches logical unit \(b), not \(a) like \(referenceURL): refusing it"
+      }
+    } else if reference.deviceIdentifier != nil || other.deviceIdentifier != nil {
+      return
+        "path \(otherURL) reports device identifier \(other.deviceIdentifier ?? "none") but \(referenceURL) reports \(reference.deviceIdentifier ?? "none"): refusing it"
+    }
+    if reference.sizeBytes != other.sizeBytes || reference.blockSize != other.blockSize {
+      return
+        "path \(otherURL) reaches a LUN of \(other.sizeBytes) bytes in \(other.blockSize)-byte blocks, but \(referenceURL) one of \(reference.sizeBytes) bytes in \(reference.blockSize)-byte blocks: refusing it"
+    }
+    return nil
+  }
+
+  private func add(_ path: Path) {
+    paths[path.id] = path
+    order.append(path.id)
+    let id = path.id
+    path.session.onConnectionLost = { [weak self] reason in
+      self?.connectionLost(id, reason: reason)
+    }
+    run(machine.addPath(id, group: path.spec.group, priority: path.spec.priority))
+  }
+
+  /// Flushes nothing; logs out of every session (in-flight I/O gets `timeout` to finish).
+  public func close(timeout: TimeAmount = .seconds(5)) async {
+    let sessions: [ISCSISession] = (try? await eventLoop.submit { [self] in
+      closed = true
+      sampler?.cancel()
+      for (_, t) in timers { t.cancel() }
+      timers = [:]
+      return order.compactMap { paths[$0]?.session }
+    }.get()) ?? []
+    await withTaskGroup(of: Void.self) { group in
+      for s in sessions { group.addTask { await s.close(timeout: timeout) } }
+    }
+  }
+
+  // MARK: - NBD requests
 
   /// What the LUN can do, in NBD transmission flags (proto.md "Transmission flags").
   public static func flags(for info: LUNInfo, readOnly: Bool) -> NBDTransmissionFlags {
@@ -52,40 +275,59 @@ public final class Volume: @unchecked Sendable {
 
   /// Validates and runs one request. The future never fails: an error becomes the errno
   /// of the reply. A successful READ returns its data: the Data-In segments the target
-  /// sent, in order, to be written to the socket as they are.
+  /// sent, in order, to be written to the socket as they are. Call on the event loop.
   public func handle(_ request: NBDRequest, payload: ByteBuffer?) -> EventLoopFuture<Result<[ByteBuffer], NBDErrno>>
   {
-    requests += 1
     if let errno = validator.validate(request) {
-      errors += 1
+      counts.errors += 1
       return eventLoop.makeSucceededFuture(.failure(errno))
     }
-    let bs = UInt64(unit.info.blockSize)
+    let bs = UInt64(info.blockSize)
     let lba = request.offset / bs
     let blocks = UInt32(UInt64(request.length) / bs)
-    let work: EventLoopFuture<[ByteBuffer]>
+    let fua = request.flags.contains(.fua)
+    let operation: Operation
     switch request.type {
     case .read:
-      work = unit.readSegments(lba: lba, blocks: blocks)
+      counts.reads += 1
+      operation = .read(lba: lba, blocks: blocks)
     case .write:
+      counts.writes += 1
       guard let payload else { return eventLoop.makeSucceededFuture(.failure(.einval)) }
-      work = unit.write(lba: lba, data: payload, fua: request.flags.contains(.fua)).map { [] }
+      operation = .write(lba: lba, data: payload, fua: fua)
     case .flush:
-      work = unit.synchronizeCache().map { [] }
+      counts.flushes += 1
+      operation = .flush
     case .trim:
-      work = unit.unmap(lba: lba, blocks: blocks).map { [] }
+      counts.trims += 1
+      operation = .trim(lba: lba, blocks: blocks)
     case .writeZeroes:
-      var w = unit.writeZeroes(lba: lba, blocks: blocks)
-      if request.flags.contains(.fua) { w = w.flatMap { self.unit.synchronizeCache() } }
-      work = w.map { [] }
+      counts.writeZeroes += 1
+      operation = .writeZeroes(lba: lba, blocks: blocks, fua: fua)
     default:
+      counts.errors += 1
       return eventLoop.makeSucceededFuture(.failure(.einval))
     }
-    return work.map { .success($0) }.recover { [self] error in
-      errors += 1
-      logger.warning("NBD request failed", metadata: ["type": "\(request.type)", "error": "\(error)"])
+    let started = NIODeadline.now()
+    return submit(operation, bytes: Int(request.length)).map { [self] data -> Result<[ByteBuffer], NBDErrno> in
+      latency.record(.nanoseconds((NIODeadline.now() - started).nanoseconds))
+      switch request.type {
+      case .read: counts.readBytes += UInt64(request.length)
+      case .write: counts.writeBytes += UInt64(request.length)
+      default: break
+      }
+      return .success(data)
+    }.recover { [self] error in
+      latency.record(.nanoseconds((NIODeadline.now() - started).nanoseconds))
+      counts.errors += 1
+      logger.warning("NBD request failed", metadata: ["type": "\(request.type)", "error": "\(describeError(error))"])
       return .failure(Volume.errno(for: error))
     }
+  }
+
+  /// SYNCHRONIZE CACHE through whichever path works (for a clean exit).
+  public func synchronizeCache() -> EventLoopFuture<Void> {
+    eventLoop.flatSubmit { self.submit(.flush, bytes: 0).map { _ in } }
   }
 
   /// The errno an NBD client sees for a failed operation.
@@ -102,6 +344,377 @@ public final class Volume: @unchecked Sendable {
     }
     return .eio
   }
+
+  private func submit(_ operation: Operation, bytes: Int) -> EventLoopFuture<[ByteBuffer]> {
+    eventLoop.assertInEventLoop()
+    let promise = eventLoop.makePromise(of: [ByteBuffer].self)
+    guard !closed else {
+      promise.fail(BridgeError("the volume is closing"))
+      return promise.futureResult
+    }
+    let isWrite: Bool
+    switch operation {
+    case .read, .flush: isWrite = false
+    case .write, .trim, .writeZeroes: isWrite = true
+    }
+    let token = IOToken(id: nextIO, bytes: bytes, isWrite: isWrite)
+    nextIO &+= 1
+    let now = NIODeadline.now()
+    pending[token.id] = PendingIO(
+      token: token, operation: operation, promise: promise, submitted: now, dispatched: now)
+    run(machine.submit(token))
+    return promise.futureResult
+  }
+
+  private func start(_ io: IOToken, on pathID: PathID) {
+    guard var entry = pending[io.id], let path = paths[pathID] else { return }
+    entry.path = pathID
+    entry.attempt += 1
+    entry.dispatched = .now()
+    pending[io.id] = entry
+    let attempt = entry.attempt
+    guard let unit = path.unit else {
+      // Cannot happen (a path without a LU is never usable); treat it as a path failure.
+      finished(io.id, on: pathID, attempt: attempt, .failure(ISCSIError(.pathDown, "path has no logical unit")))
+      return
+    }
+    let work: EventLoopFuture<[ByteBuffer]>
+    switch entry.operation {
+    case .read(let lba, let blocks):
+      work = unit.readSegments(lba: lba, blocks: blocks)
+    case .write(let lba, let data, let fua):
+      work = unit.write(lba: lba, data: data, fua: fua).map { [] }
+    case .flush:
+      work = unit.synchronizeCache().map { [] }
+    case .trim(let lba, let blocks):
+      work = unit.unmap(lba: lba, blocks: blocks).map { [] }
+    case .writeZeroes(let lba, let blocks, let fua):
+      var w = unit.writeZeroes(lba: lba, blocks: blocks)
+      if fua { w = w.flatMap { unit.synchronizeCache() } }
+      work = w.map { [] }
+    }
+    work.whenComplete { [self] result in finished(io.id, on: pathID, attempt: attempt, result) }
+  }
+
+  private func finished(_ id: UInt64, on pathID: PathID, attempt: Int, _ result: Result<[ByteBuffer], Error>) {
+    // Only the latest attempt counts: a read already sent elsewhere is stale here.
+    guard let entry = pending[id], entry.path == pathID, entry.attempt == attempt else { return }
+    let latency = Duration.nanoseconds((NIODeadline.now() - entry.dispatched).nanoseconds)
+    switch result {
+    case .success(let data):
+      pending[id] = nil
+      run(machine.completed(entry.token, path: pathID, latency: latency, success: true))
+      entry.promise.succeed(data)
+    case .failure(let error) where Volume.isPathError(error):
+      // The path is down: the scheduler re-sends reads now and fences writes first.
+      failPath(pathID, PathFailure(.connectionLost, context: describeError(error)))
+    case .failure(let error):
+      pending[id] = nil
+      run(machine.completed(entry.token, path: pathID, latency: latency, success: false))
+      entry.promise.fail(error)
+    }
+  }
+
+  static func isPathError(_ error: Error) -> Bool {
+    guard let e = error as? ISCSIError else { return false }
+    return e.code == .pathDown
+  }
+
+  // MARK: - Path events
+
+  private func connectionLost(_ id: PathID, reason: String) {
+    failPath(id, PathFailure(.connectionLost, context: reason))
+  }
+
+  private func failPath(_ id: PathID, _ failure: PathFailure) {
+    guard let state = machine.state(of: id) else { return }
+    switch state {
+    case .active, .standby:
+      paths[id]?.failures += 1
+      run(machine.pathFailed(id, reason: failure))
+    case .probing:
+      run(machine.pathFailed(id, reason: failure))
+    case .failed, .disabled:
+      break
+    }
+  }
+
+  /// Carries out the scheduler's actions, in order.
+  private func run(_ actions: [MultipathStateMachine<ContinuousClock>.Action]) {
+    for action in actions {
+      switch action {
+      case .dispatch(let io, let path):
+        start(io, on: path)
+      case .fail(let io, let error):
+        guard let entry = pending.removeValue(forKey: io.id) else { continue }
+        noPathFailures += 1
+        entry.promise.fail(BridgeError("\(error)"))
+      case .fencePath(let path):
+        fence(path)
+      case .scheduleTimer(let id, let deadline):
+        arm(id, at: deadline)
+      case .cancelTimer(let id):
+        timers.removeValue(forKey: id)?.cancel()
+      case .scheduleProbe(let path, let deadline):
+        arm(.probe(path), at: deadline)
+      case .startProbe(let path):
+        probe(path)
+      case .log(let event):
+        log(event)
+      }
+    }
+  }
+
+  private func arm(_ id: TimerID, at deadline: ContinuousClock.Instant) {
+    timers.removeValue(forKey: id)?.cancel()
+    guard !closed else { return }
+    let delay = ContinuousClock.now.duration(to: deadline)
+    let nanos = max(0, delay.nanosecondsSaturating)
+    timers[id] = eventLoop.scheduleTask(in: .nanoseconds(nanos)) { [self] in
+      timers[id] = nil
+      run(machine.timerFired(id))
+    }
+  }
+
+  private func log(_ event: PathEvent) {
+    let url = paths[event.path].map { "\($0.spec.url)" } ?? "-"
+    func short(_ s: PathState) -> String {
+      switch s {
+      case .active: return "active"
+      case .standby: return "standby"
+      case .failed: return "failed"
+      case .probing: return "probing"
+      case .disabled: return "disabled"
+      }
+    }
+    var metadata: Logger.Metadata = ["path": "\(event.path)", "url": "\(url)"]
+    if let from = event.from { metadata["from"] = "\(short(from))" }
+    let what: String
+    switch event.to {
+    case .failed?: what = "path failed"
+    case .active? where event.from != nil && event.from != .standby: what = "path reinstated"
+    case .active?: what = "path active"
+    case .standby?: what = "path standby"
+    case .probing?: what = "probing path"
+    case .disabled?: what = "path disabled"
+    case nil: what = "path removed"
+    }
+    if case .probing? = event.to {
+      logger.info("\(what): \(event.reason)", metadata: metadata)
+    } else {
+      logger.notice("\(what): \(event.reason)", metadata: metadata)
+    }
+    if case .active? = event.to, let from = event.from {
+      switch from {
+      case .failed, .probing: paths[event.path]?.reinstatements += 1
+      default: break
+      }
+    } else if case .standby? = event.to, let from = event.from {
+      switch from {
+      case .failed, .probing: paths[event.path]?.reinstatements += 1
+      default: break
+      }
+    }
+  }
+
+  /// Makes sure nothing sent on the failed path can still reach the LU, then lets the
+  /// scheduler re-send its writes. See the type's comment for the rule.
+  private func fence(_ id: PathID) {
+    guard let path = paths[id], !path.fencing, !closed else { return }
+    path.fencing = true
+    attemptFence(path, attempt: 0)
+  }
+
+  private func attemptFence(_ path: Path, attempt: Int) {
+    guard path.fencing, !closed else { return }
+    if path.session.state == .fullFeature {
+      // Logged in again (its probe reinstated it): the old tasks are gone.
+      fenced(path, how: "session reinstated")
+      return
+    }
+    // A working path in the same portal group: log in there with the failed session's
+    // ISID, which reinstates (and so ends) the old session, then log out.
+    let tag = path.session.parameters?.targetPortalGroupTag
+    let helper = order.lazy.compactMap { self.paths[$0] }.first { other in
+      other.id != path.id && other.session.state == .fullFeature
+        && (tag == nil || other.session.parameters?.targetPortalGroupTag == nil
+          || other.session.parameters?.targetPortalGroupTag == tag)
+    }
+    guard let helper else {
+      // Nothing to fence through: wait for this path's own probe or another path.
+      eventLoop.scheduleTask(in: .milliseconds(250)) { [self] in attemptFence(path, attempt: attempt + 1) }
+      return
+    }
+    var config = helper.session.configuration
+    config.login.isid = path.session.configuration.login.isid
+    config.failFast = true
+    config.loginTimeout = min(config.loginTimeout, .seconds(5))
+    let fenceSession = ISCSISession.unconnected(config, on: eventLoop, logger: logger)
+    fenceSession.reconnect().flatMap { fenceSession.close(timeout: .seconds(1)) }.whenComplete { [self] result in
+      switch result {
+      case .success:
+        fenced(path, how: "old session ended by a login through \(helper.spec.url.portal)")
+      case .failure(let error):
+        logger.warning(
+          "fencing login failed; retrying",
+          metadata: ["path": "\(path.id)", "through": "\(helper.spec.url.portal)", "error": "\(describeError(error))"])
+        eventLoop.scheduleTask(in: .milliseconds(250)) { [self] in attemptFence(path, attempt: attempt + 1) }
+      }
+    }
+  }
+
+  private func fenced(_ path: Path, how: String) {
+    guard path.fencing else { return }
+    path.fencing = false
+    logger.info("path fenced: \(how)", metadata: ["path": "\(path.id)"])
+    run(machine.pathFenced(path.id))
+  }
+
+  /// Reconnect (a login with the same ISID), open the LU if it never was, check it is the
+  /// same LU, TEST UNIT READY.
+  private func probe(_ id: PathID) {
+    guard let path = paths[id], !path.probing, !closed else { return }
+    path.probing = true
+    let session = path.session
+    session.reconnect().flatMap { [self] () -> EventLoopFuture<LogicalUnit> in
+      if let unit = path.unit { return eventLoop.makeSucceededFuture(unit) }
+      let promise = eventLoop.makePromise(of: LogicalUnit.self)
+      promise.completeWithTask { try await LogicalUnit.open(session: session, lun: path.spec.url.lun) }
+      return promise.futureResult.flatMapThrowing { [self] unit in
+        let reference = paths.values.first { $0.unit != nil && $0.id != id }.map { $0.unit!.info } ?? info
+        let referenceURL = paths.values.first { $0.unit != nil && $0.id != id }?.spec.url ?? path.spec.url
+        if let problem = Volume.identityProblem(
+          reference: reference, referenceURL: referenceURL, other: unit.info, otherURL: path.spec.url)
+        {
+          throw BridgeError(problem)
+        }
+        path.unit = unit
+        return unit
+      }
+    }.flatMap { unit in
+      unit.testUnitReady()
+    }.whenComplete { [self] result in
+      path.probing = false
+      guard !closed else { return }
+      switch result {
+      case .success:
+        if path.fencing { fenced(path, how: "session reinstated by its probe") }
+        run(machine.probeSucceeded(id))
+      case .failure(let error):
+        logger.info("probe failed", metadata: ["path": "\(id)", "error": "\(describeError(error))"])
+        run(machine.probeFailed(id, reason: PathFailure(.probeFailed, context: describeError(error))))
+      }
+    }
+  }
+
+  // MARK: - Status
+
+  private func sample() {
+    let now = NIODeadline.now()
+    let status = machine.status()
+    for row in status {
+      guard let path = paths[row.path] else { continue }
+      path.samples.append((now, row.statistics.ios, row.statistics.bytes))
+      if path.samples.count > 6 { path.samples.removeFirst(path.samples.count - 6) }
+    }
+  }
+
+  /// A snapshot for `status`, the control socket and metrics.
+  public func report(device: String? = nil, export exportURI: String? = nil) -> EventLoopFuture<VolumeStatusReport> {
+    eventLoop.submit { [self] in
+      let now = NIODeadline.now()
+      let rows = machine.status()
+      var reports: [PathReport] = []
+      for row in rows {
+        guard let path = paths[row.path] else { continue }
+        var iops = 0.0
+        var mbps = 0.0
+        if let first = path.samples.first {
+          let seconds = Double((now - first.0).nanoseconds) / 1e9
+          if seconds > 0.2 {
+            iops = Double(row.statistics.ios &- first.1) / seconds
+            mbps = Double(row.statistics.bytes &- first.2) / seconds / 1e6
+          }
+        }
+        let state: String
+        var reason: String? = nil
+        switch row.state {
+        case .active: state = "active"
+        case .standby: state = "standby"
+        case .failed(let why):
+          state = "failed"
+          reason = why.description
+        case .probing:
+          state = "probing"
+          reason = path.session.lastError
+        case .disabled: state = "disabled"
+        }
+        let config = path.spec.configuration
+        reports.append(
+          PathReport(
+            id: row.path.rawValue, url: path.spec.url.description, portal: "\(path.spec.url.portal)",
+            interface: config.interface, source: config.sourceAddress, state: state, reason: reason,
+            group: row.group, priority: row.priority,
+            isid: String(format: "%012llx", path.session.configuration.login.isid),
+            tsih: path.session.state == .fullFeature ? path.session.tsih : 0,
+            ios: row.statistics.ios, bytes: row.statistics.bytes, errors: row.statistics.errors,
+            failovers: row.statistics.failovers, failures: path.failures, reinstatements: path.reinstatements,
+            outstandingIOs: row.statistics.outstandingIOs, iops: iops, megabytesPerSecond: mbps,
+            latency: Volume.latencyReport(row.statistics.latency)))
+      }
+      return VolumeStatusReport(
+        name: options.name, device: device, export: exportURI, targetName: targetName, lun: lun,
+        deviceIdentifier: info.deviceIdentifier, sizeBytes: info.sizeBytes, blockSize: info.blockSize,
+        readOnly: readOnly, policy: "\(machine.configuration.policy)",
+        failback: Volume.describe(machine.configuration.failback),
+        noPathRetrySeconds: Int(machine.configuration.noPathRetry.components.seconds), queuedIOs: machine.queuedIOs,
+        noPathFailures: noPathFailures, requests: counts, latency: Volume.latencyReport(latency), paths: reports,
+        uptimeSeconds: Double((now - opened).nanoseconds) / 1e9)
+    }
+  }
+
+  static func describe(_ failback: FailbackPolicy) -> String {
+    switch failback {
+    case .immediate: return "immediate"
+    case .manual: return "manual"
+    case .deferred(let s): return "\(s)"
+    }
+  }
+
+  static func latencyReport(_ h: LatencyHistogram) -> LatencyReport {
+    func seconds(_ d: Duration?) -> Double? { d.map { Double($0.nanosecondsSaturating) / 1e9 } }
+    return LatencyReport(
+      upperBoundsSeconds: LatencyHistogram.upperBounds.map { Double($0) / 1e9 }, counts: h.counts,
+      sumSeconds: Double(h.sum.nanosecondsSaturating) / 1e9, p50Seconds: seconds(h.quantile(0.5)),
+      p99Seconds: seconds(h.quantile(0.99)), maxSeconds: h.total > 0 ? seconds(h.maximum) : nil)
+  }
+
+  /// Path states, for tests: "active", "failed", ...
+  public func pathStates() -> EventLoopFuture<[String]> {
+    report().map { $0.paths.map(\.state) }
+  }
+
+  /// Drops a path's connection as a cable pull would (for tests).
+  public func dropPathForTesting(_ index: Int) {
+    eventLoop.execute { [self] in paths[PathID(UInt32(index))]?.session.dropConnectionForTesting() }
+  }
+}
+
+extension Duration {
+  /// Whole nanoseconds, saturating.
+  var nanosecondsSaturating: Int64 {
+    let (seconds, attoseconds) = components
+    let (ns, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+    if overflow { return seconds < 0 ? .min : .max }
+    return ns &+ attoseconds / 1_000_000_000
+  }
+}
+
+/// A short description of an error for logs and status.
+func describeError(_ error: Error) -> String {
+  if let e = error as? ISCSIError { return e.message }
+  if let e = error as? BridgeError { return "\(e)" }
+  return "\(error)"
 }
 
 extension NBDErrno: Error {}

@@ -26,6 +26,16 @@ public struct SessionConfiguration: Sendable {
   /// How often a command that came back with UNIT ATTENTION, BUSY or TASK SET FULL is
   /// sent again before its status is returned.
   public var maxRetries = 8
+  /// Multipath: a lost connection (or a command timeout, which drops the connection)
+  /// fails every unfinished command at once with `ISCSIError.pathDown` instead of
+  /// reinstating the session and sending them again; nothing reconnects until the owner
+  /// calls `reconnect()`. The owner decides where the commands go next.
+  public var failFast = false
+  /// Bind the TCP connection to this network interface (SO_BINDTODEVICE), so a path
+  /// leaves through its own NIC whatever the routing table says.
+  public var interface: String?
+  /// Bind the TCP connection to this local address before connecting.
+  public var sourceAddress: String?
 
   public init(portal: Portal, login: LoginConfiguration) {
     self.portal = portal
@@ -111,6 +121,9 @@ public final class ISCSISession: @unchecked Sendable {
   /// Why the last connection ended or the last reconnect failed: named when queued
   /// commands give up, so the user sees the cause and not only the timeout.
   public private(set) var lastError: String?
+  /// Multipath: called on the event loop when the connection is lost (with the reason);
+  /// the session's unfinished commands have failed with `ISCSIError.pathDown` by then.
+  public var onConnectionLost: ((String) -> Void)?
 
   init(configuration: SessionConfiguration, eventLoop: EventLoop, logger: Logger) {
     self.configuration = configuration
@@ -129,6 +142,15 @@ public final class ISCSISession: @unchecked Sendable {
     return eventLoop.flatSubmit {
       session.establish(portal: configuration.portal).map { session }
     }
+  }
+
+  /// A session that has not logged in yet: `reconnect()` logs it in (multipath opens a
+  /// path whose portal is down this way, and probes it later).
+  public static func unconnected(
+    _ configuration: SessionConfiguration, on eventLoop: EventLoop,
+    logger: Logger = Logger(label: "lunbridge.iscsi")
+  ) -> ISCSISession {
+    ISCSISession(configuration: configuration, eventLoop: eventLoop, logger: logger)
   }
 
   public static func connect(
@@ -156,15 +178,27 @@ public final class ISCSISession: @unchecked Sendable {
   private func connectAndLogin(_ portal: Portal) {
     state = .loggingIn
     let handler = PDUChannelHandler()
-    let bootstrap = ClientBootstrap(group: eventLoop)
+    let interface = configuration.interface
+    var bootstrap = ClientBootstrap(group: eventLoop)
       .connectTimeout(configuration.loginTimeout)
       .channelOption(.socketOption(.tcp_nodelay), value: 1)
       .channelInitializer { [self] channel in
         channel.eventLoop.makeCompletedFuture {
           try channel.pipeline.syncOperations.addHandler(handler)
           try channel.pipeline.syncOperations.addHandler(SessionInboundHandler(session: self))
+        }.flatMap {
+          guard let interface else { return channel.eventLoop.makeSucceededVoidFuture() }
+          return bindToDevice(channel, interface)
         }
       }
+    if let source = configuration.sourceAddress {
+      do {
+        bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: source, port: 0))
+      } catch {
+        failLogin(ISCSIError(.invalidArgument, "source address '\(source)' is not an IP address"))
+        return
+      }
+    }
     bootstrap.connect(host: portal.host, port: portal.port).hop(to: eventLoop).whenComplete { [self] result in
       switch result {
       case .failure(let error):
@@ -304,6 +338,10 @@ public final class ISCSISession: @unchecked Sendable {
       queue.append(pending)
       pump()
     case .loggingIn, .recovering:
+      if configuration.failFast {
+        pending.promise.fail(ISCSIError(.pathDown, "the path to \(configuration.portal) is down"))
+        return
+      }
       var p = pending
       p.troubleSince = .now()
       queue.append(p)
@@ -654,6 +692,16 @@ public final class ISCSISession: @unchecked Sendable {
         return
       }
     }
+    if configuration.failFast,
+      let (itt, _) = inFlight.first(where: { now - $0.value.sentAt > configuration.commandTimeout })
+    {
+      // Multipath: a command timeout fails the path; its commands go elsewhere once the
+      // session is fenced (reinstated), which also ends the stuck task on the target.
+      connectionFailed(
+        ISCSIError(.timeout, "command 0x\(hex(itt)) timed out after \(seconds(configuration.commandTimeout)) s"),
+        channel: channel)
+      return
+    }
     for (itt, entry) in inFlight where entry.aborting == nil && now - entry.sentAt > configuration.commandTimeout {
       logger.warning("command timed out; aborting it", metadata: ["itt": "0x\(hex(itt))"])
       sendTaskManagement(function: 1, ref: itt, lun: entry.pending.command.lun, refCmdSN: entry.cmdSN, channel: channel)
@@ -713,12 +761,68 @@ public final class ISCSISession: @unchecked Sendable {
       return
     }
     lastError = describe(error)
-    logger.error("iSCSI connection lost: \(describe(error))")
+    // Multipath logs the path failure itself, with the same reason.
+    logger.log(level: configuration.failFast ? .info : .error, "iSCSI connection lost: \(describe(error))")
     self.channel = nil
     self.handler = nil
     channel.close(promise: nil)
     guard state == .fullFeature else { return }
-    beginRecovery()
+    if configuration.failFast {
+      handBackCommands(reason: describe(error))
+    } else {
+      beginRecovery()
+    }
+  }
+
+  /// Multipath: the connection is gone; every unfinished command fails with `.pathDown`
+  /// (the owner sends them elsewhere, fencing writes first), and the owner is told.
+  private func handBackCommands(reason: String) {
+    state = .recovering
+    tick?.cancel()
+    tick = nil
+    pingITT = nil
+    managementTasks = [:]
+    let old = inFlight.values.sorted { SerialNumber($0.cmdSN) < SerialNumber($1.cmdSN) }
+    inFlight = [:]
+    let error = ISCSIError(.pathDown, "path to \(configuration.portal) lost: \(reason)")
+    for entry in old { entry.pending.promise.fail(error) }
+    while let p = queue.popFirst() { p.promise.fail(error) }
+    let textWaiter = textPromise
+    textPromise = nil
+    textWaiter?.fail(error)
+    let logoutWaiter = logoutPromise
+    logoutPromise = nil
+    logoutWaiter?.succeed(())
+    onConnectionLost?(reason)
+  }
+
+  /// Multipath: logs in again after a lost connection (same ISID, TSIH 0: the target
+  /// ends whatever was left of the old session, RFC 7143 section 6.3.5). Succeeds at once
+  /// when the session is logged in.
+  public func reconnect() -> EventLoopFuture<Void> {
+    eventLoop.flatSubmit { [self] in
+      switch state {
+      case .fullFeature:
+        return eventLoop.makeSucceededVoidFuture()
+      case .closing, .closed:
+        return eventLoop.makeFailedFuture(ISCSIError(.sessionFailed, "the session is closed"))
+      case .loggingIn:
+        return eventLoop.makeFailedFuture(ISCSIError(.sessionFailed, "a login is already running"))
+      case .idle, .recovering:
+        let first = state == .idle && reinstatements == 0 && tsih == 0
+        recoveryStarted = .now()
+        return establish(portal: configuration.portal).map { [self] in
+          guard !first else { return }
+          reinstatements += 1
+          logger.info(
+            "session reinstated", metadata: ["after": "\(seconds(NIODeadline.now() - recoveryStarted)) s"])
+        }.flatMapErrorThrowing { [self] error in
+          if state == .loggingIn || state == .idle { state = .recovering }
+          lastError = describe(error)
+          throw error
+        }
+      }
+    }
   }
 
   fileprivate func channelClosed(_ channel: Channel) {
@@ -903,3 +1007,24 @@ func describe(_ error: Error) -> String {
 }
 
 func hex(_ v: UInt32) -> String { String(v, radix: 16) }
+
+/// SO_BINDTODEVICE: the connection leaves through this interface only.
+private func bindToDevice(_ channel: Channel, _ interface: String) -> EventLoopFuture<Void> {
+  let bytes = Array(interface.utf8)
+  guard !bytes.isEmpty, bytes.count < 16 else {
+    return channel.eventLoop.makeFailedFuture(
+      ISCSIError(.invalidArgument, "interface name '\(interface)' must be 1 to 15 characters"))
+  }
+  guard let provider = channel as? SocketOptionProvider else {
+    return channel.eventLoop.makeFailedFuture(ISCSIError(.invalidArgument, "cannot bind this channel to a device"))
+  }
+  // IFNAMSIZ (16) bytes, NUL-padded: the kernel reads up to the first NUL.
+  var name: (UInt64, UInt64) = (0, 0)
+  withUnsafeMutableBytes(of: &name) { raw in
+    for (i, b) in bytes.enumerated() { raw[i] = b }
+  }
+  return provider.unsafeSetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_BINDTODEVICE), value: name)
+    .flatMapErrorThrowing { error in
+      throw ISCSIError(.invalidArgument, "cannot bind to interface \(interface): \(describe(error))")
+    }
+}

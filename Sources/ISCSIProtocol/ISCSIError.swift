@@ -20,6 +20,9 @@ public struct ISCSIError: Error, CustomStringConvertible, Equatable, Sendable {
     public static let rejected = Code("rejected")
     public static let invalidArgument = Code("invalid argument")
     public static let sessionFailed = Code("session failed")
+    /// Multipath (SessionConfiguration.failFast): the command's connection was lost and
+    /// the command was handed back unfinished, for the caller to send on another path.
+    public static let pathDown = Code("path down")
   }
 
   public var code: Code

@@ -14,6 +14,8 @@ public struct LatencyHistogram: Hashable, Sendable {
     repeating: 0, count: LatencyHistogram.upperBounds.count + 1)
   public private(set) var total: UInt64 = 0
   public private(set) var maximum: Duration = .zero
+  /// Sum of all samples (for Prometheus' `_sum`).
+  public private(set) var sum: Duration = .zero
 
   public init() {}
 
@@ -26,6 +28,7 @@ public struct LatencyHistogram: Hashable, Sendable {
     }
     self.counts[index] += 1
     self.total += 1
+    self.sum += latency
     if latency > self.maximum { self.maximum = latency }
   }
 

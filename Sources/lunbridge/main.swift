@@ -4,6 +4,7 @@ import Foundation
 import ISCSIInitiator
 import ISCSIProtocol
 import Logging
+import Multipath
 import NBDKernel
 import NIOCore
 import NIOPosix
@@ -124,9 +125,9 @@ struct LoginOptions: ParsableArguments {
 
 func makeLogger(verbose: Bool) -> Logger {
   LoggingSystem.bootstrap { label in
-    // Under systemd the journal keeps notices (logins, path changes); on a terminal only
-    // warnings and errors show unless --verbose.
-    StderrLogHandler(label: label, level: verbose ? .debug : (SystemdNotify.underJournal ? .notice : .warning))
+    // Notices (logins, path state changes, failovers) show on a terminal and in the
+    // journal; --verbose adds protocol detail.
+    StderrLogHandler(label: label, level: verbose ? .debug : .notice)
   }
   return Logger(label: "lunbridge")
 }
@@ -234,7 +235,7 @@ func flushBeforeExit(_ volume: Volume, logger: Logger, seconds: Int64 = 10) asyn
   let loop = volume.eventLoop
   let done = loop.makePromise(of: Void.self)
   let once = OnceFlag()
-  volume.unit.synchronizeCache().whenComplete { result in if once.set() { done.completeWith(result) } }
+  volume.synchronizeCache().whenComplete { result in if once.set() { done.completeWith(result) } }
   loop.scheduleTask(in: .seconds(seconds)) {
     if once.set() { done.fail(BridgeError("no answer within \(seconds) s")) }
   }
@@ -245,41 +246,182 @@ func flushBeforeExit(_ volume: Volume, logger: Logger, seconds: Int64 = 10) asyn
   }
 }
 
-/// Logs in to the LUN of `url` and opens it: what serve and attach share.
-func openVolume(
-  url text: String, options: LoginOptions, readOnly: Bool, logger: Logger, volume: VolumeConfig? = nil
-) async throws -> Volume {
-  var (url, config) = try options.sessionConfiguration(url: text, volume: volume)
-  config.recoveryTimeout = .seconds(Int64(volume?.noPathRetry ?? 120))
-  let session = try await ISCSISession.connect(config, on: MultiThreadedEventLoopGroup.singleton.next(), logger: logger)
-  do {
-    let unit = try await LogicalUnit.open(session: session, lun: url.lun)
-    return try Volume(unit: unit, readOnly: readOnly, logger: logger)
-  } catch {
-    await session.close()
-    throw error
+/// How a volume uses its paths: what serve and attach share.
+struct PathOptions: ParsableArguments {
+  @Option(help: "Path selector: service-time (default), queue-length, round-robin[:N] (N I/Os per turn), failover.")
+  var policy: String?
+
+  @Option(help: "When a better reinstated path takes I/O again: immediate (default), manual, or SECONDS after it recovered.")
+  var failback: String?
+
+  @Option(help: "Seconds I/O waits while every path is down before it fails with EIO (default 60; 0 fails at once).")
+  var noPathRetry: Int?
+
+  @Option(help: "iSCSI sessions per URL (default 1).")
+  var sessionsPerPath: Int?
+
+  @Option(help: "Seconds between NOP-Out pings on a quiet connection (default 2).")
+  var keepaliveInterval: Int?
+
+  @Option(help: "Seconds without an answer before a path counts as failed (default 2).")
+  var keepaliveTimeout: Int?
+
+  @Option(help: "Seconds a SCSI command may take before its path counts as failed (default 30).")
+  var commandTimeout: Int?
+
+  @Flag(help: "Add a path for every other portal the target reports in SendTargets discovery.")
+  var discoverPortals = false
+
+  func validate() throws {
+    if let n = sessionsPerPath, !(1...16).contains(n) {
+      throw ValidationError("--sessions-per-path must be between 1 and 16")
+    }
+    if let n = noPathRetry, n < 0 { throw ValidationError("--no-path-retry must be 0 or more seconds") }
+    for (name, value) in [("keepalive-interval", keepaliveInterval), ("keepalive-timeout", keepaliveTimeout),
+                          ("command-timeout", commandTimeout)] {
+      if let v = value, !(1...3600).contains(v) { throw ValidationError("--\(name) must be between 1 and 3600 seconds") }
+    }
+    _ = try selectorPolicy(volume: nil)
+    _ = try failbackPolicy()
   }
+
+  func selectorPolicy(volume: VolumeConfig?) throws -> SelectorPolicy {
+    if let policy {
+      guard let p = SelectorPolicy(argument: policy) else {
+        throw ValidationError(
+          "unknown --policy '\(policy)': use service-time, queue-length, round-robin, round-robin:N or failover")
+      }
+      return p
+    }
+    return volume.flatMap { SelectorPolicy(argument: $0.policy.rawValue) } ?? .serviceTime
+  }
+
+  func failbackPolicy() throws -> FailbackPolicy {
+    guard let failback else { return .immediate }
+    switch failback {
+    case "immediate": return .immediate
+    case "manual": return .manual
+    default:
+      guard let n = Int64(failback), n >= 0 else {
+        throw ValidationError("unknown --failback '\(failback)': use immediate, manual or a number of seconds")
+      }
+      return n == 0 ? .immediate : .deferred(seconds: n)
+    }
+  }
+
+  func volumeOptions(name: String, readOnly: Bool, volume: VolumeConfig?) throws -> VolumeOptions {
+    var o = VolumeOptions()
+    o.name = name
+    o.readOnly = readOnly
+    o.multipath.policy = try selectorPolicy(volume: volume)
+    o.multipath.failback = try failbackPolicy()
+    o.multipath.noPathRetry = .seconds(Int64(noPathRetry ?? volume?.noPathRetry ?? 60))
+    return o
+  }
+}
+
+/// Builds one `PathSpec` per URL and session: the URL's `?iface=`/`?source=` bind it to a
+/// NIC or address; URLs in the order given form the failover groups (first = preferred).
+func pathSpecs(
+  urls texts: [String], options: LoginOptions, paths: PathOptions, volume: VolumeConfig?, logger: Logger
+) async throws -> [PathSpec] {
+  var urls: [ISCSIURL] = []
+  for text in texts {
+    let url = try ISCSIURL(parsing: text)
+    if url.passwordInURL && !urls.contains(where: \.passwordInURL) {
+      warn("the CHAP secret in the URL shows in ps and shell history; use --chap-secret-file")
+    }
+    for key in url.query.keys where key != "iface" && key != "source" {
+      throw ValidationError("unknown parameter '\(key)' in \(url): use ?iface=NIC or ?source=ADDRESS")
+    }
+    if url.query["iface"] != nil && url.query["source"] != nil {
+      throw ValidationError("\(url) names both iface= and source=: give one")
+    }
+    if url.query["iface"]?.isEmpty == true || url.query["source"]?.isEmpty == true {
+      throw ValidationError("empty iface= or source= in \(url)")
+    }
+    if let first = urls.first, first.targetName != url.targetName || first.lun != url.lun {
+      throw ValidationError(
+        "all paths must name the same target and LUN: \(first.targetName)/\(first.lun) vs \(url.targetName)/\(url.lun)")
+    }
+    urls.append(url)
+  }
+  if paths.discoverPortals, let first = urls.first {
+    urls += try await discoveredPortals(for: first, known: urls, options: options, logger: logger)
+  }
+  var specs: [PathSpec] = []
+  for (index, url) in urls.enumerated() {
+    for _ in 0..<(paths.sessionsPerPath ?? 1) {
+      var config = try options.sessionConfiguration(
+        portal: url.portal, targetName: url.targetName, urlUser: url.user, urlPassword: url.password, volume: volume)
+      config.interface = url.query["iface"]
+      config.sourceAddress = url.query["source"]
+      config.keepaliveInterval = .seconds(Int64(paths.keepaliveInterval ?? volume?.keepaliveInterval ?? 2))
+      config.keepaliveTimeout = .seconds(Int64(paths.keepaliveTimeout ?? volume?.keepaliveTimeout ?? 2))
+      config.commandTimeout = .seconds(Int64(paths.commandTimeout ?? 30))
+      specs.append(PathSpec(url: url, configuration: config, group: index, priority: 0))
+    }
+  }
+  return specs
+}
+
+/// SendTargets through the first URL's portal: every other portal of the same target.
+func discoveredPortals(for url: ISCSIURL, known: [ISCSIURL], options: LoginOptions, logger: Logger) async throws
+  -> [ISCSIURL]
+{
+  let config = try options.sessionConfiguration(
+    portal: url.portal, targetName: nil, urlUser: url.user, urlPassword: url.password)
+  let listing = try await Discovery.sendTargets(config, on: MultiThreadedEventLoopGroup.singleton.next(), logger: logger)
+  var out: [ISCSIURL] = []
+  for target in listing where target.name == url.targetName {
+    for entry in target.portals {
+      guard let portal = try? Portal(parsing: entry.address) else { continue }
+      if known.contains(where: { $0.portal == portal }) || out.contains(where: { $0.portal == portal }) { continue }
+      var u = url
+      u.portal = portal
+      out.append(u)
+    }
+  }
+  return out
+}
+
+/// Logs in on every path and opens the volume: what serve and attach share.
+func openVolume(
+  urls: [String], options: LoginOptions, paths: PathOptions, name: String, readOnly: Bool, logger: Logger,
+  volume: VolumeConfig? = nil
+) async throws -> Volume {
+  let specs = try await pathSpecs(urls: urls, options: options, paths: paths, volume: volume, logger: logger)
+  let volumeOptions = try paths.volumeOptions(name: name, readOnly: readOnly, volume: volume)
+  return try await Volume.open(paths: specs, options: volumeOptions, logger: logger)
 }
 
 struct Serve: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Serve a LUN as an NBD export on a socket until SIGINT or SIGTERM.")
 
-  @Argument(help: "iscsi://[USER@]HOST[:PORT]/TARGET-IQN/LUN")
-  var url: String
+  @Argument(help: "iscsi://[USER@]HOST[:PORT]/TARGET-IQN/LUN[?iface=NIC|?source=ADDR], one per path")
+  var urls: [String]
 
   @Option(help: "unix:PATH or tcp:[HOST:]PORT (default host 127.0.0.1).")
   var listen: String
 
+  @Option(help: "Name of the volume in status and metrics (default serve-PID).")
+  var name: String?
+
   @Flag(help: "Refuse writes.")
   var readOnly = false
+
+  @OptionGroup var paths: PathOptions
 
   @OptionGroup var options: LoginOptions
 
   func run() async throws {
     let logger = makeLogger(verbose: options.verbose)
     let address = try ListenAddress(parsing: listen)
-    let volume = try await openVolume(url: url, options: options, readOnly: readOnly, logger: logger)
+    let url = urls[0]
+    let volume = try await openVolume(
+      urls: urls, options: options, paths: paths, name: name ?? "serve-\(getpid())", readOnly: readOnly,
+      logger: logger)
     let server = try await NBDExportServer.start(volume: volume, address: address, logger: logger)
     var shown = address
     if case .tcp(let h, 0) = address, let p = server.boundPort { shown = .tcp(host: h, port: p) }
@@ -288,7 +430,7 @@ struct Serve: AsyncParsableCommand {
     logger.notice("stopping", metadata: ["signal": "\(sig)"])
     await server.stop()
     await flushBeforeExit(volume, logger: logger)
-    await volume.unit.session.close()
+    await volume.close()
   }
 }
 
@@ -301,8 +443,10 @@ struct Attach: AsyncParsableCommand {
       attach of the same LUN takes over its old device, so mounts survive.
       """)
 
-  @Argument(help: "iscsi://[USER@]HOST[:PORT]/TARGET-IQN/LUN, or the NAME of /etc/lunbridge/volumes/NAME.toml")
-  var target: String?
+  @Argument(
+    help: "iscsi://[USER@]HOST[:PORT]/TARGET-IQN/LUN[?iface=NIC|?source=ADDR] (one per path), or the NAME of /etc/lunbridge/volumes/NAME.toml"
+  )
+  var targets: [String] = []
 
   @Option(help: "A volume file to attach (command-line options override it).")
   var config: String?
@@ -325,9 +469,16 @@ struct Attach: AsyncParsableCommand {
   @Flag(help: "Stay in the foreground.")
   var foreground = false
 
+  @OptionGroup var paths: PathOptions
+
   @OptionGroup var options: LoginOptions
 
+  var target: String? { targets.first }
+
   func validate() throws {
+    if targets.count > 1, let bad = targets.first(where: { !$0.lowercased().hasPrefix("iscsi://") }) {
+      throw ValidationError("'\(bad)': several paths must all be iscsi:// URLs (a volume NAME stands alone)")
+    }
     if let connections, !(1...64).contains(connections) {
       throw ValidationError("--connections must be between 1 and 64")
     }
@@ -353,23 +504,21 @@ struct Attach: AsyncParsableCommand {
     let logger = makeLogger(verbose: options.verbose)
     guard getuid() == 0 else { throw BridgeError("attach needs root (CAP_SYS_ADMIN) to configure NBD devices") }
     guard isNBDModuleLoaded() else { throw BridgeError("the nbd kernel module is not loaded: run modprobe nbd") }
-    let url = volumeFile?.paths.first?.description ?? target!
-    if let paths = volumeFile?.paths, paths.count > 1 {
-      warn("\(volumeFile!.file) lists \(paths.count) paths; this version uses the first (\(paths[0]))")
-    }
+    let urls = volumeFile.map { $0.paths.map(\.description) } ?? targets
+    let url = urls[0]
     var attachOptions = AttachOptions(
       connections: connections ?? volumeFile?.connections ?? ProcessInfo.processInfo.activeProcessorCount)
     attachOptions.timeoutSeconds = timeout ?? volumeFile.map { UInt64($0.timeout) } ?? 30
     attachOptions.deadConnectionTimeoutSeconds = deadConnTimeout ?? volumeFile.map { UInt64($0.deadConnTimeout) } ?? 120
     if let device { attachOptions.index = try parseDeviceIndex(device) } else { attachOptions.index = volumeFile?.device }
     let volume = try await openVolume(
-      url: url, options: options, readOnly: readOnly || (volumeFile?.readOnly ?? false), logger: logger,
-      volume: volumeFile)
+      urls: urls, options: options, paths: paths, name: volumeFile?.name ?? "",
+      readOnly: readOnly || (volumeFile?.readOnly ?? false), logger: logger, volume: volumeFile)
     let attachment: KernelAttachment
     do {
       attachment = try await KernelAttachment.attach(volume: volume, options: attachOptions, logger: logger)
     } catch {
-      await volume.unit.session.close()
+      await volume.close()
       throw error
     }
     attachment.startWatching()
@@ -410,7 +559,7 @@ struct Attach: AsyncParsableCommand {
       _ = try? await attachment.closed.get()
     }
     await flushBeforeExit(volume, logger: logger)
-    await volume.unit.session.close()
+    await volume.close()
     if let urlFile { unlink(urlFile) }
     if volumeFile != nil { VolumeNameRecord.remove(index: attachment.index) }
     Foundation.exit(0)

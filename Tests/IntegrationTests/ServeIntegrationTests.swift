@@ -27,16 +27,15 @@ final class ServeIntegrationTests: XCTestCase {
     let login = LoginConfiguration(initiatorName: "iqn.2026-11.org.lunbridge.test:serve-init", targetName: Self.iqn)
     let config = SessionConfiguration(portal: Portal(host: "127.0.0.1", port: tgtd.port), login: login)
     let logger = Logger(label: "test")
-    let session = try await ISCSISession.connect(config, on: MultiThreadedEventLoopGroup.singleton.next())
-    let unit = try await LogicalUnit.open(session: session, lun: 1)
-    let volume = try Volume(unit: unit, logger: logger)
+    let url = ISCSIURL(portal: config.portal, targetName: Self.iqn, lun: 1)
+    let volume = try await Volume.open(paths: [PathSpec(url: url, configuration: config)], logger: logger)
     server = try await NBDExportServer.start(volume: volume, address: .unix(socketPath), logger: logger)
   }
 
   override func tearDown() async throws {
     if let server {
       await server.stop()
-      await server.volume.unit.session.close()
+      await server.volume.close()
     }
     tgtd?.stop()
     if let scratch { try? FileManager.default.removeItem(atPath: scratch) }
