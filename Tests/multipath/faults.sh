@@ -91,11 +91,17 @@ finish() {
   exit $?
 }
 
+HAVE_STATUS=1
+NO_STATUS_WHY=
 if [ "$SINGLE" = 1 ]; then
   echo "# MPATH_SINGLE=1: development mode, one path, no status checks (those fail)"
-elif ! mp_has_multipath; then
-  notok "lunbridge serve takes several URLs (--policy) and has a status command: $BIN has neither"
+  HAVE_STATUS= NO_STATUS_WHY="no multipath status in development mode (MPATH_SINGLE=1)"
+elif ! "$BIN" serve --help 2>&1 | grep -q -- '--policy'; then
+  notok "lunbridge serve takes several URLs (--policy): $BIN does not"
   finish
+elif ! "$BIN" status --help 2>&1 | grep -q 'USAGE: lunbridge status'; then
+  HAVE_STATUS= NO_STATUS_WHY="$BIN has no status command"
+  echo "# $NO_STATUS_WHY: every check that needs it fails"
 fi
 
 mp_log "setting up namespaces and tgtd (tag $TAG)"
@@ -108,8 +114,8 @@ ok "two NICs between namespaces $NS_I and $NS_T, tgtd on $ADDR_T1:$PORT and $ADD
 
 printf 'fault\tmax_wait_s\tmax_read_s\tmax_write_s\n' >"$OUT/stalls.tsv"
 
-# no_status DESCRIPTION: in development mode, a status check cannot run; it fails.
-no_status() { notok "$1 # no multipath status in this build (MPATH_SINGLE=1)"; }
+# no_status DESCRIPTION: a check that needs `lunbridge status` when there is none fails.
+no_status() { notok "$1 ($NO_STATUS_WHY)"; }
 
 # Field of path N (1 or 2) in a status file, "?" when missing.
 pf() { mp_path_field "$1" "$2" "$3" 2>/dev/null || echo "?"; }
@@ -138,16 +144,18 @@ lift() { # fault paths
 fio_result() { # fault json
   local r
   if r=$(python3 "$JSONQ" fio "$2" 2>&1); then
-    read -r FIO_ERR _ _ MAX_WAIT RMAX WMAX <<<"$r"
+    read -r FIO_ERR FIO_RB FIO_WB MAX_WAIT RMAX WMAX <<<"$r"
     printf '%s\t%s\t%s\t%s\n' "$1" "$MAX_WAIT" "$RMAX" "$WMAX" >>"$OUT/stalls.tsv"
     echo "# $1: longest I/O wait $MAX_WAIT s (reads $RMAX s, writes $WMAX s)"
   else
-    FIO_ERR=unknown MAX_WAIT=unknown
+    FIO_ERR=unknown MAX_WAIT=unknown FIO_RB=0 FIO_WB=0
     echo "# $1: no fio result: $r"
   fi
 }
 
 FIO_VERIFY=(--verify=crc32c --verify_backlog=64 --verify_fatal=1 --size=64M --iodepth=8 --bs=16k)
+# After a fault: write 16 MiB at random (each block once), then read all of it back.
+FIO_AFTER=(--rw=randwrite --verify=crc32c --verify_fatal=1 --size=16M --iodepth=8 --bs=16k)
 
 # One fault while fio runs: fault, faulted paths ("1", "2" or "1 2"), hold seconds, rw.
 fault_case() {
@@ -158,7 +166,7 @@ fault_case() {
     notok "$f: lunbridge serve starts with both paths (see $OUT/$f-serve.log)"
     return
   fi
-  if [ "$SINGLE" = 1 ]; then
+  if [ -z "$HAVE_STATUS" ]; then
     no_status "$f: both paths active before the fault"
   elif t=$(mp_wait_states 15 active "$s0"); then
     ok "$f: both paths active before the fault"
@@ -172,7 +180,7 @@ fault_case() {
   # While the fault lasts, watch the faulted paths' states.
   local end=$(($(date +%s) + hold)) seen=""
   while [ "$(date +%s)" -lt "$end" ]; do
-    if [ "$SINGLE" != 1 ] && mp_status "$sm"; then
+    if [ -n "$HAVE_STATUS" ] && mp_status "$sm"; then
       for p in $paths; do seen="$seen $p:$(pf "$sm" "$p" state)"; done
     fi
     sleep 0.5
@@ -182,12 +190,12 @@ fault_case() {
   wait "$FIO_PID" || rc=$?
   FIO_PID=
   fio_result "$f" "$json"
-  check "$f: fio $rw with crc32c verify exits 0, no verify error (longest I/O wait $MAX_WAIT s)" \
-    test "$rc" = 0 -a "$FIO_ERR" = 0
+  check "$f: fio $rw with crc32c verify exits 0, no verify error, data verified (longest I/O wait $MAX_WAIT s)" \
+    test "$rc" = 0 -a "$FIO_ERR" = 0 -a "$FIO_RB" -gt 0
   [ "$rc" = 0 ] || sed 's/^/#   fio: /' "$json.stderr" | grep -v '^#   fio: $' | head -n 5
 
-  if [ "$SINGLE" = 1 ]; then
-    no_status "$f: faulted path failed during the fault, active again after"
+  if [ -z "$HAVE_STATUS" ]; then
+    no_status "$f: faulted path failed during the fault, active again after, failure and reinstatement counted"
   else
     if [ "$f" != conn-delete ]; then # a deleted connection is back at once: maybe never seen failed
       local failed_seen=1
@@ -223,9 +231,12 @@ fault_case() {
   local jpost=$OUT/$f-after.json s2=$WORK/$f-s2.json
   mp_status "$s1" 2>/dev/null || true
   rc=0
-  mp_fio "$jpost" --rw=randwrite "${FIO_VERIFY[@]}" --time_based --runtime=3 || rc=$?
-  check "$f: fio verify pass after the fault exits 0" test "$rc" = 0
-  if [ "$SINGLE" = 1 ]; then
+  mp_fio "$jpost" "${FIO_AFTER[@]}" || rc=$?
+  fio_result "$f-after" "$jpost" >/dev/null
+  check "$f: fio verify pass after the fault exits 0, all $((FIO_WB / 1048576)) MiB written verified" \
+    test "$rc" = 0 -a "$FIO_ERR" = 0 -a "$FIO_RB" = "$FIO_WB" -a "$FIO_WB" -gt 0
+  [ "$rc" = 0 ] || sed 's/^/#   fio: /' "$jpost.stderr" | grep -v '^#   fio: $' | head -n 5
+  if [ -z "$HAVE_STATUS" ]; then
     no_status "$f: faulted path carries I/O again"
   else
     local grew=1 detail=""
@@ -240,6 +251,17 @@ fault_case() {
   fi
   check "$f: lunbridge serve still running after the fault" mp_server_alive
   mp_stop_server || true
+  log_states "$f"
+}
+
+# A note of the path state changes lunbridge logged (notice level) during one fault.
+log_states() {
+  local log=$OUT/$1-serve.log p
+  for p in path0 path1; do
+    echo "# $1: $p logged $(grep -c "notice lunbridge: path failed: [a-z-]*: .*path=$p " "$log" 2>/dev/null) failures" \
+      "(probe failures $(grep -c "path failed: probe-failed.*path=$p " "$log" 2>/dev/null))," \
+      "$(grep -c "notice lunbridge: path reinstated.*path=$p " "$log" 2>/dev/null) reinstatements"
+  done
 }
 
 # Both NICs down for longer than no-path-retry: EIO, then the export works again.
@@ -250,8 +272,10 @@ all_down_long() {
     notok "$f: lunbridge serve starts with both paths and --no-path-retry $npr (see $OUT/$f-serve.log)"
     return
   fi
-  if [ "$SINGLE" != 1 ]; then
+  if [ -n "$HAVE_STATUS" ]; then
     mp_wait_states 15 active "$s" >/dev/null || notok "$f: both paths active before the fault"
+  else
+    sleep 2 # both paths logged in (no status to ask)
   fi
   # Sequential writes at depth 4, no verify: the first failed write ends fio.
   mp_fio_bg "$json" --rw=write --bs=64k --iodepth=4 --size=64M --time_based --runtime=120
@@ -285,7 +309,7 @@ all_down_long() {
   # Not at once: I/O waits for a path for no-path-retry seconds first.
   check "$f: writes were held at least no-path-retry ($npr s) before EIO (took $took s)" \
     awk -v e="$eio" -v t="$took" -v n="$npr" 'BEGIN { exit !(e == 1 && t >= n) }'
-  if [ "$SINGLE" = 1 ]; then
+  if [ -z "$HAVE_STATUS" ]; then
     no_status "$f: noPathFailures counted"
   else
     local v
@@ -295,21 +319,23 @@ all_down_long() {
   fi
   sleep 1
   lift "$f"
-  if [ "$SINGLE" = 1 ]; then
+  if [ -z "$HAVE_STATUS" ]; then
     no_status "$f: every path active again after the NICs returned"
+    sleep 10 # let the probes find the paths (no status to ask)
   elif t=$(mp_wait_states 30 active "$s"); then
     ok "$f: every path active again ${t} s after the NICs returned"
   else
     notok "$f: every path active again within 30 s after the NICs returned"
   fi
   rc=0
-  mp_fio "$OUT/$f-after.json" --rw=randwrite "${FIO_VERIFY[@]}" --time_based --runtime=4 || rc=$?
+  mp_fio "$OUT/$f-after.json" "${FIO_AFTER[@]}" || rc=$?
   fio_result "$f-after" "$OUT/$f-after.json"
-  check "$f: the export works again: fresh fio verify pass exits 0 (no stale write landed over it)" \
-    test "$rc" = 0 -a "$FIO_ERR" = 0
+  check "$f: the export works again: fresh fio pass verifies all $((FIO_WB / 1048576)) MiB it wrote (no stale write landed over it)" \
+    test "$rc" = 0 -a "$FIO_ERR" = 0 -a "$FIO_RB" = "$FIO_WB" -a "$FIO_WB" -gt 0
   [ "$rc" = 0 ] || sed 's/^/#   fio: /' "$OUT/$f-after.json.stderr" | grep -v '^#   fio: $' | head -n 5
   check "$f: lunbridge serve still running" mp_server_alive
   mp_stop_server || true
+  log_states "$f"
 }
 
 for f in $FAULTS; do

@@ -30,7 +30,7 @@ mp_init() {
 
 # Does this lunbridge have the multipath CLI (several URLs, --policy, status)?
 mp_has_multipath() {
-  "$BIN" serve --help 2>&1 | grep -q -- '--policy' && "$BIN" status --help >/dev/null 2>&1
+  "$BIN" serve --help 2>&1 | grep -q -- '--policy' && "$BIN" status --help 2>&1 | grep -q 'USAGE: lunbridge status'
 }
 
 # mp_start_server NAME LOG URL... [-- OPTIONS...]: serve the URLs on $SOCK inside the

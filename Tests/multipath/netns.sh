@@ -11,7 +11,8 @@
 #   link-down TAG PATH | link-up TAG PATH        ip link set down/up (initiator side)
 #   blackhole TAG PATH | unblackhole TAG PATH    nft DROP of the path's traffic, both
 #                                                directions, in the initiator namespace
-#   reset TAG PATH | unreset TAG PATH            nft reject with tcp reset (RST at once)
+#   reset TAG PATH | unreset TAG PATH            nft reject with tcp reset in the target
+#                                                namespace: the initiator gets an RST at once
 #   conn-delete TAG PATH                         tgtadm deletes every iSCSI connection whose
 #                                                initiator address is on that path
 #   conns TAG                                    "sid cid address" of every connection
@@ -227,17 +228,18 @@ EOF
 }
 unblackhole() { nft_i delete table inet "lbbh$1" 2>/dev/null || true; }
 
-reset() { # PATH: answer every TCP segment on the path with a reset, both directions
+reset() { # PATH: the target side answers every TCP segment of the path with a reset
+  # (in the target namespace, so the RST crosses the wire as a target's or a switch's
+  # would; a reject in the initiator's own output hook reaches no local socket)
   local ifn
-  ifn=$(path_if "$1")
-  nft_i -f - <<EOF
+  ifn=$(path_tif "$1")
+  ip netns exec "$NS_T" nft -f - <<EOF
 table inet lbrst$1 {
   chain in { type filter hook input priority -10; policy accept; iifname "$ifn" meta l4proto tcp reject with tcp reset; }
-  chain out { type filter hook output priority -10; policy accept; oifname "$ifn" meta l4proto tcp reject with tcp reset; }
 }
 EOF
 }
-unreset() { nft_i delete table inet "lbrst$1" 2>/dev/null || true; }
+unreset() { ip netns exec "$NS_T" nft delete table inet "lbrst$1" 2>/dev/null || true; }
 
 limit() { # PATH RATE: tbf on both ends (initiator side shapes writes, target side reads)
   local rate=$2
