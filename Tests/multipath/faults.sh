@@ -12,6 +12,7 @@
 #   link-down       NIC 1 down for 8 s, then up                          (randwrite)
 #   blackhole       NIC 2's traffic dropped by nft for 8 s (no reset)     (randrw)
 #   conn-delete     path 1's iSCSI connection deleted with tgtadm         (randwrite)
+#   conn-storm      for 16 s, a connection deleted every second, paths in turn (randrw, depth 16)
 #   tgtd-stop       tgtd SIGSTOP for 5 s, then SIGCONT                    (randrw)
 #   all-down-short  both NICs down for 8 s (< no-path-retry 60 s)         (randwrite)
 #   all-down-long   both NICs down for longer than --no-path-retry 5: writes get EIO;
@@ -56,16 +57,18 @@ mp_need fio fio || missing=1
 mp_need python3 python3 || missing=1
 [ -z "$missing" ] || die "missing tools (above)"
 
-FAULTS=${MPATH_FAULTS:-link-down blackhole conn-delete tgtd-stop all-down-short all-down-long}
+FAULTS=${MPATH_FAULTS:-link-down blackhole conn-delete conn-storm tgtd-stop all-down-short all-down-long}
 SINGLE=${MPATH_SINGLE:-0}
 MP_SINGLE=$SINGLE
 TAG=f$(($$ % 10000000))
 WORK=$(mktemp -d /tmp/lbmp-f-XXXXXX)
 NETNS_UP=
+STORM_PID=
 
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  [ -z "$STORM_PID" ] || { kill "$STORM_PID" 2>/dev/null; wait "$STORM_PID" 2>/dev/null; }
   [ -z "$FIO_PID" ] || { kill -KILL "$FIO_PID" 2>/dev/null; wait "$FIO_PID" 2>/dev/null; }
   mp_stop_server || true
   [ -z "$NETNS_UP" ] || "$NETNS" teardown "$TAG" || true
@@ -126,6 +129,17 @@ inject() { # fault paths
   link-down) "$NETNS" link-down "$TAG" "$2" ;;
   blackhole) "$NETNS" blackhole "$TAG" "$2" ;;
   conn-delete) "$NETNS" conn-delete "$TAG" "$2" >/dev/null ;;
+  conn-storm) # a connection deleted every second, the two paths in turn, in the background
+    (
+      i=0
+      while :; do
+        sleep 1
+        i=$((i + 1))
+        "$NETNS" conn-delete "$TAG" $(((i % 2) + 1)) >/dev/null 2>&1 || true
+      done
+    ) &
+    STORM_PID=$!
+    ;;
   tgtd-stop) "$NETNS" tgtd-stop "$TAG" ;;
   all-down-short | all-down-long) "$NETNS" all-down "$TAG" ;;
   esac
@@ -135,6 +149,7 @@ lift() { # fault paths
   link-down) "$NETNS" link-up "$TAG" "$2" ;;
   blackhole) "$NETNS" unblackhole "$TAG" "$2" ;;
   conn-delete) : ;;
+  conn-storm) kill "$STORM_PID" 2>/dev/null; wait "$STORM_PID" 2>/dev/null; STORM_PID= ;;
   tgtd-stop) "$NETNS" tgtd-cont "$TAG" ;;
   all-down-short | all-down-long) "$NETNS" all-up "$TAG" ;;
   esac
@@ -159,7 +174,7 @@ FIO_AFTER=(--rw=randwrite --verify=crc32c --verify_fatal=1 --size=16M --iodepth=
 
 # One fault while fio runs: fault, faulted paths ("1", "2" or "1 2"), hold seconds, rw.
 fault_case() {
-  local f=$1 paths=$2 hold=$3 rw=$4 lead=3 tail=4 p s0=$WORK/$1-s0.json s1=$WORK/$1-s1.json
+  local f=$1 paths=$2 hold=$3 rw=$4 qd=${5:-8} lead=3 tail=4 p s0=$WORK/$1-s0.json s1=$WORK/$1-s1.json
   local sm=$WORK/$1-during.json json=$OUT/$1.json t
   mp_log "$f: paths $paths, $hold s, fio $rw"
   if ! mp_start_server "mp-$f" "$OUT/$f-serve.log" "$URL1" "$URL2"; then
@@ -174,7 +189,7 @@ fault_case() {
     notok "$f: both paths active before the fault (states: $(python3 "$JSONQ" paths "$s0" 2>&1 | awk '{ printf "%s ", $3 }'))"
   fi
 
-  mp_fio_bg "$json" --rw="$rw" "${FIO_VERIFY[@]}" --time_based --runtime=$((lead + hold + tail))
+  mp_fio_bg "$json" --rw="$rw" "${FIO_VERIFY[@]}" --iodepth="$qd" --time_based --runtime=$((lead + hold + tail))
   sleep "$lead"
   inject "$f" "$paths"
   # While the fault lasts, watch the faulted paths' states.
@@ -197,7 +212,7 @@ fault_case() {
   if [ -z "$HAVE_STATUS" ]; then
     no_status "$f: faulted path failed during the fault, active again after, failure and reinstatement counted"
   else
-    if [ "$f" != conn-delete ]; then # a deleted connection is back at once: maybe never seen failed
+    if [ "$f" != conn-delete ] && [ "$f" != conn-storm ]; then # a deleted connection is back at once: maybe never seen failed
       local failed_seen=1
       for p in $paths; do
         grep -Eq " $p:(failed|probing)" <<<"$seen" || failed_seen=
@@ -343,6 +358,7 @@ for f in $FAULTS; do
   link-down) fault_case link-down 1 8 randwrite ;;
   blackhole) fault_case blackhole 2 8 randrw ;;
   conn-delete) fault_case conn-delete 1 2 randwrite ;;
+  conn-storm) fault_case conn-storm "1 2" 16 randrw 16 ;;
   tgtd-stop) fault_case tgtd-stop "1 2" 5 randrw ;;
   all-down-short) fault_case all-down-short "1 2" 8 randwrite ;;
   all-down-long) all_down_long ;;
