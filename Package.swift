@@ -59,8 +59,11 @@ let package = Package(
         "ISCSIInitiator", "ISCSIProtocol", "SCSI", "NBDProtocol", "NBDKernel", "Multipath",
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
         .product(name: "Logging", package: "swift-log"),
       ]),
+    // main.swift holds the @main command; with more than one file in the target SwiftPM
+    // compiles main.swift as top-level code unless told otherwise.
     .executableTarget(
       name: "lunbridge",
       dependencies: [
@@ -88,6 +91,7 @@ let package = Package(
         "Bridge", "NBDProtocol", "NBDKernel", "ISCSIInitiator",
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "Logging", package: "swift-log"),
       ]),
     .testTarget(
       name: "ISCSIProtocolTests",

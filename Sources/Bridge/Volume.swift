@@ -25,6 +25,16 @@ public struct PathSpec: Sendable {
   }
 }
 
+/// What happened inside a volume, in order, for tests that check the write-ordering rule.
+public enum VolumeEvent: Hashable, Sendable {
+  /// An I/O was sent on a path (`attempt` 1 is its first send).
+  case dispatched(io: UInt64, isWrite: Bool, path: UInt32, attempt: Int)
+  case pathFailed(path: UInt32)
+  /// Nothing sent earlier on the path can reach the LU any more.
+  case fenced(path: UInt32)
+  case completed(io: UInt64, success: Bool)
+}
+
 /// How a volume schedules its paths and what it calls itself.
 public struct VolumeOptions: Sendable {
   public var multipath = MultipathConfiguration(
@@ -69,6 +79,12 @@ public final class Volume: @unchecked Sendable {
     let session: ISCSISession
     var unit: LogicalUnit?
     var fencing = false
+    var fenceStarted = NIODeadline.now()
+    /// The session's reinstatement count when the fence began: a later login of its own
+    /// ended the old session too.
+    var reinstatementsAtFence = 0
+    /// Taken away by a reload: never probed again; its session is closed.
+    var removed = false
     var probing = false
     var failures: UInt64 = 0
     var reinstatements: UInt64 = 0
@@ -108,6 +124,9 @@ public final class Volume: @unchecked Sendable {
   private var sampler: RepeatedTask?
   private var closed = false
   private let opened = NIODeadline.now()
+
+  /// Called on the event loop with every `VolumeEvent` (tests only; nil otherwise).
+  public var observer: ((VolumeEvent) -> Void)?
 
   /// Counters for `status`, metrics and tests.
   public private(set) var counts = RequestCounts()
@@ -373,6 +392,7 @@ public final class Volume: @unchecked Sendable {
     entry.dispatched = .now()
     pending[io.id] = entry
     let attempt = entry.attempt
+    observer?(.dispatched(io: io.id, isWrite: io.isWrite, path: pathID.rawValue, attempt: attempt))
     guard let unit = path.unit else {
       // Cannot happen (a path without a LU is never usable); treat it as a path failure.
       finished(io.id, on: pathID, attempt: attempt, .failure(ISCSIError(.pathDown, "path has no logical unit")))
@@ -403,6 +423,7 @@ public final class Volume: @unchecked Sendable {
     switch result {
     case .success(let data):
       pending[id] = nil
+      observer?(.completed(io: id, success: true))
       run(machine.completed(entry.token, path: pathID, latency: latency, success: true))
       entry.promise.succeed(data)
     case .failure(let error) where Volume.isPathError(error):
@@ -410,6 +431,7 @@ public final class Volume: @unchecked Sendable {
       failPath(pathID, PathFailure(.connectionLost, context: describeError(error)))
     case .failure(let error):
       pending[id] = nil
+      observer?(.completed(io: id, success: false))
       run(machine.completed(entry.token, path: pathID, latency: latency, success: false))
       entry.promise.fail(error)
     }
@@ -431,6 +453,7 @@ public final class Volume: @unchecked Sendable {
     switch state {
     case .active, .standby:
       paths[id]?.failures += 1
+      observer?(.pathFailed(path: id.rawValue))
       run(machine.pathFailed(id, reason: failure))
     case .probing:
       run(machine.pathFailed(id, reason: failure))
@@ -522,14 +545,27 @@ public final class Volume: @unchecked Sendable {
   private func fence(_ id: PathID) {
     guard let path = paths[id], !path.fencing, !closed else { return }
     path.fencing = true
+    path.fenceStarted = .now()
+    path.reinstatementsAtFence = path.session.reinstatements
     attemptFence(path, attempt: 0)
   }
 
   private func attemptFence(_ path: Path, attempt: Int) {
     guard path.fencing, !closed else { return }
-    if path.session.state == .fullFeature {
+    if path.session.state == .fullFeature && path.session.reinstatements > path.reinstatementsAtFence {
       // Logged in again (its probe reinstated it): the old tasks are gone.
       fenced(path, how: "session reinstated")
+      return
+    }
+    let bound = TimeAmount.nanoseconds(machine.configuration.noPathRetry.nanosecondsSaturating)
+    if NIODeadline.now() - path.fenceStarted >= bound {
+      // No way to end the old session within no-path-retry: its writes fail with EIO
+      // rather than wait forever (re-sending them is what must not happen).
+      path.fencing = false
+      logger.warning(
+        "could not fence a failed path within no-path-retry; failing its unfinished writes",
+        metadata: ["path": "\(path.id)"])
+      run(machine.abandonFenced(path.id))
       return
     }
     // A working path in the same portal group: log in there with the failed session's
@@ -545,8 +581,12 @@ public final class Volume: @unchecked Sendable {
       eventLoop.scheduleTask(in: .milliseconds(250)) { [self] in attemptFence(path, attempt: attempt + 1) }
       return
     }
-    var config = helper.session.configuration
-    config.login.isid = path.session.configuration.login.isid
+    // The failed session's own login settings (initiator name, ISID, CHAP), reaching the
+    // target through the working path's portal and NIC.
+    var config = path.session.configuration
+    config.portal = helper.spec.configuration.portal
+    config.interface = helper.spec.configuration.interface
+    config.sourceAddress = helper.spec.configuration.sourceAddress
     config.failFast = true
     config.loginTimeout = min(config.loginTimeout, .seconds(5))
     let fenceSession = ISCSISession.unconnected(config, on: eventLoop, logger: logger)
@@ -567,13 +607,14 @@ public final class Volume: @unchecked Sendable {
     guard path.fencing else { return }
     path.fencing = false
     logger.info("path fenced: \(how)", metadata: ["path": "\(path.id)"])
+    observer?(.fenced(path: path.id.rawValue))
     run(machine.pathFenced(path.id))
   }
 
   /// Reconnect (a login with the same ISID), open the LU if it never was, check it is the
   /// same LU, TEST UNIT READY.
   private func probe(_ id: PathID) {
-    guard let path = paths[id], !path.probing, !closed else { return }
+    guard let path = paths[id], !path.probing, !path.removed, !closed else { return }
     path.probing = true
     let session = path.session
     session.reconnect().flatMap { [self] () -> EventLoopFuture<LogicalUnit> in
@@ -604,6 +645,71 @@ public final class Volume: @unchecked Sendable {
         logger.info("probe failed", metadata: ["path": "\(id)", "error": "\(describeError(error))"])
         run(machine.probeFailed(id, reason: PathFailure(.probeFailed, context: describeError(error))))
       }
+    }
+  }
+
+  // MARK: - Reload
+
+  /// Applies a reloaded configuration without detaching: paths no longer listed are taken
+  /// away (their I/O moves to the others, writes after fencing), new ones are added and
+  /// probed, the policy, failback and no-path-retry change, and every session takes the
+  /// new keepalive and command timeouts. Paths are matched by URL (with its ?iface= or
+  /// ?source=) and session number. Returns a one-line summary.
+  public func reconfigure(paths specs: [PathSpec], multipath: MultipathConfiguration) -> EventLoopFuture<String> {
+    eventLoop.submit { [self] in
+      guard !closed else { throw BridgeError("the volume is closing") }
+      func key(_ s: PathSpec, _ n: Int) -> String { "\(s.url)#\(n)" }
+      var wanted: [String: PathSpec] = [:]
+      var seen: [String: Int] = [:]
+      var wantedOrder: [String] = []
+      for spec in specs {
+        let n = seen[spec.url.description, default: 0]
+        seen[spec.url.description] = n + 1
+        wanted[key(spec, n)] = spec
+        wantedOrder.append(key(spec, n))
+      }
+      var existing: [String: Path] = [:]
+      var count: [String: Int] = [:]
+      for id in order {
+        guard let p = paths[id], !p.removed else { continue }
+        let n = count[p.spec.url.description, default: 0]
+        count[p.spec.url.description] = n + 1
+        existing[key(p.spec, n)] = p
+      }
+      var removed = 0
+      var added = 0
+      for (k, p) in existing where wanted[k] == nil {
+        removed += 1
+        p.removed = true
+        timers.removeValue(forKey: .probe(p.id))?.cancel()
+        logger.notice("removing path", metadata: ["path": "\(p.id)", "url": "\(p.spec.url)"])
+        run(machine.removePath(p.id))
+        let session = p.session
+        session.close(timeout: .seconds(5)).whenComplete { _ in }
+      }
+      run(machine.reconfigure(multipath))
+      for k in wantedOrder {
+        let spec = wanted[k]!
+        if let p = existing[k] {
+          p.session.updateTimeouts(
+            keepaliveInterval: spec.configuration.keepaliveInterval,
+            keepaliveTimeout: spec.configuration.keepaliveTimeout,
+            commandTimeout: spec.configuration.commandTimeout)
+          continue
+        }
+        added += 1
+        var config = spec.configuration
+        config.failFast = true
+        let id = PathID((order.map(\.rawValue).max() ?? 0) + 1)
+        let path = Path(id: id, spec: spec, session: ISCSISession.unconnected(config, on: eventLoop, logger: logger))
+        add(path)
+        // Not logged in yet: it takes I/O once its first probe succeeds.
+        run(machine.pathFailed(id, reason: PathFailure(.probeFailed, context: "new path, not logged in yet")))
+      }
+      let summary =
+        "reloaded: \(specs.count) path(s), \(added) added, \(removed) removed, policy \(multipath.policy), no-path-retry \(multipath.noPathRetry.components.seconds) s"
+      logger.notice("\(summary)")
+      return summary
     }
   }
 
@@ -692,6 +798,17 @@ public final class Volume: @unchecked Sendable {
   /// Path states, for tests: "active", "failed", ...
   public func pathStates() -> EventLoopFuture<[String]> {
     report().map { $0.paths.map(\.state) }
+  }
+
+  /// Sets `observer` on the event loop.
+  public func observe(_ observer: @escaping (VolumeEvent) -> Void) -> EventLoopFuture<Void> {
+    eventLoop.submit { self.observer = observer }
+  }
+
+  /// Gives up on a path's connection as a black hole would (keepalive timeout) but
+  /// leaves it open, so the target keeps the old session (for tests).
+  public func abandonPathForTesting(_ index: Int) {
+    eventLoop.execute { [self] in paths[PathID(UInt32(index))]?.session.abandonConnectionForTesting() }
   }
 
   /// Drops a path's connection as a cable pull would (for tests).

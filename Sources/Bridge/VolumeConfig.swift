@@ -58,6 +58,14 @@ public struct VolumeConfig: Equatable, Sendable {
   public var readOnly: Bool = false
   /// NBD sockets (nil: the number of CPUs), 1...64.
   public var connections: Int?
+  /// iSCSI sessions per path URL (nil: 1).
+  public var sessionsPerPath: Int?
+  /// `immediate`, `manual`, or seconds (nil: immediate).
+  public var failback: String?
+  /// Seconds a SCSI command may take before its path counts as failed (nil: default).
+  public var commandTimeout: Int?
+  /// `tcp:[HOST:]PORT` for Prometheus metrics (nil: none).
+  public var metrics: String?
 
   /// The line each key was set on, for `validate()`'s messages.
   public var lines: [String: Int] = [:]
@@ -66,6 +74,7 @@ public struct VolumeConfig: Equatable, Sendable {
     "paths", "initiator_name", "chap_user", "chap_secret_file", "mutual_user", "mutual_secret_file",
     "chap_algorithms", "header_digest", "data_digest", "policy", "keepalive_interval", "keepalive_timeout",
     "login_timeout", "timeout", "dead_conn_timeout", "no_path_retry", "device", "read_only", "connections",
+    "sessions_per_path", "failback", "command_timeout", "metrics",
   ]
 
   /// Keys people write from habit (command-line spellings are caught by the edit distance).
@@ -306,6 +315,31 @@ public struct VolumeConfig: Equatable, Sendable {
           throw d.error(.invalidValue, entry, "key 'connections' must be between 1 and 64, got \(n)")
         }
         connections = Int(n)
+      case "sessions_per_path":
+        let n = try d.integer(entry, what: "an integer")
+        guard (1...16).contains(n) else {
+          throw d.error(.invalidValue, entry, "key 'sessions_per_path' must be between 1 and 16, got \(n)")
+        }
+        sessionsPerPath = Int(n)
+      case "failback":
+        if case .integer(let n) = entry.node.value {
+          guard n >= 0 else { throw d.error(.invalidValue, entry, "key 'failback' must be 0 or more seconds, got \(n)") }
+          failback = String(n)
+        } else {
+          let v = try d.string(entry).lowercased()
+          guard v == "immediate" || v == "manual" || Int(v).map({ $0 >= 0 }) == true else {
+            throw d.error(
+              .invalidValue, entry, "key 'failback' must be \"immediate\", \"manual\" or a number of seconds, got '\(v)'")
+          }
+          failback = v
+        }
+      case "command_timeout": commandTimeout = try d.seconds(entry, min: 1)
+      case "metrics":
+        let v = try d.string(entry)
+        guard v.hasPrefix("tcp:") else {
+          throw d.error(.invalidValue, entry, "key 'metrics' must be tcp:[HOST:]PORT, got '\(v)'")
+        }
+        metrics = v
       default:
         let suggestion = Self.closestKey(to: entry.key)
         throw VolumeConfigError(
@@ -523,6 +557,20 @@ private struct Decoder {
         throw error(
           .badURL, entry,
           "key 'paths': \(url) carries a CHAP secret in the URL; remove it and use chap_secret_file (mode 600)",
+          line: item.line)
+      }
+      for key in url.query.keys.sorted() where key != "iface" && key != "source" {
+        throw error(
+          .badURL, entry, "key 'paths': unknown parameter '\(key)' in \(url): use ?iface=NIC or ?source=ADDRESS",
+          line: item.line)
+      }
+      if url.query["iface"] != nil && url.query["source"] != nil {
+        throw error(.badURL, entry, "key 'paths': \(url) names both iface= and source=: give one", line: item.line)
+      }
+      if let first = urls.first, first.targetName != url.targetName || first.lun != url.lun {
+        throw error(
+          .invalidValue, entry,
+          "key 'paths': every path must reach the same target and LUN (\(first.targetName)/\(first.lun), not \(url.targetName)/\(url.lun))",
           line: item.line)
       }
       if let first = seen[url.description] {

@@ -51,7 +51,7 @@ public struct SessionConfiguration: Sendable {
 /// All state lives on one event loop; the public methods hop there.
 public final class ISCSISession: @unchecked Sendable {
   public let eventLoop: EventLoop
-  public let configuration: SessionConfiguration
+  public private(set) var configuration: SessionConfiguration
   var logger: Logger
 
   public enum State: Equatable, Sendable {
@@ -765,7 +765,13 @@ public final class ISCSISession: @unchecked Sendable {
     logger.log(level: configuration.failFast ? .info : .error, "iSCSI connection lost: \(describe(error))")
     self.channel = nil
     self.handler = nil
-    channel.close(promise: nil)
+    if configuration.failFast, let provider = channel as? SocketOptionProvider {
+      // Reset instead of a graceful close: whatever is still queued in the socket (writes
+      // of this path) is discarded, not retransmitted to the target later.
+      _ = provider.setSoLinger(linger(l_onoff: 1, l_linger: 0)).always { _ in channel.close(promise: nil) }
+    } else {
+      channel.close(promise: nil)
+    }
     guard state == .fullFeature else { return }
     if configuration.failFast {
       handBackCommands(reason: describe(error))
@@ -794,6 +800,16 @@ public final class ISCSISession: @unchecked Sendable {
     logoutPromise = nil
     logoutWaiter?.succeed(())
     onConnectionLost?(reason)
+  }
+
+  /// New keepalive and command timeouts (a reload), used from the next check on.
+  public func updateTimeouts(keepaliveInterval: TimeAmount, keepaliveTimeout: TimeAmount, commandTimeout: TimeAmount) {
+    eventLoop.execute { [self] in
+      configuration.keepaliveInterval = keepaliveInterval
+      configuration.keepaliveTimeout = keepaliveTimeout
+      configuration.commandTimeout = commandTimeout
+      if state == .fullFeature { startTicking() }
+    }
   }
 
   /// Multipath: logs in again after a lost connection (same ISID, TSIH 0: the target
@@ -943,8 +959,14 @@ public final class ISCSISession: @unchecked Sendable {
 
   private func finishClose() -> EventLoopFuture<Void> {
     state = .closed
+    for c in abandoned { c.close(promise: nil) }
+    abandoned = []
     for (_, entry) in inFlight {
-      entry.pending.promise.fail(ISCSIError(.sessionFailed, "the session closed before the command completed"))
+      // Multipath: a path taken away by a reload closes with commands still out; they
+      // go to another path (after fencing) rather than fail.
+      entry.pending.promise.fail(
+        ISCSIError(
+          configuration.failFast ? .pathDown : .sessionFailed, "the session closed before the command completed"))
     }
     inFlight = [:]
     let old = channel
@@ -952,6 +974,21 @@ public final class ISCSISession: @unchecked Sendable {
     guard let old else { return eventLoop.makeSucceededVoidFuture() }
     return old.close().recover { _ in }
   }
+
+  /// Multipath tests: gives up on the connection as a black hole would make us (a
+  /// keepalive timeout), but leaves the TCP connection open, so the target still holds
+  /// the session and its tasks. Closed with the session.
+  public func abandonConnectionForTesting() {
+    eventLoop.execute { [self] in
+      guard let channel, state == .fullFeature, configuration.failFast else { return }
+      abandoned.append(channel)
+      self.channel = nil
+      self.handler = nil
+      lastError = "abandoned for testing"
+      handBackCommands(reason: "abandoned for testing")
+    }
+  }
+  private var abandoned: [Channel] = []
 
   /// Closes the TCP connection without logging out, as a cable pull would (for tests).
   public func dropConnectionForTesting() {

@@ -164,6 +164,23 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
       before, subject: id, reason: "fenced; \(record.fenced.count) write(s) re-sent", &actions)
   }
 
+  /// The caller could not fence the path in time (no path came back within its own
+  /// no-path-retry bound): its fenced writes fail with `.noPath` instead of being re-sent.
+  /// Failing a write is safe where re-sending it is not: the user sees EIO, as for any
+  /// write whose fate is unknown.
+  public mutating func abandonFenced(_ id: PathID) -> [Action] {
+    guard let record = self.paths[id], !record.fenced.isEmpty else { return [] }
+    let before = self.states()
+    var actions: [Action] = []
+    self.paths[id]!.fenced = []
+    for io in record.fenced {
+      actions.append(.fail(io, .noPath))
+    }
+    self.forgetIfSettled(id)
+    return self.finish(
+      before, subject: id, reason: "not fenced in time; \(record.fenced.count) write(s) failed", &actions)
+  }
+
   /// The administrator takes the path out: handled as a failure, but never probed.
   public mutating func disablePath(_ id: PathID) -> [Action] {
     guard var record = self.paths[id], !record.removing, record.health != .disabled else { return [] }
@@ -243,6 +260,21 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
   }
 
   /// Manual failback: reinstated paths waiting for failback take I/O now.
+  /// New policy, failback or no-path-retry (a reload). I/O in flight stays where it is;
+  /// the next I/O follows the new policy. Queued I/O keeps the deadline it was given.
+  /// Switching failback to `.immediate` releases paths held for failback.
+  public mutating func reconfigure(_ configuration: MultipathConfiguration) -> [Action] {
+    let before = self.states()
+    var actions: [Action] = []
+    self.configuration = configuration
+    self.roundRobinCurrent = nil
+    self.roundRobinRemaining = 0
+    if configuration.failback == .immediate {
+      self.releaseAllHeld(&actions)
+    }
+    return self.finish(before, subject: nil, reason: "configuration reloaded", &actions)
+  }
+
   public mutating func failback() -> [Action] {
     let before = self.states()
     var actions: [Action] = []

@@ -264,6 +264,30 @@ final class MultipathStateMachineTests: XCTestCase {
     XCTAssertEqual(machine.pathFenced(p1), [])
   }
 
+  func testReconfigureSwitchesPolicyForTheNextIO() {
+    var machine = makeMachine(.queueLength, paths: [(p1, 1, 50), (p2, 2, 50)])
+    XCTAssertEqual(dispatched(&machine, [read(1), read(2)]), [p1, p2])
+    var failover = machine.configuration
+    failover.policy = .failover
+    let actions = machine.reconfigure(failover)
+    // p2's group is worse under failover: it stands by (its read stays in flight).
+    XCTAssertTrue(actions.contains(log(p2, .active, .standby, "configuration reloaded")), "\(actions)")
+    XCTAssertEqual(dispatched(&machine, [read(3), read(4)]), [p1, p1])
+    XCTAssertEqual(machine.configuration.policy, .failover)
+  }
+
+  func testFencedWritesThatCannotBeFencedFailInsteadOfBeingResent() {
+    var machine = makeMachine(.queueLength, paths: [(p1, 1, 50), (p2, 1, 50)])
+    XCTAssertEqual(dispatched(&machine, [write(1), write(2)]), [p1, p2])
+    _ = machine.pathFailed(p1, reason: down)
+    XCTAssertEqual(machine.status()[0].fencedWrites, 1)
+    XCTAssertEqual(machine.abandonFenced(p1), [.fail(write(1), .noPath)])
+    XCTAssertEqual(machine.status()[0].fencedWrites, 0)
+    // Nothing is left to re-send when the fence comes late.
+    XCTAssertEqual(machine.pathFenced(p1), [])
+    XCTAssertEqual(machine.abandonFenced(p1), [])
+  }
+
   func testFencedWriteThatCompletesOnItsOldPathIsNotResent() {
     var machine = makeMachine(.queueLength, paths: [(p1, 1, 50), (p2, 1, 50)])
     XCTAssertEqual(dispatched(&machine, [write(1)]), [p1])

@@ -108,6 +108,54 @@ if [ -n "$dev" ]; then
   dev=""
 fi
 
+# Multipath on the kernel path: a volume file with one portal, metrics and status; SIGHUP
+# after adding a second portal (127.0.0.2) to the file; a connection cut by tgtd while fio
+# verifies; both paths active again afterwards; a metrics scrape that counts fio's I/O.
+PY=/usr/bin/python3
+P=$(cat "$T/port"); CP=$(cat "$T/cp")
+tgtadm -C "$CP" --lld iscsi --op new --mode portal --param portal=127.0.0.2:"$P"
+url2="iscsi://127.0.0.2:$P/$TGTD_IQN/1"
+vol=/etc/lunbridge/volumes/mpvol.toml
+printf 'paths = ["%s"]\nconnections = 2\nmetrics = "tcp:127.0.0.1:9617"\n' "$url" >$vol
+chmod 600 $vol
+dev=$(timeout 60 "$LB" attach mpvol 2>"$T/attach4.err")
+check "attach mpvol printed '$dev' ($(cat "$T/attach4.err"))" test -b "${dev:-/nonexistent}"
+mp_pid=$(pgrep -f "lunbridge attach mpvol" | head -1)
+paths_up() {  # paths_up N: status --json shows exactly N paths, all active
+  "$LB" status mpvol --json >"$T/status.json" 2>"$T/status.err" &&
+    $PY -c 'import json,sys; p=json.load(open(sys.argv[1]))[0]["paths"]; sys.exit(not (len(p)==int(sys.argv[2]) and all(x["state"]=="active" for x in p)))' "$T/status.json" "$1"
+}
+wait_paths_up() { for _ in $(seq 1 60); do paths_up "$1" && return 0; sleep 0.5; done; return 1; }
+check "status mpvol: one path, active" wait_paths_up 1
+printf 'paths = ["%s", "%s"]\nconnections = 2\nmetrics = "tcp:127.0.0.1:9617"\npolicy = "round-robin"\n' \
+  "$url" "$url2" >$vol
+check "SIGHUP to the serving process (pid ${mp_pid:-none})" kill -HUP "${mp_pid:-none}"
+check "after the reload: two paths, both active" wait_paths_up 2
+"$LB" status mpvol | sed 's/^/# /'
+fio --name=mpath --filename="$dev" --ioengine=libaio --direct=1 --rw=randwrite --bs=4k --iodepth=8 \
+  --size=16m --time_based --runtime=12 --verify=crc32c --verify_fatal=1 --verify_backlog=256 \
+  --output-format=terse --output="$T/fio-mpath.txt" &
+fio_pid=$!
+sleep 4
+victim=$(tgtadm -C "$CP" --lld iscsi --op show --mode conn --tid 1 | awk '/Session:/ {s=$2} /Connection:/ {print s, $2; exit}')
+check "tgtadm deletes one connection ($victim) during fio" \
+  tgtadm -C "$CP" --lld iscsi --op delete --mode conn --tid 1 --sid "${victim% *}" --cid "${victim#* }"
+wait $fio_pid
+fio_rc=$?
+check "fio verify through a lost path (rc $fio_rc)" test $fio_rc -eq 0
+check "both paths active again after the cut" wait_paths_up 2
+check "status counts the path failure and reinstatement" $PY -c '
+import json,sys
+p=json.load(open(sys.argv[1]))[0]["paths"]
+sys.exit(not (sum(x["failures"] for x in p) >= 1 and sum(x["reinstatements"] for x in p) >= 1 and all(x["ios"] > 0 for x in p)))' "$T/status.json"
+curl -sf http://127.0.0.1:9617/metrics >"$T/metrics.txt"
+check "metrics scrape parses as Prometheus text" "$REPO/Tests/scripts/prom-check.py" "$T/metrics.txt"
+fio_writes=$(( $(cut -d';' -f47 "$T/fio-mpath.txt" | head -1) / 4 ))  # terse v3 field 47: KiB written, 4 KiB each
+nbd_writes=$("$REPO/Tests/scripts/prom-check.py" "$T/metrics.txt" 'lunbridge_requests_total{type="write"}')
+check "metrics count fio's writes ($nbd_writes >= $fio_writes)" test "${nbd_writes:-0}" -ge "${fio_writes:-1}"
+check "detach mpvol" "$LB" detach "$dev"
+dev=""
+
 # Errors a user meets.
 out=$("$LB" attach "iscsi://127.0.0.1:$(cat "$T/port")/iqn.2026-11.org.lunbridge:nope/1" 2>&1); rc=$?
 check "unknown target: one line, non-zero ($out)" bash -c "[ $rc -ne 0 ] && [ \$(wc -l <<<'$out') -eq 1 ]"

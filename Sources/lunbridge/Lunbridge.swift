@@ -282,7 +282,7 @@ struct PathOptions: ParsableArguments {
       if let v = value, !(1...3600).contains(v) { throw ValidationError("--\(name) must be between 1 and 3600 seconds") }
     }
     _ = try selectorPolicy(volume: nil)
-    _ = try failbackPolicy()
+    _ = try failbackPolicy(volume: nil)
   }
 
   func selectorPolicy(volume: VolumeConfig?) throws -> SelectorPolicy {
@@ -296,8 +296,8 @@ struct PathOptions: ParsableArguments {
     return volume.flatMap { SelectorPolicy(argument: $0.policy.rawValue) } ?? .serviceTime
   }
 
-  func failbackPolicy() throws -> FailbackPolicy {
-    guard let failback else { return .immediate }
+  func failbackPolicy(volume: VolumeConfig?) throws -> FailbackPolicy {
+    guard let failback = failback ?? volume?.failback else { return .immediate }
     switch failback {
     case "immediate": return .immediate
     case "manual": return .manual
@@ -314,7 +314,7 @@ struct PathOptions: ParsableArguments {
     o.name = name
     o.readOnly = readOnly
     o.multipath.policy = try selectorPolicy(volume: volume)
-    o.multipath.failback = try failbackPolicy()
+    o.multipath.failback = try failbackPolicy(volume: volume)
     o.multipath.noPathRetry = .seconds(Int64(noPathRetry ?? volume?.noPathRetry ?? 60))
     return o
   }
@@ -351,14 +351,14 @@ func pathSpecs(
   }
   var specs: [PathSpec] = []
   for (index, url) in urls.enumerated() {
-    for _ in 0..<(paths.sessionsPerPath ?? 1) {
+    for _ in 0..<(paths.sessionsPerPath ?? volume?.sessionsPerPath ?? 1) {
       var config = try options.sessionConfiguration(
         portal: url.portal, targetName: url.targetName, urlUser: url.user, urlPassword: url.password, volume: volume)
       config.interface = url.query["iface"]
       config.sourceAddress = url.query["source"]
       config.keepaliveInterval = .seconds(Int64(paths.keepaliveInterval ?? volume?.keepaliveInterval ?? 2))
       config.keepaliveTimeout = .seconds(Int64(paths.keepaliveTimeout ?? volume?.keepaliveTimeout ?? 2))
-      config.commandTimeout = .seconds(Int64(paths.commandTimeout ?? 30))
+      config.commandTimeout = .seconds(Int64(paths.commandTimeout ?? volume?.commandTimeout ?? 30))
       specs.append(PathSpec(url: url, configuration: config, group: index, priority: 0))
     }
   }
@@ -395,6 +395,41 @@ func openVolume(
   return try await Volume.open(paths: specs, options: volumeOptions, logger: logger)
 }
 
+/// The control socket (`lunbridge status`, `lunbridge reload`) and, if asked, the
+/// Prometheus endpoint of one running volume. Neither is essential to serving I/O: a
+/// failure to start them is a warning.
+struct Observability {
+  var control: ControlServer?
+  var metrics: MetricsServer?
+
+  static func start(
+    name: String, volume: Volume, device: String?, export: String?, metrics address: String?,
+    reload: (@Sendable () -> EventLoopFuture<String>)?, logger: Logger
+  ) async throws -> Observability {
+    var o = Observability()
+    let report: @Sendable () -> EventLoopFuture<VolumeStatusReport> = {
+      volume.report(device: device, export: export)
+    }
+    do {
+      o.control = try await ControlServer.start(name: name, report: report, reload: reload, logger: logger)
+    } catch {
+      logger.warning("no control socket, so no `lunbridge status` for this volume: \(error)")
+    }
+    if let address {
+      // An explicit request: failing to serve it is an error.
+      let server = try await MetricsServer.start(listen: address, reports: { report().map { [$0] } }, logger: logger)
+      logger.notice("metrics at http://\(server.host):\(server.boundPort ?? server.port)/metrics")
+      o.metrics = server
+    }
+    return o
+  }
+
+  func stop() async {
+    await control?.stop()
+    await metrics?.stop()
+  }
+}
+
 struct Serve: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Serve a LUN as an NBD export on a socket until SIGINT or SIGTERM.")
@@ -407,6 +442,9 @@ struct Serve: AsyncParsableCommand {
 
   @Option(help: "Name of the volume in status and metrics (default serve-PID).")
   var name: String?
+
+  @Option(help: "Serve Prometheus metrics over HTTP at tcp:[HOST:]PORT (default host 127.0.0.1).")
+  var metrics: String?
 
   @Flag(help: "Refuse writes.")
   var readOnly = false
@@ -425,9 +463,13 @@ struct Serve: AsyncParsableCommand {
     let server = try await NBDExportServer.start(volume: volume, address: address, logger: logger)
     var shown = address
     if case .tcp(let h, 0) = address, let p = server.boundPort { shown = .tcp(host: h, port: p) }
+    let observability = try await Observability.start(
+      name: volume.options.name, volume: volume, device: nil, export: shown.uri, metrics: metrics, reload: nil,
+      logger: logger)
     FileHandle.standardError.write(Data("lunbridge: serving \(url) at \(shown.uri)\n".utf8))
     let sig = await waitForTerminationSignal()
     logger.notice("stopping", metadata: ["signal": "\(sig)"])
+    await observability.stop()
     await server.stop()
     await flushBeforeExit(volume, logger: logger)
     await volume.close()
@@ -468,6 +510,9 @@ struct Attach: AsyncParsableCommand {
 
   @Flag(help: "Stay in the foreground.")
   var foreground = false
+
+  @Option(help: "Serve Prometheus metrics over HTTP at tcp:[HOST:]PORT (default host 127.0.0.1).")
+  var metrics: String?
 
   @OptionGroup var paths: PathOptions
 
@@ -540,6 +585,21 @@ struct Attach: AsyncParsableCommand {
       close(devnull)
     }
     logger.notice("attached", metadata: ["device": "\(attachment.devicePath)", "lun": "\(url)"])
+    let reload: @Sendable () -> EventLoopFuture<String> = { [self] in
+      reloadVolumeFile(volume, file: volumeFile?.file, logger: logger)
+    }
+    let observability = try await Observability.start(
+      name: volumeFile?.name ?? "nbd\(attachment.index)", volume: volume, device: attachment.devicePath, export: nil,
+      metrics: metrics ?? volumeFile?.metrics, reload: reload, logger: logger)
+    // SIGHUP reloads the volume file, as daemons do.
+    signal(SIGHUP, SIG_IGN)
+    let hangup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: DispatchQueue(label: "lunbridge.sighup"))
+    hangup.setEventHandler {
+      reload().whenComplete { result in
+        if case .failure(let error) = result { logger.error("reload failed: \(error)") }
+      }
+    }
+    hangup.resume()
     // Whichever comes first: a signal (we disconnect the device) or a detach (the kernel
     // closed our sockets or reports the device disconnected).
     let stop = volume.eventLoop.makePromise(of: Void.self)
@@ -552,6 +612,8 @@ struct Attach: AsyncParsableCommand {
     }
     try? await stop.futureResult.get()
     SystemdNotify.send("STOPPING=1")
+    hangup.cancel()
+    await observability.stop()
     if attachment.isConnected {
       logger.notice("stopping: disconnecting \(attachment.devicePath)")
       await flushBeforeExit(volume, logger: logger)
@@ -563,6 +625,25 @@ struct Attach: AsyncParsableCommand {
     if let urlFile { unlink(urlFile) }
     if volumeFile != nil { VolumeNameRecord.remove(index: attachment.index) }
     Foundation.exit(0)
+  }
+
+  /// Re-reads the volume file (command-line options still override it) and applies it
+  /// without detaching: paths, policy, failback, no-path-retry, timeouts.
+  func reloadVolumeFile(_ volume: Volume, file: String?, logger: Logger) -> EventLoopFuture<String> {
+    let promise = volume.eventLoop.makePromise(of: String.self)
+    promise.completeWithTask {
+      guard let file else {
+        throw BridgeError("attached from a URL: there is no volume file to reload")
+      }
+      let config = try VolumeConfig.check(path: file)
+      let specs = try await pathSpecs(
+        urls: config.paths.map(\.description), options: options, paths: paths, volume: config, logger: logger)
+      let o = try paths.volumeOptions(name: config.name, readOnly: readOnly || config.readOnly, volume: config)
+      let summary = try await volume.reconfigure(paths: specs, multipath: o.multipath).get()
+      SystemdNotify.send("STATUS=\(summary)")
+      return summary
+    }
+    return promise.futureResult
   }
 
   /// Runs this command again in the background with --foreground and waits for the device
@@ -743,7 +824,10 @@ struct Lunbridge: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "lunbridge",
     abstract: "A user-space iSCSI initiator that serves LUNs as NBD devices.",
-    subcommands: [Discover.self, Info.self, Serve.self, Attach.self, Detach.self, List.self, ConfigCommand.self])
+    subcommands: [
+      Discover.self, Info.self, Serve.self, Attach.self, Detach.self, List.self, Status.self, Reload.self,
+      ConfigCommand.self,
+    ])
 
   /// One line `lunbridge: error: ...` and a non-zero exit for every failure; usage
   /// errors keep ArgumentParser's help text.

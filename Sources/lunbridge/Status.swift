@@ -1,0 +1,64 @@
+import ArgumentParser
+import Bridge
+import Foundation
+
+/// `lunbridge status [DEVICE|NAME] [--json]`: asks each running volume over its control
+/// socket and prints its paths, their states, rates and latencies.
+struct Status: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Show the running volumes: paths, states, rates, latencies.")
+
+  @Argument(help: "/dev/nbdN, nbdN or a volume NAME (default: every volume).")
+  var volume: String?
+
+  @Flag(help: "Print a JSON array of status reports.")
+  var json = false
+
+  @Option(help: "Seconds to wait for each volume's answer.")
+  var timeout: Double = 5
+
+  func validate() throws {
+    guard timeout > 0, timeout <= 3600 else {
+      throw ValidationError("--timeout must be between 0 and 3600 seconds")
+    }
+  }
+
+  func run() throws {
+    let directory = ControlDirectory(timeout: timeout)
+    let answers = try directory.reports(for: volume)
+    for failure in answers.failures {
+      FileHandle.standardError.write(Data("lunbridge: warning: \(failure)\n".utf8))
+    }
+    guard !answers.reports.isEmpty else {
+      let why =
+        answers.asked == 0
+        ? "nothing in \(directory.directory)" : "no socket in \(directory.directory) answered"
+      FileHandle.standardError.write(Data("lunbridge: no attached volumes (\(why))\n".utf8))
+      throw ExitCode(1)
+    }
+    let reports = answers.reports.sorted { $0.name < $1.name }
+    if json {
+      let encoder = JSONEncoder()
+      encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+      encoder.nonConformingFloatEncodingStrategy = .convertToString(
+        positiveInfinity: "+Inf", negativeInfinity: "-Inf", nan: "NaN")
+      print(String(decoding: try encoder.encode(reports), as: UTF8.self))
+    } else {
+      print(StatusFormatter.renderStatusTable(reports), terminator: "")
+    }
+  }
+}
+
+/// `lunbridge reload NAME`: asks a running volume to read its volume file again.
+struct Reload: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Ask a running volume to reload its volume file.")
+
+  @Argument(help: "The volume NAME, /dev/nbdN or nbdN.")
+  var volume: String
+
+  func run() throws {
+    let socket = try ControlDirectory().socket(for: volume)
+    print(try ControlClient.reload(socket: socket))
+  }
+}

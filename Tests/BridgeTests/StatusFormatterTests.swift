@@ -1,0 +1,118 @@
+import Bridge
+import XCTest
+
+final class StatusFormatterTests: XCTestCase {
+  func testVolumeHeaderNamesDeviceTargetSizeIdentifierPolicyAndQueue() {
+    let lines = StatusFormatter.renderStatusTable([StatusFixture.attached()]).split(separator: "\n").map(
+      String.init)
+    XCTAssertEqual(lines[0], "db /dev/nbd0 -> iqn.2003-01.org.example:disk1 LUN 1")
+    for fact in [
+      "size=10.0 GiB", "id=naa.60014055f1b3c1a2d5e4", "policy=service-time", "failback=immediate", "queued=3",
+      "no-path-failures=4", "rw", "uptime=1h02m", "p50=500µs", "p99=2.5ms",
+    ] {
+      XCTAssertTrue(lines[1].split(separator: " ").contains(Substring(fact)) || lines[1].contains(fact), fact)
+    }
+  }
+
+  func testPathRowsCarryStateNicPortalSessionRatesLatenciesAndCounts() throws {
+    let lines = StatusFormatter.renderStatusTable([StatusFixture.attached()]).split(separator: "\n").map(
+      String.init)
+    XCTAssertEqual(lines.count, 5)
+    XCTAssertEqual(cells(lines[2]), StatusFormatter.pathColumns)
+    XCTAssertEqual(
+      cells(lines[3]),
+      ["0", "active", "eth0", "10.0.0.1:3260", "400001370000/7", "1523", "5.9", "180µs", "1.2ms", "0", "0"])
+    // The failure reason stays with the state; an unbound path shows its source address;
+    // a session that is not logged in has no TSIH.
+    XCTAssertTrue(lines[4].contains("failed (connection reset by peer)"))
+    XCTAssertTrue(lines[4].contains("10.0.1.5"))
+    XCTAssertTrue(lines[4].contains("400001370001/-"))
+    XCTAssertTrue(lines[4].hasSuffix("12"))
+  }
+
+  func testColumnsAreAligned() throws {
+    let lines = StatusFormatter.renderStatusTable([StatusFixture.attached()]).split(separator: "\n").map(
+      String.init)
+    let header = lines[2]
+    let rows = Array(lines[3...])
+    // Text columns start where their title starts.
+    let portalStart = try XCTUnwrap(header.range(of: "PORTAL")).lowerBound
+    let portalOffset = header.distance(from: header.startIndex, to: portalStart)
+    for (row, portal) in zip(rows, ["10.0.0.1:3260", "10.0.0.2:3260"]) {
+      let start = try XCTUnwrap(row.range(of: portal)).lowerBound
+      XCTAssertEqual(row.distance(from: row.startIndex, to: start), portalOffset, row)
+    }
+    // Number columns end where their title ends; no trailing blanks.
+    let errorsEnd = header.distance(
+      from: header.startIndex, to: try XCTUnwrap(header.range(of: "ERRORS")).upperBound)
+    XCTAssertEqual(Array(rows[1])[errorsEnd - 1], "3")
+    for line in lines { XCTAssertFalse(line.hasSuffix(" "), line) }
+    XCTAssertEqual(Set(rows.map(\.count) + [header.count]).count, 1, "all rows as wide as the header")
+  }
+
+  func testServedVolumeShowsItsExportAndReadOnly() {
+    let text = StatusFormatter.renderStatusTable([StatusFixture.served()])
+    XCTAssertTrue(
+      text.hasPrefix("scratch nbd+unix:///?socket=/run/lb.sock -> iqn.2003-01.org.example:disk1 LUN 1\n"))
+    XCTAssertTrue(text.contains(" ro "))
+  }
+
+  func testVolumeWithoutPathsSaysSo() {
+    var r = StatusFixture.attached()
+    r.paths = []
+    XCTAssertTrue(StatusFormatter.renderStatusTable([r]).hasSuffix("\n  (no paths)\n"))
+  }
+
+  func testVolumesAreSeparatedByABlankLineInTheOrderGiven() {
+    let reports = [StatusFixture.attached(name: "b"), StatusFixture.served(name: "a")]
+    let text = StatusFormatter.renderStatusTable(reports)
+    XCTAssertEqual(text, StatusFormatter.renderStatusTable(reports))
+    let blocks = text.components(separatedBy: "\n\n")
+    XCTAssertEqual(blocks.count, 2)
+    XCTAssertTrue(blocks[0].hasPrefix("b /dev/nbd0"))
+    XCTAssertTrue(blocks[1].hasPrefix("a nbd+unix"))
+    XCTAssertEqual(StatusFormatter.renderStatusTable([]), "")
+  }
+
+  func testDurationsUseMicrosecondsMillisecondsOrSeconds() {
+    let cases: [(Double?, String)] = [
+      (nil, "-"), (0, "0µs"), (0.000_000_4, "0µs"), (0.000_123, "123µs"), (0.000_999_4, "999µs"),
+      (0.000_999_6, "1.0ms"), (0.001_2, "1.2ms"), (0.012_5, "12.5ms"), (0.099_94, "99.9ms"), (0.25, "250ms"),
+      (0.999_6, "1.00s"), (1.5, "1.50s"), (12, "12.00s"), (.infinity, "-"), (-1, "-"),
+    ]
+    for (seconds, text) in cases {
+      XCTAssertEqual(StatusFormatter.formatDuration(seconds), text, "\(String(describing: seconds))")
+    }
+  }
+
+  func testSizesUseBinaryUnits() {
+    XCTAssertEqual(StatusFormatter.formatBytes(0), "0 B")
+    XCTAssertEqual(StatusFormatter.formatBytes(1023), "1023 B")
+    XCTAssertEqual(StatusFormatter.formatBytes(1024), "1.0 KiB")
+    XCTAssertEqual(StatusFormatter.formatBytes(1536), "1.5 KiB")
+    XCTAssertEqual(StatusFormatter.formatBytes(1_048_575), "1.0 MiB")
+    XCTAssertEqual(StatusFormatter.formatBytes(10 << 30), "10.0 GiB")
+    XCTAssertEqual(StatusFormatter.formatBytes(3 << 40), "3.0 TiB")
+    XCTAssertEqual(StatusFormatter.formatBytes(UInt64.max), "16.0 EiB")
+  }
+
+  func testFixedDecimalsAndUptime() {
+    XCTAssertEqual(StatusFormatter.formatFixed(2.25, decimals: 1), "2.3")
+    XCTAssertEqual(StatusFormatter.formatFixed(-1.25, decimals: 1), "-1.3")
+    XCTAssertEqual(StatusFormatter.formatFixed(0, decimals: 2), "0.00")
+    XCTAssertEqual(StatusFormatter.formatFixed(1523.4, decimals: 0), "1523")
+    XCTAssertEqual(StatusFormatter.formatFixed(0.04, decimals: 1), "0.0")
+    XCTAssertEqual(StatusFormatter.formatFixed(-0.01, decimals: 1), "0.0")
+    XCTAssertEqual(StatusFormatter.formatUptime(45), "45s")
+    XCTAssertEqual(StatusFormatter.formatUptime(725), "12m05s")
+    XCTAssertEqual(StatusFormatter.formatUptime(3 * 3600 + 7 * 60), "3h07m")
+    XCTAssertEqual(StatusFormatter.formatUptime(2 * 86400 + 4 * 3600 + 59), "2d04h")
+  }
+
+  private func cells(_ line: String) -> [String] {
+    // Cells are separated by at least two blanks; "failed (reason)" has single blanks.
+    line.trimmingCharacters(in: .whitespaces).components(separatedBy: "  ").map {
+      $0.trimmingCharacters(in: .whitespaces)
+    }.filter { !$0.isEmpty }
+  }
+}
