@@ -193,8 +193,9 @@ fault_case() {
   sleep "$lead"
   inject "$f" "$paths"
   # While the fault lasts, watch the faulted paths' states.
-  local end=$(($(date +%s) + hold)) seen=""
-  while [ "$(date +%s)" -lt "$end" ]; do
+  local end seen=""
+  end=$(awk -v t="$(date +%s.%N)" -v h="$hold" 'BEGIN { printf "%.3f", t + h }')
+  while awk -v t="$(date +%s.%N)" -v e="$end" 'BEGIN { exit !(t < e) }'; do
     if [ -n "$HAVE_STATUS" ] && mp_status "$sm"; then
       for p in $paths; do seen="$seen $p:$(pf "$sm" "$p" state)"; done
     fi
@@ -212,16 +213,19 @@ fault_case() {
   if [ -z "$HAVE_STATUS" ]; then
     no_status "$f: faulted path failed during the fault, active again after, failure and reinstatement counted"
   else
-    if [ "$f" != conn-delete ] && [ "$f" != conn-storm ]; then # a deleted connection is back at once: maybe never seen failed
+    # Not for a deleted connection (back at once, maybe never seen failed), nor for tgtd
+    # stopped for 5 s (keepalive notices at 4 s: too short a window to catch reliably;
+    # the failure count below shows it).
+    case $f in
+    conn-delete | conn-storm | tgtd-stop) echo "# $f: path states seen during the fault:${seen:- none}" ;;
+    *)
       local failed_seen=1
       for p in $paths; do
         grep -Eq " $p:(failed|probing)" <<<"$seen" || failed_seen=
       done
-      if [ "$f" = tgtd-stop ]; then # both paths hang; at least one must be seen failed
-        grep -Eq ":(failed|probing)" <<<"$seen" && failed_seen=1
-      fi
       check "$f: path(s) $paths seen failed while the fault lasted" test -n "$failed_seen"
-    fi
+      ;;
+    esac
     if t=$(mp_wait_states 30 active "$s1"); then
       ok "$f: every path active again ${t} s after the fault was lifted"
     else
