@@ -6,9 +6,9 @@ SWIFT ?= swift
 PREFIX ?= /usr/local
 DESTDIR ?=
 # Debian packages the build, the tests, the demo and the benchmarks use.
-DEB_PACKAGES := libnl-3-dev libnl-genl-3-dev tgt libiscsi-bin qemu-utils qemu-block-extra fio libnbd-bin python3-libnbd procps iproute2
+DEB_PACKAGES := libnl-3-dev libnl-genl-3-dev tgt libiscsi-bin qemu-utils qemu-block-extra fio libnbd-bin python3-libnbd procps iproute2 nftables
 
-.PHONY: all deps build debug test vm-test bench unit-test integration-test demo bench-codec install uninstall clean
+.PHONY: all deps build debug test vm-test multipath-test multipath-bench bench unit-test integration-test demo bench-codec install uninstall clean
 
 all: build
 
@@ -37,7 +37,8 @@ test: deps
 	@set -o pipefail; $(SWIFT) test --skip-build --disable-swift-testing 2>&1 | tee .build/test.log \
 	  | grep -v -E '^[0-9T:+-]+ (debug|info|notice|warning|error) lunbridge'; rc=$$?; \
 	  $(MAKE) --no-print-directory vm-test || rc=1; \
-	  Tests/scripts/test-summary.sh .build/test.log .build/vm-test/stdout; exit $$rc
+	  $(MAKE) --no-print-directory multipath-test || rc=1; \
+	  Tests/scripts/test-summary.sh .build/test.log .build/vm-test/stdout .build/multipath-test/stdout || rc=1; exit $$rc
 
 # The kernel path in a real Debian kernel under QEMU (this machine's kernel has no nbd).
 vm-test: deps
@@ -45,6 +46,16 @@ vm-test: deps
 	@rm -rf .build/vm-test; mkdir -p .build/vm-test
 	RESULTDIR=.build/vm-test VM_QUIET=1 VM_TIMEOUT=1200 Tests/vm/vm-run.sh Tests/vm/guest-attach.sh \
 	  "$$(pwd)/.build/debug/lunbridge" "$$(pwd)"
+
+# Multipath faults (link down, black hole, connection deleted, tgtd stopped, all paths
+# down) while fio verifies through `lunbridge serve`, over two veth NICs between network
+# namespaces; needs root. Output in .build/multipath-test/ (stdout, logs, stalls.tsv).
+multipath-test: deps
+	@[ "$$(id -u)" = 0 ] || { echo "make multipath-test: network namespaces and tgtd need root" >&2; exit 1; }
+	$(SWIFT) build --product lunbridge
+	@rm -rf .build/multipath-test; mkdir -p .build/multipath-test
+	@set -o pipefail; Tests/multipath/faults.sh .build/debug/lunbridge .build/multipath-test \
+	  | tee .build/multipath-test/stdout
 
 unit-test:
 	$(SWIFT) test --skip IntegrationTests
@@ -70,9 +81,15 @@ demo: deps build
 # iscsi-perf as the no-NBD ceiling; medians and ratios in .build/bench/bench.md.
 bench: deps build
 	Tests/bench/bench.sh .build/release/lunbridge .build/bench
+	Tests/bench/multipath-bench.sh .build/release/lunbridge bench-results/multipath
 	@dpkg-query -W -f='$${Status}' open-iscsi 2>/dev/null | grep -q "install ok installed" || \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq open-iscsi >/dev/null
 	Tests/bench/vm-bench.sh "$$(pwd)/.build/release/lunbridge" "$$(pwd)/.build/bench-vm"
+
+# Two paths vs one under a 200 Mbit/s tbf per NIC, and the failover stall distribution
+# (network namespaces, needs root); report in bench-results/multipath/multipath-bench.md.
+multipath-bench: deps build
+	Tests/bench/multipath-bench.sh .build/release/lunbridge bench-results/multipath
 
 bench-codec:
 	$(SWIFT) run -c release lunbridge-codec-bench

@@ -26,7 +26,10 @@ final class PDUChannelHandler: ChannelDuplexHandler {
     guard !failed else { return }
     let incoming = unwrapInboundIn(data)
     cumulation.cumulate(incoming)
-    while !failed {
+    // fireChannelRead can re-enter channelRead: when a handler further on writes and the
+    // write fails (connection reset), NIO drains the socket's input synchronously before
+    // closing. The inner call consumes what is buffered and may leave `cumulation` nil.
+    while !failed, cumulation != nil {
       do {
         guard let pdu = try framer.next(from: &cumulation!) else { break }
         context.fireChannelRead(wrapInboundOut(pdu))
