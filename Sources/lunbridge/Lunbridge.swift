@@ -332,16 +332,16 @@ func pathSpecs(
       warn("the CHAP secret in the URL shows in ps and shell history; use --chap-secret-file")
     }
     for key in url.query.keys where key != "iface" && key != "source" {
-      throw ValidationError("unknown parameter '\(key)' in \(url): use ?iface=NIC or ?source=ADDRESS")
+      throw BridgeError("unknown parameter '\(key)' in \(url): use ?iface=NIC or ?source=ADDRESS")
     }
     if url.query["iface"] != nil && url.query["source"] != nil {
-      throw ValidationError("\(url) names both iface= and source=: give one")
+      throw BridgeError("\(url) names both iface= and source=: give one")
     }
     if url.query["iface"]?.isEmpty == true || url.query["source"]?.isEmpty == true {
-      throw ValidationError("empty iface= or source= in \(url)")
+      throw BridgeError("empty iface= or source= in \(url)")
     }
     if let first = urls.first, first.targetName != url.targetName || first.lun != url.lun {
-      throw ValidationError(
+      throw BridgeError(
         "all paths must name the same target and LUN: \(first.targetName)/\(first.lun) vs \(url.targetName)/\(url.lun)")
     }
     urls.append(url)
