@@ -175,22 +175,14 @@ public final class Volume: @unchecked Sendable {
     }
     let sessions = sessionConfigs.map { ISCSISession.unconnected($0, on: eventLoop, logger: logger) }
     // Log in everywhere concurrently.
-    let results: [Result<LogicalUnit, Error>] = await withTaskGroup(of: (Int, Result<LogicalUnit, Error>).self) {
-      group in
-      for (i, session) in sessions.enumerated() {
-        group.addTask {
-          do {
-            try await session.reconnect().get()
-            return (i, .success(try await LogicalUnit.open(session: session, lun: specs[i].url.lun)))
-          } catch {
-            return (i, .failure(error))
-          }
-        }
+    let logins: [EventLoopFuture<LogicalUnit>] = sessions.enumerated().map { (i, session) in
+      session.reconnect().flatMap {
+        let promise = eventLoop.makePromise(of: LogicalUnit.self)
+        promise.completeWithTask { try await LogicalUnit.open(session: session, lun: specs[i].url.lun) }
+        return promise.futureResult
       }
-      var out = [Result<LogicalUnit, Error>?](repeating: nil, count: specs.count)
-      for await (i, r) in group { out[i] = r }
-      return out.map { $0! }
     }
+    let results = try await EventLoopFuture.whenAllComplete(logins, on: eventLoop).get()
     func closeAll() async {
       for s in sessions { await s.close(timeout: .seconds(1)) }
     }
