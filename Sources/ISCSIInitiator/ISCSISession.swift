@@ -181,7 +181,7 @@ public final class ISCSISession: @unchecked Sendable {
     let interface = configuration.interface
     var bootstrap = ClientBootstrap(group: eventLoop)
       .connectTimeout(configuration.loginTimeout)
-      .channelOption(.socketOption(.tcp_nodelay), value: 1)
+      .channelOption(.tcpOption(.tcp_nodelay), value: 1)
       .channelInitializer { [self] channel in
         channel.eventLoop.makeCompletedFuture {
           try channel.pipeline.syncOperations.addHandler(handler)
