@@ -654,6 +654,12 @@ public final class ISCSISession: @unchecked Sendable {
       giveUp(entry.pending)
     }
     guard state == .fullFeature, let channel else { return }
+    // A path bound to a NIC whose link went down: no reset will come and the keepalive
+    // would take seconds to notice; the kernel already knows.
+    if configuration.failFast, let interface = configuration.interface, interfaceIsDown(interface) {
+      connectionFailed(ISCSIError(.connectionClosed, "link of interface \(interface) is down"), channel: channel)
+      return
+    }
     // Keepalive (RFC 7143 section 11.18): a NOP-Out ping; no answer in time = dead connection.
     if let _ = pingITT {
       if now - pingSentAt > configuration.keepaliveTimeout && now - lastReceived > configuration.keepaliveTimeout {
@@ -1056,4 +1062,17 @@ private func bindToDevice(_ channel: Channel, _ interface: String) -> EventLoopF
     .flatMapErrorThrowing { error in
       throw ISCSIError(.invalidArgument, "cannot bind to interface \(interface): \(describe(error))")
     }
+}
+
+/// True when the kernel reports the interface's link down (`operstate` "down" or
+/// "lowerlayerdown"); false when it is up or cannot be read.
+func interfaceIsDown(_ interface: String) -> Bool {
+  guard !interface.contains("/"), let fd = Optional(open("/sys/class/net/\(interface)/operstate", O_RDONLY)), fd >= 0
+  else { return false }
+  defer { close(fd) }
+  var buffer = [UInt8](repeating: 0, count: 32)
+  let n = read(fd, &buffer, buffer.count)
+  guard n > 0 else { return false }
+  let state = String(decoding: buffer[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+  return state == "down" || state == "lowerlayerdown"
 }

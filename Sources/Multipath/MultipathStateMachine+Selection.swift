@@ -61,6 +61,11 @@ extension MultipathStateMachine {
   }
 
   mutating func select(for io: IOToken) -> PathID? {
+    // One path (the common single-URL case): no choice to make, no arrays to build.
+    if self.order.count == 1 {
+      let only = self.order[0]
+      return self.isUsable(self.paths[only]!) ? only : nil
+    }
     let candidates = self.candidates()
     guard let first = candidates.first else { return nil }
     switch self.configuration.policy {

@@ -296,26 +296,29 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
   /// already re-sent elsewhere) is stale and ignored. A fenced write that completes on its
   /// old path is done and will not be re-sent.
   public mutating func completed(_ io: IOToken, path: PathID, latency: Duration, success: Bool) -> [Action] {
-    guard var record = self.paths[path] else { return [] }
-    if self.inflightPath[io.id] == path, let index = record.inflight.firstIndex(where: { $0.id == io.id }) {
+    // The record is changed in place (`paths[path]!.…`): copying it out and back would
+    // copy its arrays on every completion.
+    guard self.paths[path] != nil else { return [] }
+    if self.inflightPath[io.id] == path,
+      let index = self.paths[path]!.inflight.firstIndex(where: { $0.id == io.id })
+    {
       self.inflightPath[io.id] = nil
-      record.inflight.remove(at: index)
-      record.statistics.outstandingIOs -= 1
-      record.statistics.outstandingBytes -= io.bytes
-    } else if let index = record.fenced.firstIndex(where: { $0.id == io.id }) {
-      record.fenced.remove(at: index)
+      self.paths[path]!.inflight.remove(at: index)
+      self.paths[path]!.statistics.outstandingIOs -= 1
+      self.paths[path]!.statistics.outstandingBytes -= io.bytes
+    } else if let index = self.paths[path]!.fenced.firstIndex(where: { $0.id == io.id }) {
+      self.paths[path]!.fenced.remove(at: index)
     } else {
       return []
     }
-    record.statistics.ios += 1
+    self.paths[path]!.statistics.ios += 1
     if success {
-      record.statistics.bytes += UInt64(max(io.bytes, 0))
-      record.statistics.recordLatency(latency)
+      self.paths[path]!.statistics.bytes += UInt64(max(io.bytes, 0))
+      self.paths[path]!.statistics.recordLatency(latency)
     } else {
-      record.statistics.errors += 1
+      self.paths[path]!.statistics.errors += 1
     }
-    self.paths[path] = record
-    guard record.removing else { return [] }
+    guard self.paths[path]!.removing else { return [] }
     let before = self.states()
     var actions: [Action] = []
     self.forgetIfSettled(path)
