@@ -208,9 +208,19 @@ public final class Volume: @unchecked Sendable {
       lun: specs[firstIndex].url.lun, options: options, logger: logger)
     try await eventLoop.submit {
       for (i, spec) in specs.enumerated() {
-        let path = Path(id: PathID(UInt32(i)), spec: spec, session: sessions[i])
+        var placed = spec
+        var unusable: String? = nil
+        if case .success(let unit) = results[i], let alua = Volume.aluaPlacement(unit.info) {
+          placed.group = alua.group
+          placed.priority = alua.priority
+          if !alua.usable { unusable = "ALUA state \(unit.info.accessState ?? "?")" }
+        }
+        let path = Path(id: PathID(UInt32(i)), spec: placed, session: sessions[i])
         if case .success(let unit) = results[i] { path.unit = unit }
         volume.add(path)
+        if let unusable {
+          volume.run(volume.machine.pathFailed(path.id, reason: PathFailure(.targetReported, context: unusable)))
+        }
         if case .failure(let error) = results[i] {
           volume.logger.warning(
             "path could not log in; probing it later",
@@ -224,6 +234,27 @@ public final class Volume: @unchecked Sendable {
       }
     }.get()
     return volume
+  }
+
+  /// Where ALUA puts a path: its target port group becomes its group (for `failover`),
+  /// and its access state its priority: active/optimized 50 (+1 in a preferred group),
+  /// active/non-optimized 10, standby 1, anything else 0 and `usable` false (unavailable,
+  /// offline, transitioning: not for I/O). nil without ALUA: the URL order decides.
+  public static func aluaPlacement(_ info: LUNInfo) -> (group: Int, priority: Int, usable: Bool)? {
+    guard let group = info.targetPortGroup, let state = info.accessStateCode else { return nil }
+    return aluaPlacement(group: group, state: state, preferred: info.preferredPortGroup == true)
+  }
+
+  public static func aluaPlacement(group: UInt16, state: UInt8, preferred: Bool) -> (
+    group: Int, priority: Int, usable: Bool
+  ) {
+    let bonus = preferred ? 1 : 0
+    switch state {
+    case 0x0: return (Int(group), 50 + bonus, true)
+    case 0x1: return (Int(group), 10 + bonus, true)
+    case 0x2: return (Int(group), 1, true)
+    default: return (Int(group), 0, false)
+    }
   }
 
   /// nil when `other` is the same LU as `reference`; otherwise why not, naming both.
@@ -622,6 +653,10 @@ public final class Volume: @unchecked Sendable {
           throw BridgeError(problem)
         }
         path.unit = unit
+        if let alua = Volume.aluaPlacement(unit.info) {
+          run(machine.updatePath(id, group: alua.group, priority: alua.priority))
+          if !alua.usable { throw BridgeError("ALUA state \(unit.info.accessState ?? "?")") }
+        }
         return unit
       }
     }.flatMap { unit in

@@ -29,6 +29,13 @@ public struct LUNInfo: Codable, Sendable, Equatable {
   public var readOnly: Bool
   public var rotational: Bool?
   public var aluaSupported: Bool
+  /// ALUA, as seen through this session's port: its target port group (VPD 0x83) and that
+  /// group's asymmetric access state and PREF bit (REPORT TARGET PORT GROUPS). nil
+  /// without ALUA.
+  public var targetPortGroup: UInt16? = nil
+  public var accessState: String? = nil
+  public var accessStateCode: UInt8? = nil
+  public var preferredPortGroup: Bool? = nil
 
   public func text(url: String) -> String {
     func yn(_ b: Bool?) -> String { b.map { $0 ? "yes" : "no" } ?? "unknown" }
@@ -48,7 +55,11 @@ public struct LUNInfo: Codable, Sendable, Equatable {
       "Read-only: \(yn(readOnly))",
       "Rotational: \(yn(rotational))",
     ]
-    if aluaSupported { lines.append("ALUA: yes") }
+    if aluaSupported {
+      lines.append(
+        "ALUA: yes" + (targetPortGroup.map { ", port group \($0)" } ?? "")
+          + (accessState.map { ", \($0)" } ?? "") + (preferredPortGroup == true ? ", preferred" : ""))
+    }
     return lines.joined(separator: "\n")
   }
 }
@@ -344,8 +355,17 @@ struct Probe {
       writeProtect = m.writeProtect
     }
 
+    // ALUA (SPC-4 5.16): which port group this session's port is in, and its state.
+    var alua: (group: UInt16, state: ReportTargetPortGroups.AccessState, preferred: Bool)? = nil
+    if inquiry.supportsALUA, let group = ident?.targetPortGroup,
+      let b = await optional(CDB.reportTargetPortGroups(allocationLength: 4096), read: 4096, "REPORT TARGET PORT GROUPS"),
+      let report = try? ReportTargetPortGroups(b), let mine = report.groups.first(where: { $0.groupID == group })
+    {
+      alua = (group, mine.asymmetricAccessState, mine.preferred)
+    }
+
     let thin = lbpme || (provisioning.map { $0.lbpu || $0.lbpws } ?? false)
-    return LUNInfo(
+    var info = LUNInfo(
       vendor: inquiry.vendor, product: inquiry.product, revision: inquiry.revision,
       serial: serial, deviceIdentifier: ident?.preferredIdentifier,
       sizeBytes: blockCount * UInt64(blockSize), blockSize: Int(blockSize), physicalBlockSize: Int(physical),
@@ -359,5 +379,12 @@ struct Probe {
       maxWriteSameBlocks: limits?.maximumWriteSameLength ?? 0,
       writeCache: writeCache, fua: dpofua, readOnly: writeProtect,
       rotational: characteristics?.isRotational, aluaSupported: inquiry.supportsALUA)
+    if let alua {
+      info.targetPortGroup = alua.group
+      info.accessState = alua.state.description
+      info.accessStateCode = alua.state.rawValue
+      info.preferredPortGroup = alua.preferred
+    }
+    return info
   }
 }

@@ -164,6 +164,20 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
       before, subject: id, reason: "fenced; \(record.fenced.count) write(s) re-sent", &actions)
   }
 
+  /// New group and priority for a path (ALUA states change, a probe learned them): the
+  /// next I/O follows them; I/O in flight stays.
+  public mutating func updatePath(_ id: PathID, group: Int, priority: Int) -> [Action] {
+    guard let record = self.paths[id], !record.removing, record.group != group || record.priority != priority
+    else { return [] }
+    let before = self.states()
+    var actions: [Action] = []
+    let servingBefore = self.servingLevel()
+    self.paths[id]!.group = group
+    self.paths[id]!.priority = priority
+    self.releaseHeldIfServingChanged(from: servingBefore, &actions)
+    return self.finish(before, subject: id, reason: "group \(group), priority \(priority)", &actions)
+  }
+
   /// The caller could not fence the path in time (no path came back within its own
   /// no-path-retry bound): its fenced writes fail with `.noPath` instead of being re-sent.
   /// Failing a write is safe where re-sending it is not: the user sees EIO, as for any

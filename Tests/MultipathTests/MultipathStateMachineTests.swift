@@ -276,6 +276,16 @@ final class MultipathStateMachineTests: XCTestCase {
     XCTAssertEqual(machine.configuration.policy, .failover)
   }
 
+  func testUpdatePathMovesIOToTheBetterPriority() {
+    // ALUA: p2 turns out to be active/optimized (priority 50), p1 non-optimized (10).
+    var machine = makeMachine(.queueLength, paths: [(p1, 1, 10), (p2, 2, 10)])
+    XCTAssertEqual(dispatched(&machine, [read(1), read(2)]), [p1, p2])
+    let actions = machine.updatePath(p2, group: 2, priority: 50)
+    XCTAssertTrue(actions.contains(log(p1, .active, .standby, "\(p2): group 2, priority 50")), "\(actions)")
+    XCTAssertEqual(dispatched(&machine, [read(3), read(4)]), [p2, p2])
+    XCTAssertEqual(machine.updatePath(p2, group: 2, priority: 50), [])
+  }
+
   func testFencedWritesThatCannotBeFencedFailInsteadOfBeingResent() {
     var machine = makeMachine(.queueLength, paths: [(p1, 1, 50), (p2, 1, 50)])
     XCTAssertEqual(dispatched(&machine, [write(1), write(2)]), [p1, p2])
