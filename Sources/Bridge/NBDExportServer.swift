@@ -83,7 +83,7 @@ public final class NBDExportServer: @unchecked Sendable {
     let holder = ConnectionRegistry()
     let bootstrap = ServerBootstrap(group: loop, childGroup: loop)
       .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-      .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+      .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
       .childChannelInitializer { child in
         child.eventLoop.makeCompletedFuture {
           holder.add(child)

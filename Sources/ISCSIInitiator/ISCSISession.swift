@@ -158,7 +158,7 @@ public final class ISCSISession: @unchecked Sendable {
     let handler = PDUChannelHandler()
     let bootstrap = ClientBootstrap(group: eventLoop)
       .connectTimeout(configuration.loginTimeout)
-      .channelOption(.socketOption(.tcp_nodelay), value: 1)
+      .channelOption(.tcpOption(.tcp_nodelay), value: 1)
       .channelInitializer { [self] channel in
         channel.eventLoop.makeCompletedFuture {
           try channel.pipeline.syncOperations.addHandler(handler)
