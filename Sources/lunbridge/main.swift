@@ -403,6 +403,17 @@ struct Attach: AsyncParsableCommand {
     }
     try? await stop.futureResult.get()
     SystemdNotify.send("STOPPING=1")
+    if attachment.isConnected, attachment.isInUse {
+      // Mounted: disconnecting would fail the filesystem's I/O. Leave the device (and its
+      // records) to the next attach, e.g. the one `systemctl restart` starts.
+      logger.notice(
+        "stopping: \(attachment.devicePath) is in use; leaving it for the next attach of this LUN (I/O waits up to \(attachOptions.deadConnectionTimeoutSeconds) s)"
+      )
+      await attachment.release()
+      await flushBeforeExit(volume, logger: logger)
+      await volume.unit.session.close()
+      Foundation.exit(0)
+    }
     if attachment.isConnected {
       logger.notice("stopping: disconnecting \(attachment.devicePath)")
       await flushBeforeExit(volume, logger: logger)
