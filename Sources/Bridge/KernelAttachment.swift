@@ -197,6 +197,27 @@ public final class KernelAttachment: @unchecked Sendable {
   public func disconnect() throws {
     try netlink.disconnect(index: index)
   }
+
+  /// True while something holds the device exclusively: a mounted filesystem, a
+  /// device-mapper or md device on top, or a program that opened it with O_EXCL (the
+  /// kernel then refuses another exclusive open with EBUSY). Disconnecting such a device
+  /// fails the holder's I/O.
+  public var isInUse: Bool {
+    let fd = open(devicePath, O_RDONLY | O_EXCL | O_NONBLOCK | O_CLOEXEC)
+    if fd >= 0 {
+      close(fd)
+      return false
+    }
+    return errno == EBUSY
+  }
+
+  /// Leaves the device to the next attach of this LUN instead of disconnecting it: closes
+  /// our ends of the sockets, so the kernel holds I/O for the dead-connection timeout and
+  /// sends again what was in flight once a restarted attach takes the device over with
+  /// NBD_CMD_RECONFIGURE (`systemctl restart` of a mounted volume).
+  public func release() async {
+    for c in channels { try? await c.close().get() }
+  }
 }
 
 final class ManagedCounter: @unchecked Sendable {

@@ -615,6 +615,17 @@ struct Attach: AsyncParsableCommand {
     SystemdNotify.send("STOPPING=1")
     hangup.cancel()
     await observability.stop()
+    if attachment.isConnected, attachment.isInUse {
+      // Mounted: disconnecting would fail the filesystem's I/O. Leave the device (and its
+      // records) to the next attach, e.g. the one `systemctl restart` starts.
+      logger.notice(
+        "stopping: \(attachment.devicePath) is in use; leaving it for the next attach of this LUN (I/O waits up to \(attachOptions.deadConnectionTimeoutSeconds) s)"
+      )
+      await attachment.release()
+      await flushBeforeExit(volume, logger: logger)
+      await volume.close()
+      Foundation.exit(0)
+    }
     if attachment.isConnected {
       logger.notice("stopping: disconnecting \(attachment.devicePath)")
       await flushBeforeExit(volume, logger: logger)
