@@ -95,11 +95,14 @@ multipath-bench: deps build
 # Failover stall in the VM: lunbridge attach vs open-iscsi + dm-multipath (their defaults),
 # link-down / black hole / tcp reset of one of two paths while fio writes; about 19 min.
 # Report in .build/bench-failover/vm-failover.md. open-iscsi and multipath-tools are
-# installed here only (not in DEB_PACKAGES): the guest runs this host's binaries.
+# installed here only (not in DEB_PACKAGES): the guest runs this host's binaries. The
+# install enables multipathd on this host (and in every --systemd VM, which boots this
+# host's units): that is undone, the bench starts its own multipathd in the guest.
 bench-failover: deps build
 	@missing=""; for p in open-iscsi multipath-tools; do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
-	done; [ -z "$$missing" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null
+	done; [ -z "$$missing" ] || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null && \
+	  case "$$missing" in *multipath-tools*) systemctl disable -q multipathd.service multipathd.socket 2>/dev/null || true ;; esac; }
 	Tests/bench/vm-failover.sh "$$(pwd)/.build/release/lunbridge" "$$(pwd)/.build/bench-failover"
 
 bench-codec:
