@@ -111,6 +111,8 @@ bench-codec:
 install: build
 	install -D -m 0755 .build/release/lunbridge $(DESTDIR)$(PREFIX)/bin/lunbridge
 	install -D -m 0644 systemd/lunbridge@.service $(DESTDIR)/etc/systemd/system/lunbridge@.service
+	install -D -m 0644 systemd/lunbridge-device-timeout.conf \
+	  $(DESTDIR)/etc/systemd/system/dev-lunbridge-.device.d/40-lunbridge.conf
 	install -D -m 0644 systemd/99-lunbridge.rules $(DESTDIR)/etc/udev/rules.d/99-lunbridge.rules
 	install -D -m 0644 systemd/lunbridge-modules.conf $(DESTDIR)/etc/modules-load.d/lunbridge.conf
 	install -D -m 0600 systemd/example.toml $(DESTDIR)/etc/lunbridge/volumes/example.toml.sample
@@ -119,8 +121,10 @@ install: build
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/lunbridge $(DESTDIR)/etc/systemd/system/lunbridge@.service \
+	  $(DESTDIR)/etc/systemd/system/dev-lunbridge-.device.d/40-lunbridge.conf \
 	  $(DESTDIR)/etc/udev/rules.d/99-lunbridge.rules $(DESTDIR)/etc/modules-load.d/lunbridge.conf \
 	  $(DESTDIR)/etc/lunbridge/volumes/example.toml.sample
+	-rmdir $(DESTDIR)/etc/systemd/system/dev-lunbridge-.device.d 2>/dev/null
 	rm -rf $(DESTDIR)$(PREFIX)/share/doc/lunbridge
 
 clean:
