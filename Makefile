@@ -8,7 +8,7 @@ DESTDIR ?=
 # Debian packages the build, the tests, the demo and the benchmarks use.
 DEB_PACKAGES := libnl-3-dev libnl-genl-3-dev tgt libiscsi-bin qemu-utils qemu-block-extra fio libnbd-bin python3-libnbd procps iproute2 nftables
 
-.PHONY: all deps build debug test vm-test multipath-test multipath-bench bench bench-failover unit-test integration-test demo bench-codec install uninstall clean
+.PHONY: all deps build debug test vm-test boot-test multipath-test multipath-bench bench bench-failover unit-test integration-test demo bench-codec install uninstall clean
 
 all: build
 
@@ -37,8 +37,10 @@ test: deps
 	@set -o pipefail; $(SWIFT) test --skip-build --disable-swift-testing 2>&1 | tee .build/test.log \
 	  | grep -v -E '^[0-9T:+-]+ (debug|info|notice|warning|error) lunbridge'; rc=$$?; \
 	  $(MAKE) --no-print-directory vm-test || rc=1; \
+	  $(MAKE) --no-print-directory boot-test || rc=1; \
 	  $(MAKE) --no-print-directory multipath-test || rc=1; \
-	  Tests/scripts/test-summary.sh .build/test.log .build/vm-test/stdout .build/multipath-test/stdout || rc=1; exit $$rc
+	  Tests/scripts/test-summary.sh .build/test.log .build/vm-test/stdout .build/boot-test/stdout \
+	    .build/multipath-test/stdout || rc=1; exit $$rc
 
 # The kernel path in a real Debian kernel under QEMU (this machine's kernel has no nbd).
 vm-test: deps
@@ -56,6 +58,13 @@ multipath-test: deps
 	@rm -rf .build/multipath-test; mkdir -p .build/multipath-test
 	@set -o pipefail; Tests/multipath/faults.sh .build/debug/lunbridge .build/multipath-test \
 	  | tee .build/multipath-test/stdout
+
+# lunbridge@NAME, its udev rule and an fstab line in two real boots with systemd as PID 1
+# (Tests/vm/boot/README.md); about 5-10 minutes under emulation.
+boot-test: deps
+	$(SWIFT) build --product lunbridge
+	@rm -rf .build/boot-test; mkdir -p .build/boot-test
+	Tests/vm/boot/boot-test.sh "$$(pwd)/.build/debug/lunbridge" .build/boot-test
 
 unit-test:
 	$(SWIFT) test --skip IntegrationTests

@@ -14,6 +14,8 @@
 #   tgt fio iproute2 e2fsprogs mount iputils-ping bc   what guest-smoke.sh and the VM
 #                      tests use in the guest (ping is not on this image by default),
 #                      and bc for vm-run.sh's timings
+#   systemd-sysv udev  the boot test (Tests/vm/boot) boots this filesystem with systemd
+#                      as /sbin/init and needs udev for /dev/lunbridge/NAME
 # PyPI:
 #   virtme-ng          the `vng` command. pip installs it for the `python3` first on PATH
 #                      (here a pyenv build: /root/.pyenv/versions/X/bin/vng, reached
@@ -31,7 +33,7 @@ VNG_LINK=/usr/local/bin/vng
 
 # --- Debian packages ---------------------------------------------------------------
 pkgs=(qemu-system-x86 linux-image-amd64 busybox-static tgt fio iproute2 e2fsprogs kmod mount
-  iputils-ping bc)
+  iputils-ping bc systemd-sysv udev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' ||

@@ -1,0 +1,133 @@
+#!/bin/bash
+# Runs INSIDE the boot test's VM (lunbridge-boot-test.service, ordered after
+# multi-user.target): the checks of one boot. Writes "ok - ..." / "not ok - ..." lines
+# to $BT_RESULTS/bootPHASE.tap and, last, bootPHASE.done; the unit then powers off.
+#   guest-check.sh 1   prepare: enable the unit, mkfs, the fstab line, data, restart check
+#   guest-check.sh 2   the real boot: unit and mount came up at boot, data, fsck
+set -uo pipefail
+phase=$1
+. "$(dirname "${BASH_SOURCE[0]}")/boot-lib.sh"
+R=$BT_RESULTS
+exec >"$R/boot$phase.tap" 2>"$R/boot$phase.stderr"
+passed=0 failed=0
+ok() { passed=$((passed + 1)); echo "ok - boot $phase: $*"; }
+notok() { failed=$((failed + 1)); echo "not ok - boot $phase: $*"; }
+check() { local what=$1; shift; if "$@"; then ok "$what"; else notok "$what"; return 1; fi; }
+note() { echo "# $*"; }
+finish() {
+  note "is-system-running: $(systemctl is-system-running 2>&1)"
+  systemctl --failed --plain --no-legend --no-pager 2>&1 | sed 's/^/# failed unit: /'
+  echo "$passed $failed" >"$R/boot$phase.done"
+  sync
+  exit $((failed > 0))
+}
+# When a unit entered the active state, in seconds since boot (0 if never).
+since() { awk -v u="$(systemctl show -P ActiveEnterTimestampMonotonic "$1")" 'BEGIN { printf "%.1f", u / 1e6 }'; }
+earlier() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a > 0 && a < b) }'; }
+nbd_of() { readlink -f "$BT_DEV" 2>/dev/null; }
+
+check "systemd is PID 1 ($(systemctl --version | head -1))" test "$(cat /proc/1/comm)" = systemd
+mu=$(since multi-user.target)
+check "multi-user.target reached ${mu} s after boot" test "$(systemctl is-active multi-user.target)" = active
+check "the test target (tgtd) is up" systemctl is-active -q lunbridge-test-target.service || finish
+check "nbd was loaded at boot by systemd-modules-load (/etc/modules-load.d/lunbridge.conf)" \
+  bash -c "test -d /sys/module/nbd && journalctl -b -u systemd-modules-load.service -o cat | grep -q \"Inserted module 'nbd'\""
+
+no_io_errors() {
+  local e
+  e=$(journalctl -b -k -o cat | grep -E 'I/O error|EXT4-fs (error|warning)|Buffer I/O')
+  [ -z "$e" ] && return 0
+  head -5 <<<"$e" | sed 's/^/# kernel: /'
+  return 1
+}
+
+# systemctl restart while fio verifies on the mounted filesystem: the old process leaves the
+# device to its successor, which takes it over with NBD_CMD_RECONFIGURE; the mount stays.
+restart_under_fio() {
+  local dev pid0 pid1 mount0 fio_pid fio_rc
+  dev=$(nbd_of)
+  pid0=$(systemctl show -P MainPID "$BT_UNIT")
+  mount0=$(systemctl show -P ActiveEnterTimestampMonotonic "$BT_MOUNT_UNIT")
+  fio --name=restart --filename="$BT_MNT/fio.dat" --size=16m --ioengine=libaio --direct=1 \
+    --rw=randwrite --bs=4k --iodepth=8 --time_based --runtime=30 --verify=crc32c --verify_fatal=1 \
+    --verify_backlog=256 --output="$R/boot$phase-fio.txt" &
+  fio_pid=$!
+  sleep 8
+  check "systemctl restart $BT_UNIT while fio verifies on $BT_MNT" timeout 150 systemctl restart "$BT_UNIT"
+  pid1=$(systemctl show -P MainPID "$BT_UNIT")
+  check "a new process serves the volume (pid $pid0 -> $pid1)" test "$pid1" != 0 -a "$pid1" != "$pid0"
+  check "the old process left $dev to it (device in use)" \
+    bash -c "journalctl -b -o cat _PID=$pid0 | grep -q 'is in use'"
+  check "the new process took $dev over with RECONFIGURE" \
+    bash -c "journalctl -b -o cat _PID=$pid1 | grep -q 'reattached an existing device'"
+  wait "$fio_pid"
+  fio_rc=$?
+  check "fio verify (crc32c, verify_fatal) ran through the restart: exit $fio_rc" test "$fio_rc" = 0
+  grep -E "err=|verify:" "$R/boot$phase-fio.txt" | sed 's/^/# fio: /' | head -3
+  check "$BT_DEV still links to $dev" test "$(nbd_of)" = "$dev"
+  check "$BT_MNT stayed mounted (the mount unit was never restarted)" \
+    test "$(systemctl show -P ActiveEnterTimestampMonotonic "$BT_MOUNT_UNIT")" = "$mount0" -a \
+    "$(findmnt -n -o SOURCE "$BT_MNT")" = "$dev"
+  check "no I/O error in the kernel log" no_io_errors
+  rm -f "$BT_MNT/fio.dat"
+}
+
+if [ "$phase" = 1 ]; then
+  # The fstab line first: enable's reload of systemd then also turns it into a mount unit
+  # (a reload reads every unit file over 9p: half a minute under emulation).
+  echo "$BT_FSTAB_LINE" >>/etc/fstab
+  check "systemctl enable --now $BT_UNIT" systemctl enable --now "$BT_UNIT" || finish
+  check "$BT_UNIT is $(systemctl is-enabled "$BT_UNIT") and active" \
+    test "$(systemctl is-enabled "$BT_UNIT")/$(systemctl is-active "$BT_UNIT")" = enabled/active
+  udevadm settle
+  dev=$(nbd_of)
+  check "udev links $BT_DEV -> ${dev:-nothing}" test -b "$BT_DEV" -a "${dev#/dev/nbd}" != "$dev" || finish
+  check "its backend names the LUN ($(cat /sys/block/"${dev#/dev/}"/backend))" \
+    grep -q "^lunbridge:$BT_IQN:1:" "/sys/block/${dev#/dev/}/backend"
+  check "mkfs.ext4 $BT_DEV" mkfs.ext4 -F -q -E nodiscard "$BT_DEV" || finish
+  check "the fstab line '$BT_FSTAB_LINE' gives $BT_MOUNT_UNIT" \
+    test "$(systemctl show -P SourcePath "$BT_MOUNT_UNIT")" = /etc/fstab
+  check "systemctl start $BT_MOUNT_UNIT" systemctl start "$BT_MOUNT_UNIT" || finish
+  check "$BT_MNT is mounted from $dev" test "$(findmnt -n -o SOURCE "$BT_MNT")" = "$dev" || finish
+  for i in 1 2 3; do dd if=/dev/urandom of="$BT_MNT/data$i" bs=1M count=4 status=none; done
+  (cd "$BT_MNT" && sha256sum data1 data2 data3) >"$R/data.sha256"
+  check "wrote 12 MiB of data, checksums kept outside the VM" \
+    bash -c "sync && test \$(wc -l <'$R/data.sha256') = 3"
+  restart_under_fio
+  check "the data is intact after the restart" bash -c "cd '$BT_MNT' && sha256sum -c --quiet '$R/data.sha256'"
+  note "powering off with $BT_MNT mounted: the shutdown must unmount it, then stop $BT_UNIT"
+  finish
+fi
+
+# Boot 2: nothing was done by hand; the unit, the fstab line and the target came up at boot.
+en=$(systemctl is-enabled "$BT_UNIT")
+check "$BT_UNIT is $en" bash -c "[[ '$en' == enabled || '$en' == enabled-runtime ]]"
+unit_t=$(since "$BT_UNIT") mount_t=$(since "$BT_MOUNT_UNIT")
+check "$BT_UNIT started at boot (active at ${unit_t} s, before multi-user.target at ${mu} s)" \
+  earlier "$unit_t" "$mu"
+dev=$(nbd_of)
+dev_unit=$(systemd-escape -p --suffix=device "$BT_DEV")
+check "$dev_unit waits up to 5 min for the volume (dev-lunbridge-.device.d drop-in)" \
+  test "$(systemctl show -P JobRunningTimeoutUSec "$dev_unit")" = 5min
+check "$BT_MOUNT_UNIT comes from the fstab line" \
+  bash -c "test \"\$(systemctl show -P SourcePath '$BT_MOUNT_UNIT')\" = /etc/fstab && grep -qxF '$BT_FSTAB_LINE' /etc/fstab"
+check "$BT_MNT was mounted at boot (at ${mount_t} s: after the unit, before multi-user.target)" \
+  bash -c "[ \"\$(systemctl is-active '$BT_MOUNT_UNIT')\" = active ] && awk -v u=$unit_t -v m=$mount_t -v t=$mu 'BEGIN { exit !(u > 0 && u <= m && m < t) }'"
+check "$BT_MNT is mounted via $BT_DEV -> ${dev:-nothing}" \
+  test -n "$dev" -a "$(findmnt -n -o SOURCE "$BT_MNT")" = "$dev" || finish
+fsck_unit=systemd-fsck@$(systemd-escape -p "$BT_DEV").service
+fsck_log=$(journalctl -b -u "$fsck_unit" -o cat 2>&1)
+echo "$fsck_log" | sed 's/^/# fsck at boot: /'
+fsck_clean() {
+  [ "$(systemctl show -P Result "$fsck_unit")" = success ] && grep -q ': clean,' <<<"$fsck_log" &&
+    ! grep -qi recover <<<"$fsck_log"
+}
+check "fsck at boot ($fsck_unit) found the filesystem clean after boot 1's shutdown" fsck_clean
+check "the data written in boot 1 is intact" bash -c "cd '$BT_MNT' && sha256sum -c --quiet '$R/data.sha256'"
+check "unmount ($BT_MOUNT_UNIT stopped)" systemctl stop "$BT_MOUNT_UNIT"
+check "e2fsck -fn $BT_DEV finds nothing" bash -c "e2fsck -fn '$BT_DEV' >'$R/boot2-e2fsck.txt' 2>&1"
+sed 's/^/# e2fsck: /' "$R/boot2-e2fsck.txt"
+check "tune2fs -l: filesystem state clean" bash -c "tune2fs -l '$BT_DEV' | grep -Eq '^Filesystem state: +clean$'"
+check "mount it again for the shutdown" systemctl start "$BT_MOUNT_UNIT"
+note "powering off with $BT_MNT mounted"
+finish
