@@ -80,24 +80,7 @@ free_cp() {
 }
 
 kill_tgtd() { # pid cp: clean exit if it answers (it ignores SIGTERM), SIGKILL after 3 s
-  local pid=$1 cp=$2 tid i
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -CONT "$pid" 2>/dev/null || true
-  for tid in $(timeout 3 tgtadm -C "$cp" --lld iscsi --op show --mode target 2>/dev/null |
-    sed -n 's/^Target \([0-9]*\):.*/\1/p'); do
-    timeout 3 tgtadm -C "$cp" --lld iscsi --op delete --mode target --tid "$tid" --force >/dev/null 2>&1 || true
-  done
-  timeout 3 tgtadm -C "$cp" --op delete --mode system >/dev/null 2>&1 || true
-  for i in $(seq 30); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  for i in $(seq 30); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  rm -f "/var/run/tgtd/socket.$cp" "/var/run/tgtd/socket.$cp.lock"
+  "$(dirname "${BASH_SOURCE[0]}")/../scripts/tgtd-private.sh" kill "$1" "$2"
 }
 
 our_tgtd_pid() { # prints the pid if the recorded tgtd still is ours

@@ -165,5 +165,7 @@ stop() {
 case "${1:-}" in
 start) [ $# -eq 2 ] || die "usage: $0 start DIR"; start "$2" ;;
 stop) [ $# -eq 2 ] || die "usage: $0 stop DIR"; stop "$2" ;;
-*) die "usage: $0 start DIR | stop DIR" ;;
+# Stops any tgtd by PID and control port (for harnesses that start tgtd themselves).
+kill) [ $# -eq 3 ] || die "usage: $0 kill PID CONTROL-PORT"; kill_tgtd "$2" "$3" ;;
+*) die "usage: $0 start DIR | stop DIR | kill PID CONTROL-PORT" ;;
 esac
