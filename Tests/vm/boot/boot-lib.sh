@@ -38,7 +38,10 @@ bt_install_unit() {
     "$1/dev-lunbridge-.device.d/40-lunbridge.conf"
   mkdir -p "$1/lunbridge@.service.d"
   cat >"$1/lunbridge@.service.d/50-boot-test.conf" <<EOT
-# lunbridge boot test: the freshly built binary instead of /usr/local/bin/lunbridge.
+# lunbridge boot test: the freshly built binary instead of /usr/local/bin/lunbridge
+# (a staged copy in the results folder, mounted over 9p).
+[Unit]
+RequiresMountsFor=$BT_RESULTS
 [Service]
 ExecStart=
 ExecStart=$2 attach %i --foreground

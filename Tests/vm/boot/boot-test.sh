@@ -71,6 +71,15 @@ G=$OUT/guest
 rm -rf "$G" "$OUT/home" "$OUT"/boot*-console.log
 mkdir -p "$G" "$OUT/home/.config/virtme-ng"
 truncate -s 64M "$G/lun.img"
+# The guest mounts a tmpfs on /tmp (its services need a writable /tmp), which hides a
+# repository or binary under this machine's /tmp (CI clones may live there). What runs
+# after that mount -- tgtd's unit, the checks, lunbridge@.service -- runs staged copies
+# from the results folder, which the guest mounts over 9p.
+mkdir -p "$G/stage/Tests/vm" "$G/stage/systemd"
+cp -a "$here" "$G/stage/Tests/vm/boot"
+cp -a "$here/../../../systemd/." "$G/stage/systemd/"
+cp "$BIN" "$G/stage/lunbridge"
+guest_bin=$(. "$here/boot-lib.sh"; echo "$BT_RESULTS/stage/lunbridge")
 # The guest's /etc/fstab: vng binds the file named by its "systemd.fstab" setting there
 # before systemd starts. HOME points vng at a configuration of this test's own.
 tmpfs='tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0
@@ -89,7 +98,7 @@ boot() { # PHASE: boots, waits for the guest to power off (or kills it); sets bo
   # /.dockerenv for one, and then exit instead of powering off.
   (cd / && HOME="$OUT/home" exec setsid "$VNG" --run "$kernel" --disable-kvm --memory 2G --cpus 2 \
     --systemd --rwdir "$G" --append "container=" --append "SYSTEMD_GENERATOR_PATH=$here/generator:" \
-    --append "lunbridge_boot.phase=$phase" --append "lunbridge_boot.binary=$BIN" \
+    --append "lunbridge_boot.phase=$phase" --append "lunbridge_boot.binary=$guest_bin" \
     --append systemd.show_status=1) </dev/null >"$OUT/boot$phase-console.log" 2>&1 &
   vpid=$!
   timed_out=0
