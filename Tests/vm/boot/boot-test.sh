@@ -80,6 +80,9 @@ cp -a "$here" "$G/stage/Tests/vm/boot"
 cp -a "$here/../../../systemd/." "$G/stage/systemd/"
 cp "$BIN" "$G/stage/lunbridge"
 guest_bin=$(. "$here/boot-lib.sh"; echo "$BT_RESULTS/stage/lunbridge")
+# The generator runs again at every daemon-reload (systemctl enable does one): once /tmp
+# is covered, from the staged copy (the first directory that has it wins).
+guest_generator=$(. "$here/boot-lib.sh"; echo "$BT_RESULTS/stage/Tests/vm/boot/generator")
 # The guest's /etc/fstab: vng binds the file named by its "systemd.fstab" setting there
 # before systemd starts. HOME points vng at a configuration of this test's own.
 tmpfs='tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0
@@ -97,7 +100,7 @@ boot() { # PHASE: boots, waits for the guest to power off (or kills it); sets bo
   # (empty) tells systemd it is not in a container: it would take this machine's
   # /.dockerenv for one, and then exit instead of powering off.
   (cd / && HOME="$OUT/home" exec setsid "$VNG" --run "$kernel" --disable-kvm --memory 2G --cpus 2 \
-    --systemd --rwdir "$G" --append "container=" --append "SYSTEMD_GENERATOR_PATH=$here/generator:" \
+    --systemd --rwdir "$G" --append "container=" --append "SYSTEMD_GENERATOR_PATH=$here/generator:$guest_generator:" \
     --append "lunbridge_boot.phase=$phase" --append "lunbridge_boot.binary=$guest_bin" \
     --append systemd.show_status=1) </dev/null >"$OUT/boot$phase-console.log" 2>&1 &
   vpid=$!
