@@ -108,33 +108,27 @@ public enum PrometheusText {
       if !states.contains(p.state) { states.append(p.state) }
       for s in states { f.add(l + [("state", s)], s == p.state ? "1" : "0") }
     }
-    pathFamily("lunbridge_path_ios_total", "counter", "I/Os completed on the path.") { p, l, f in
-      f.add(l, String(p.ios))
-    }
-    pathFamily("lunbridge_path_bytes_total", "counter", "Bytes of the I/Os completed on the path.") {
-      p, l, f in
-      f.add(l, String(p.bytes))
-    }
-    pathFamily("lunbridge_path_errors_total", "counter", "I/Os completed on the path with an error.") {
-      p, l, f in
-      f.add(l, String(p.errors))
-    }
-    pathFamily(
-      "lunbridge_path_failovers_total", "counter", "I/Os taken off the path because it failed."
-    ) { p, l, f in
-      f.add(l, String(p.failovers))
-    }
-    pathFamily("lunbridge_path_failures_total", "counter", "Times the path went from working to failed.") {
-      p, l, f in
-      f.add(l, String(p.failures))
-    }
-    pathFamily(
-      "lunbridge_path_reinstatements_total", "counter", "Times the failed path was reinstated after a probe."
-    ) { p, l, f in
-      f.add(l, String(p.reinstatements))
-    }
-    pathFamily("lunbridge_path_outstanding_ios", "gauge", "I/Os in flight on the path.") { p, l, f in
-      f.add(l, String(p.outstandingIOs))
+    // One sample per path, one value each.
+    let perPath: [(name: String, type: String, help: String, value: (PathReport) -> String)] = [
+      ("lunbridge_path_ios_total", "counter", "I/Os completed on the path.", { String($0.ios) }),
+      ("lunbridge_path_bytes_total", "counter", "Bytes of the I/Os completed on the path.", { String($0.bytes) }),
+      ("lunbridge_path_errors_total", "counter", "I/Os completed on the path with an error.", { String($0.errors) }),
+      (
+        "lunbridge_path_failovers_total", "counter", "I/Os taken off the path because it failed.",
+        { String($0.failovers) }
+      ),
+      (
+        "lunbridge_path_failures_total", "counter", "Times the path went from working to failed.",
+        { String($0.failures) }
+      ),
+      (
+        "lunbridge_path_reinstatements_total", "counter", "Times the failed path was reinstated after a probe.",
+        { String($0.reinstatements) }
+      ),
+      ("lunbridge_path_outstanding_ios", "gauge", "I/Os in flight on the path.", { String($0.outstandingIOs) }),
+    ]
+    for metric in perPath {
+      pathFamily(metric.name, metric.type, metric.help) { p, l, f in f.add(l, metric.value(p)) }
     }
     pathFamily("lunbridge_path_latency_seconds", "histogram", "Completion latency of I/Os on the path.") {
       p, l, f in

@@ -35,6 +35,40 @@ public enum VolumeEvent: Hashable, Sendable {
   case completed(io: UInt64, success: Bool)
 }
 
+/// Why a URL cannot be one of a volume's paths: what the command line and volume files
+/// both check.
+public enum PathURLProblem: Error, Equatable, CustomStringConvertible {
+  /// A query parameter other than one non-empty `iface=` or `source=`.
+  case badParameter(String)
+  /// Another target or LUN than the volume's first path.
+  case otherLogicalUnit(String)
+
+  public var description: String {
+    switch self {
+    case .badParameter(let m), .otherLogicalUnit(let m): return m
+    }
+  }
+
+  /// nil when `url` can be a path of a volume whose first path is `first`.
+  public static func check(_ url: ISCSIURL, first: ISCSIURL?) -> PathURLProblem? {
+    for key in url.query.keys.sorted() where key != "iface" && key != "source" {
+      return .badParameter("unknown parameter '\(key)' in \(url): use ?iface=NIC or ?source=ADDRESS")
+    }
+    if url.query["iface"] != nil && url.query["source"] != nil {
+      return .badParameter("\(url) names both iface= and source=: give one")
+    }
+    if url.query["iface"]?.isEmpty == true || url.query["source"]?.isEmpty == true {
+      return .badParameter("empty iface= or source= in \(url)")
+    }
+    if let first, first.targetName != url.targetName || first.lun != url.lun {
+      return .otherLogicalUnit(
+        "every path must reach the same target and LUN (\(first.targetName)/\(first.lun), not \(url.targetName)/\(url.lun))"
+      )
+    }
+    return nil
+  }
+}
+
 /// How a volume schedules its paths and what it calls itself.
 public struct VolumeOptions: Sendable {
   public var multipath = MultipathConfiguration(
@@ -109,7 +143,6 @@ public final class Volume: @unchecked Sendable {
     var token: IOToken
     var operation: Operation
     var promise: EventLoopPromise<[ByteBuffer]>
-    var submitted: NIODeadline
     var path: PathID?
     var attempt = 0
     var dispatched: NIODeadline
@@ -132,10 +165,6 @@ public final class Volume: @unchecked Sendable {
   public private(set) var counts = RequestCounts()
   public private(set) var noPathFailures: UInt64 = 0
   private var latency = LatencyHistogram()
-
-  /// Requests served and answered with an error (kept for tests and older callers).
-  public var requests: Int { Int(counts.reads + counts.writes + counts.flushes + counts.trims + counts.writeZeroes) }
-  public var errors: Int { Int(counts.errors) }
 
   private init(
     eventLoop: EventLoop, info: LUNInfo, targetName: String, lun: UInt16, options: VolumeOptions, logger: Logger
@@ -403,7 +432,7 @@ public final class Volume: @unchecked Sendable {
     nextIO &+= 1
     let now = NIODeadline.now()
     pending[token.id] = PendingIO(
-      token: token, operation: operation, promise: promise, submitted: now, dispatched: now)
+      token: token, operation: operation, promise: promise, dispatched: now)
     run(machine.submit(token))
     return promise.futureResult
   }
@@ -524,17 +553,8 @@ public final class Volume: @unchecked Sendable {
 
   private func log(_ event: PathEvent) {
     let url = paths[event.path].map { "\($0.spec.url)" } ?? "-"
-    func short(_ s: PathState) -> String {
-      switch s {
-      case .active: return "active"
-      case .standby: return "standby"
-      case .failed: return "failed"
-      case .probing: return "probing"
-      case .disabled: return "disabled"
-      }
-    }
     var metadata: Logger.Metadata = ["path": "\(event.path)", "url": "\(url)"]
-    if let from = event.from { metadata["from"] = "\(short(from))" }
+    if let from = event.from { metadata["from"] = "\(from.name)" }
     let what: String
     switch event.to {
     case .failed?: what = "path failed"
@@ -550,16 +570,11 @@ public final class Volume: @unchecked Sendable {
     } else {
       logger.notice("\(what): \(event.reason)", metadata: metadata)
     }
-    if case .active? = event.to, let from = event.from {
-      switch from {
-      case .failed, .probing: paths[event.path]?.reinstatements += 1
-      default: break
-      }
-    } else if case .standby? = event.to, let from = event.from {
-      switch from {
-      case .failed, .probing: paths[event.path]?.reinstatements += 1
-      default: break
-      }
+    // Back from failed or probing to working (serving or standing by): reinstated.
+    if let from = event.from?.name, from == "failed" || from == "probing",
+      let to = event.to?.name, to == "active" || to == "standby"
+    {
+      paths[event.path]?.reinstatements += 1
     }
   }
 
@@ -645,10 +660,11 @@ public final class Volume: @unchecked Sendable {
       let promise = eventLoop.makePromise(of: LogicalUnit.self)
       promise.completeWithTask { try await LogicalUnit.open(session: session, lun: path.spec.url.lun) }
       return promise.futureResult.flatMapThrowing { [self] unit in
-        let reference = paths.values.first { $0.unit != nil && $0.id != id }.map { $0.unit!.info } ?? info
-        let referenceURL = paths.values.first { $0.unit != nil && $0.id != id }?.spec.url ?? path.spec.url
+        // Compared with another path that has its LU open (else the volume's own LU).
+        let other = paths.values.first { $0.unit != nil && $0.id != id }
         if let problem = Volume.identityProblem(
-          reference: reference, referenceURL: referenceURL, other: unit.info, otherURL: path.spec.url)
+          reference: other?.unit?.info ?? info, referenceURL: other?.spec.url ?? path.spec.url, other: unit.info,
+          otherURL: path.spec.url)
         {
           throw BridgeError(problem)
         }
@@ -780,18 +796,12 @@ public final class Volume: @unchecked Sendable {
             mbps = Double(row.statistics.bytes &- first.2) / seconds / 1e6
           }
         }
-        let state: String
+        let state = row.state.name
         var reason: String? = nil
         switch row.state {
-        case .active: state = "active"
-        case .standby: state = "standby"
-        case .failed(let why):
-          state = "failed"
-          reason = why.description
-        case .probing:
-          state = "probing"
-          reason = path.session.lastError
-        case .disabled: state = "disabled"
+        case .failed(let why): reason = why.description
+        case .probing: reason = path.session.lastError
+        default: break
         }
         let config = path.spec.configuration
         reports.append(

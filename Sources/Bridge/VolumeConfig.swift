@@ -559,19 +559,10 @@ private struct Decoder {
           "key 'paths': \(url) carries a CHAP secret in the URL; remove it and use chap_secret_file (mode 600)",
           line: item.line)
       }
-      for key in url.query.keys.sorted() where key != "iface" && key != "source" {
-        throw error(
-          .badURL, entry, "key 'paths': unknown parameter '\(key)' in \(url): use ?iface=NIC or ?source=ADDRESS",
-          line: item.line)
-      }
-      if url.query["iface"] != nil && url.query["source"] != nil {
-        throw error(.badURL, entry, "key 'paths': \(url) names both iface= and source=: give one", line: item.line)
-      }
-      if let first = urls.first, first.targetName != url.targetName || first.lun != url.lun {
-        throw error(
-          .invalidValue, entry,
-          "key 'paths': every path must reach the same target and LUN (\(first.targetName)/\(first.lun), not \(url.targetName)/\(url.lun))",
-          line: item.line)
+      switch PathURLProblem.check(url, first: urls.first) {
+      case .badParameter(let m)?: throw error(.badURL, entry, "key 'paths': \(m)", line: item.line)
+      case .otherLogicalUnit(let m)?: throw error(.invalidValue, entry, "key 'paths': \(m)", line: item.line)
+      case nil: break
       }
       if let first = seen[url.description] {
         throw error(.invalidValue, entry, "key 'paths': \(url) is listed twice (first on line \(first))", line: item.line)

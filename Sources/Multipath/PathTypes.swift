@@ -78,6 +78,17 @@ public enum PathState: Hashable, Sendable, CustomStringConvertible {
   /// Taken out by the administrator; never probed, never selected.
   case disabled
 
+  /// The state without its reason: active, failed, probing, standby or disabled.
+  public var name: String {
+    switch self {
+    case .active: return "active"
+    case .failed: return "failed"
+    case .probing: return "probing"
+    case .standby: return "standby"
+    case .disabled: return "disabled"
+    }
+  }
+
   public var description: String {
     switch self {
     case .active: return "active"

@@ -331,19 +331,7 @@ func pathSpecs(
     if url.passwordInURL && !urls.contains(where: \.passwordInURL) {
       warn("the CHAP secret in the URL shows in ps and shell history; use --chap-secret-file")
     }
-    for key in url.query.keys where key != "iface" && key != "source" {
-      throw BridgeError("unknown parameter '\(key)' in \(url): use ?iface=NIC or ?source=ADDRESS")
-    }
-    if url.query["iface"] != nil && url.query["source"] != nil {
-      throw BridgeError("\(url) names both iface= and source=: give one")
-    }
-    if url.query["iface"]?.isEmpty == true || url.query["source"]?.isEmpty == true {
-      throw BridgeError("empty iface= or source= in \(url)")
-    }
-    if let first = urls.first, first.targetName != url.targetName || first.lun != url.lun {
-      throw BridgeError(
-        "all paths must name the same target and LUN: \(first.targetName)/\(first.lun) vs \(url.targetName)/\(url.lun)")
-    }
+    if let problem = PathURLProblem.check(url, first: urls.first) { throw BridgeError("\(problem)") }
     urls.append(url)
   }
   if paths.discoverPortals, let first = urls.first {
