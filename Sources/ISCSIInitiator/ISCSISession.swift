@@ -274,7 +274,9 @@ public final class ISCSISession: @unchecked Sendable {
       maxBurstLength: negotiated.maxBurstLength,
       initialR2T: negotiated.initialR2T,
       immediateData: negotiated.immediateData,
-      maxOutstandingR2T: negotiated.maxOutstandingR2T)
+      maxOutstandingR2T: negotiated.maxOutstandingR2T,
+      dataPDUInOrder: negotiated.dataPDUInOrder,
+      dataSequenceInOrder: negotiated.dataSequenceInOrder)
     handler?.apply(
       FramingParameters(
         headerDigest: negotiated.headerDigest, dataDigest: negotiated.dataDigest,
@@ -418,14 +420,21 @@ public final class ISCSISession: @unchecked Sendable {
       }
     case .scsiResponse:
       advanceStatSN(h.statSN)
-      guard let entry = inFlight.removeValue(forKey: h.initiatorTaskTag) else {
+      guard let entry = inFlight[h.initiatorTaskTag] else {
         return connectionFailed(
           ISCSIError(.protocolViolation, "target sent a SCSI Response for unknown task 0x\(hex(h.initiatorTaskTag))"),
           channel: channel)
       }
       do {
-        finish(entry, try entry.task.handleResponse(pdu))
+        let completion = try entry.task.handleResponse(pdu)
+        inFlight[h.initiatorTaskTag] = nil
+        finish(entry, completion)
+      } catch let error as ISCSIError where error.code == .protocolViolation {
+        // Data that disagrees with the status: the command stays in flight, so dropping
+        // the connection sends it again (or hands it back to multipath); never completed.
+        connectionFailed(error, channel: channel)
       } catch {
+        inFlight[h.initiatorTaskTag] = nil
         entry.pending.promise.fail(error)
       }
     case .readyToTransfer:

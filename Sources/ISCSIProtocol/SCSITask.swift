@@ -9,10 +9,16 @@ public struct DataTransferLimits: Sendable, Equatable {
   public var initialR2T: Bool
   public var immediateData: Bool
   public var maxOutstandingR2T: Int
+  /// DataPDUInOrder and DataSequenceInOrder (sections 13.18, 13.19). When both are Yes
+  /// every Data-In must start where the previous one ended; otherwise Data-In may come in
+  /// any order, but no byte may arrive twice.
+  public var dataPDUInOrder: Bool
+  public var dataSequenceInOrder: Bool
 
   public init(
     maxSendDataSegmentLength: Int = 8192, firstBurstLength: Int = 65536, maxBurstLength: Int = 262144,
-    initialR2T: Bool = true, immediateData: Bool = true, maxOutstandingR2T: Int = 1
+    initialR2T: Bool = true, immediateData: Bool = true, maxOutstandingR2T: Int = 1,
+    dataPDUInOrder: Bool = true, dataSequenceInOrder: Bool = true
   ) {
     self.maxSendDataSegmentLength = maxSendDataSegmentLength
     self.firstBurstLength = firstBurstLength
@@ -20,7 +26,12 @@ public struct DataTransferLimits: Sendable, Equatable {
     self.initialR2T = initialR2T
     self.immediateData = immediateData
     self.maxOutstandingR2T = maxOutstandingR2T
+    self.dataPDUInOrder = dataPDUInOrder
+    self.dataSequenceInOrder = dataSequenceInOrder
   }
+
+  /// Data-In must arrive as one run of consecutive offsets.
+  var dataInStrictlyInOrder: Bool { dataPDUInOrder && dataSequenceInOrder }
 }
 
 /// A SCSI command as the session carries it.
@@ -93,6 +104,8 @@ public struct SCSITask: Sendable {
   /// ...or, once one arrives out of order, everything copied into place.
   private var readBuffer: ByteBuffer?
   private var received = 0
+  /// The byte ranges received, when Data-In may come out of order.
+  private var coverage = ByteRanges()
   private var nextDataSN: UInt32 = 0
   private var nextR2TSN: UInt32 = 0
   private var finalStatus: SCSICompletion?
@@ -195,6 +208,14 @@ public struct SCSITask: Sendable {
 
   /// Takes a Data-In PDU. Returns the completion when it carries the status (S bit,
   /// phase collapse, RFC 7143 section 11.7.4).
+  ///
+  /// Every byte of a read must be filled exactly once before its status is accepted
+  /// (sections 11.7.4-11.7.6, 13.18, 13.19): DataSN counts up from 0 without a gap; with
+  /// DataPDUInOrder and DataSequenceInOrder both Yes (what lunbridge offers, and the
+  /// result whenever the target agrees) each PDU starts where the previous one ended;
+  /// otherwise PDUs may come in any order but never overlap. A PDU that breaks a rule
+  /// throws `.protocolViolation`: the caller drops the connection and the command is sent
+  /// again through recovery, never completed with that data.
   public mutating func handleDataIn(_ pdu: ISCSIPDU, allocator: ByteBufferAllocator) throws -> SCSICompletion? {
     guard case .read(let expected) = command.direction else {
       throw ISCSIError(.protocolViolation, "target sent Data-In for task 0x\(hex(itt)), which reads nothing")
@@ -213,19 +234,35 @@ public struct SCSITask: Sendable {
         "target sent Data-In for bytes \(offset)..<\(offset + length) of a \(expected)-byte read")
     }
     if length > 0 {
-      if readBuffer == nil && offset == received {
+      if limits.dataInStrictlyInOrder {
+        guard offset == received else {
+          throw ISCSIError(
+            .protocolViolation,
+            "target sent Data-In at BufferOffset \(offset) for task 0x\(hex(itt)), expected \(received) (DataPDUInOrder=Yes)"
+          )
+        }
         readSegments.append(pdu.data)  // in order: keep the slice, no copy
       } else {
-        if readBuffer == nil {
-          var b = allocator.buffer(capacity: expected)
-          for var segment in readSegments { b.writeBuffer(&segment) }
-          readSegments = []
-          readBuffer = b
+        guard coverage.insert(offset..<(offset + length)) else {
+          throw ISCSIError(
+            .protocolViolation,
+            "target sent Data-In for bytes \(offset)..<\(offset + length) of task 0x\(hex(itt)), which overlap data already received"
+          )
         }
-        readBuffer!.setBuffer(pdu.data, at: readBuffer!.readerIndex + offset)
-        let end = offset + length
-        if readBuffer!.writerIndex - readBuffer!.readerIndex < end {
-          readBuffer!.moveWriterIndex(to: readBuffer!.readerIndex + end)
+        if readBuffer == nil && offset == received {
+          readSegments.append(pdu.data)
+        } else {
+          if readBuffer == nil {
+            var b = allocator.buffer(capacity: expected)
+            for var segment in readSegments { b.writeBuffer(&segment) }
+            readSegments = []
+            readBuffer = b
+          }
+          readBuffer!.setBuffer(pdu.data, at: readBuffer!.readerIndex + offset)
+          let end = offset + length
+          if readBuffer!.writerIndex - readBuffer!.readerIndex < end {
+            readBuffer!.moveWriterIndex(to: readBuffer!.readerIndex + end)
+          }
         }
       }
       received += length
@@ -234,10 +271,15 @@ public struct SCSITask: Sendable {
     guard h.flags & DataInFlags.final != 0 else {
       throw ISCSIError(.protocolViolation, "target sent a Data-In with status but without the F bit")
     }
-    return SCSICompletion(status: h.scsiStatus, segments: receivedData, residual: residual(h))
+    let residual = try checkedResidual(h)
+    try checkTransfer(status: h.scsiStatus, residual: residual)
+    return SCSICompletion(status: h.scsiStatus, segments: receivedData, residual: residual)
   }
 
-  /// Takes the SCSI Response PDU that ends the task (RFC 7143 section 11.4).
+  /// Takes the SCSI Response PDU that ends the task (RFC 7143 section 11.4). Throws
+  /// `.protocolViolation` when the data received disagrees with the status and residual
+  /// (the connection must be dropped and the command sent again), `.sessionFailed` for an
+  /// iSCSI response other than "command completed at target".
   public func handleResponse(_ pdu: ISCSIPDU) throws -> SCSICompletion {
     let h = pdu.header
     guard h.response == 0 else {
@@ -250,16 +292,53 @@ public struct SCSITask: Sendable {
       let available = min(senseLength, pdu.data.readableBytes - 2)
       sense = pdu.data.getBytes(at: pdu.data.readerIndex + 2, length: available) ?? []
     }
-    return SCSICompletion(status: h.scsiStatus, sense: sense, segments: receivedData, residual: residual(h))
+    let residual = try checkedResidual(h)
+    try checkTransfer(status: h.scsiStatus, residual: residual)
+    return SCSICompletion(status: h.scsiStatus, sense: sense, segments: receivedData, residual: residual)
+  }
+
+  /// The residual with its meaning (positive = underflow, negative = overflow); U and O
+  /// together, or an underflow larger than the command, break section 11.4.5.
+  private func checkedResidual(_ h: BasicHeaderSegment) throws -> Int {
+    let under = h.flags & DataInFlags.underflow != 0
+    let over = h.flags & DataInFlags.overflow != 0
+    guard !(under && over) else {
+      throw ISCSIError(.protocolViolation, "target set both the underflow and overflow bits for task 0x\(hex(itt))")
+    }
+    if under {
+      guard Int(h.residualCount) <= command.expectedLength else {
+        throw ISCSIError(
+          .protocolViolation,
+          "target reported an underflow of \(h.residualCount) bytes for a \(command.expectedLength)-byte transfer (task 0x\(hex(itt)))"
+        )
+      }
+      return Int(h.residualCount)
+    }
+    if over { return -Int(h.residualCount) }
+    return 0
+  }
+
+  /// A read that ends with GOOD or CONDITION MET must have received exactly the expected
+  /// length less the underflow the target reported: a hole or a short read is never passed
+  /// on as if it were data. Other statuses carry no data the caller uses.
+  private func checkTransfer(status: UInt8, residual: Int) throws {
+    guard case .read(let expected) = command.direction, status == 0x00 || status == 0x04 else { return }
+    let due = expected - max(residual, 0)
+    guard received == due else {
+      throw ISCSIError(
+        .protocolViolation,
+        "target ended task 0x\(hex(itt)) with \(received) of \(due) bytes received (\(expected) expected, residual \(residual))"
+      )
+    }
+    // Strictly in order, `received == due` means bytes 0..<due; otherwise the ranges never
+    // overlap, so the same count means they cover 0..<due only if they lie within it.
+    if !limits.dataInStrictlyInOrder, received > 0, coverage.ranges != [0..<due] {
+      throw ISCSIError(
+        .protocolViolation, "target ended task 0x\(hex(itt)) with Data-In outside the \(due) bytes it reported")
+    }
   }
 
   private var receivedData: [ByteBuffer] { readBuffer.map { [$0] } ?? readSegments }
-
-  private func residual(_ h: BasicHeaderSegment) -> Int {
-    if h.flags & DataInFlags.underflow != 0 { return Int(h.residualCount) }
-    if h.flags & DataInFlags.overflow != 0 { return -Int(h.residualCount) }
-    return 0
-  }
 
   public var bytesReceived: Int { received }
 }
@@ -275,5 +354,37 @@ extension Array where Element == ByteBuffer {
     var out = ByteBufferAllocator().buffer(capacity: reduce(0) { $0 + $1.readableBytes })
     for var s in self { out.writeBuffer(&s) }
     return out
+  }
+}
+
+/// Disjoint byte ranges, kept sorted and merged: the coverage of a read whose Data-In may
+/// arrive out of order. Its size is bounded by the number of PDUs received.
+struct ByteRanges: Sendable, Equatable {
+  private(set) var ranges: [Range<Int>] = []
+
+  /// Adds `r`; false (and nothing added) when it overlaps a range already there.
+  mutating func insert(_ r: Range<Int>) -> Bool {
+    guard !r.isEmpty else { return true }
+    // The first range that ends after r starts.
+    var lo = 0
+    var hi = ranges.count
+    while lo < hi {
+      let mid = (lo + hi) / 2
+      if ranges[mid].upperBound <= r.lowerBound { lo = mid + 1 } else { hi = mid }
+    }
+    if lo < ranges.count && ranges[lo].lowerBound < r.upperBound { return false }
+    var merged = r
+    var first = lo
+    var last = lo  // one past the ranges replaced
+    if first > 0 && ranges[first - 1].upperBound == r.lowerBound {
+      first -= 1
+      merged = ranges[first].lowerBound..<merged.upperBound
+    }
+    if last < ranges.count && ranges[last].lowerBound == r.upperBound {
+      merged = merged.lowerBound..<ranges[last].upperBound
+      last += 1
+    }
+    ranges.replaceSubrange(first..<last, with: [merged])
+    return true
   }
 }

@@ -1,4 +1,4 @@
-import ISCSIProtocol
+@testable import ISCSIProtocol
 import NIOCore
 import XCTest
 
@@ -110,7 +110,7 @@ final class SCSITaskTests: XCTestCase {
     XCTAssertEqual(done.segments.count, 2, "two Data-In PDUs, two segments, no copy")
     XCTAssertEqual(done.dataLength, 8)
 
-    var shuffled = SCSITask(itt: 9, command: SCSICommand(lun: 0, cdb: [0x28], direction: .read(8)), limits: .init())
+    var shuffled = SCSITask(itt: 9, command: SCSICommand(lun: 0, cdb: [0x28], direction: .read(8)), limits: relaxed)
     _ = try shuffled.handleDataIn(dataIn(offset: 4, bytes: [5, 6, 7, 8], dataSN: 0, status: false), allocator: .init())
     let put = try XCTUnwrap(
       try shuffled.handleDataIn(dataIn(offset: 0, bytes: [1, 2, 3, 4], dataSN: 1, status: true), allocator: .init()))
@@ -140,5 +140,106 @@ final class SCSITaskTests: XCTestCase {
     XCTAssertEqual(c.sense.count, 18)
     XCTAssertEqual(c.sense[2], 0x05)
     XCTAssertEqual(c.residual, 512)
+  }
+
+  // MARK: - Data-In accounting: every byte exactly once, or the data is refused
+
+  let relaxed = DataTransferLimits(dataPDUInOrder: false, dataSequenceInOrder: false)
+
+  func readTask(_ n: Int, _ limits: DataTransferLimits = .init()) -> SCSITask {
+    SCSITask(itt: 9, command: SCSICommand(lun: 0, cdb: [0x28], direction: .read(n)), limits: limits)
+  }
+
+  func bytes(_ n: Int, _ v: UInt8) -> [UInt8] { [UInt8](repeating: v, count: n) }
+
+  /// Feeds Data-In PDUs (offset, length, status) and returns the first error's text, or nil.
+  func feed(_ task: inout SCSITask, _ pdus: [(Int, Int, Bool)], flags: UInt8 = 0, residual: UInt32 = 0) -> String? {
+    for (sn, (offset, length, status)) in pdus.enumerated() {
+      var pdu = dataIn(offset: offset, bytes: bytes(length, UInt8(sn + 1)), dataSN: UInt32(sn), status: status)
+      if status {
+        pdu.header.flags |= flags
+        pdu.header.residualCount = residual
+      }
+      do { _ = try task.handleDataIn(pdu, allocator: .init()) } catch let e as ISCSIError {
+        XCTAssertEqual(e.code, .protocolViolation, e.description)
+        return e.description
+      } catch { return "\(error)" }
+    }
+    return nil
+  }
+
+  func testInOrderDataInMustStartWhereThePreviousEnded() {
+    var repeated = readTask(12)
+    XCTAssertNotNil(feed(&repeated, [(0, 4, false), (0, 4, false)]), "repeated BufferOffset")
+    var gap = readTask(12)
+    XCTAssertNotNil(feed(&gap, [(0, 4, false), (8, 4, true)]), "a hole at 4..<8")
+    var overlap = readTask(12)
+    XCTAssertNotNil(feed(&overlap, [(0, 4, false), (2, 4, false)]), "overlap")
+    var good = readTask(12)
+    XCTAssertNil(feed(&good, [(0, 4, false), (4, 4, false), (8, 4, true)]))
+  }
+
+  func testOutOfOrderDataInMayNotOverlapAndMustCoverEveryByte() {
+    var shuffled = readTask(12, relaxed)
+    XCTAssertNil(feed(&shuffled, [(8, 4, false), (0, 4, false), (4, 4, true)]), "any order, each byte once")
+    var overlap = readTask(12, relaxed)
+    XCTAssertNotNil(feed(&overlap, [(8, 4, false), (6, 4, false)]))
+    var repeated = readTask(12, relaxed)
+    XCTAssertNotNil(feed(&repeated, [(4, 4, false), (4, 4, false)]))
+    var hole = readTask(12, relaxed)
+    let e = feed(&hole, [(8, 4, false), (0, 4, true)])
+    XCTAssertTrue(e?.contains("8 of 12 bytes") ?? false, e ?? "accepted a read with a hole")
+  }
+
+  func testStatusWithTooFewBytesAndNoResidualIsRefused() {
+    var short = readTask(12)
+    let e = feed(&short, [(0, 4, false), (4, 4, true)])
+    XCTAssertTrue(e?.contains("8 of 12 bytes") ?? false, e ?? "a short read was accepted")
+  }
+
+  func testReportedUnderflowIsHonouredAndMustMatchTheData() throws {
+    var honest = readTask(12)
+    XCTAssertNil(feed(&honest, [(0, 4, false), (4, 4, true)], flags: DataInFlags.underflow, residual: 4))
+    var liar = readTask(12)
+    XCTAssertNotNil(
+      feed(&liar, [(0, 4, false), (4, 4, false), (8, 4, true)], flags: DataInFlags.underflow, residual: 4096),
+      "underflow larger than the command")
+    var liar2 = readTask(12)
+    XCTAssertNotNil(
+      feed(&liar2, [(0, 4, false), (4, 4, false), (8, 4, true)], flags: DataInFlags.underflow, residual: 4),
+      "all 12 bytes came, but the target says 4 are missing")
+    var both = readTask(12)
+    XCTAssertNotNil(
+      feed(&both, [(0, 12, true)], flags: DataInFlags.underflow | DataInFlags.overflow, residual: 0))
+  }
+
+  func testSCSIResponseAfterIncompleteDataInIsRefused() throws {
+    var task = readTask(8)
+    _ = try task.handleDataIn(dataIn(offset: 0, bytes: [1, 2, 3, 4], dataSN: 0, status: false), allocator: .init())
+    var h = BasicHeaderSegment(opcode: .scsiResponse, flags: finalFlag)
+    h.scsiStatus = 0
+    XCTAssertThrowsError(try task.handleResponse(ISCSIPDU(header: h))) {
+      XCTAssertEqual(($0 as? ISCSIError)?.code, .protocolViolation)
+    }
+    // CHECK CONDITION carries no data the caller uses: no accounting.
+    h.scsiStatus = 0x02
+    XCTAssertNoThrow(try task.handleResponse(ISCSIPDU(header: h)))
+    _ = try task.handleDataIn(dataIn(offset: 4, bytes: [5, 6, 7, 8], dataSN: 1, status: false), allocator: .init())
+    h.scsiStatus = 0
+    XCTAssertEqual(try task.handleResponse(ISCSIPDU(header: h)).dataLength, 8)
+  }
+
+  func testByteRangesMergeAndRefuseOverlaps() {
+    var r = ByteRanges()
+    XCTAssertTrue(r.insert(10..<20))
+    XCTAssertTrue(r.insert(30..<40))
+    XCTAssertFalse(r.insert(15..<16))
+    XCTAssertFalse(r.insert(19..<31))
+    XCTAssertTrue(r.insert(20..<30))
+    XCTAssertEqual(r.ranges, [10..<40])
+    XCTAssertTrue(r.insert(0..<5))
+    XCTAssertFalse(r.insert(0..<1))
+    XCTAssertTrue(r.insert(5..<10))
+    XCTAssertEqual(r.ranges, [0..<40])
   }
 }
