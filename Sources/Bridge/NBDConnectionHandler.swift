@@ -7,6 +7,12 @@ import NIOCore
 /// first) or a kernel socketpair (transmission only). Requests run concurrently; each
 /// reply goes back on this connection, READ data as the slice the target sent. A
 /// protocol violation closes this connection only.
+///
+/// Flow control (`FlowLimits`): a request is admitted only while this connection and the
+/// volume are under their bounds; otherwise it is held, the socket is no longer read, and
+/// reading resumes when written replies give room back. A client that pipelines without
+/// reading its replies therefore holds at most its own bounds of memory. When the client
+/// goes, its requests still waiting for a path are cancelled.
 final class NBDConnectionHandler: ChannelInboundHandler {
   typealias InboundIn = ByteBuffer
   typealias OutboundOut = ByteBuffer
@@ -19,29 +25,64 @@ final class NBDConnectionHandler: ChannelInboundHandler {
 
   let volume: Volume
   let logger: Logger
+  let limits: FlowLimits
+  let id: UInt64
   private var phase: Phase
   private var decoder = NBDRequestDecoder(maxPayload: Volume.maximumPayload)
   private var cumulation: ByteBuffer?
+  /// Admitted requests whose reply has not been written yet, and their bytes.
   private var inFlight = 0
+  private var bytesInFlight = 0
+  /// A decoded request waiting for room.
+  private var held: NBDRequestEvent?
+  private var readingPaused = false
   private var disconnectRequested = false
+  private var handshakeTimer: Scheduled<Void>?
+  private let handshakeTimeout: TimeAmount?
   private let onClose: (() -> Void)?
 
-  init(volume: Volume, handshake: Bool, logger: Logger, onClose: (() -> Void)? = nil) {
+  init(
+    volume: Volume, handshake: Bool, logger: Logger, handshakeTimeout: TimeAmount? = nil,
+    onClose: (() -> Void)? = nil
+  ) {
     self.volume = volume
     self.logger = logger
     self.onClose = onClose
+    self.handshakeTimeout = handshake ? handshakeTimeout : nil
+    self.limits = FlowLimits(
+      maxRequestsPerConnection: volume.options.maxRequestsPerConnection,
+      maxBytesPerConnection: volume.options.maxBytesPerConnection,
+      maxBytesInFlight: volume.options.maxBytesInFlight)
+    self.id = volume.budget.newConnectionID()
     self.phase = handshake ? .handshake(NBDHandshakeStateMachine(exports: [volume.export])) : .transmission
   }
 
   func channelActive(context: ChannelHandlerContext) {
     if case .handshake(let machine) = phase {
       context.writeAndFlush(wrapOutboundOut(machine.start(allocator: context.channel.allocator)), promise: nil)
+      if let handshakeTimeout {
+        handshakeTimer = context.eventLoop.scheduleTask(in: handshakeTimeout) { [self] in
+          guard case .handshake = phase else { return }
+          volume.flow.handshakeTimeouts += 1
+          volume.logClientProblem(
+            .info, "NBD client did not finish the handshake in time; closing",
+            ["seconds": "\(handshakeTimeout.nanoseconds / 1_000_000_000)"])
+          phase = .closing
+          context.close(promise: nil)
+        }
+      }
     }
     context.fireChannelActive()
   }
 
   func channelInactive(context: ChannelHandlerContext) {
     phase = .closing
+    handshakeTimer?.cancel()
+    handshakeTimer = nil
+    held = nil
+    cumulation = nil
+    volume.budget.forget(id)
+    volume.cancelQueued(owner: id)
     onClose?()
     context.fireChannelInactive()
   }
@@ -50,10 +91,10 @@ final class NBDConnectionHandler: ChannelInboundHandler {
     let incoming = unwrapInboundIn(data)
     cumulation.cumulate(incoming)
     process(context: context)
-    if let c = cumulation, c.readableBytes == 0 { cumulation = nil }
   }
 
   private func process(context: ChannelHandlerContext) {
+    guard cumulation != nil || held != nil else { return }
     if case .handshake(var machine) = phase {
       let actions: [NBDHandshakeAction]
       do {
@@ -68,9 +109,11 @@ final class NBDConnectionHandler: ChannelInboundHandler {
           context.write(wrapOutboundOut(bytes), promise: nil)
         case .enterTransmission:
           phase = .transmission
+          handshakeTimer?.cancel()
+          handshakeTimer = nil
         case .close(let reason):
           context.flush()
-          logger.info("NBD client left during the handshake", metadata: ["reason": "\(reason)"])
+          volume.logClientProblem(.info, "NBD client left during the handshake", ["reason": "\(reason)"])
           phase = .closing
           context.close(promise: nil)
           return
@@ -81,59 +124,122 @@ final class NBDConnectionHandler: ChannelInboundHandler {
     }
     guard case .transmission = phase else { return }
     while !disconnectRequested {
-      let event: NBDRequestEvent?
-      do {
-        event = try decoder.next(from: &cumulation!)
-      } catch {
-        return fail(context: context, reason: "\(error)")
+      let event: NBDRequestEvent
+      if let h = held {
+        event = h
+      } else {
+        guard cumulation != nil else { break }
+        do {
+          guard let next = try decoder.next(from: &cumulation!) else { break }
+          event = next
+        } catch {
+          return fail(context: context, reason: "\(error)")
+        }
       }
-      guard let event else { break }
       if event.request.type == .disconnect {
         // NBD_CMD_DISC: no reply; finish what is in flight, then close.
+        held = nil
         disconnectRequested = true
         closeIfIdle(context: context)
         break
       }
-      run(event, context: context)
+      let bytes = Self.bytes(of: event.request)
+      guard
+        limits.admits(
+          bytes: bytes, connectionRequests: inFlight, connectionBytes: bytesInFlight,
+          volumeBytes: volume.budget.bytes)
+      else {
+        held = event
+        pauseReading(context: context)
+        // Room comes back when one of ours is written, or when any connection's is.
+        volume.budget.wait(id) { [weak self] in self?.process(context: context) }
+        return
+      }
+      held = nil
+      run(event, bytes: bytes, context: context)
+    }
+    if let c = cumulation, c.readableBytes == 0 { cumulation = nil }
+    resumeReading(context: context)
+  }
+
+  /// Payload or reply bytes a request holds while in flight.
+  static func bytes(of request: NBDRequest) -> Int {
+    switch request.type {
+    case .read, .write: return Int(request.length)
+    default: return 0
     }
   }
 
-  private func run(_ event: NBDRequestEvent, context: ChannelHandlerContext) {
+  private func pauseReading(context: ChannelHandlerContext) {
+    guard !readingPaused else { return }
+    readingPaused = true
+    volume.flow.paused += 1
+    context.channel.setOption(.autoRead, value: false).whenComplete { _ in }
+  }
+
+  private func resumeReading(context: ChannelHandlerContext) {
+    guard readingPaused, case .transmission = phase else { return }
+    readingPaused = false
+    context.channel.setOption(.autoRead, value: true).whenComplete { _ in }
+    context.read()
+  }
+
+  private func run(_ event: NBDRequestEvent, bytes: Int, context: ChannelHandlerContext) {
     inFlight += 1
+    bytesInFlight += bytes
+    volume.budget.take(bytes)
     let handle = event.request.handle
-    volume.handle(event.request, payload: event.payload).whenSuccess { [self] result in
-      inFlight -= 1
-      guard context.channel.isActive else { return }
+    volume.handle(event.request, payload: event.payload, owner: id).whenSuccess { [self] result in
+      guard context.channel.isActive else { return released(bytes, context: context) }
+      let written = context.eventLoop.makePromise(of: Void.self)
       var header = context.channel.allocator.buffer(capacity: NBDLimits.simpleReplyHeaderSize)
       switch result {
       case .success(let data):
         NBDReplyEncoder.writeSimpleReply(handle: handle, error: nil, into: &header)
-        context.write(wrapOutboundOut(header), promise: nil)
-        for segment in data { context.write(wrapOutboundOut(segment), promise: nil) }
+        if data.isEmpty {
+          context.write(wrapOutboundOut(header), promise: written)
+        } else {
+          context.write(wrapOutboundOut(header), promise: nil)
+          for (i, segment) in data.enumerated() {
+            context.write(wrapOutboundOut(segment), promise: i == data.count - 1 ? written : nil)
+          }
+        }
         context.flush()
       case .failure(let errno):
         NBDReplyEncoder.writeSimpleReply(handle: handle, error: errno, into: &header)
-        context.writeAndFlush(wrapOutboundOut(header), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(header), promise: written)
       }
+      // The reply's memory is the socket's once written; a client that does not read
+      // keeps it here, and so keeps its room taken.
+      written.futureResult.whenComplete { [self] _ in released(bytes, context: context) }
       if disconnectRequested { closeIfIdle(context: context) }
     }
   }
 
+  private func released(_ bytes: Int, context: ChannelHandlerContext) {
+    inFlight -= 1
+    bytesInFlight -= bytes
+    volume.budget.release(bytes)
+    if held != nil || readingPaused { process(context: context) }
+    if disconnectRequested { closeIfIdle(context: context) }
+  }
+
   private func closeIfIdle(context: ChannelHandlerContext) {
-    guard inFlight == 0 else { return }
+    guard inFlight == 0, case .transmission = phase else { return }
     phase = .closing
     context.close(promise: nil)
   }
 
   private func fail(context: ChannelHandlerContext, reason: String) {
-    logger.warning("NBD protocol violation; closing the connection", metadata: ["reason": "\(reason)"])
+    volume.logClientProblem(.warning, "NBD protocol violation; closing the connection", ["reason": "\(reason)"])
     phase = .closing
     cumulation = nil
+    held = nil
     context.close(promise: nil)
   }
 
   func errorCaught(context: ChannelHandlerContext, error: Error) {
-    logger.info("NBD connection error", metadata: ["error": "\(error)"])
+    volume.logClientProblem(.info, "NBD connection error", ["error": "\(error)"])
     context.close(promise: nil)
   }
 }

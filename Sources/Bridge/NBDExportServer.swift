@@ -83,17 +83,29 @@ public final class NBDExportServer: @unchecked Sendable {
   /// The port actually bound (for `tcp:HOST:0`).
   public var boundPort: Int? { channel.localAddress?.port }
 
-  public static func start(volume: Volume, address: ListenAddress, logger: Logger) async throws -> NBDExportServer {
+  public static func start(
+    volume: Volume, address: ListenAddress, limits: ExportLimits = ExportLimits(), logger: Logger
+  ) async throws -> NBDExportServer {
     let loop = volume.eventLoop
     let holder = ConnectionRegistry()
     let bootstrap = ServerBootstrap(group: loop, childGroup: loop)
       .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+      .serverChannelOption(.backlog, value: 256)
       .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
       .childChannelInitializer { child in
-        child.eventLoop.makeCompletedFuture {
-          holder.add(child)
+        // Over a cap the connection is closed at once, before anything is read or written:
+        // its descriptor comes back and nothing is logged per connection (only counted).
+        let peer = child.remoteAddress?.ipAddress
+        if let refusal = holder.admit(child, peer: peer, limits: limits) {
+          volume.flow.refusedConnections += 1
+          volume.logClientProblem(.notice, "NBD connection refused", ["reason": "\(refusal)"])
+          return child.close()
+        }
+        return child.eventLoop.makeCompletedFuture {
           try child.pipeline.syncOperations.addHandler(
-            NBDConnectionHandler(volume: volume, handshake: true, logger: logger) { holder.remove(child) })
+            NBDConnectionHandler(
+              volume: volume, handshake: true, logger: logger, handshakeTimeout: limits.handshakeTimeout
+            ) { holder.remove(child) })
         }
       }
     let channel: Channel
@@ -141,12 +153,47 @@ public final class NBDExportServer: @unchecked Sendable {
   }
 }
 
+/// What an export admits: connections at once, per peer address (TCP), and how long a
+/// client may take to finish the handshake (QEMU's NBD server allows 10 s).
+public struct ExportLimits: Sendable, Equatable {
+  public var maxConnections = 64
+  public var maxConnectionsPerPeer = 16
+  public var handshakeTimeout: TimeAmount = .seconds(10)
+  public init() {}
+}
+
 final class ConnectionRegistry: @unchecked Sendable {
   private let lock = NSLock()
-  private var channels: [ObjectIdentifier: Channel] = [:]
-  func add(_ c: Channel) { lock.withLock { channels[ObjectIdentifier(c)] = c } }
-  func remove(_ c: Channel) { _ = lock.withLock { channels.removeValue(forKey: ObjectIdentifier(c)) } }
-  func all() -> [Channel] { lock.withLock { Array(channels.values) } }
+  private var channels: [ObjectIdentifier: (channel: Channel, peer: String?)] = [:]
+  private var perPeer: [String: Int] = [:]
+
+  /// Registers `c`, or says why it is refused.
+  func admit(_ c: Channel, peer: String?, limits: ExportLimits) -> String? {
+    lock.withLock {
+      guard channels.count < limits.maxConnections else {
+        return "the export has \(limits.maxConnections) connections (its cap)"
+      }
+      if let peer {
+        guard perPeer[peer, default: 0] < limits.maxConnectionsPerPeer else {
+          return "\(peer) has \(limits.maxConnectionsPerPeer) connections (the cap per peer)"
+        }
+        perPeer[peer, default: 0] += 1
+      }
+      channels[ObjectIdentifier(c)] = (c, peer)
+      return nil
+    }
+  }
+
+  func remove(_ c: Channel) {
+    lock.withLock {
+      guard let entry = channels.removeValue(forKey: ObjectIdentifier(c)), let peer = entry.peer else { return }
+      perPeer[peer]! -= 1
+      if perPeer[peer] == 0 { perPeer[peer] = nil }
+    }
+  }
+
+  func all() -> [Channel] { lock.withLock { channels.values.map(\.channel) } }
+  var count: Int { lock.withLock { channels.count } }
 }
 
 /// True when something accepts connections on the Unix socket at `path`.

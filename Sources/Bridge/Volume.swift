@@ -76,6 +76,13 @@ public struct VolumeOptions: Sendable {
   public var readOnly = false
   /// The export name (NBD) and the name in `status`.
   public var name = ""
+  /// Flow control (see `IOBudget`): requests one NBD connection may have in flight (the
+  /// kernel's default queue depth per socket is 128), bytes one connection and the whole
+  /// volume may hold in requests and unsent replies. Past a bound the connection stops
+  /// reading its socket until replies have been written.
+  public var maxRequestsPerConnection = 128
+  public var maxBytesPerConnection = 64 << 20
+  public var maxBytesInFlight = 256 << 20
 
   public init() {}
 }
@@ -146,6 +153,8 @@ public final class Volume: @unchecked Sendable {
     var path: PathID?
     var attempt = 0
     var dispatched: NIODeadline
+    /// The NBD connection that asked (0: none), so its queued work can be cancelled.
+    var owner: UInt64 = 0
   }
 
   private var machine: MultipathStateMachine<ContinuousClock>
@@ -163,6 +172,15 @@ public final class Volume: @unchecked Sendable {
 
   /// Counters for `status`, metrics and tests.
   public private(set) var counts = RequestCounts()
+  /// Flow control and export admission counters (status, metrics, tests).
+  public internal(set) var flow = FlowCounts()
+  var currentFlow: FlowCounts {
+    var f = flow
+    f.bytesInFlight = budget.bytes
+    return f
+  }
+  /// Bytes and requests in flight over all NBD connections (see `IOBudget`).
+  let budget: IOBudget
   public private(set) var noPathFailures: UInt64 = 0
   private var latency = LatencyHistogram()
 
@@ -174,6 +192,7 @@ public final class Volume: @unchecked Sendable {
     self.targetName = targetName
     self.lun = lun
     self.options = options
+    self.budget = IOBudget(maxBytes: options.maxBytesInFlight)
     self.logger = logger
     self.readOnly = options.readOnly || info.readOnly
     self.export = try NBDExportInfo(
@@ -347,7 +366,8 @@ public final class Volume: @unchecked Sendable {
   /// Validates and runs one request. The future never fails: an error becomes the errno
   /// of the reply. A successful READ returns its data: the Data-In segments the target
   /// sent, in order, to be written to the socket as they are. Call on the event loop.
-  public func handle(_ request: NBDRequest, payload: ByteBuffer?) -> EventLoopFuture<Result<[ByteBuffer], NBDErrno>>
+  public func handle(_ request: NBDRequest, payload: ByteBuffer?, owner: UInt64 = 0)
+    -> EventLoopFuture<Result<[ByteBuffer], NBDErrno>>
   {
     if let errno = validator.validate(request) {
       counts.errors += 1
@@ -380,7 +400,7 @@ public final class Volume: @unchecked Sendable {
       return eventLoop.makeSucceededFuture(.failure(.einval))
     }
     let started = NIODeadline.now()
-    return submit(operation, bytes: Int(request.length)).map { [self] data -> Result<[ByteBuffer], NBDErrno> in
+    return submit(operation, bytes: Int(request.length), owner: owner).map { [self] data -> Result<[ByteBuffer], NBDErrno> in
       latency.record(.nanoseconds((NIODeadline.now() - started).nanoseconds))
       switch request.type {
       case .read: counts.readBytes += UInt64(request.length)
@@ -390,6 +410,7 @@ public final class Volume: @unchecked Sendable {
       return .success(data)
     }.recover { [self] error in
       latency.record(.nanoseconds((NIODeadline.now() - started).nanoseconds))
+      if error is CancelledByClient { return .failure(.eio) }  // nobody to reply to
       counts.errors += 1
       logger.warning("NBD request failed", metadata: ["type": "\(request.type)", "error": "\(describeError(error))"])
       return .failure(Volume.errno(for: error))
@@ -416,7 +437,33 @@ public final class Volume: @unchecked Sendable {
     return .eio
   }
 
-  private func submit(_ operation: Operation, bytes: Int) -> EventLoopFuture<[ByteBuffer]> {
+  /// The NBD connection `owner` is gone: its requests still waiting for a path are dropped
+  /// (never sent). Requests already on a path finish, since the target may have them.
+  func cancelQueued(owner: UInt64) {
+    eventLoop.assertInEventLoop()
+    guard owner != 0 else { return }
+    for (id, entry) in pending where entry.owner == owner && machine.cancelQueued(entry.token) {
+      pending[id] = nil
+      flow.cancelled += 1
+      entry.promise.fail(CancelledByClient())
+    }
+  }
+
+  struct CancelledByClient: Error {}
+
+  private var clientLogLimiter = LogRateLimiter()
+
+  /// Logs something a client did wrong, at most a few lines per 10 s for all clients of
+  /// this volume: a fuzzing or flooding client must not flood the journal.
+  func logClientProblem(_ level: Logger.Level, _ message: String, _ metadata: Logger.Metadata) {
+    let (allowed, held) = clientLogLimiter.allow(now: NIODeadline.now().uptimeNanoseconds.asInt64)
+    guard allowed else { return }
+    var m = metadata
+    if held > 0 { m["suppressed"] = "\(held)" }
+    logger.log(level: level, "\(message)", metadata: m)
+  }
+
+  private func submit(_ operation: Operation, bytes: Int, owner: UInt64 = 0) -> EventLoopFuture<[ByteBuffer]> {
     eventLoop.assertInEventLoop()
     let promise = eventLoop.makePromise(of: [ByteBuffer].self)
     guard !closed else {
@@ -432,7 +479,7 @@ public final class Volume: @unchecked Sendable {
     nextIO &+= 1
     let now = NIODeadline.now()
     pending[token.id] = PendingIO(
-      token: token, operation: operation, promise: promise, dispatched: now)
+      token: token, operation: operation, promise: promise, dispatched: now, owner: owner)
     run(machine.submit(token))
     return promise.futureResult
   }
@@ -823,7 +870,7 @@ public final class Volume: @unchecked Sendable {
         failback: Volume.describe(machine.configuration.failback),
         noPathRetrySeconds: Int(machine.configuration.noPathRetry.components.seconds), queuedIOs: machine.queuedIOs,
         noPathFailures: noPathFailures, requests: counts, latency: Volume.latencyReport(latency), paths: reports,
-        uptimeSeconds: Double((now - opened).nanoseconds) / 1e9)
+        uptimeSeconds: Double((now - opened).nanoseconds) / 1e9, flow: currentFlow)
     }
   }
 

@@ -137,12 +137,14 @@ public struct VolumeStatusReport: Codable, Hashable, Sendable {
   public var paths: [PathReport]
   /// Seconds since the volume was opened.
   public var uptimeSeconds: Double
+  /// Flow control and export admission (absent in reports of older versions).
+  public var flow: FlowCounts?
 
   public init(
     name: String, device: String?, export: String?, targetName: String, lun: UInt16, deviceIdentifier: String?,
     sizeBytes: UInt64, blockSize: Int, readOnly: Bool, policy: String, failback: String, noPathRetrySeconds: Int,
     queuedIOs: Int, noPathFailures: UInt64, requests: RequestCounts, latency: LatencyReport, paths: [PathReport],
-    uptimeSeconds: Double
+    uptimeSeconds: Double, flow: FlowCounts? = nil
   ) {
     self.name = name
     self.device = device
@@ -162,5 +164,6 @@ public struct VolumeStatusReport: Codable, Hashable, Sendable {
     self.latency = latency
     self.paths = paths
     self.uptimeSeconds = uptimeSeconds
+    self.flow = flow
   }
 }

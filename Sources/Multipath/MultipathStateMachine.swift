@@ -306,6 +306,15 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
     return actions
   }
 
+  /// The client of a queued I/O has gone: it leaves the no-path queue without being
+  /// sent. True when it was there; false when it is on a path (or fenced), where it runs
+  /// to the end because the target may already have it.
+  public mutating func cancelQueued(_ io: IOToken) -> Bool {
+    guard let index = self.queue.firstIndex(where: { $0.io.id == io.id }) else { return false }
+    self.queue.remove(at: index)
+    return true
+  }
+
   /// The I/O finished on `path`. A completion from a path the I/O is no longer on (a read
   /// already re-sent elsewhere) is stale and ignored. A fenced write that completes on its
   /// old path is done and will not be re-sent.

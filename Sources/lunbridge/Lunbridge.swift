@@ -376,10 +376,11 @@ func discoveredPortals(for url: ISCSIURL, known: [ISCSIURL], options: LoginOptio
 /// Logs in on every path and opens the volume: what serve and attach share.
 func openVolume(
   urls: [String], options: LoginOptions, paths: PathOptions, name: String, readOnly: Bool, logger: Logger,
-  volume: VolumeConfig? = nil
+  volume: VolumeConfig? = nil, maxInflightBytes: Int? = nil
 ) async throws -> Volume {
   let specs = try await pathSpecs(urls: urls, options: options, paths: paths, volume: volume, logger: logger)
-  let volumeOptions = try paths.volumeOptions(name: name, readOnly: readOnly, volume: volume)
+  var volumeOptions = try paths.volumeOptions(name: name, readOnly: readOnly, volume: volume)
+  if let maxInflightBytes { volumeOptions.maxBytesInFlight = maxInflightBytes }
   return try await Volume.open(paths: specs, options: volumeOptions, logger: logger)
 }
 
@@ -438,18 +439,51 @@ struct Serve: AsyncParsableCommand {
   @Flag(help: "Refuse writes.")
   var readOnly = false
 
+  @Option(help: "Export connections at once; more are closed as they arrive (default 64).")
+  var maxConnections: Int?
+
+  @Option(help: "Export connections at once from one TCP peer address (default 16).")
+  var maxConnectionsPerPeer: Int?
+
+  @Option(help: "Seconds a client may take to finish the NBD handshake (default 10).")
+  var handshakeTimeout: Int?
+
+  @Option(help: "MiB of requests and unsent replies held for all clients; past it clients wait (default 256).")
+  var maxInflightMib: Int?
+
   @OptionGroup var paths: PathOptions
 
   @OptionGroup var options: LoginOptions
 
+  func exportLimits() throws -> ExportLimits {
+    var l = ExportLimits()
+    if let n = maxConnections {
+      guard n >= 1 else { throw BridgeError("--max-connections must be at least 1") }
+      l.maxConnections = n
+    }
+    if let n = maxConnectionsPerPeer {
+      guard n >= 1 else { throw BridgeError("--max-connections-per-peer must be at least 1") }
+      l.maxConnectionsPerPeer = n
+    }
+    if let n = handshakeTimeout {
+      guard n >= 1 else { throw BridgeError("--handshake-timeout must be at least 1 second") }
+      l.handshakeTimeout = .seconds(Int64(n))
+    }
+    return l
+  }
+
   func run() async throws {
     let logger = makeLogger(verbose: options.verbose)
     let address = try ListenAddress(parsing: listen)
+    let limits = try exportLimits()
+    if let m = maxInflightMib, m < 33 {
+      throw BridgeError("--max-inflight-mib must be at least 33 (one 32 MiB request and room for others)")
+    }
     let url = urls[0]
     let volume = try await openVolume(
       urls: urls, options: options, paths: paths, name: name ?? "serve-\(getpid())", readOnly: readOnly,
-      logger: logger)
-    let server = try await NBDExportServer.start(volume: volume, address: address, logger: logger)
+      logger: logger, maxInflightBytes: maxInflightMib.map { $0 << 20 })
+    let server = try await NBDExportServer.start(volume: volume, address: address, limits: limits, logger: logger)
     var shown = address
     if case .tcp(let h, 0) = address, let p = server.boundPort { shown = .tcp(host: h, port: p) }
     let observability = try await Observability.start(

@@ -337,6 +337,21 @@ final class MultipathStateMachineTests: XCTestCase {
     XCTAssertEqual(machine.timerFired(.noPathRetry), [])
   }
 
+  func testQueuedIOOfAClientThatLeftIsCancelledButIOOnAPathIsNot() {
+    var machine = makeMachine(.serviceTime, random: [0], paths: [(p1, 1, 50)])
+    XCTAssertEqual(machine.submit(read(9)), [.dispatch(read(9), p1)])
+    XCTAssertFalse(machine.cancelQueued(read(9)), "on a path: the target may have it; it runs to the end")
+    _ = machine.pathFailed(p1, reason: down)
+    XCTAssertEqual(machine.submit(read(1)), [])
+    XCTAssertEqual(machine.submit(write(2)), [])
+    XCTAssertEqual(machine.queuedIOs, 3, "read 9 was taken off the failed path and queued")
+    XCTAssertTrue(machine.cancelQueued(read(1)))
+    XCTAssertFalse(machine.cancelQueued(read(1)), "only once")
+    XCTAssertEqual(machine.queuedIOs, 2)
+    self.clock.advance(to: .seconds(60))
+    XCTAssertEqual(machine.timerFired(.noPathRetry), [.fail(read(9), .noPath), .fail(write(2), .noPath)])
+  }
+
   func testQueuedIODispatchedWhenAPathReturnsBeforeExpiry() {
     var machine = makeMachine(.serviceTime, random: [0], paths: [(p1, 1, 50)])
     _ = machine.pathFailed(p1, reason: down)

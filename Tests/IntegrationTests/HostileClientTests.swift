@@ -1,0 +1,202 @@
+import Foundation
+import XCTest
+
+/// `lunbridge serve` (the built binary, against a real tgtd) under NBD clients that
+/// misbehave on purpose (Tests/scripts/nbd-hostile-client.py): one that pipelines huge
+/// reads and never reads the replies, and a flood of connections that never finish the
+/// handshake. The server's memory stays bounded, a well-behaved client keeps working,
+/// `lunbridge status` answers, and the iSCSI path still recovers.
+final class HostileClientTests: XCTestCase {
+  static let iqn = "iqn.2026-11.org.lunbridge.test:hostile-client"
+  var tgtd: TGTD!
+  var serve: Process?
+  var scratch: String!
+  var volumeName: String!
+  var socket: String { scratch + "/nbd.sock" }
+  var uri: String { "nbd+unix:///?socket=\(socket)" }
+  let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../..").standardized
+  var lunbridge: String { repo.appendingPathComponent(".build/debug/lunbridge").path }
+  var script: String { repo.appendingPathComponent("Tests/scripts/nbd-hostile-client.py").path }
+  let python = "/usr/bin/python3"
+
+  override func setUp() async throws {
+    guard FileManager.default.isExecutableFile(atPath: lunbridge) else {
+      throw TGTDError("\(lunbridge) is missing: build it first (swift build, as make test does)")
+    }
+    guard (try? Command.run(python, ["-c", "import nbd"]))?.status == 0 else {
+      throw TGTDError("Debian's /usr/bin/python3 with the nbd module is needed: install python3-libnbd (make deps)")
+    }
+    tgtd = try TGTD()
+    try tgtd.addTarget(tid: 1, iqn: Self.iqn)
+    _ = try tgtd.addLUN(tid: 1, lun: 1, sizeMiB: 64)
+    try tgtd.bindAll(tid: 1)
+    scratch = "/dev/shm/lunbridge-hostile-client-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+    volumeName = "hostile-\(getpid())-\(UInt16.random(in: 0...UInt16.max))"
+  }
+
+  override func tearDown() async throws {
+    if let serve, serve.isRunning {
+      serve.terminate()
+      for _ in 0..<100 where serve.isRunning { usleep(100_000) }
+      if serve.isRunning { kill(serve.processIdentifier, SIGKILL) }
+    }
+    tgtd?.stop()
+    if let scratch { try? FileManager.default.removeItem(atPath: scratch) }
+  }
+
+  /// Starts `lunbridge serve` with its log in the scratch folder; waits for the socket.
+  func startServe(_ extra: [String] = []) throws -> Process {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: lunbridge)
+    p.arguments =
+      ["serve", "iscsi://127.0.0.1:\(tgtd.port)/\(Self.iqn)/1", "--listen", "unix:\(socket)", "--name", volumeName] + extra
+    FileManager.default.createFile(atPath: scratch + "/serve.log", contents: nil)
+    let log = try FileHandle(forWritingTo: URL(fileURLWithPath: scratch + "/serve.log"))
+    p.standardOutput = log
+    p.standardError = log
+    p.standardInput = FileHandle.nullDevice
+    try p.run()
+    serve = p
+    for _ in 0..<300 {
+      if FileManager.default.fileExists(atPath: socket) { return p }
+      guard p.isRunning else { break }
+      usleep(100_000)
+    }
+    throw TGTDError("serve did not start: \(serveLog())")
+  }
+
+  func serveLog() -> String { (try? String(contentsOfFile: scratch + "/serve.log", encoding: .utf8)) ?? "" }
+
+  /// Resident set size of a process in bytes (VmRSS).
+  func rss(_ pid: Int32) -> Int {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+      let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })
+    else { return 0 }
+    return (Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0) * 1024
+  }
+
+  /// `lunbridge status NAME --json`, decoded; nil when it did not answer.
+  func status() -> [String: Any]? {
+    guard let r = try? Command.run(lunbridge, ["status", volumeName, "--json"], timeout: 10), r.status == 0,
+      let array = try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]]
+    else { return nil }
+    return array.first
+  }
+
+  /// A child process with its output in a file (for the ones that run alongside).
+  func spawn(_ args: [String], output: String) throws -> Process {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: python)
+    p.arguments = [script] + args
+    FileManager.default.createFile(atPath: output, contents: nil)
+    let h = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
+    p.standardOutput = h
+    p.standardError = h
+    p.standardInput = FileHandle.nullDevice
+    try p.run()
+    return p
+  }
+
+  func wait(_ p: Process, seconds: Int) {
+    for _ in 0..<(seconds * 10) where p.isRunning { usleep(100_000) }
+    if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+  }
+
+  func testGreedyPipeliningClientIsHeldToItsBoundsAndOthersKeepWorking() throws {
+    let server = try startServe()
+    let before = rss(server.processIdentifier)
+    // 2,000 reads of 32 MiB (64 GB asked for), replies never read, held for 20 s.
+    let greedy = try spawn(["greedy", socket, "2000", String(32 << 20), "20"], output: scratch + "/greedy.out")
+    usleep(1_000_000)
+    // Meanwhile a well-behaved client's 4 KiB reads, and the server's memory every 0.2 s.
+    let goodOut = scratch + "/good.out"
+    let good = try spawn(["latency", uri, "12"], output: goodOut)
+    var peak = 0
+    while good.isRunning {
+      peak = max(peak, rss(server.processIdentifier))
+      usleep(200_000)
+    }
+    let goodResult = (try? String(contentsOfFile: goodOut, encoding: .utf8)) ?? ""
+    let during = status()
+    wait(greedy, seconds: 30)
+    let greedyResult = (try? String(contentsOfFile: scratch + "/greedy.out", encoding: .utf8)) ?? ""
+    print("greedy client: \(greedyResult.trimmingCharacters(in: .whitespacesAndNewlines)); good client: \(goodResult.trimmingCharacters(in: .whitespacesAndNewlines)); server RSS \(before >> 20) MiB before, peak \(peak >> 20) MiB")
+
+    XCTAssertTrue(greedyResult.hasPrefix("sent 2000"), "the greedy client could not even send: \(greedyResult)")
+    XCTAssertLessThan(peak, 256 << 20, "server RSS peaked at \(peak >> 20) MiB")
+    let fields = goodResult.split(separator: " ").map(String.init)
+    func field(_ key: String) -> Double? {
+      guard let i = fields.firstIndex(of: key), i + 1 < fields.count else { return nil }
+      return Double(fields[i + 1].trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+    let p99 = try XCTUnwrap(field("p99"), "good client: \(goodResult)")
+    XCTAssertLessThan(p99, 1.0, "good client's 4 KiB read p99 while the greedy one holds its bounds")
+    XCTAssertEqual(field("errors"), 0, goodResult)
+    XCTAssertGreaterThan(field("reads") ?? 0, 100, goodResult)
+
+    // The greedy client got a couple of reads started, not 2,000; once it has gone,
+    // nothing more of it runs, and the path was never failed over for it.
+    let s = try XCTUnwrap(status(), "status did not answer: \(serveLog())")
+    let reads1 = ((s["requests"] as? [String: Any])?["reads"] as? Int) ?? -1
+    usleep(2_000_000)
+    let reads2 = ((status()?["requests"] as? [String: Any])?["reads"] as? Int) ?? -2
+    XCTAssertEqual(reads1, reads2, "reads kept running after the greedy client left")
+    let goodReads = Int(field("reads") ?? 0)
+    XCTAssertLessThan(reads2 - goodReads, 10, "the greedy client had \(reads2 - goodReads) reads run")
+    let paths = try XCTUnwrap(s["paths"] as? [[String: Any]])
+    XCTAssertEqual(paths.first?["failures"] as? Int, 0, "the path was failed: \(paths)")
+    let flow = try XCTUnwrap((during ?? s)["flow"] as? [String: Any], "no flow counters in status")
+    XCTAssertGreaterThan(flow["paused"] as? Int ?? 0, 0, "the greedy connection was never paused")
+    XCTAssertTrue(server.isRunning, serveLog())
+  }
+
+  func testConnectionFloodDoesNotLockOutClientsStatusOrPathRecovery() throws {
+    let server = try startServe()
+    // 2 x 10,000 connections (this machine allows 20,000 descriptors a process) that
+    // never answer the handshake, held for 25 s.
+    let floods = try (0..<2).map { try spawn(["flood", socket, "10000", "25"], output: scratch + "/flood\($0).out") }
+    // Wait until both have opened all of theirs.
+    for i in 0..<2 {
+      for _ in 0..<300 {
+        if let t = try? String(contentsOfFile: scratch + "/flood\(i).out", encoding: .utf8), t.hasPrefix("opened") { break }
+        usleep(100_000)
+      }
+    }
+    let flooded = (0..<2).map { (try? String(contentsOfFile: scratch + "/flood\($0).out", encoding: .utf8)) ?? "" }
+    print("flood: \(flooded.map { $0.trimmingCharacters(in: .whitespacesAndNewlines) })")
+    XCTAssertTrue(flooded.allSatisfy { $0.hasPrefix("opened") }, "the flood did not run: \(flooded)")
+
+    // status answers during the flood.
+    let s = try XCTUnwrap(status(), "status did not answer during the flood: \(serveLog())")
+    let flow = try XCTUnwrap(s["flow"] as? [String: Any])
+    XCTAssertGreaterThan(flow["refusedConnections"] as? Int ?? 0, 10_000, "\(flow)")
+
+    // A path cut during the flood comes back (it needs a descriptor to reconnect).
+    try tgtd.deleteAllConnections(tid: 1)
+    var reinstated = false
+    for _ in 0..<100 {
+      if let paths = status()?["paths"] as? [[String: Any]], let p = paths.first,
+        (p["reinstatements"] as? Int ?? 0) >= 1, p["state"] as? String == "active"
+      {
+        reinstated = true
+        break
+      }
+      usleep(200_000)
+    }
+    XCTAssertTrue(reinstated, "the path was not reinstated during the flood: \(status() ?? [:])")
+
+    // After the handshake timeout (10 s) the slots the flood held are free again: a good
+    // client connects and reads while the flood still holds its sockets.
+    usleep(11_000_000)
+    let r = try Command.run(python, [script, "latency", uri, "2"], timeout: 30)
+    XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+    XCTAssertTrue(r.stdout.hasPrefix("reads") && r.stdout.contains("errors 0"), r.stdout + r.stderr)
+    let after = try XCTUnwrap(status()?["flow"] as? [String: Any])
+    XCTAssertGreaterThanOrEqual(after["handshakeTimeouts"] as? Int ?? 0, 64, "\(after)")
+    for f in floods { wait(f, seconds: 30) }
+    XCTAssertTrue(server.isRunning, serveLog())
+    let lines = serveLog().split(separator: "\n").count
+    XCTAssertLessThan(lines, 200, "one log line per bad connection? \(lines) lines")
+  }
+}
