@@ -1,19 +1,19 @@
 import Foundation
 import Logging
 
-/// One line per event on stderr. Under systemd (stderr is the journal) each line starts
-/// with the syslog priority in angle brackets, which journald takes as the priority;
-/// elsewhere it starts with a timestamp and the level. Secrets never reach a logger.
+/// One line per event through `LogOutput`: on stderr under systemd (stderr is the
+/// journal) each line starts with the syslog priority in angle brackets, which journald
+/// takes as the priority; elsewhere it starts with a timestamp and the level. In the
+/// background, or once stderr is gone, lines go to syslog or `--log-file`. Secrets never
+/// reach a logger.
 public struct StderrLogHandler: LogHandler {
   public var logLevel: Logger.Level
   public var metadata: Logger.Metadata = [:]
   let label: String
-  let journal: Bool
 
-  public init(label: String, level: Logger.Level, journal: Bool = SystemdNotify.underJournal) {
+  public init(label: String, level: Logger.Level) {
     self.label = label
     self.logLevel = level
-    self.journal = journal
   }
 
   public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
@@ -38,14 +38,8 @@ public struct StderrLogHandler: LogHandler {
     if let extra = event.metadata { all.merge(extra) { $1 } }
     let fields = all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
     let text = fields.isEmpty ? "\(event.message)" : "\(event.message) (\(fields))"
-    let line: String
-    if journal {
-      line = "<\(Self.priority(event.level))>\(text)\n"
-    } else {
-      let now = Date()
-      line = "\(Self.timestamp(now)) \(event.level) \(label): \(text)\n"
-    }
-    FileHandle.standardError.write(Data(line.utf8))
+    // Never fatal: a closed pipe or terminal makes LogOutput switch to syslog or nothing.
+    LogOutput.log(text, level: "\(event.level)", label: label, priority: Int32(Self.priority(event.level)))
   }
 
   static func timestamp(_ date: Date) -> String {

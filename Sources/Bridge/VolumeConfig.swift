@@ -219,27 +219,14 @@ public struct VolumeConfig: Equatable, Sendable {
   }
 
   private func checkSecretFile(key: String, path: String) throws {
-    func failure(_ text: String) -> VolumeConfigError {
-      VolumeConfigError(.secretFile, file: file, line: lines[key], key: key, message: "key '\(key)': \(text)")
-    }
-    var st = stat()
-    guard stat(path, &st) == 0 else {
-      let reason = errno == ENOENT ? "does not exist" : "cannot be examined (\(String(cString: strerror(errno))))"
-      throw failure("secret file \(path) \(reason)")
-    }
-    guard st.st_mode & S_IFMT == S_IFREG else {
-      throw failure("secret file \(path) is not a regular file")
-    }
-    let mode = st.st_mode & 0o777
-    if mode & 0o077 != 0 {
-      throw failure(
-        "secret file \(path) is readable by group or others (mode \(String(mode, radix: 8))); run chmod 600 \(path)")
-    }
-    if st.st_size == 0 { throw failure("secret file \(path) is empty") }
-    if access(path, R_OK) != 0 {
-      throw failure(
-        "secret file \(path) is not readable by this user (\(String(cString: strerror(errno)))); lunbridge@.service runs as root"
-      )
+    // The same checks as when the secret is used (SecretFile), on the file itself.
+    do {
+      _ = try SecretFile.load(path)
+    } catch let e as ISCSIError {
+      var text = e.description
+      if text.hasPrefix("invalid argument: ") { text.removeFirst("invalid argument: ".count) }
+      if text.contains("not readable by this user") { text += "; lunbridge@.service runs as root" }
+      throw VolumeConfigError(.secretFile, file: file, line: lines[key], key: key, message: "key '\(key)': \(text)")
     }
   }
 

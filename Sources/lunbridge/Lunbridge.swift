@@ -406,8 +406,14 @@ struct Observability {
       logger.warning("no control socket, so no `lunbridge status` for this volume: \(error)")
     }
     if let address {
-      // An explicit request: failing to serve it is an error.
-      let server = try await MetricsServer.start(listen: address, reports: { report().map { [$0] } }, logger: logger)
+      // An explicit request: failing to serve it is an error (and removes the control socket).
+      let server: MetricsServer
+      do {
+        server = try await MetricsServer.start(listen: address, reports: { report().map { [$0] } }, logger: logger)
+      } catch {
+        await o.control?.stop()
+        throw error
+      }
       logger.notice("metrics at http://\(server.host):\(server.boundPort ?? server.port)/metrics")
       o.metrics = server
     }
@@ -451,6 +457,9 @@ struct Serve: AsyncParsableCommand {
   @Option(help: "MiB of requests and unsent replies held for all clients; past it clients wait (default 256).")
   var maxInflightMib: Int?
 
+  @Option(help: "Append log lines to this file instead of stderr.")
+  var logFile: String?
+
   @OptionGroup var paths: PathOptions
 
   @OptionGroup var options: LoginOptions
@@ -473,23 +482,39 @@ struct Serve: AsyncParsableCommand {
   }
 
   func run() async throws {
+    if let logFile { try LogOutput.useFile(logFile) }
     let logger = makeLogger(verbose: options.verbose)
     let address = try ListenAddress(parsing: listen)
     let limits = try exportLimits()
     if let m = maxInflightMib, m < 33 {
       throw BridgeError("--max-inflight-mib must be at least 33 (one 32 MiB request and room for others)")
     }
+    ServingProcess.raiseDescriptorLimit()
+    ServingProcess.protectFromMemoryPressure(logger: logger)
     let url = urls[0]
     let volume = try await openVolume(
       urls: urls, options: options, paths: paths, name: name ?? "serve-\(getpid())", readOnly: readOnly,
       logger: logger, maxInflightBytes: maxInflightMib.map { $0 << 20 })
-    let server = try await NBDExportServer.start(volume: volume, address: address, limits: limits, logger: logger)
+    let server: NBDExportServer
+    let observability: Observability
     var shown = address
-    if case .tcp(let h, 0) = address, let p = server.boundPort { shown = .tcp(host: h, port: p) }
-    let observability = try await Observability.start(
-      name: volume.options.name, volume: volume, device: nil, export: shown.uri, metrics: metrics, reload: nil,
-      logger: logger)
-    FileHandle.standardError.write(Data("lunbridge: serving \(url) at \(shown.uri)\n".utf8))
+    do {
+      server = try await NBDExportServer.start(volume: volume, address: address, limits: limits, logger: logger)
+      if case .tcp(let h, 0) = address, let p = server.boundPort { shown = .tcp(host: h, port: p) }
+      do {
+        observability = try await Observability.start(
+          name: volume.options.name, volume: volume, device: nil, export: shown.uri, metrics: metrics, reload: nil,
+          logger: logger)
+      } catch {
+        await server.stop(timeout: .seconds(1))
+        throw error
+      }
+    } catch {
+      // A failed start leaves nothing behind: no socket, no session on the target.
+      await volume.close()
+      throw error
+    }
+    LogOutput.writeStandardError("lunbridge: serving \(url) at \(shown.uri)\n")
     let sig = await waitForTerminationSignal()
     logger.notice("stopping", metadata: ["signal": "\(sig)"])
     await observability.stop()
@@ -534,6 +559,9 @@ struct Attach: AsyncParsableCommand {
   @Flag(help: "Stay in the foreground.")
   var foreground = false
 
+  @Option(help: "Append log lines to this file (default: stderr in the foreground, syslog/the journal in the background).")
+  var logFile: String?
+
   @Option(help: "Serve Prometheus metrics over HTTP at tcp:[HOST:]PORT (default host 127.0.0.1).")
   var metrics: String?
 
@@ -569,9 +597,16 @@ struct Attach: AsyncParsableCommand {
     if !foreground {
       try daemonize()
     }
+    if ProcessInfo.processInfo.environment["LUNBRIDGE_DAEMON_CHILD"] == "1" {
+      // A session of its own: the caller's terminal hanging up sends it nothing.
+      _ = setsid()
+    }
+    if let logFile { try LogOutput.useFile(logFile) }
     let logger = makeLogger(verbose: options.verbose)
     guard getuid() == 0 else { throw BridgeError("attach needs root (CAP_SYS_ADMIN) to configure NBD devices") }
     guard isNBDModuleLoaded() else { throw BridgeError("the nbd kernel module is not loaded: run modprobe nbd") }
+    ServingProcess.raiseDescriptorLimit()
+    ServingProcess.protectFromMemoryPressure(logger: logger)
     let urls = volumeFile.map { $0.paths.map(\.description) } ?? targets
     let url = urls[0]
     var attachOptions = AttachOptions(
@@ -601,19 +636,34 @@ struct Attach: AsyncParsableCommand {
     fflush(stdout)
     SystemdNotify.send("READY=1\nSTATUS=\(attachment.devicePath) attached to \(try ISCSIURL(parsing: url).description)")
     if ProcessInfo.processInfo.environment["LUNBRIDGE_DAEMON_CHILD"] == "1" {
-      // The parent has what it waited for; stop writing to its pipe.
-      let devnull = open("/dev/null", O_RDWR)
-      dup2(devnull, STDOUT_FILENO)
-      dup2(devnull, STDIN_FILENO)
-      close(devnull)
+      // The parent has what it waited for. In the background nothing of the caller's may
+      // be written to (its terminal or pipe can go away at any time): stdin, stdout and
+      // stderr become /dev/null, logs go to --log-file, else to syslog (the journal).
+      LogOutput.detachFromTerminal()
     }
     logger.notice("attached", metadata: ["device": "\(attachment.devicePath)", "lun": "\(url)"])
     let reload: @Sendable () -> EventLoopFuture<String> = { [self] in
       reloadVolumeFile(volume, file: volumeFile?.file, logger: logger)
     }
-    let observability = try await Observability.start(
-      name: volumeFile?.name ?? "nbd\(attachment.index)", volume: volume, device: attachment.devicePath, export: nil,
-      metrics: metrics ?? volumeFile?.metrics, reload: reload, logger: logger)
+    let observability: Observability
+    do {
+      observability = try await Observability.start(
+        name: volumeFile?.name ?? "nbd\(attachment.index)", volume: volume, device: attachment.devicePath,
+        export: nil, metrics: metrics ?? volumeFile?.metrics, reload: reload, logger: logger)
+    } catch {
+      // A failed start leaves nothing behind: the device is let go (disconnected unless
+      // something already holds it) and the records removed.
+      if attachment.isInUse {
+        await attachment.release()
+      } else {
+        try? attachment.disconnect()
+        _ = try? await attachment.closed.get()
+      }
+      await volume.close()
+      if let urlFile { unlink(urlFile) }
+      if volumeFile != nil { VolumeNameRecord.remove(index: attachment.index) }
+      throw error
+    }
     // SIGHUP reloads the volume file, as daemons do.
     signal(SIGHUP, SIG_IGN)
     let hangup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: DispatchQueue(label: "lunbridge.sighup"))
@@ -790,7 +840,7 @@ struct ConfigCheck: ParsableCommand {
       case .success(let c): print("\(c.file): ok")
       case .failure(let e):
         failed += 1
-        FileHandle.standardError.write(Data("lunbridge: error: \(e)\n".utf8))
+        LogOutput.writeStandardError("lunbridge: error: \(e)\n")
       }
     }
     if failed > 0 { throw ExitCode(1) }
@@ -850,7 +900,7 @@ struct InfoReport: Encodable {
 }
 
 func warn(_ message: String) {
-  FileHandle.standardError.write(Data("lunbridge: warning: \(message)\n".utf8))
+  LogOutput.writeStandardError("lunbridge: warning: \(message)\n")
 }
 
 @main
@@ -866,6 +916,7 @@ struct Lunbridge: AsyncParsableCommand {
   /// One line `lunbridge: error: ...` and a non-zero exit for every failure; usage
   /// errors keep ArgumentParser's help text.
   static func main() async {
+    ServingProcess.ignoreSIGPIPE()
     do {
       var command = try parseAsRoot()
       if var async = command as? AsyncParsableCommand {
@@ -891,7 +942,7 @@ struct Lunbridge: AsyncParsableCommand {
   }
 
   static func fail(_ message: String) -> Never {
-    FileHandle.standardError.write(Data("lunbridge: error: \(message)\n".utf8))
+    LogOutput.writeStandardError("lunbridge: error: \(message)\n")
     Foundation.exit(1)
   }
 }

@@ -27,13 +27,13 @@ struct Status: ParsableCommand {
     let directory = ControlDirectory(timeout: timeout)
     let answers = try directory.reports(for: volume)
     for failure in answers.failures {
-      FileHandle.standardError.write(Data("lunbridge: warning: \(failure)\n".utf8))
+      LogOutput.writeStandardError("lunbridge: warning: \(failure)\n")
     }
     guard !answers.reports.isEmpty else {
       let why =
         answers.asked == 0
         ? "nothing in \(directory.directory)" : "no socket in \(directory.directory) answered"
-      FileHandle.standardError.write(Data("lunbridge: no attached volumes (\(why))\n".utf8))
+      LogOutput.writeStandardError("lunbridge: no attached volumes (\(why))\n")
       throw ExitCode(1)
     }
     let reports = answers.reports.sorted { $0.name < $1.name }

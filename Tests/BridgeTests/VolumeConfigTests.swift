@@ -452,6 +452,25 @@ final class VolumeConfigTests: XCTestCase {
     }
   }
 
+  func testSymlinkedOversizedOrForeignSecretFileIsRefused() throws {
+    let secret = try write("hunter2\n", to: "db.secret", mode: 0o600)
+    let link = "\(tmp!)/link.secret"
+    try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: secret)
+    XCTAssertThrowsError(try volume(secret: link).validate()) {
+      XCTAssertTrue("\($0)".hasSuffix("is a symbolic link; name the file itself"), "\($0)")
+    }
+    let big = try write(String(repeating: "x", count: 5000), to: "big.secret", mode: 0o600)
+    XCTAssertThrowsError(try volume(secret: big).validate()) {
+      XCTAssertTrue("\($0)".hasSuffix("is 5000 bytes; a CHAP secret file holds at most 4096"), "\($0)")
+    }
+    if geteuid() == 0 {
+      XCTAssertEqual(chown(secret, 4321, 4321), 0)
+      XCTAssertThrowsError(try volume(secret: secret).validate()) {
+        XCTAssertTrue("\($0)".contains("is owned by uid 4321, not by root or this user"), "\($0)")
+      }
+    }
+  }
+
   func testWritableVolumeFileIsRefused() throws {
     let path = try write("paths = [\"iscsi://h/iqn.x:t/0\"]\n", to: "open.toml", mode: 0o666)
     XCTAssertThrowsError(try VolumeConfig.check(path: path)) {

@@ -199,4 +199,61 @@ final class HostileClientTests: XCTestCase {
     let lines = serveLog().split(separator: "\n").count
     XCTAssertLessThan(lines, 200, "one log line per bad connection? \(lines) lines")
   }
+
+  /// `serve ... 2>&1 | head -1`: the reader of its stderr exits after one line. The next
+  /// log lines (here: a connection cut by tgtadm, logged verbosely) must not kill it; the
+  /// export keeps working, the path comes back, and its memory is locked.
+  func testServeOutlivesTheReaderOfItsStderr() throws {
+    let headOut = scratch + "/head.out"
+    // SIGPIPE back to its default action, as from a login shell (this test process may
+    // ignore it, and an ignored signal stays ignored across exec).
+    let command =
+      "env --default-signal=PIPE '\(lunbridge)' serve iscsi://127.0.0.1:\(tgtd.port)/\(Self.iqn)/1 --listen unix:\(socket) --name \(volumeName!) --verbose 2>&1 | head -1 > \(headOut)"
+    let shell = Process()
+    shell.executableURL = URL(fileURLWithPath: "/bin/sh")
+    shell.arguments = ["-c", command]
+    shell.standardInput = FileHandle.nullDevice
+    try shell.run()
+    defer {
+      _ = try? Command.run("/usr/bin/pkill", ["-KILL", "-f", "--name \(volumeName!)"])
+      wait(shell, seconds: 5)
+    }
+    var headDone = false
+    for _ in 0..<300 {
+      if FileManager.default.fileExists(atPath: socket),
+        let t = try? String(contentsOfFile: headOut, encoding: .utf8), !t.isEmpty
+      {
+        headDone = true
+        break
+      }
+      usleep(100_000)
+    }
+    XCTAssertTrue(headDone, "serve did not start or head read nothing")
+    usleep(500_000)
+    let pgrep = try Command.run("/usr/bin/pgrep", ["-f", "lunbridge serve .*--name \(volumeName!)"])
+    let pid = try XCTUnwrap(Int32(pgrep.stdout.split(separator: "\n").first ?? ""), "no serve process: \(pgrep)")
+
+    try tgtd.deleteAllConnections(tid: 1)
+    var back = false
+    for _ in 0..<100 {
+      if let p = (status()?["paths"] as? [[String: Any]])?.first, (p["reinstatements"] as? Int ?? 0) >= 1,
+        p["state"] as? String == "active"
+      {
+        back = true
+        break
+      }
+      usleep(200_000)
+    }
+    XCTAssertTrue(back, "the path did not come back (or serve died): \(status() ?? [:])")
+    XCTAssertEqual(kill(pid, 0), 0, "serve died once its stderr reader had gone")
+    let pattern = repo.appendingPathComponent("Tests/scripts/nbd-pattern.py").path
+    let w = try Command.run(python, [pattern, uri, "write", "0", "1048576", "head"], timeout: 60)
+    let r = try Command.run(python, [pattern, uri, "check", "0", "1048576", "head"], timeout: 60)
+    XCTAssertEqual(w.stdout + r.stdout, "ok\nok\n", w.stderr + r.stderr)
+    // Locked memory (mlockall, MCL_ONFAULT: what it has used so far).
+    let procStatus = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+    let vmlck = procStatus.split(separator: "\n").first { $0.hasPrefix("VmLck:") }.map(String.init) ?? "none"
+    let kb = Int(vmlck.split(separator: " ").dropFirst().first ?? "0") ?? 0
+    XCTAssertGreaterThan(kb, 1024, "memory not locked: \(vmlck)")
+  }
 }

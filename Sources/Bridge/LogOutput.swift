@@ -1,0 +1,117 @@
+import Foundation
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// Where log lines and messages for the user go, for the whole process. A serving process
+/// can outlive the terminal or pipe it was started from: a write that fails (a closed
+/// pipe, a hung-up terminal) is never fatal; the process then stops writing there, points
+/// the descriptor at /dev/null and logs to syslog (the journal) when there is one.
+public enum LogOutput {
+  public enum Destination: Equatable, Sendable {
+    /// Standard error; `journal` when it is connected to journald (`<N>` prefixes).
+    case standardError(journal: Bool)
+    /// syslog(3): journald or a syslog daemon through /dev/log.
+    case syslog
+    /// A file of the user's (`--log-file`), appended to.
+    case file(Int32)
+    /// Nowhere (no terminal, no journal, no file).
+    case discard
+  }
+
+  private static let lock = NSLock()
+  nonisolated(unsafe) private static var current: Destination = .standardError(journal: SystemdNotify.underJournal)
+  nonisolated(unsafe) private static var syslogOpen = false
+
+  public static var destination: Destination { lock.withLock { current } }
+
+  /// Sends later lines to `path` (created 0640 if missing, appended to). Throws when the
+  /// file cannot be opened, so `--log-file` mistakes show at once.
+  public static func useFile(_ path: String) throws {
+    let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0o640)
+    guard fd >= 0 else {
+      throw BridgeError("cannot open log file \(path): \(String(cString: strerror(errno)))")
+    }
+    lock.withLock { current = .file(fd) }
+  }
+
+  /// The process has gone to the background: its standard descriptors point at /dev/null
+  /// (the terminal or pipe it came from may go away), and lines go to a log file if one
+  /// was given, else to syslog when there is one, else nowhere.
+  public static func detachFromTerminal() {
+    let devnull = open("/dev/null", O_RDWR | O_CLOEXEC)
+    if devnull >= 0 {
+      dup2(devnull, STDIN_FILENO)
+      dup2(devnull, STDOUT_FILENO)
+      dup2(devnull, STDERR_FILENO)
+      close(devnull)
+    }
+    lock.withLock {
+      if case .file = current { return }
+      current = fallback()
+    }
+  }
+
+  /// syslog when /dev/log exists (journald or rsyslog), else nothing.
+  private static func fallback() -> Destination {
+    access("/dev/log", W_OK) == 0 ? .syslog : .discard
+  }
+
+  /// Logs one event: `text` (message and fields), its level's name, the logger's label
+  /// and the syslog priority (0-7). Each destination gets its own form: `<N>text` for the
+  /// journal, a timestamped line for a terminal, a pipe or a file, the text for syslog.
+  public static func log(_ text: String, level: String, label: String, priority: Int32) {
+    lock.lock()
+    defer { lock.unlock() }
+    if case .standardError(let journal) = current {
+      let line = journal ? "<\(priority)>\(text)\n" : stamped(text, level: level, label: label)
+      guard !writeAll(STDERR_FILENO, line) else { return }
+      // The reader is gone: never write there again, and keep logging somewhere.
+      let devnull = open("/dev/null", O_WRONLY | O_CLOEXEC)
+      if devnull >= 0 {
+        dup2(devnull, STDERR_FILENO)
+        close(devnull)
+      }
+      current = fallback()
+    }
+    switch current {
+    case .standardError: break
+    case .file(let fd):
+      if !writeAll(fd, stamped(text, level: level, label: label)) { current = .discard }
+    case .syslog:
+      if !syslogOpen {
+        openlog("lunbridge", LOG_PID | LOG_NDELAY, LOG_DAEMON)
+        syslogOpen = true
+      }
+      withVaList([text]) { vsyslog(priority, "%s", $0) }
+    case .discard:
+      break
+    }
+  }
+
+  static func stamped(_ text: String, level: String, label: String) -> String {
+    "\(StderrLogHandler.timestamp(Date())) \(level) \(label): \(text)\n"
+  }
+
+  /// A message for the user on standard error (`lunbridge: error: ...`), never fatal.
+  public static func writeStandardError(_ text: String) {
+    lock.withLock { _ = writeAll(STDERR_FILENO, text) }
+  }
+
+  /// write(2) until done; false on an error (EPIPE, EIO, EBADF, ...), retrying EINTR.
+  @discardableResult
+  static func writeAll(_ fd: Int32, _ text: String) -> Bool {
+    var bytes = Array(text.utf8)
+    var done = 0
+    while done < bytes.count {
+      let n = bytes.withUnsafeMutableBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
+      if n < 0 {
+        if errno == EINTR { continue }
+        return false
+      }
+      done += n
+    }
+    return true
+  }
+}
