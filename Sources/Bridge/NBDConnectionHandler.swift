@@ -2,6 +2,8 @@ import ISCSIProtocol
 import Logging
 import NBDProtocol
 import NIOCore
+import NIOSSL
+import NIOTLS
 
 /// One NBD connection of a volume: a socket export connection (fixed-newstyle handshake
 /// first) or a kernel socketpair (transmission only). Requests run concurrently; each
@@ -39,10 +41,12 @@ final class NBDConnectionHandler: ChannelInboundHandler {
   private var disconnectRequested = false
   private var handshakeTimer: Scheduled<Void>?
   private let handshakeTimeout: TimeAmount?
+  /// TLS for an export that requires it (NBD_OPT_STARTTLS, then NIOSSL in front).
+  private let tls: NIOSSLContext?
   private let onClose: (() -> Void)?
 
   init(
-    volume: Volume, handshake: Bool, logger: Logger, handshakeTimeout: TimeAmount? = nil,
+    volume: Volume, handshake: Bool, logger: Logger, handshakeTimeout: TimeAmount? = nil, tls: NIOSSLContext? = nil,
     onClose: (() -> Void)? = nil
   ) {
     self.volume = volume
@@ -54,7 +58,11 @@ final class NBDConnectionHandler: ChannelInboundHandler {
       maxBytesPerConnection: volume.options.maxBytesPerConnection,
       maxBytesInFlight: volume.options.maxBytesInFlight)
     self.id = volume.budget.newConnectionID()
-    self.phase = handshake ? .handshake(NBDHandshakeStateMachine(exports: [volume.export])) : .transmission
+    self.tls = tls
+    self.phase =
+      handshake
+      ? .handshake(NBDHandshakeStateMachine(exports: [volume.export], tls: tls == nil ? .none : .required))
+      : .transmission
   }
 
   func channelActive(context: ChannelHandlerContext) {
@@ -116,6 +124,16 @@ final class NBDConnectionHandler: ChannelInboundHandler {
           volume.logClientProblem(.info, "NBD client left during the handshake", ["reason": "\(reason)"])
           phase = .closing
           context.close(promise: nil)
+          return
+        case .startTLS:
+          // The ACK goes out in plaintext; everything after it through TLS.
+          context.flush()
+          guard let tls else { return fail(context: context, reason: "STARTTLS without a TLS context") }
+          do {
+            try context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls), position: .first)
+          } catch {
+            return fail(context: context, reason: "cannot start TLS: \(error)")
+          }
           return
         }
       }
@@ -236,6 +254,15 @@ final class NBDConnectionHandler: ChannelInboundHandler {
     cumulation = nil
     held = nil
     context.close(promise: nil)
+  }
+
+  func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+    if case .handshakeCompleted = event as? TLSUserEvent, case .handshake(var machine) = phase {
+      machine.tlsStarted()
+      phase = .handshake(machine)
+      process(context: context)
+    }
+    context.fireUserInboundEventTriggered(event)
   }
 
   func errorCaught(context: ChannelHandlerContext, error: Error) {

@@ -51,10 +51,15 @@ public enum ListenAddress: Equatable, CustomStringConvertible, Sendable {
   }
 
   /// The NBD URI a client such as nbdinfo or fio uses.
-  public var uri: String {
+  public var uri: String { uri(tls: false) }
+
+  /// The URI with TLS: `nbds://` and `nbds+unix://` (the client adds its credentials,
+  /// libnbd as `?tls-certificates=DIR`).
+  public func uri(tls: Bool) -> String {
+    let scheme = tls ? "nbds" : "nbd"
     switch self {
-    case .unix(let p): return "nbd+unix:///?socket=\(p)"
-    case .tcp(let h, let p): return h.contains(":") ? "nbd://[\(h)]:\(p)/" : "nbd://\(h):\(p)/"
+    case .unix(let p): return "\(scheme)+unix:///?socket=\(p)"
+    case .tcp(let h, let p): return h.contains(":") ? "\(scheme)://[\(h)]:\(p)/" : "\(scheme)://\(h):\(p)/"
     }
   }
 }
@@ -84,8 +89,10 @@ public final class NBDExportServer: @unchecked Sendable {
   public var boundPort: Int? { channel.localAddress?.port }
 
   public static func start(
-    volume: Volume, address: ListenAddress, limits: ExportLimits = ExportLimits(), logger: Logger
+    volume: Volume, address: ListenAddress, limits: ExportLimits = ExportLimits(), tls: ExportTLS? = nil,
+    logger: Logger
   ) async throws -> NBDExportServer {
+    let tlsContext = tls?.context
     let loop = volume.eventLoop
     let holder = ConnectionRegistry()
     let bootstrap = ServerBootstrap(group: loop, childGroup: loop)
@@ -104,7 +111,8 @@ public final class NBDExportServer: @unchecked Sendable {
         return child.eventLoop.makeCompletedFuture {
           try child.pipeline.syncOperations.addHandler(
             NBDConnectionHandler(
-              volume: volume, handshake: true, logger: logger, handshakeTimeout: limits.handshakeTimeout
+              volume: volume, handshake: true, logger: logger, handshakeTimeout: limits.handshakeTimeout,
+              tls: tlsContext
             ) { holder.remove(child) })
         }
       }

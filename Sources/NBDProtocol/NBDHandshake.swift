@@ -9,14 +9,22 @@ public enum NBDHandshakeAction: Hashable, Sendable {
   case enterTransmission(export: NBDExportInfo)
   /// Close the connection (hard disconnect, or after the ACK of `NBD_OPT_ABORT`).
   case close(reason: String)
+  /// After writing what came before (the ACK of `NBD_OPT_STARTTLS`), start the TLS
+  /// handshake on the connection; the option haggling goes on inside TLS.
+  case startTLS
 }
 
 /// Server side of the fixed-newstyle handshake — proto.md "Newstyle negotiation",
-/// "Fixed newstyle negotiation", "Option types", "Option reply types". No TLS, no
-/// structured replies, no extended headers: the kernel only speaks simple replies, so we
-/// answer `NBD_OPT_STRUCTURED_REPLY`, `NBD_OPT_EXTENDED_HEADERS`, `NBD_OPT_STARTTLS`
-/// (allowed in NOTLS mode, "NOTLS mode"), the META_CONTEXT options and any unknown option
-/// with `NBD_REP_ERR_UNSUP`.
+/// "Fixed newstyle negotiation", "Option types", "Option reply types". No structured
+/// replies, no extended headers: the kernel only speaks simple replies, so we answer
+/// `NBD_OPT_STRUCTURED_REPLY`, `NBD_OPT_EXTENDED_HEADERS`, the META_CONTEXT options and
+/// any unknown option with `NBD_REP_ERR_UNSUP`.
+///
+/// TLS (proto.md "TLS support"): without it (`tls: .none`, "NOTLS mode")
+/// `NBD_OPT_STARTTLS` gets `NBD_REP_ERR_UNSUP`. With `tls: .required` ("FORCEDTLS
+/// mode") every option but `NBD_OPT_STARTTLS` and `NBD_OPT_ABORT` gets
+/// `NBD_REP_ERR_TLS_REQD` until TLS is up, and `NBD_OPT_EXPORT_NAME`, which cannot carry
+/// an error, ends the connection.
 ///
 /// Pure: `start()` gives the greeting, `receive(_:)` consumes whole messages from the
 /// accumulated input and returns actions; with incomplete input it returns `[]` and
@@ -26,8 +34,15 @@ public struct NBDHandshakeStateMachine: Sendable {
   public enum State: Hashable, Sendable {
     case awaitingClientFlags
     case awaitingOption
+    /// `NBD_OPT_STARTTLS` was acknowledged: nothing more is read until `tlsStarted()`.
+    case awaitingTLS
     case transmission
     case closed
+  }
+
+  public enum TLSMode: Hashable, Sendable {
+    case none
+    case required
   }
 
   public let exports: [NBDExportInfo]
@@ -40,15 +55,26 @@ public struct NBDHandshakeStateMachine: Sendable {
   /// True once the client's final `NBD_OPT_GO` listed `NBD_INFO_BLOCK_SIZE`, i.e. it
   /// promised to honour the size constraints ("Size constraints").
   public private(set) var clientAcknowledgedBlockSizes = false
+  public let tls: TLSMode
+  /// True once the TLS handshake that followed `NBD_OPT_STARTTLS` is done.
+  public private(set) var tlsActive = false
 
   static let advertisedHandshakeFlags: NBDHandshakeFlags = [.fixedNewstyle, .noZeroes]
   static let optionHeaderSize = 16  // IHAVEOPT 8 + option 4 + length 4
 
   /// The default export (requested by an empty name) is the one named "" if present,
   /// otherwise the first one.
-  public init(exports: [NBDExportInfo], maxOptionLength: UInt32 = 64 * 1024) {
+  public init(exports: [NBDExportInfo], maxOptionLength: UInt32 = 64 * 1024, tls: TLSMode = .none) {
     self.exports = exports
     self.maxOptionLength = maxOptionLength
+    self.tls = tls
+  }
+
+  /// The TLS handshake after `.startTLS` succeeded: option haggling goes on.
+  public mutating func tlsStarted() {
+    guard state == .awaitingTLS else { return }
+    tlsActive = true
+    state = .awaitingOption
   }
 
   /// The server greeting: NBDMAGIC, IHAVEOPT, handshake flags FIXED_NEWSTYLE|NO_ZEROES
@@ -65,7 +91,7 @@ public struct NBDHandshakeStateMachine: Sendable {
     var actions: [NBDHandshakeAction] = []
     loop: while true {
       switch state {
-      case .transmission, .closed:
+      case .transmission, .closed, .awaitingTLS:
         break loop
       case .awaitingClientFlags:
         guard let raw = buffer.readInteger(as: UInt32.self) else { break loop }
@@ -96,6 +122,12 @@ public struct NBDHandshakeStateMachine: Sendable {
         buffer.moveReaderIndex(forwardBy: Self.optionHeaderSize)
         var data = buffer.readSlice(length: Int(length))!
         actions += handle(option, data: &data)
+        if state == .awaitingTLS && buffer.readableBytes > 0 {
+          // The client must wait for the ACK before its TLS handshake: plaintext sent
+          // after STARTTLS would be taken as if it had come through TLS.
+          actions.append(close("data after NBD_OPT_STARTTLS before the TLS handshake"))
+          break loop
+        }
       }
     }
     return actions
@@ -104,6 +136,24 @@ public struct NBDHandshakeStateMachine: Sendable {
   // MARK: - Options
 
   private mutating func handle(_ option: NBDOption, data: inout ByteBuffer) -> [NBDHandshakeAction] {
+    if tls == .required {
+      if option == .startTLS {
+        guard !tlsActive else {
+          return [.send(reply(option, .errInvalid, message: "TLS is already active"))]
+        }
+        guard data.readableBytes == 0 else {
+          return [.send(reply(option, .errInvalid, message: "NBD_OPT_STARTTLS takes no data"))]
+        }
+        state = .awaitingTLS
+        return [.send(reply(option, .ack)), .startTLS]
+      }
+      if !tlsActive && option != .abort {
+        guard option != .exportName else {
+          return [close("NBD_OPT_EXPORT_NAME without TLS on an export that requires TLS")]
+        }
+        return [.send(reply(option, .errTLSRequired, message: "this export requires TLS (NBD_OPT_STARTTLS)"))]
+      }
+    }
     switch option {
     case .exportName:
       return exportName(data: data)

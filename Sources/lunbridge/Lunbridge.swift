@@ -460,6 +460,15 @@ struct Serve: AsyncParsableCommand {
   @Option(help: "Append log lines to this file instead of stderr.")
   var logFile: String?
 
+  @Option(
+    help: ArgumentHelp(
+      "Require TLS with client certificates: DIR holds ca-cert.pem, server-cert.pem, server-key.pem (as qemu-nbd --tls-creds).",
+      valueName: "DIR"))
+  var tlsCertificates: String?
+
+  @Flag(help: "Allow --listen on a non-loopback TCP address without TLS (anyone who reaches it can use the LUN).")
+  var insecure = false
+
   @OptionGroup var paths: PathOptions
 
   @OptionGroup var options: LoginOptions
@@ -485,6 +494,8 @@ struct Serve: AsyncParsableCommand {
     if let logFile { try LogOutput.useFile(logFile) }
     let logger = makeLogger(verbose: options.verbose)
     let address = try ListenAddress(parsing: listen)
+    try address.checkExposure(tls: tlsCertificates != nil, insecure: insecure)
+    let tls = try tlsCertificates.map { try ExportTLS(directory: $0) }
     let limits = try exportLimits()
     if let m = maxInflightMib, m < 33 {
       throw BridgeError("--max-inflight-mib must be at least 33 (one 32 MiB request and room for others)")
@@ -499,11 +510,12 @@ struct Serve: AsyncParsableCommand {
     let observability: Observability
     var shown = address
     do {
-      server = try await NBDExportServer.start(volume: volume, address: address, limits: limits, logger: logger)
+      server = try await NBDExportServer.start(
+        volume: volume, address: address, limits: limits, tls: tls, logger: logger)
       if case .tcp(let h, 0) = address, let p = server.boundPort { shown = .tcp(host: h, port: p) }
       do {
         observability = try await Observability.start(
-          name: volume.options.name, volume: volume, device: nil, export: shown.uri, metrics: metrics, reload: nil,
+          name: volume.options.name, volume: volume, device: nil, export: shown.uri(tls: tls != nil), metrics: metrics, reload: nil,
           logger: logger)
       } catch {
         await server.stop(timeout: .seconds(1))
@@ -514,7 +526,7 @@ struct Serve: AsyncParsableCommand {
       await volume.close()
       throw error
     }
-    LogOutput.writeStandardError("lunbridge: serving \(url) at \(shown.uri)\n")
+    LogOutput.writeStandardError("lunbridge: serving \(url) at \(shown.uri(tls: tls != nil))\n")
     let sig = await waitForTerminationSignal()
     logger.notice("stopping", metadata: ["signal": "\(sig)"])
     await observability.stop()

@@ -254,4 +254,50 @@ final class NBDHandshakeTests: XCTestCase {
     XCTAssertEqual(try m.receive(&more), [])
     XCTAssertEqual(more.readableBytes, 16, "nothing consumed after the handshake")
   }
+
+  // MARK: - FORCEDTLS mode
+
+  func testTLSRequiredRefusesOptionsUntilStartTLSThenNegotiatesInsideTLS() throws {
+    var m = NBDHandshakeStateMachine(exports: [lun0, lun1], tls: .required)
+    XCTAssertEqual(try feed(&m, be(UInt32(3))), [])
+    let tlsReqd: UInt32 = 0x8000_0005
+    // NBD_OPT_GO (7) and NBD_OPT_LIST (3) before TLS: NBD_REP_ERR_TLS_REQD, with a message.
+    let go = sent(try feed(&m, option(7, infoData("lun0", []))))
+    XCTAssertEqual(Array(go.prefix(16)), Array(reply(7, tlsReqd).prefix(16)))
+    XCTAssertTrue(String(decoding: go.dropFirst(20), as: UTF8.self).contains("requires TLS"))
+    XCTAssertEqual(Array(sent(try feed(&m, option(3)))[12..<16]), be(tlsReqd))
+    // STARTTLS with data: invalid; without: ACK, then start TLS and read nothing more.
+    XCTAssertEqual(Array(sent(try feed(&m, option(5, [1])))[12..<16]), be(UInt32(0x8000_0003)))
+    XCTAssertEqual(try feed(&m, option(5)), [.send(ByteBuffer(bytes: reply(5, 1))), .startTLS])
+    XCTAssertEqual(m.state, .awaitingTLS)
+    var pending = ByteBuffer(bytes: option(7, infoData("lun0", [])))
+    XCTAssertEqual(try m.receive(&pending), [], "nothing is read while the TLS handshake runs")
+    m.tlsStarted()
+    XCTAssertTrue(m.tlsActive)
+    let actions = try feed(&m, option(7, infoData("lun0", [3])))
+    XCTAssertEqual(actions.last, .enterTransmission(export: lun0))
+    XCTAssertEqual(
+      sent(actions), infoExport(lun0, opt: 7) + infoBlockSize(lun0, opt: 7) + reply(7, 1), "GO works inside TLS")
+  }
+
+  func testTLSRequiredEndsExportNameWithoutTLSAndStartTLSTwice() throws {
+    var m = NBDHandshakeStateMachine(exports: [lun0], tls: .required)
+    _ = try feed(&m, be(UInt32(3)))
+    XCTAssertTrue(isClose(try feed(&m, option(1, Array("lun0".utf8))).last), "EXPORT_NAME cannot carry an error")
+    var m2 = NBDHandshakeStateMachine(exports: [lun0], tls: .required)
+    _ = try feed(&m2, be(UInt32(3)))
+    _ = try feed(&m2, option(5))
+    m2.tlsStarted()
+    XCTAssertEqual(Array(sent(try feed(&m2, option(5)))[12..<16]), be(UInt32(0x8000_0003)), "TLS already active")
+    var m3 = NBDHandshakeStateMachine(exports: [lun0], tls: .required)
+    _ = try feed(&m3, be(UInt32(3)))
+    var early = ByteBuffer(bytes: option(5) + [0x16, 0x03, 0x01])
+    XCTAssertTrue(isClose(try m3.receive(&early).last), "plaintext after STARTTLS before the TLS handshake")
+  }
+
+  func testWithoutTLSStartTLSIsUnsupported() throws {
+    var m = machine()
+    _ = try feed(&m, be(UInt32(3)))
+    XCTAssertEqual(Array(sent(try feed(&m, option(5)))[12..<16]), be(UInt32(0x8000_0001)))
+  }
 }

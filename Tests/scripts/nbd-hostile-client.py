@@ -9,6 +9,9 @@ Only for Unix sockets the test made itself.
   nbd-hostile-client.py flood SOCKET COUNT HOLD_SECONDS
       opens COUNT connections that never answer the handshake, holds them HOLD_SECONDS;
       prints `opened N refused M` (refused: connect failed)
+  nbd-hostile-client.py plain-go SOCKET_OR_HOST:PORT
+      a client without TLS: NBD_OPT_GO for the default export; prints the reply's type
+      in hex and its message, e.g. `reply 0x80000005 this export requires TLS ...`
   nbd-hostile-client.py latency URI SECONDS
       4 KiB reads at random offsets with libnbd for SECONDS; prints
       `reads N errors E p50 X p99 Y max Z` (seconds)
@@ -84,6 +87,24 @@ def flood(path, count, hold):
         s.close()
 
 
+def plain_go(where):
+    if where.startswith("/"):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(where)
+    else:
+        host, port = where.rsplit(":", 1)
+        s = socket.create_connection((host, int(port)), timeout=10)
+    hello = recv_exact(s, 18)
+    assert hello[:8] == NBD_MAGIC, hello
+    s.sendall(struct.pack(">I", 3))
+    data = struct.pack(">IH", 0, 0)  # default export, no info requests
+    s.sendall(struct.pack(">QII", IHAVEOPT, 7, len(data)) + data)
+    magic, option, rtype, length = struct.unpack(">QIII", recv_exact(s, 20))
+    message = recv_exact(s, length).decode(errors="replace")
+    print(f"reply 0x{rtype:08x} {message}")
+    s.close()
+
+
 def latency(uri, seconds):
     import nbd
 
@@ -112,6 +133,8 @@ def main():
         greedy(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
     elif mode == "flood":
         flood(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+    elif mode == "plain-go":
+        plain_go(sys.argv[2])
     elif mode == "latency":
         latency(sys.argv[2], float(sys.argv[3]))
     else:

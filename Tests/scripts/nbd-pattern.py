@@ -29,6 +29,7 @@ def pattern(seed, offset, length):
 def main():
     uri, mode, offset, length, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     h = nbd.NBD()
+    h.set_uri_allow_local_file(True)  # ?tls-certificates=DIR in the URI
     h.connect_uri(uri)
     try:
         if mode == "write":
