@@ -8,7 +8,7 @@ DESTDIR ?=
 # Debian packages the build, the tests, the demo and the benchmarks use.
 DEB_PACKAGES := libnl-3-dev libnl-genl-3-dev tgt libiscsi-bin qemu-utils qemu-block-extra fio libnbd-bin python3-libnbd procps iproute2 nftables openssl
 
-.PHONY: all deps build debug test vm-test boot-test multipath-test multipath-bench bench bench-failover unit-test integration-test demo bench-codec install uninstall clean
+.PHONY: all deps build debug test vm-test boot-test multipath-test multipath-bench bench bench-failover unit-test integration-test demo bench-codec fuzz fuzz-build fuzz-test install uninstall clean
 
 all: build
 
@@ -39,8 +39,9 @@ test: deps
 	  $(MAKE) --no-print-directory vm-test || rc=1; \
 	  $(MAKE) --no-print-directory boot-test || rc=1; \
 	  $(MAKE) --no-print-directory multipath-test || rc=1; \
+	  $(MAKE) --no-print-directory fuzz-test || rc=1; \
 	  Tests/scripts/test-summary.sh .build/test.log .build/vm-test/stdout .build/boot-test/stdout \
-	    .build/multipath-test/stdout || rc=1; exit $$rc
+	    .build/multipath-test/stdout .build/fuzz-test/stdout || rc=1; exit $$rc
 
 # The kernel path in a real Debian kernel under QEMU (this machine's kernel has no nbd).
 vm-test: deps
@@ -65,6 +66,23 @@ boot-test: deps
 	$(SWIFT) build --product lunbridge
 	@rm -rf .build/boot-test; mkdir -p .build/boot-test
 	Tests/vm/boot/boot-test.sh "$$(pwd)/.build/debug/lunbridge" .build/boot-test
+
+# Fuzzing every decoder of peer bytes (Tests/fuzz): libFuzzer + AddressSanitizer, from
+# the committed seed corpus. `make fuzz` runs each target FUZZ_SECONDS (default 300);
+# `make test` runs each for 15 s. New inputs and crashes stay under .build/.
+FUZZ_SECONDS ?= 300
+fuzz-build:
+	$(SWIFT) build --product lunbridge-fuzz --scratch-path .build/fuzz \
+	  -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING
+
+fuzz: fuzz-build
+	@mkdir -p .build/fuzz-run
+	Tests/fuzz/run.sh .build/fuzz/debug/lunbridge-fuzz $(FUZZ_SECONDS) .build/fuzz-run
+
+fuzz-test: fuzz-build
+	@rm -rf .build/fuzz-test; mkdir -p .build/fuzz-test
+	@set -o pipefail; Tests/fuzz/run.sh .build/fuzz/debug/lunbridge-fuzz 15 .build/fuzz-test \
+	  | tee .build/fuzz-test/stdout
 
 unit-test:
 	$(SWIFT) test --skip IntegrationTests

@@ -74,6 +74,12 @@ let package = Package(
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
       ]),
+    // Fuzz targets for every decoder of peer bytes: `make fuzz` builds them with
+    // libFuzzer (-sanitize=fuzzer,address -D FUZZING); without it the binary replays the
+    // corpus in Tests/fuzz/corpus.
+    .executableTarget(
+      name: "lunbridge-fuzz",
+      dependencies: ["ISCSIProtocol", "NBDProtocol", "SCSI", .product(name: "NIOCore", package: "swift-nio")]),
     // Counts malloc calls in the process that links it (benchmarks only).
     .target(name: "CAllocationCounter"),
     // Benchmark of the PDU codec (not a test): `make bench-codec`.
