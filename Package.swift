@@ -79,7 +79,10 @@ let package = Package(
     // corpus in Tests/fuzz/corpus.
     .executableTarget(
       name: "lunbridge-fuzz",
-      dependencies: ["ISCSIProtocol", "NBDProtocol", "SCSI", .product(name: "NIOCore", package: "swift-nio")]),
+      dependencies: [
+        "ISCSIProtocol", "NBDProtocol", "SCSI", "CFuzzDriver", .product(name: "NIOCore", package: "swift-nio"),
+      ]),
+    .target(name: "CFuzzDriver"),
     // Counts malloc calls in the process that links it (benchmarks only).
     .target(name: "CAllocationCounter"),
     // Benchmark of the PDU codec (not a test): `make bench-codec`.

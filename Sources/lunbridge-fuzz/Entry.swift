@@ -1,3 +1,4 @@
+import CFuzzDriver
 import Foundation
 
 /// libFuzzer's entry point (built with -sanitize=fuzzer by `make fuzz`): the target comes
@@ -19,7 +20,17 @@ public func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
   return 0
 }
 
-#if !FUZZING
+#if FUZZING
+  /// With libFuzzer: its driver, with its command line (corpus directories, -max_total_time, ...).
+  @main
+  struct FuzzMain {
+    static func main() {
+      var argc = CommandLine.argc
+      var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
+      exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in fuzzOneInput(data, size) })
+    }
+  }
+#else
   /// Without libFuzzer: `lunbridge-fuzz replay TARGET PATH...` runs files (or every file
   /// of a directory) through a target, as a regression check of the corpus;
   /// `lunbridge-fuzz seeds DIR` writes the seed corpus (Tests/fuzz/corpus).
