@@ -256,4 +256,47 @@ final class HostileClientTests: XCTestCase {
     let kb = Int(vmlck.split(separator: " ").dropFirst().first ?? "0") ?? 0
     XCTAssertGreaterThan(kb, 1024, "memory not locked: \(vmlck)")
   }
+
+  /// Reads queued while no path works, from a client that then goes away, are dropped:
+  /// never sent to the target once the path is back.
+  func testQueuedWorkOfAGoneClientIsCancelled() throws {
+    _ = try startServe(["--keepalive-interval", "1", "--keepalive-timeout", "1", "--no-path-retry", "60"])
+    try tgtd.pause()
+    defer { try? tgtd.resume() }
+    var down = false
+    for _ in 0..<100 {
+      if let p = (status()?["paths"] as? [[String: Any]])?.first, p["state"] as? String != "active" {
+        down = true
+        break
+      }
+      usleep(100_000)
+    }
+    XCTAssertTrue(down, "the path did not fail with tgtd stopped: \(status() ?? [:])")
+    let before = (status()?["requests"] as? [String: Any])?["reads"] as? Int ?? -1
+    // 50 reads of 4 KiB, the client gone after a second.
+    let r = try Command.run(python, [script, "greedy", socket, "50", "4096", "1"], timeout: 30)
+    XCTAssertEqual(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "sent 50", r.stderr)
+    var flow: [String: Any] = [:]
+    for _ in 0..<50 {
+      flow = status()?["flow"] as? [String: Any] ?? [:]
+      if flow["cancelled"] as? Int == 50 { break }
+      usleep(100_000)
+    }
+    XCTAssertEqual(flow["cancelled"] as? Int, 50, "queued reads of the gone client: \(flow)")
+    XCTAssertEqual(status()?["queuedIOs"] as? Int, 0)
+    try tgtd.resume()
+    var back = false
+    for _ in 0..<200 {
+      if let p = (status()?["paths"] as? [[String: Any]])?.first, p["state"] as? String == "active" {
+        back = true
+        break
+      }
+      usleep(100_000)
+    }
+    XCTAssertTrue(back, "the path did not come back: \(status() ?? [:])")
+    let p = (status()?["paths"] as? [[String: Any]])?.first ?? [:]
+    let reads = (status()?["requests"] as? [String: Any])?["reads"] as? Int ?? -1
+    XCTAssertEqual(reads - before, 50, "the requests were received")
+    XCTAssertLessThan(p["ios"] as? Int ?? 99, 5, "but the cancelled reads went to the target: \(p)")
+  }
 }

@@ -156,6 +156,58 @@ check "metrics count fio's writes ($nbd_writes >= $fio_writes)" test "${nbd_writ
 check "detach mpvol" "$LB" detach "$dev"
 dev=""
 
+# An attach started from a shell whose stderr reader then exits (a pipe closed after the
+# first line): the background process must outlive it, recover a connection cut afterwards,
+# and keep the data right. Then memory pressure: a hog takes most of the guest's memory
+# while fio writes through the page cache to a filesystem on the device (writeback goes
+# through the server), and the server's own memory is locked.
+"$LB" attach "$url" --connections 2 --timeout 30 --dead-conn-timeout 60 --verbose 2>&1 >"$T/dev5" | head -1 >"$T/head5"
+dev=$(cat "$T/dev5")
+check "attach with its stderr piped into head -1 printed '$dev'" test -b "${dev:-/nonexistent}"
+pid5=$(pgrep -f "lunbridge attach $url" | head -1)
+sleep 1
+victim=$(tgtadm -C "$CP" --lld iscsi --op show --mode conn --tid 1 | awk '/Session:/ {s=$2} /Connection:/ {print s, $2; exit}')
+check "tgtadm cuts a connection after the stderr reader has gone" \
+  tgtadm -C "$CP" --lld iscsi --op delete --mode conn --tid 1 --sid "${victim% *}" --cid "${victim#* }"
+check "fio verify after the cut" fio --name=afterpipe --filename="$dev" --ioengine=libaio --direct=1 \
+  --rw=randwrite --bs=4k --iodepth=8 --size=16m --verify=crc32c --verify_fatal=1 --output="$T/fio-pipe.txt"
+check "the serving process (pid ${pid5:-none}) outlived its stderr reader" kill -0 "${pid5:-none}"
+check "its stdin, stdout and stderr are /dev/null" bash -c \
+  "[ \"\$(readlink /proc/${pid5:-none}/fd/0)\$(readlink /proc/${pid5:-none}/fd/1)\$(readlink /proc/${pid5:-none}/fd/2)\" = /dev/null/dev/null/dev/null ]"
+vmlck=$(awk '/^VmLck:/ {print $2}' /proc/${pid5:-none}/status 2>/dev/null)
+check "its memory is locked (VmLck ${vmlck:-none} kB)" test "${vmlck:-0}" -gt 1024
+check "mkfs.ext4 for the pressure test" mkfs.ext4 -q -E nodiscard "$dev"
+check "mount for the pressure test" mount "$dev" "$M"
+avail=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)
+hog_kb=$((avail - 200 * 1024))
+echo -1000 >/proc/${pid5:-none}/oom_score_adj 2>/dev/null  # as lunbridge@.service sets it
+/usr/bin/python3 -c '
+import sys, time
+n = int(sys.argv[1]) * 1024
+b = bytearray(n)
+for i in range(0, n, 4096): b[i] = 1
+time.sleep(int(sys.argv[2]))' "$hog_kb" 90 &
+hog=$!
+sleep 3
+echo "# memory hog holds $((hog_kb / 1024)) MiB of $((avail / 1024)) MiB available: $(grep -E '^(MemFree|Cached|Dirty)' /proc/meminfo | tr -s ' ' | tr '\n' ' ')"
+pressure_cg=""
+if grep -qw memory /sys/fs/cgroup/cgroup.controllers 2>/dev/null && mkdir -p /sys/fs/cgroup/lbpressure 2>/dev/null &&
+  echo 32M >/sys/fs/cgroup/lbpressure/memory.max 2>/dev/null; then
+  pressure_cg=/sys/fs/cgroup/lbpressure
+fi
+echo "# fio in ${pressure_cg:-the root cgroup (no memory controller here)}${pressure_cg:+ with memory.max 32M}"
+timeout 300 bash -c "${pressure_cg:+echo \$\$ > $pressure_cg/cgroup.procs;} exec fio --name=pressure --directory='$M' --rw=write \
+  --bs=256k --size=160m --ioengine=psync --end_fsync=1 --verify=crc32c --verify_fatal=1 --output='$T/fio-pressure.txt'"
+fio_rc=$?
+check "fio through the page cache under memory pressure completed (rc $fio_rc, 124 = deadlock/timeout)" test $fio_rc -eq 0
+kill "$hog" 2>/dev/null; wait "$hog" 2>/dev/null
+grep -E "WRITE:|READ:" "$T/fio-pressure.txt" | sed 's/^/# /'
+check "the serving process survived the pressure" kill -0 "${pid5:-none}"
+check "umount after the pressure test" umount "$M"
+[ -n "$pressure_cg" ] && rmdir "$pressure_cg" 2>/dev/null
+check "detach after the pressure test" "$LB" detach "$dev"
+dev=""
+
 # Errors a user meets.
 out=$("$LB" attach "iscsi://127.0.0.1:$(cat "$T/port")/iqn.2026-11.org.lunbridge:nope/1" 2>&1); rc=$?
 check "unknown target: one line, non-zero ($out)" bash -c "[ $rc -ne 0 ] && [ \$(wc -l <<<'$out') -eq 1 ]"

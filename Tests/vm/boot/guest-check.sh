@@ -115,6 +115,12 @@ check "$BT_MNT was mounted at boot (at ${mount_t} s: after the unit, before mult
   bash -c "[ \"\$(systemctl is-active '$BT_MOUNT_UNIT')\" = active ] && awk -v u=$unit_t -v m=$mount_t -v t=$mu 'BEGIN { exit !(u > 0 && u <= m && m < t) }'"
 check "$BT_MNT is mounted via $BT_DEV -> ${dev:-nothing}" \
   test -n "$dev" -a "$(findmnt -n -o SOURCE "$BT_MNT")" = "$dev" || finish
+pid=$(systemctl show -P MainPID "$BT_UNIT")
+vmlck=$(awk '/^VmLck:/ {print $2}' "/proc/$pid/status" 2>/dev/null)
+check "$BT_UNIT's process (pid $pid) locked its memory under the unit's sandbox (VmLck ${vmlck:-none} kB)" \
+  test "${vmlck:-0}" -gt 1024
+check "and the OOM killer spares it (oom_score_adj $(cat "/proc/$pid/oom_score_adj" 2>/dev/null))" \
+  test "$(cat "/proc/$pid/oom_score_adj" 2>/dev/null)" = -1000
 fsck_unit=systemd-fsck@$(systemd-escape -p "$BT_DEV").service
 fsck_log=$(journalctl -b -u "$fsck_unit" -o cat 2>&1)
 echo "$fsck_log" | sed 's/^/# fsck at boot: /'
