@@ -35,7 +35,9 @@ public struct FlowLimits: Sendable, Equatable {
 final class IOBudget {
   let maxBytes: Int
   private(set) var bytes = 0
-  private var waiters: [UInt64: () -> Void] = [:]
+  /// Connections waiting for room, in the order they started waiting: woken in that
+  /// order, and one that still finds no room waits again at the end.
+  private var waiters: [(connection: UInt64, resume: () -> Void)] = []
 
   private var lastConnection: UInt64 = 0
 
@@ -54,14 +56,17 @@ final class IOBudget {
     bytes -= n
     guard !waiters.isEmpty else { return }
     let ready = waiters
-    waiters = [:]
-    for (_, resume) in ready.sorted(by: { $0.key < $1.key }) { resume() }
+    waiters = []
+    for waiter in ready { waiter.resume() }
   }
 
   /// Calls `resume` once, at the next release.
-  func wait(_ connection: UInt64, _ resume: @escaping () -> Void) { waiters[connection] = resume }
+  func wait(_ connection: UInt64, _ resume: @escaping () -> Void) {
+    guard !waiters.contains(where: { $0.connection == connection }) else { return }
+    waiters.append((connection, resume))
+  }
 
-  func forget(_ connection: UInt64) { waiters[connection] = nil }
+  func forget(_ connection: UInt64) { waiters.removeAll { $0.connection == connection } }
 }
 
 /// Counters of flow control and export admission, for `status`, metrics and tests.

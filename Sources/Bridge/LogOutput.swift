@@ -67,6 +67,8 @@ public enum LogOutput {
     if case .standardError(let journal) = current {
       let line = journal ? "<\(priority)>\(text)\n" : stamped(text, level: level, label: label)
       guard !writeAll(STDERR_FILENO, line) else { return }
+      // A full non-blocking pipe: this line is lost, the reader may still catch up.
+      if errno == EAGAIN { return }
       // The reader is gone: never write there again, and keep logging somewhere.
       let devnull = open("/dev/null", O_WRONLY | O_CLOEXEC)
       if devnull >= 0 {
@@ -78,7 +80,7 @@ public enum LogOutput {
     switch current {
     case .standardError: break
     case .file(let fd):
-      if !writeAll(fd, stamped(text, level: level, label: label)) { current = .discard }
+      if !writeAll(fd, stamped(text, level: level, label: label)), errno != EAGAIN { current = fallback() }
     case .syslog:
       if !syslogOpen {
         openlog("lunbridge", LOG_PID | LOG_NDELAY, LOG_DAEMON)

@@ -35,9 +35,9 @@ final class NBDConnectionHandler: ChannelInboundHandler {
   /// Admitted requests whose reply has not been written yet, and their bytes.
   private var inFlight = 0
   private var bytesInFlight = 0
-  /// A decoded request waiting for room.
-  private var held: NBDRequestEvent?
   private var readingPaused = false
+  private var processing = false
+  private var processAgain = false
   private var disconnectRequested = false
   private var handshakeTimer: Scheduled<Void>?
   private let handshakeTimeout: TimeAmount?
@@ -87,7 +87,6 @@ final class NBDConnectionHandler: ChannelInboundHandler {
     phase = .closing
     handshakeTimer?.cancel()
     handshakeTimer = nil
-    held = nil
     cumulation = nil
     volume.budget.forget(id)
     volume.cancelQueued(owner: id)
@@ -96,13 +95,32 @@ final class NBDConnectionHandler: ChannelInboundHandler {
   }
 
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    // After NBD_CMD_DISC (or a drain) nothing more is taken in.
+    guard !disconnectRequested else { return }
     let incoming = unwrapInboundIn(data)
     cumulation.cumulate(incoming)
     process(context: context)
   }
 
+  /// Runs `step` until nothing more can be done. Re-entrant calls (a request that fails at
+  /// once completes its reply write synchronously, which comes back here) only ask the
+  /// outer call to go round again, so the stack never grows with the input.
   private func process(context: ChannelHandlerContext) {
-    guard cumulation != nil || held != nil else { return }
+    if processing {
+      processAgain = true
+      return
+    }
+    processing = true
+    defer { processing = false }
+    repeat {
+      processAgain = false
+      step(context: context)
+    } while processAgain
+  }
+
+  private func step(context: ChannelHandlerContext) {
+    // A connection that is closing sends nothing more towards the target.
+    guard context.channel.isActive, cumulation != nil else { return }
     if case .handshake(var machine) = phase {
       let actions: [NBDHandshakeAction]
       do {
@@ -141,40 +159,37 @@ final class NBDConnectionHandler: ChannelInboundHandler {
       guard case .transmission = phase else { return }
     }
     guard case .transmission = phase else { return }
-    while !disconnectRequested {
-      let event: NBDRequestEvent
-      if let h = held {
-        event = h
-      } else {
-        guard cumulation != nil else { break }
-        do {
-          guard let next = try decoder.next(from: &cumulation!) else { break }
-          event = next
-        } catch {
-          return fail(context: context, reason: "\(error)")
-        }
-      }
-      if event.request.type == .disconnect {
-        // NBD_CMD_DISC: no reply; finish what is in flight, then close.
-        held = nil
-        disconnectRequested = true
-        closeIfIdle(context: context)
-        break
-      }
-      let bytes = Self.bytes(of: event.request)
-      guard
-        limits.admits(
+    while !disconnectRequested, let c = cumulation, c.readableBytes >= NBDLimits.requestHeaderSize {
+      // Admission is decided on the request's header, before its payload is read in: a
+      // write that must wait does not wait in memory.
+      let type = NBDCommand(rawValue: c.getInteger(at: c.readerIndex + 6, as: UInt16.self)!)
+      let length = c.getInteger(at: c.readerIndex + 24, as: UInt32.self)!
+      let bytes = type == .read || type == .write ? Int(length) : 0
+      if type != .disconnect
+        && !limits.admits(
           bytes: bytes, connectionRequests: inFlight, connectionBytes: bytesInFlight,
           volumeBytes: volume.budget.bytes)
-      else {
-        held = event
+      {
         pauseReading(context: context)
         // Room comes back when one of ours is written, or when any connection's is.
         volume.budget.wait(id) { [weak self] in self?.process(context: context) }
         return
       }
-      held = nil
-      run(event, bytes: bytes, context: context)
+      let event: NBDRequestEvent
+      do {
+        guard let next = try decoder.next(from: &cumulation!) else { break }  // payload still coming
+        event = next
+      } catch {
+        return fail(context: context, reason: "\(error)")
+      }
+      if event.request.type == .disconnect {
+        // NBD_CMD_DISC: no reply; finish what is in flight, then close.
+        disconnectRequested = true
+        cumulation = nil
+        closeIfIdle(context: context)
+        return
+      }
+      run(event, bytes: Self.bytes(of: event.request), context: context)
     }
     if let c = cumulation, c.readableBytes == 0 { cumulation = nil }
     resumeReading(context: context)
@@ -238,25 +253,44 @@ final class NBDConnectionHandler: ChannelInboundHandler {
     inFlight -= 1
     bytesInFlight -= bytes
     volume.budget.release(bytes)
-    if held != nil || readingPaused { process(context: context) }
-    if disconnectRequested { closeIfIdle(context: context) }
+    if disconnectRequested {
+      closeIfIdle(context: context)
+    } else if readingPaused {
+      process(context: context)
+    }
   }
 
   private func closeIfIdle(context: ChannelHandlerContext) {
-    guard inFlight == 0, case .transmission = phase else { return }
-    phase = .closing
-    context.close(promise: nil)
+    switch phase {
+    case .handshake:
+      phase = .closing
+      context.close(promise: nil)
+    case .transmission where inFlight == 0:
+      phase = .closing
+      context.close(promise: nil)
+    default:
+      break
+    }
   }
+
+  /// Sent by `NBDExportServer.stop()`: take no new requests, close once the ones in flight
+  /// have been answered.
+  struct Drain {}
 
   private func fail(context: ChannelHandlerContext, reason: String) {
     volume.logClientProblem(.warning, "NBD protocol violation; closing the connection", ["reason": "\(reason)"])
     phase = .closing
     cumulation = nil
-    held = nil
     context.close(promise: nil)
   }
 
   func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+    if event is Drain {
+      disconnectRequested = true
+      cumulation = nil
+      closeIfIdle(context: context)
+      return
+    }
     if case .handshakeCompleted = event as? TLSUserEvent, case .handshake(var machine) = phase {
       machine.tlsStarted()
       phase = .handshake(machine)

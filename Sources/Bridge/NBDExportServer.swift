@@ -108,12 +108,13 @@ public final class NBDExportServer: @unchecked Sendable {
           volume.logClientProblem(.notice, "NBD connection refused", ["reason": "\(refusal)"])
           return child.close()
         }
+        // The slot is given back however the connection ends, even one that never became active.
+        child.closeFuture.whenComplete { _ in holder.remove(child) }
         return child.eventLoop.makeCompletedFuture {
           try child.pipeline.syncOperations.addHandler(
             NBDConnectionHandler(
               volume: volume, handshake: true, logger: logger, handshakeTimeout: limits.handshakeTimeout,
-              tls: tlsContext
-            ) { holder.remove(child) })
+              tls: tlsContext))
         }
       }
     let channel: Channel
@@ -149,13 +150,14 @@ public final class NBDExportServer: @unchecked Sendable {
     try? await channel.close().get()
     let deadline = NIODeadline.now() + timeout
     if let registry {
+      // Each connection takes no new request and closes once its replies are written.
       for c in registry.all() {
-        c.close(mode: .input, promise: nil)
+        c.pipeline.fireUserInboundEventTriggered(NBDConnectionHandler.Drain())
       }
       while NIODeadline.now() < deadline, registry.all().contains(where: { $0.isActive }) {
         try? await Task.sleep(nanoseconds: 20_000_000)
-        for c in registry.all() { try? await c.close().get() }
       }
+      for c in registry.all() { try? await c.close().get() }
     }
     if case .unix(let path) = address { try? FileManager.default.removeItem(atPath: path) }
   }

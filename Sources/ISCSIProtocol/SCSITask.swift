@@ -293,7 +293,7 @@ public struct SCSITask: Sendable {
       sense = pdu.data.getBytes(at: pdu.data.readerIndex + 2, length: available) ?? []
     }
     let residual = try checkedResidual(h)
-    try checkTransfer(status: h.scsiStatus, residual: residual)
+    try checkTransfer(status: h.scsiStatus, residual: residual, sense: sense)
     return SCSICompletion(status: h.scsiStatus, sense: sense, segments: receivedData, residual: residual)
   }
 
@@ -318,23 +318,59 @@ public struct SCSITask: Sendable {
     return 0
   }
 
-  /// A read that ends with GOOD or CONDITION MET must have received exactly the expected
-  /// length less the underflow the target reported: a hole or a short read is never passed
-  /// on as if it were data. Other statuses carry no data the caller uses.
-  private func checkTransfer(status: UInt8, residual: Int) throws {
-    guard case .read(let expected) = command.direction, status == 0x00 || status == 0x04 else { return }
-    let due = expected - max(residual, 0)
-    guard received == due else {
-      throw ISCSIError(
-        .protocolViolation,
-        "target ended task 0x\(hex(itt)) with \(received) of \(due) bytes received (\(expected) expected, residual \(residual))"
-      )
+  /// The data of a command is used when it ends with GOOD, CONDITION MET, or CHECK
+  /// CONDITION with sense key RECOVERED ERROR (the command succeeded after a retry inside
+  /// the target). Then every byte must have arrived exactly once (see `handleDataIn`):
+  /// - a read of the medium (READ 6/10/12/16) must have exactly the expected length less
+  ///   the underflow the target reported: a hole or a short read is never passed on;
+  /// - other reads (INQUIRY, MODE SENSE, ...) may be shorter without the U bit, as some
+  ///   targets answer, but only as one run from offset 0; the completion then carries
+  ///   just the bytes that came, never padding;
+  /// - a write must have been taken whole: a residual means the target did not write all
+  ///   of it, which must not be acknowledged as written.
+  private func checkTransfer(status: UInt8, residual: Int, sense: [UInt8] = []) throws {
+    let recovered = status == 0x02 && Self.senseKey(sense) == 0x1
+    guard status == 0x00 || status == 0x04 || recovered else { return }
+    switch command.direction {
+    case .none:
+      return
+    case .write:
+      guard residual == 0 else {
+        throw ISCSIError(
+          .protocolViolation,
+          "target ended write task 0x\(hex(itt)) with a residual of \(residual) bytes: not all the data was written")
+      }
+    case .read(let expected):
+      let due = expected - max(residual, 0)
+      let medium = Self.readsMedium(command.cdb)
+      guard received == due || (!medium && residual == 0 && received < due) else {
+        throw ISCSIError(
+          .protocolViolation,
+          "target ended task 0x\(hex(itt)) with \(received) of \(due) bytes received (\(expected) expected, residual \(residual))"
+        )
+      }
+      // Strictly in order, the bytes received are 0..<received; otherwise the ranges never
+      // overlap, so they are one run from 0 only if they merged into it.
+      if !limits.dataInStrictlyInOrder, received > 0, coverage.ranges != [0..<received] {
+        throw ISCSIError(
+          .protocolViolation, "target ended task 0x\(hex(itt)) with a hole in its Data-In")
+      }
     }
-    // Strictly in order, `received == due` means bytes 0..<due; otherwise the ranges never
-    // overlap, so the same count means they cover 0..<due only if they lie within it.
-    if !limits.dataInStrictlyInOrder, received > 0, coverage.ranges != [0..<due] {
-      throw ISCSIError(
-        .protocolViolation, "target ended task 0x\(hex(itt)) with Data-In outside the \(due) bytes it reported")
+  }
+
+  /// READ(6), READ(10), READ(12), READ(16) (SBC-3): the data of the medium itself.
+  static func readsMedium(_ cdb: [UInt8]) -> Bool {
+    guard let op = cdb.first else { return false }
+    return op == 0x08 || op == 0x28 || op == 0xa8 || op == 0x88
+  }
+
+  /// The sense key of fixed (0x70/0x71) or descriptor (0x72/0x73) sense data (SPC-4 4.5).
+  static func senseKey(_ sense: [UInt8]) -> UInt8? {
+    guard let code = sense.first.map({ $0 & 0x7f }) else { return nil }
+    switch code {
+    case 0x70, 0x71: return sense.count > 2 ? sense[2] & 0x0f : nil
+    case 0x72, 0x73: return sense.count > 1 ? sense[1] & 0x0f : nil
+    default: return nil
     }
   }
 

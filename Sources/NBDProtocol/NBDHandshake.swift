@@ -125,6 +125,7 @@ public struct NBDHandshakeStateMachine: Sendable {
         if state == .awaitingTLS && buffer.readableBytes > 0 {
           // The client must wait for the ACK before its TLS handshake: plaintext sent
           // after STARTTLS would be taken as if it had come through TLS.
+          actions.removeAll { $0 == .startTLS }
           actions.append(close("data after NBD_OPT_STARTTLS before the TLS handshake"))
           break loop
         }

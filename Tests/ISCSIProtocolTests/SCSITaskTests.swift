@@ -242,4 +242,39 @@ final class SCSITaskTests: XCTestCase {
     XCTAssertTrue(r.insert(5..<10))
     XCTAssertEqual(r.ranges, [0..<40])
   }
+
+  func testShortNonMediumDataIsAcceptedAsItCameButNeverWithAHole() throws {
+    // INQUIRY with a 255-byte allocation answered with 36 bytes and no U bit.
+    var inquiry = SCSITask(itt: 9, command: SCSICommand(lun: 0, cdb: [0x12], direction: .read(255)), limits: .init())
+    let c = try XCTUnwrap(
+      try inquiry.handleDataIn(dataIn(offset: 0, bytes: bytes(36, 1), dataSN: 0, status: true), allocator: .init()))
+    XCTAssertEqual(c.dataLength, 36, "not padded to 255")
+    var holed = SCSITask(itt: 9, command: SCSICommand(lun: 0, cdb: [0x12], direction: .read(255)), limits: relaxed)
+    _ = try holed.handleDataIn(dataIn(offset: 8, bytes: bytes(8, 1), dataSN: 0, status: false), allocator: .init())
+    XCTAssertThrowsError(
+      try holed.handleDataIn(dataIn(offset: 20, bytes: bytes(4, 1), dataSN: 1, status: true), allocator: .init()))
+  }
+
+  func testAWriteTheTargetDidNotTakeWholeIsNotAcknowledged() throws {
+    let task = writeTask(8192, .init())
+    var h = BasicHeaderSegment(opcode: .scsiResponse, flags: finalFlag | DataInFlags.underflow)
+    h.residualCount = 4096
+    XCTAssertThrowsError(try task.handleResponse(ISCSIPDU(header: h))) {
+      XCTAssertEqual(($0 as? ISCSIError)?.code, .protocolViolation)
+    }
+    h.flags = finalFlag
+    h.residualCount = 0
+    XCTAssertEqual(try task.handleResponse(ISCSIPDU(header: h)).status, 0)
+  }
+
+  func testRecoveredErrorDataIsCheckedLikeGood() throws {
+    var task = readTask(8)
+    _ = try task.handleDataIn(dataIn(offset: 0, bytes: [1, 2, 3, 4], dataSN: 0, status: false), allocator: .init())
+    var h = BasicHeaderSegment(opcode: .scsiResponse, flags: finalFlag)
+    h.scsiStatus = 0x02
+    var sense = ByteBuffer()
+    sense.writeInteger(UInt16(18))
+    sense.writeBytes([0x70, 0, 0x01, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x17, 0x01, 0, 0, 0, 0])  // RECOVERED ERROR
+    XCTAssertThrowsError(try task.handleResponse(ISCSIPDU(header: h, data: sense)), "half the data, used as good")
+  }
 }
