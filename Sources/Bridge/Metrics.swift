@@ -99,29 +99,18 @@ public enum PrometheusText {
     ) { r, l, f in
       f.add(l, String(r.noPathFailures))
     }
-    volumeFamily(
-      "lunbridge_export_refused_connections_total", "counter",
-      "Export connections refused over the connection caps."
-    ) { r, l, f in
-      f.add(l, String(r.flow?.refusedConnections ?? 0))
-    }
-    volumeFamily(
-      "lunbridge_export_handshake_timeouts_total", "counter",
-      "Export connections closed for not finishing the NBD handshake in time."
-    ) { r, l, f in
-      f.add(l, String(r.flow?.handshakeTimeouts ?? 0))
-    }
-    volumeFamily(
-      "lunbridge_flow_paused_total", "counter",
-      "Times an NBD connection stopped being read because its requests reached a bound."
-    ) { r, l, f in
-      f.add(l, String(r.flow?.paused ?? 0))
-    }
-    volumeFamily(
-      "lunbridge_cancelled_requests_total", "counter",
-      "Requests dropped before reaching the target because their client had gone."
-    ) { r, l, f in
-      f.add(l, String(r.flow?.cancelled ?? 0))
+    let flowCounters: [(String, String, KeyPath<FlowCounts, UInt64>)] = [
+      ("lunbridge_export_refused_connections_total", "Export connections refused over the connection caps.",
+        \.refusedConnections),
+      ("lunbridge_export_handshake_timeouts_total",
+        "Export connections closed for not finishing the NBD handshake in time.", \.handshakeTimeouts),
+      ("lunbridge_flow_paused_total",
+        "Times an NBD connection stopped being read because its requests reached a bound.", \.paused),
+      ("lunbridge_cancelled_requests_total",
+        "Requests dropped before reaching the target because their client had gone.", \.cancelled),
+    ]
+    for (name, help, counter) in flowCounters {
+      volumeFamily(name, "counter", help) { r, l, f in f.add(l, String(r.flow?[keyPath: counter] ?? 0)) }
     }
     volumeFamily("lunbridge_inflight_bytes", "gauge", "Bytes of NBD requests and unsent replies held.") { r, l, f in
       f.add(l, String(r.flow?.bytesInFlight ?? 0))

@@ -155,6 +155,9 @@ public final class Volume: @unchecked Sendable {
     var dispatched: NIODeadline
     /// The NBD connection that asked (0: none), so its queued work can be cancelled.
     var owner: UInt64 = 0
+    /// Times the target broke the protocol on this I/O; it fails with EIO at
+    /// `ISCSISession.maxProtocolViolationsPerCommand`.
+    var violations = 0
   }
 
   private var machine: MultipathStateMachine<ContinuousClock>
@@ -525,8 +528,12 @@ public final class Volume: @unchecked Sendable {
       observer?(.completed(io: id, success: true))
       run(machine.completed(entry.token, path: pathID, latency: latency, success: true))
       entry.promise.succeed(data)
-    case .failure(let error) where Volume.isPathError(error):
-      // The path is down: the scheduler re-sends reads now and fences writes first.
+    case .failure(let error)
+    where Volume.isPathError(error)
+      && !(Volume.isProtocolViolation(error) && entry.violations + 1 >= ISCSISession.maxProtocolViolationsPerCommand):
+      // The path is down: the scheduler re-sends reads now and fences writes first. An I/O
+      // the target answered with broken PDUs is sent again too, a bounded number of times.
+      if Volume.isProtocolViolation(error) { pending[id]?.violations += 1 }
       failPath(pathID, PathFailure(.connectionLost, context: describeError(error)))
     case .failure(let error):
       pending[id] = nil
@@ -538,7 +545,12 @@ public final class Volume: @unchecked Sendable {
 
   static func isPathError(_ error: Error) -> Bool {
     guard let e = error as? ISCSIError else { return false }
-    return e.code == .pathDown
+    return e.code == .pathDown || e.code == .protocolViolation
+  }
+
+  /// The session dropped the path because the target broke the protocol on this I/O.
+  static func isProtocolViolation(_ error: Error) -> Bool {
+    (error as? ISCSIError)?.code == .protocolViolation
   }
 
   // MARK: - Path events

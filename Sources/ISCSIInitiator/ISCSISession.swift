@@ -83,6 +83,8 @@ public final class ISCSISession: @unchecked Sendable {
     var promise: EventLoopPromise<SCSICompletion>
     var queuedAt: NIODeadline
     var retries = 0
+    /// Times the target broke the protocol on this command (see `connectionFailed`).
+    var violations = 0
     /// When this command was first caught by a lost connection (or submitted while there
     /// was none); it fails `recoveryTimeout` after that, wherever it then is.
     var troubleSince: NIODeadline? = nil
@@ -416,7 +418,7 @@ public final class ISCSISession: @unchecked Sendable {
           inFlight[h.initiatorTaskTag] = entry
         }
       } catch {
-        connectionFailed(error, channel: channel)
+        connectionFailed(error, channel: channel, culprit: h.initiatorTaskTag)
       }
     case .scsiResponse:
       advanceStatSN(h.statSN)
@@ -432,7 +434,7 @@ public final class ISCSISession: @unchecked Sendable {
       } catch let error as ISCSIError where error.code == .protocolViolation {
         // Data that disagrees with the status: the command stays in flight, so dropping
         // the connection sends it again (or hands it back to multipath); never completed.
-        connectionFailed(error, channel: channel)
+        connectionFailed(error, channel: channel, culprit: h.initiatorTaskTag)
       } catch {
         inFlight[h.initiatorTaskTag] = nil
         entry.pending.promise.fail(error)
@@ -452,7 +454,7 @@ public final class ISCSISession: @unchecked Sendable {
         }
         channel.flush()
       } catch {
-        connectionFailed(error, channel: channel)
+        connectionFailed(error, channel: channel, culprit: h.initiatorTaskTag)
       }
     case .nopIn:
       handleNopIn(pdu, channel: channel)
@@ -766,11 +768,35 @@ public final class ISCSISession: @unchecked Sendable {
 
   // MARK: - Losing and regaining the connection
 
-  fileprivate func connectionFailed(_ error: Error, channel: Channel) {
+  /// A target that breaks the protocol on the same command this many times in a row gets
+  /// no more chances for it: the command fails (EIO for the NBD client) instead of being
+  /// sent again forever.
+  public static let maxProtocolViolationsPerCommand = 3
+
+  /// `culprit`: the task whose PDU broke the protocol, if one did. It is sent again like
+  /// every other unfinished command, until `maxProtocolViolationsPerCommand`; with
+  /// failFast it is handed back with `.protocolViolation` instead of `.pathDown`, so the
+  /// owner can count the same way.
+  fileprivate func connectionFailed(_ error: Error, channel: Channel, culprit: UInt32? = nil) {
     guard channel === self.channel else { return }
     if state == .loggingIn {
       failLogin(error)
       return
+    }
+    if let culprit, var entry = inFlight[culprit] {
+      entry.pending.violations += 1
+      if configuration.failFast {
+        inFlight[culprit] = nil
+        entry.pending.promise.fail(
+          ISCSIError(.protocolViolation, "path to \(configuration.portal) lost: \(describe(error))"))
+      } else if entry.pending.violations >= Self.maxProtocolViolationsPerCommand {
+        inFlight[culprit] = nil
+        logger.error(
+          "giving up on a command after \(entry.pending.violations) protocol violations of the target: \(describe(error))")
+        entry.pending.promise.fail(error)
+      } else {
+        inFlight[culprit] = entry
+      }
     }
     lastError = describe(error)
     // Multipath logs the path failure itself, with the same reason.

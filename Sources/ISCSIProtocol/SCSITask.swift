@@ -326,8 +326,8 @@ public struct SCSITask: Sendable {
   /// - other reads (INQUIRY, MODE SENSE, ...) may be shorter without the U bit, as some
   ///   targets answer, but only as one run from offset 0; the completion then carries
   ///   just the bytes that came, never padding;
-  /// - a write must have been taken whole: a residual means the target did not write all
-  ///   of it, which must not be acknowledged as written.
+  /// - a write to the medium must have been taken whole: a residual means the target did
+  ///   not write all of it, which must not be acknowledged as written.
   private func checkTransfer(status: UInt8, residual: Int, sense: [UInt8] = []) throws {
     let recovered = status == 0x02 && Self.senseKey(sense) == 0x1
     guard status == 0x00 || status == 0x04 || recovered else { return }
@@ -335,7 +335,9 @@ public struct SCSITask: Sendable {
     case .none:
       return
     case .write:
-      guard residual == 0 else {
+      // Parameter lists (UNMAP, MODE SELECT, PERSISTENT RESERVE OUT) may legitimately be
+      // taken in part (tgtd reports a residual for UNMAP); data for the medium may not.
+      guard residual == 0 || !Self.writesMedium(command.cdb) else {
         throw ISCSIError(
           .protocolViolation,
           "target ended write task 0x\(hex(itt)) with a residual of \(residual) bytes: not all the data was written")
@@ -362,6 +364,12 @@ public struct SCSITask: Sendable {
   static func readsMedium(_ cdb: [UInt8]) -> Bool {
     guard let op = cdb.first else { return false }
     return op == 0x08 || op == 0x28 || op == 0xa8 || op == 0x88
+  }
+
+  /// WRITE(6/10/12/16), WRITE AND VERIFY(10/12/16), WRITE SAME(10/16) (SBC-3).
+  static func writesMedium(_ cdb: [UInt8]) -> Bool {
+    guard let op = cdb.first else { return false }
+    return [0x0a, 0x2a, 0xaa, 0x8a, 0x2e, 0xae, 0x8e, 0x41, 0x93].contains(op)
   }
 
   /// The sense key of fixed (0x70/0x71) or descriptor (0x72/0x73) sense data (SPC-4 4.5).

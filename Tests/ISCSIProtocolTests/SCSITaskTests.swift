@@ -265,6 +265,12 @@ final class SCSITaskTests: XCTestCase {
     h.flags = finalFlag
     h.residualCount = 0
     XCTAssertEqual(try task.handleResponse(ISCSIPDU(header: h)).status, 0)
+    // A parameter list taken in part is fine (tgtd answers UNMAP with a residual).
+    let unmap = SCSITask(
+      itt: 5, command: SCSICommand(lun: 1, cdb: [0x42], direction: .write(payload(48))), limits: .init())
+    h.flags = finalFlag | DataInFlags.underflow
+    h.residualCount = 24
+    XCTAssertEqual(try unmap.handleResponse(ISCSIPDU(header: h)).residual, 24)
   }
 
   func testRecoveredErrorDataIsCheckedLikeGood() throws {

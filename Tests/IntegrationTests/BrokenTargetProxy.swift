@@ -62,8 +62,18 @@ final class BrokenTargetProxy: @unchecked Sendable {
       .bind(host: "127.0.0.1", port: 0).wait()
   }
 
-  /// The next PDU this fault fits is rewritten (once).
-  func arm(_ fault: Fault) { lock.withLock { armed = fault } }
+  private var remaining = 0
+
+  /// The next PDU this fault fits is rewritten (`times` PDUs: a target that is wrong
+  /// every time).
+  func arm(_ fault: Fault, times: Int = 1) {
+    lock.withLock {
+      armed = fault
+      remaining = times
+    }
+  }
+
+  func disarm() { lock.withLock { armed = nil } }
 
   /// The faults carried out so far, in order.
   var injected: [Fault] { lock.withLock { applied } }
@@ -72,7 +82,8 @@ final class BrokenTargetProxy: @unchecked Sendable {
   fileprivate func take(where fits: (Fault) -> Bool) -> Fault? {
     lock.withLock {
       guard let f = armed, fits(f) else { return nil }
-      armed = nil
+      remaining -= 1
+      if remaining <= 0 { armed = nil }
       applied.append(f)
       return f
     }
@@ -162,6 +173,18 @@ private final class TargetToInitiator: ChannelInboundHandler {
     }
   }
 
+  /// The PDU with a read's status: the residual fault claims 4096 bytes were not sent.
+  func endOfRead(_ pdu: inout ISCSIPDU) {
+    let itt = pdu.header.initiatorTaskTag
+    dropped[itt] = nil
+    if sawData.remove(itt) != nil, pdu.header.flags & DataInFlags.underflow == 0,
+      proxy.take(where: { $0 == .residualMismatch }) != nil
+    {
+      pdu.header.flags |= DataInFlags.underflow
+      pdu.header.residualCount = 4096
+    }
+  }
+
   /// The PDU to pass on (nil: dropped).
   func rewrite(_ original: ISCSIPDU) -> ISCSIPDU? {
     var pdu = original
@@ -185,23 +208,9 @@ private final class TargetToInitiator: ChannelInboundHandler {
         default: break
         }
       }
-      if status {
-        dropped[itt] = nil
-        if sawData.remove(itt) != nil, pdu.header.flags & DataInFlags.underflow == 0,
-          proxy.take(where: { $0 == .residualMismatch }) != nil
-        {
-          pdu.header.flags |= DataInFlags.underflow
-          pdu.header.residualCount = 4096
-        }
-      }
+      if status { endOfRead(&pdu) }
     case .scsiResponse:
-      dropped[itt] = nil
-      if sawData.remove(itt) != nil, pdu.header.flags & DataInFlags.underflow == 0,
-        proxy.take(where: { $0 == .residualMismatch }) != nil
-      {
-        pdu.header.flags |= DataInFlags.underflow
-        pdu.header.residualCount = 4096
-      }
+      endOfRead(&pdu)
     case .readyToTransfer:
       if proxy.take(where: { $0 == .r2tOutsideCommand }) != nil {
         pdu.header.bufferOffset += 64 << 20

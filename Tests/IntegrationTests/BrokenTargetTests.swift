@@ -84,6 +84,23 @@ final class BrokenTargetTests: XCTestCase {
       XCTAssertFalse(said.isEmpty, "\(label): nothing logged about the broken PDU; log: \(lines.since(before))")
     }
     XCTAssertEqual(proxy.injected, BrokenTargetProxy.Fault.allCases)
+
+    // A target wrong every time: the read is sent again a bounded number of times, then
+    // fails with EIO; it never loops, and never returns the wrong data.
+    let offset = BrokenTargetProxy.Fault.allCases.count * 2 * length
+    XCTAssertEqual(try nbd("write", offset, "persistent"), "ok")
+    let before = lines.count
+    proxy.arm(.repeatedOffset, times: 1000)
+    let started = Date()
+    let read = try nbd("check", offset, "persistent")
+    proxy.disarm()
+    XCTAssertTrue(read.hasPrefix("error:") && read.contains("errno"), "a target wrong every time: \(read)")
+    XCTAssertLessThan(Date().timeIntervalSince(started), 60, "the retries were not bounded")
+    XCTAssertEqual(
+      proxy.injected.count - BrokenTargetProxy.Fault.allCases.count, ISCSISession.maxProtocolViolationsPerCommand,
+      "sent again until the bound, then failed")
+    XCTAssertTrue(lines.since(before).contains { $0.contains("NBD request failed") }, "\(lines.since(before))")
+    XCTAssertEqual(try nbd("check", offset, "persistent"), "ok", "the path works again once the target does")
     await server.stop()
     await volume.close()
   }

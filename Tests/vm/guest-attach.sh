@@ -30,7 +30,7 @@ ok "tgtd started: $url"
 img="$T/lun.img"
 
 # attach: prints the device, goes to the background.
-dev=$(timeout 60 "$LB" attach "$url" --connections 2 --timeout 30 --dead-conn-timeout 60 2>"$T/attach.err")
+dev=$(timeout 60 "$LB" attach "$url" --connections 2 --timeout 30 --dead-conn-timeout 60 --log-file "$T/attach1.log" 2>"$T/attach.err")
 rc=$?
 if [ $rc -ne 0 ] || [[ "$dev" != /dev/nbd* ]]; then
   notok "attach (rc $rc, '$dev'): $(cat "$T/attach.err")"; finish
@@ -65,6 +65,8 @@ check "fstrim shrank the backing file ($before KiB -> $after KiB)" test "$after"
 check "umount after trim" umount $M
 
 # fio with crc32c verify on the raw device.
+check "the first serving process is alive after fstrim" kill -0 "${pid:-none}" ||
+  { echo "# its log:"; tail -20 "$T/attach1.log" | sed 's/^/# /'; }
 check "fio verify on $dev" fio --name=raw --filename="$dev" --ioengine=libaio --direct=1 --rw=randwrite \
   --bs=4k --iodepth=16 --size=24m --verify=crc32c --verify_fatal=1 --output="$T/fio-raw.txt"
 
@@ -197,7 +199,7 @@ if grep -qw memory /sys/fs/cgroup/cgroup.controllers 2>/dev/null && mkdir -p /sy
 fi
 echo "# fio in ${pressure_cg:-the root cgroup (no memory controller here)}${pressure_cg:+ with memory.max 32M}"
 timeout 300 bash -c "${pressure_cg:+echo \$\$ > $pressure_cg/cgroup.procs;} exec fio --name=pressure --directory='$M' --rw=write \
-  --bs=256k --size=160m --ioengine=psync --end_fsync=1 --verify=crc32c --verify_fatal=1 --output='$T/fio-pressure.txt'"
+  --bs=256k --size=64m --ioengine=psync --end_fsync=1 --verify=crc32c --verify_fatal=1 --output='$T/fio-pressure.txt'"
 fio_rc=$?
 check "fio through the page cache under memory pressure completed (rc $fio_rc, 124 = deadlock/timeout)" test $fio_rc -eq 0
 kill "$hog" 2>/dev/null; wait "$hog" 2>/dev/null
