@@ -36,6 +36,12 @@ public enum StatusFormatter {
     if let p50 = r.latency.p50Seconds, let p99 = r.latency.p99Seconds {
       facts.append("p50=\(formatDuration(p50)) p99=\(formatDuration(p99))")
     }
+    // Flow control and export admission, only once something happened.
+    if let f = r.flow, f.refusedConnections + f.handshakeTimeouts + f.paused + f.cancelled > 0 {
+      facts.append(
+        "refused-connections=\(f.refusedConnections) handshake-timeouts=\(f.handshakeTimeouts) paused=\(f.paused) cancelled=\(f.cancelled)"
+      )
+    }
     out += facts.joined(separator: " ") + "\n"
     guard !r.paths.isEmpty else { return out + "  (no paths)\n" }
     let rows = r.paths.map { p -> [String] in

@@ -57,6 +57,18 @@ final class StatusFormatterTests: XCTestCase {
     XCTAssertTrue(text.contains(" ro "))
   }
 
+  func testFlowCountersShowOnceSomethingHappened() {
+    var r = StatusFixture.served()
+    XCTAssertFalse(StatusFormatter.renderStatusTable([r]).contains("refused-connections"), "quiet when nothing happened")
+    var flow = FlowCounts()
+    flow.refusedConnections = 19_936
+    flow.handshakeTimeouts = 64
+    r.flow = flow
+    XCTAssertTrue(
+      StatusFormatter.renderStatusTable([r]).contains(
+        "refused-connections=19936 handshake-timeouts=64 paused=0 cancelled=0"))
+  }
+
   func testVolumeWithoutPathsSaysSo() {
     var r = StatusFixture.attached()
     r.paths = []

@@ -299,4 +299,39 @@ final class HostileClientTests: XCTestCase {
     XCTAssertEqual(reads - before, 50, "the requests were received")
     XCTAssertLessThan(p["ios"] as? Int ?? 99, 5, "but the cancelled reads went to the target: \(p)")
   }
+
+  /// A start that fails after login (the metrics port is taken) exits non-zero with one
+  /// line and leaves nothing behind: no NBD socket, no control socket, no session.
+  func testFailedStartAfterLoginLeavesNothingBehind() throws {
+    let blocker = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(blocker) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = 0
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &addr) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(blocker, $0, len) == 0 && Glibc.listen(blocker, 1) == 0 && getsockname(blocker, $0, &len) == 0 }
+    }
+    XCTAssertTrue(bound)
+    let port = Int(UInt16(bigEndian: addr.sin_port))
+    let r = try Command.run(
+      lunbridge,
+      ["serve", "iscsi://127.0.0.1:\(tgtd.port)/\(Self.iqn)/1", "--listen", "unix:\(socket)", "--name", volumeName,
+       "--metrics", "tcp:127.0.0.1:\(port)"], timeout: 60)
+    XCTAssertNotEqual(r.status, 0, "serve started with its metrics port taken")
+    XCTAssertTrue(r.stderr.contains("lunbridge: error:"), r.stderr)
+    XCTAssertFalse(FileManager.default.fileExists(atPath: socket), "the NBD socket was left behind")
+    let control = try ControlPath.of(volumeName)
+    XCTAssertFalse(FileManager.default.fileExists(atPath: control), "the control socket \(control) was left behind")
+    usleep(500_000)
+    XCTAssertEqual(try tgtd.connections(tid: 1).count, 0, "the session was left logged in")
+  }
+}
+
+enum ControlPath {
+  static func of(_ name: String) throws -> String {
+    let dir = ProcessInfo.processInfo.environment["LUNBRIDGE_RUN_DIR"] ?? "/run/lunbridge"
+    return "\(dir)/\(name).sock"
+  }
 }
