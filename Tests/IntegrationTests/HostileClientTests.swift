@@ -215,7 +215,8 @@ final class HostileClientTests: XCTestCase {
     shell.standardInput = FileHandle.nullDevice
     try shell.run()
     defer {
-      _ = try? Command.run("/usr/bin/pkill", ["-KILL", "-f", "--name \(volumeName!)"])
+      // The pattern must not start with '-', or pkill takes it for an option.
+      _ = try? Command.run("/usr/bin/pkill", ["-KILL", "-f", "lunbridge serve .*--name \(volumeName!)"])
       wait(shell, seconds: 5)
     }
     var headDone = false
