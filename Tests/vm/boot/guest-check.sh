@@ -31,7 +31,9 @@ mu=$(since multi-user.target)
 check "multi-user.target reached ${mu} s after boot" test "$(systemctl is-active multi-user.target)" = active
 check "the test target (tgtd) is up" systemctl is-active -q lunbridge-test-target.service || finish
 check "nbd was loaded at boot by systemd-modules-load (/etc/modules-load.d/lunbridge.conf)" \
-  bash -c "test -d /sys/module/nbd && journalctl -b -u systemd-modules-load.service -o cat | grep -q \"Inserted module 'nbd'\""
+  bash -c "test -d /sys/module/nbd && journalctl -b -t systemd-modules-load -o cat | grep -q \"Inserted module 'nbd'\""
+# (-t, the sender's own identifier: -u needs the unit journald looks up from the sender's
+# cgroup, which it can miss for a process as short-lived as systemd-modules-load.)
 
 no_io_errors() {
   local e
