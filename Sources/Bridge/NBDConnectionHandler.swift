@@ -43,15 +43,12 @@ final class NBDConnectionHandler: ChannelInboundHandler {
   private let handshakeTimeout: TimeAmount?
   /// TLS for an export that requires it (NBD_OPT_STARTTLS, then NIOSSL in front).
   private let tls: NIOSSLContext?
-  private let onClose: (() -> Void)?
 
   init(
-    volume: Volume, handshake: Bool, logger: Logger, handshakeTimeout: TimeAmount? = nil, tls: NIOSSLContext? = nil,
-    onClose: (() -> Void)? = nil
+    volume: Volume, handshake: Bool, logger: Logger, handshakeTimeout: TimeAmount? = nil, tls: NIOSSLContext? = nil
   ) {
     self.volume = volume
     self.logger = logger
-    self.onClose = onClose
     self.handshakeTimeout = handshake ? handshakeTimeout : nil
     self.limits = FlowLimits(
       maxRequestsPerConnection: volume.options.maxRequestsPerConnection,
@@ -90,7 +87,6 @@ final class NBDConnectionHandler: ChannelInboundHandler {
     cumulation = nil
     volume.budget.forget(id)
     volume.cancelQueued(owner: id)
-    onClose?()
     context.fireChannelInactive()
   }
 
@@ -189,18 +185,10 @@ final class NBDConnectionHandler: ChannelInboundHandler {
         closeIfIdle(context: context)
         return
       }
-      run(event, bytes: Self.bytes(of: event.request), context: context)
+      run(event, bytes: bytes, context: context)
     }
     if let c = cumulation, c.readableBytes == 0 { cumulation = nil }
     resumeReading(context: context)
-  }
-
-  /// Payload or reply bytes a request holds while in flight.
-  static func bytes(of request: NBDRequest) -> Int {
-    switch request.type {
-    case .read, .write: return Int(request.length)
-    default: return 0
-    }
   }
 
   private func pauseReading(context: ChannelHandlerContext) {
