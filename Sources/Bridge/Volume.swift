@@ -427,17 +427,16 @@ public final class Volume: @unchecked Sendable {
 
   /// The errno an NBD client sees for a failed operation.
   public static func errno(for error: Error) -> NBDErrno {
-    if let e = error as? SCSIOperationError {
-      switch e.errorClass {
-      case .dataProtect:
-        // SPACE ALLOCATION FAILED (0x27/0x07) is a full thin pool.
-        if let s = e.sense, s.asc == 0x27, s.ascq == 0x07 { return .enospc }
-        return .eperm
-      case .illegalRequest: return .einval
-      default: return .eio
-      }
+    guard let e = error as? SCSIOperationError, case .fail(let errno) = e.outcome else { return .eio }
+    // The NBD protocol carries only a few errno values (NBD's proto.md "Error values");
+    // the rest become EIO.
+    switch errno {
+    case 1, 30: return .eperm  // EROFS: a write-protected LU, as before
+    case 22: return .einval
+    case 28: return .enospc
+    case 95: return .enotsup
+    default: return .eio
     }
-    return .eio
   }
 
   /// The NBD connection `owner` is gone: its requests still waiting for a path are dropped
@@ -544,6 +543,7 @@ public final class Volume: @unchecked Sendable {
   }
 
   static func isPathError(_ error: Error) -> Bool {
+    if let e = error as? SCSIOperationError { return e.outcome.isPathProblem }
     guard let e = error as? ISCSIError else { return false }
     return e.code == .pathDown || e.code == .protocolViolation
   }

@@ -2,6 +2,7 @@ import ISCSIProtocol
 import Logging
 import NIOCore
 import NIOPosix
+import SCSI
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -488,24 +489,26 @@ public final class ISCSISession: @unchecked Sendable {
   }
 
   private func finish(_ entry: InFlight, _ completion: SCSICompletion) {
-    // SCSI status: BUSY 0x08, TASK SET FULL 0x28 (SAM-5 table 33); CHECK CONDITION 0x02
-    // with sense key UNIT ATTENTION 0x6 (SPC-4 table 48).
-    var retry = false
-    if completion.status == 0x08 || completion.status == 0x28 {
-      retry = true
-    } else if completion.status == 0x02, senseKey(completion.sense) == 0x6 {
-      retry = true
+    let sense = completion.sense.isEmpty ? nil : try? SenseData(completion.sense)
+    let outcome = SCSIOutcome(
+      status: completion.status, sense: sense, retries: entry.pending.retries, maxRetries: configuration.maxRetries)
+    let delay: Int
+    switch outcome {
+    case .retry(let ms): delay = ms
+    // Until the owner re-reads ALUA states itself, a re-check is a retry here, spaced a
+    // little for a transition to settle.
+    case .recheckPath: delay = min(100, 10 * (entry.pending.retries + 1))
+    case .done, .failPath, .fail: delay = -1
     }
-    if retry && entry.pending.retries < configuration.maxRetries {
+    if delay >= 0 {
       var pending = entry.pending
       pending.retries += 1
       commandsRetried += 1
       logger.debug("retrying a command", metadata: ["status": "\(completion.status)", "retry": "\(pending.retries)"])
-      if completion.status == 0x02 {
+      if delay == 0 {
         queue.prepend(pending)
       } else {
-        // BUSY / TASK SET FULL: give the target a moment.
-        eventLoop.scheduleTask(in: .milliseconds(10 * Int64(pending.retries))) { [self] in
+        eventLoop.scheduleTask(in: .milliseconds(Int64(delay))) { [self] in
           queue.prepend(pending)
           pump()
         }
@@ -1049,16 +1052,6 @@ private final class SessionInboundHandler: ChannelInboundHandler {
 
   func channelInactive(context: ChannelHandlerContext) {
     session.channelClosed(context.channel)
-  }
-}
-
-/// Sense key from fixed (0x70/0x71) or descriptor (0x72/0x73) sense data (SPC-4 4.5).
-func senseKey(_ sense: [UInt8]) -> UInt8? {
-  guard let first = sense.first else { return nil }
-  switch first & 0x7f {
-  case 0x70, 0x71: return sense.count > 2 ? sense[2] & 0x0f : nil
-  case 0x72, 0x73: return sense.count > 1 ? sense[1] & 0x0f : nil
-  default: return nil
   }
 }
 

@@ -83,6 +83,9 @@ public struct SCSIOperationError: Error, CustomStringConvertible, Sendable {
   public var status: UInt8
   public var sense: SenseData?
   public var operation: String
+  /// What to do about it, from `SCSIOutcome` with the session's retries spent: fail to
+  /// the client with an errno, or (a path problem) send the command elsewhere.
+  public var outcome: SCSIOutcome
 
   public var description: String {
     let what = sense.map { $0.description } ?? "status 0x\(String(status, radix: 16))"
@@ -99,6 +102,7 @@ public final class LogicalUnit: @unchecked Sendable {
   /// Blocks per READ/WRITE command: the LUN's maximum transfer, capped by what one
   /// command should carry (MaxBurstLength-sized commands keep R2T rounds short).
   public let maxBlocksPerCommand: UInt32
+  let splitter: TransferSplitter
   let use16: Bool
 
   init(session: ISCSISession, lun: UInt16, info: LUNInfo) {
@@ -109,6 +113,7 @@ public final class LogicalUnit: @unchecked Sendable {
     var limit = cap / info.blockSize
     if info.maxTransferBytes > 0 { limit = min(limit, info.maxTransferBytes / info.blockSize) }
     self.maxBlocksPerCommand = UInt32(max(1, limit))
+    self.splitter = TransferSplitter(maxBlocksPerCommand: maxBlocksPerCommand)
     self.use16 = info.blockCount > UInt64(UInt32.max)
   }
 
@@ -136,13 +141,7 @@ public final class LogicalUnit: @unchecked Sendable {
     if blocks <= maxBlocksPerCommand {
       return readOne(lba: lba, blocks: blocks)
     }
-    var futures: [EventLoopFuture<[ByteBuffer]>] = []
-    var done: UInt32 = 0
-    while done < blocks {
-      let n = min(maxBlocksPerCommand, blocks - done)
-      futures.append(readOne(lba: lba + UInt64(done), blocks: n))
-      done += n
-    }
+    let futures = splitter.split(lba: lba, blocks: UInt64(blocks)).map { readOne(lba: $0.lba, blocks: $0.blocks) }
     return EventLoopFuture.whenAllSucceed(futures, on: session.eventLoop).map { $0.flatMap { $0 } }
   }
 
@@ -153,7 +152,7 @@ public final class LogicalUnit: @unchecked Sendable {
       guard c.dataLength == length else {
         throw SCSIOperationError(
           errorClass: .other, status: c.status, sense: nil,
-          operation: "READ of \(blocks) blocks at LBA \(lba) returned \(c.dataLength) bytes")
+          operation: "READ of \(blocks) blocks at LBA \(lba) returned \(c.dataLength) bytes", outcome: .fail(errno: 5))
       }
       return c.segments
     }
@@ -168,14 +167,11 @@ public final class LogicalUnit: @unchecked Sendable {
     let bs = info.blockSize
     precondition(data.readableBytes % bs == 0, "write length must be a multiple of the block size")
     let blocks = UInt32(data.readableBytes / bs)
-    var futures: [EventLoopFuture<Void>] = []
-    var done: UInt32 = 0
-    while done < blocks {
-      let n = min(maxBlocksPerCommand, blocks - done)
-      let slice = data.getSlice(at: data.readerIndex + Int(done) * bs, length: Int(n) * bs)!
-      let cdb = CDB.write(lba: lba + UInt64(done), blocks: n, fua: fua && info.fua, prefer16: use16)
-      futures.append(run(SCSICommand(lun: lun, cdb: cdb, direction: .write(slice)), "WRITE").map { _ in })
-      done += n
+    let futures = splitter.split(lba: lba, blocks: UInt64(blocks)).map { chunk -> EventLoopFuture<Void> in
+      let offset = Int(chunk.lba - lba) * bs
+      let slice = data.getSlice(at: data.readerIndex + offset, length: Int(chunk.blocks) * bs)!
+      let cdb = CDB.write(lba: chunk.lba, blocks: chunk.blocks, fua: fua && info.fua, prefer16: use16)
+      return run(SCSICommand(lun: lun, cdb: cdb, direction: .write(slice)), "WRITE").map { _ in }
     }
     if fua && !info.fua {
       // No DPOFUA: make the write durable with SYNCHRONIZE CACHE once it has landed.
@@ -196,13 +192,7 @@ public final class LogicalUnit: @unchecked Sendable {
     if info.unmapSupported {
       do {
         let perCommand = info.maxUnmapBlocks > 0 ? info.maxUnmapBlocks : UInt32.max
-        var ranges: [(lba: UInt64, blocks: UInt32)] = []
-        var done: UInt32 = 0
-        while done < blocks {
-          let n = min(perCommand, blocks - done)
-          ranges.append((lba + UInt64(done), n))
-          done += n
-        }
+        let ranges = TransferSplitter(maxBlocksPerCommand: perCommand).split(lba: lba, blocks: UInt64(blocks))
         var futures: [EventLoopFuture<Void>] = []
         for r in ranges {
           let list = try CDB.unmapParameterList(ranges: [r])
@@ -234,12 +224,8 @@ public final class LogicalUnit: @unchecked Sendable {
   /// pieces no larger than the LUN's WRITE SAME limit.
   public func writeZeroes(lba: UInt64, blocks: UInt32) -> EventLoopFuture<Void> {
     let limit = info.maxWriteSameBlocks > 0 ? min(info.maxWriteSameBlocks, 1 << 16) : 1 << 16
-    var futures: [EventLoopFuture<Void>] = []
-    var done: UInt32 = 0
-    while done < blocks {
-      let n = UInt32(min(UInt64(blocks - done), limit))
-      futures.append(writeSame(lba: lba + UInt64(done), blocks: n, unmap: false))
-      done += n
+    let futures = TransferSplitter(maxBlocksPerCommand: UInt32(limit)).split(lba: lba, blocks: UInt64(blocks)).map {
+      writeSame(lba: $0.lba, blocks: $0.blocks, unmap: false)
     }
     return EventLoopFuture.andAllSucceed(futures, on: session.eventLoop)
   }
@@ -257,11 +243,15 @@ public final class LogicalUnit: @unchecked Sendable {
   }
 }
 
+/// Throws unless the command succeeded. The session has already retried what
+/// `SCSIOutcome` retries, so the outcome is taken with no retries left.
 func checkStatus(_ c: SCSICompletion, operation: String) throws {
   let sense = c.sense.isEmpty ? nil : try? SenseData(c.sense)
-  if let errorClass = classify(status: c.status, sense: sense) {
-    throw SCSIOperationError(errorClass: errorClass, status: c.status, sense: sense, operation: operation)
-  }
+  let outcome = SCSIOutcome(status: c.status, sense: sense, retries: .max)
+  guard outcome != .done else { return }
+  throw SCSIOperationError(
+    errorClass: classify(status: c.status, sense: sense) ?? .other, status: c.status, sense: sense,
+    operation: operation, outcome: outcome)
 }
 
 /// Reads what a LUN is, tolerating targets that lack optional pages.
