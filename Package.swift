@@ -20,11 +20,12 @@ let package = Package(
     .target(name: "CCRC32C"),
     // Pure: SCSI command descriptor blocks, sense data, VPD pages.
     .target(name: "SCSI"),
-    // Pure: iSCSI PDUs, digests, text keys, login negotiation, CHAP, serial numbers.
+    // Pure: iSCSI PDUs, digests, text keys, login negotiation, CHAP, serial numbers, and the
+    // session's full-feature phase (SessionStateMachine).
     .target(
       name: "ISCSIProtocol",
       dependencies: [
-        "CCRC32C",
+        "CCRC32C", "SCSI",
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "Crypto", package: "swift-crypto"),
       ]),
@@ -107,7 +108,10 @@ let package = Package(
       ]),
     .testTarget(
       name: "ISCSIProtocolTests",
-      dependencies: ["ISCSIProtocol", .product(name: "NIOCore", package: "swift-nio")]),
+      dependencies: [
+        "ISCSIProtocol", .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOEmbedded", package: "swift-nio"),
+      ]),
     .testTarget(
       name: "ISCSIInitiatorTests",
       dependencies: [
