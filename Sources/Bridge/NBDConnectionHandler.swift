@@ -210,7 +210,7 @@ final class NBDConnectionHandler: ChannelInboundHandler {
     bytesInFlight += bytes
     volume.budget.take(bytes)
     let handle = event.request.handle
-    volume.handle(event.request, payload: event.payload, owner: id).whenSuccess { [self] result in
+    volume.handle(event.request, payload: event.payload, owner: id) { [self] result in
       guard context.channel.isActive else { return released(bytes, context: context) }
       let written = context.eventLoop.makePromise(of: Void.self)
       var header = context.channel.allocator.buffer(capacity: NBDLimits.simpleReplyHeaderSize)
@@ -225,17 +225,29 @@ final class NBDConnectionHandler: ChannelInboundHandler {
             context.write(wrapOutboundOut(segment), promise: i == data.count - 1 ? written : nil)
           }
         }
-        context.flush()
       case .failure(let errno):
         NBDReplyEncoder.writeSimpleReply(handle: handle, error: errno, into: &header)
-        context.writeAndFlush(wrapOutboundOut(header), promise: written)
+        context.write(wrapOutboundOut(header), promise: written)
       }
+      scheduleFlush(context: context)
       // The reply's memory is the socket's once written; a client that does not read
       // keeps it here, and so keeps its room taken.
       written.futureResult.whenComplete { [self] _ in released(bytes, context: context) }
       if disconnectRequested { closeIfIdle(context: context) }
     }
   }
+
+  /// Replies completed while the event loop handles one round of socket events (several
+  /// Data-In read together) go out in one write system call.
+  private func scheduleFlush(context: ChannelHandlerContext) {
+    guard !flushScheduled else { return }
+    flushScheduled = true
+    context.eventLoop.execute { [self] in
+      flushScheduled = false
+      context.flush()
+    }
+  }
+  private var flushScheduled = false
 
   private func released(_ bytes: Int, context: ChannelHandlerContext) {
     inFlight -= 1

@@ -149,7 +149,8 @@ public final class Volume: @unchecked Sendable {
   struct PendingIO {
     var token: IOToken
     var operation: Operation
-    var promise: EventLoopPromise<[ByteBuffer]>
+    /// Called once with the I/O's end (on the event loop): the NBD reply, or a waiting future.
+    var reply: (Result<[ByteBuffer], Error>) -> Void
     var path: PathID?
     var attempt = 0
     var dispatched: NIODeadline
@@ -372,9 +373,21 @@ public final class Volume: @unchecked Sendable {
   public func handle(_ request: NBDRequest, payload: ByteBuffer?, owner: UInt64 = 0)
     -> EventLoopFuture<Result<[ByteBuffer], NBDErrno>>
   {
+    let promise = eventLoop.makePromise(of: Result<[ByteBuffer], NBDErrno>.self)
+    handle(request, payload: payload, owner: owner) { promise.succeed($0) }
+    return promise.futureResult
+  }
+
+  /// As `handle(_:payload:owner:)`, without a future: `reply` is called once, on the
+  /// event loop (at once for a request that fails validation). The NBD connections use
+  /// this one: a request is one record (`PendingIO`) from here to its reply.
+  public func handle(
+    _ request: NBDRequest, payload: ByteBuffer?, owner: UInt64 = 0,
+    reply: @escaping (Result<[ByteBuffer], NBDErrno>) -> Void
+  ) {
     if let errno = validator.validate(request) {
       counts.errors += 1
-      return eventLoop.makeSucceededFuture(.failure(errno))
+      return reply(.failure(errno))
     }
     let bs = UInt64(info.blockSize)
     let lba = request.offset / bs
@@ -387,7 +400,7 @@ public final class Volume: @unchecked Sendable {
       operation = .read(lba: lba, blocks: blocks)
     case .write:
       counts.writes += 1
-      guard let payload else { return eventLoop.makeSucceededFuture(.failure(.einval)) }
+      guard let payload else { return reply(.failure(.einval)) }
       operation = .write(lba: lba, data: payload, fua: fua)
     case .flush:
       counts.flushes += 1
@@ -400,29 +413,38 @@ public final class Volume: @unchecked Sendable {
       operation = .writeZeroes(lba: lba, blocks: blocks, fua: fua)
     default:
       counts.errors += 1
-      return eventLoop.makeSucceededFuture(.failure(.einval))
+      return reply(.failure(.einval))
     }
+    // One clock read at arrival (here) and one at completion (below).
     let started = NIODeadline.now()
-    return submit(operation, bytes: Int(request.length), owner: owner).map { [self] data -> Result<[ByteBuffer], NBDErrno> in
+    let type = request.type
+    let length = UInt64(request.length)
+    submit(operation, bytes: Int(request.length), owner: owner, at: started) { [self] result in
       latency.record(.nanoseconds((NIODeadline.now() - started).nanoseconds))
-      switch request.type {
-      case .read: counts.readBytes += UInt64(request.length)
-      case .write: counts.writeBytes += UInt64(request.length)
-      default: break
+      switch result {
+      case .success(let data):
+        switch type {
+        case .read: counts.readBytes += length
+        case .write: counts.writeBytes += length
+        default: break
+        }
+        reply(.success(data))
+      case .failure(let error):
+        if error is CancelledByClient { return reply(.failure(.eio)) }  // nobody to reply to
+        counts.errors += 1
+        logger.warning("NBD request failed", metadata: ["type": "\(type)", "error": "\(describeError(error))"])
+        reply(.failure(Volume.errno(for: error)))
       }
-      return .success(data)
-    }.recover { [self] error in
-      latency.record(.nanoseconds((NIODeadline.now() - started).nanoseconds))
-      if error is CancelledByClient { return .failure(.eio) }  // nobody to reply to
-      counts.errors += 1
-      logger.warning("NBD request failed", metadata: ["type": "\(request.type)", "error": "\(describeError(error))"])
-      return .failure(Volume.errno(for: error))
     }
   }
 
   /// SYNCHRONIZE CACHE through whichever path works (for a clean exit).
   public func synchronizeCache() -> EventLoopFuture<Void> {
-    eventLoop.flatSubmit { self.submit(.flush, bytes: 0).map { _ in } }
+    eventLoop.flatSubmit {
+      let promise = self.eventLoop.makePromise(of: Void.self)
+      self.submit(.flush, bytes: 0, at: .now()) { promise.completeWith($0.map { _ in }) }
+      return promise.futureResult
+    }
   }
 
   /// The errno an NBD client sees for a failed operation.
@@ -447,7 +469,7 @@ public final class Volume: @unchecked Sendable {
     for (id, entry) in pending where entry.owner == owner && machine.cancelQueued(entry.token) {
       pending[id] = nil
       flow.cancelled += 1
-      entry.promise.fail(CancelledByClient())
+      entry.reply(.failure(CancelledByClient()))
     }
   }
 
@@ -465,13 +487,12 @@ public final class Volume: @unchecked Sendable {
     logger.log(level: level, "\(message)", metadata: m)
   }
 
-  private func submit(_ operation: Operation, bytes: Int, owner: UInt64 = 0) -> EventLoopFuture<[ByteBuffer]> {
+  private func submit(
+    _ operation: Operation, bytes: Int, owner: UInt64 = 0, at now: NIODeadline,
+    reply: @escaping (Result<[ByteBuffer], Error>) -> Void
+  ) {
     eventLoop.assertInEventLoop()
-    let promise = eventLoop.makePromise(of: [ByteBuffer].self)
-    guard !closed else {
-      promise.fail(BridgeError("the volume is closing"))
-      return promise.futureResult
-    }
+    guard !closed else { return reply(.failure(BridgeError("the volume is closing"))) }
     let isWrite: Bool
     switch operation {
     case .read, .flush: isWrite = false
@@ -479,11 +500,8 @@ public final class Volume: @unchecked Sendable {
     }
     let token = IOToken(id: nextIO, bytes: bytes, isWrite: isWrite)
     nextIO &+= 1
-    let now = NIODeadline.now()
-    pending[token.id] = PendingIO(
-      token: token, operation: operation, promise: promise, dispatched: now, owner: owner)
+    pending[token.id] = PendingIO(token: token, operation: operation, reply: reply, dispatched: now, owner: owner)
     run(machine.submit(token))
-    return promise.futureResult
   }
 
   private func start(_ io: IOToken, on pathID: PathID) {
@@ -501,6 +519,16 @@ public final class Volume: @unchecked Sendable {
     }
     let work: EventLoopFuture<[ByteBuffer]>
     switch entry.operation {
+    case .read(let lba, let blocks) where blocks <= unit.maxBlocksPerCommand:
+      // The common case: one command, no future.
+      unit.readOne(lba: lba, blocks: blocks) { [self] result in finished(io.id, on: pathID, attempt: attempt, result) }
+      return
+    case .write(let lba, let data, let fua)
+    where data.readableBytes / unit.info.blockSize <= Int(unit.maxBlocksPerCommand) && (!fua || unit.info.fua):
+      unit.writeOne(lba: lba, data: data, fua: fua) { [self] result in
+        finished(io.id, on: pathID, attempt: attempt, result.map { [] })
+      }
+      return
     case .read(let lba, let blocks):
       work = unit.readSegments(lba: lba, blocks: blocks)
     case .write(let lba, let data, let fua):
@@ -526,7 +554,7 @@ public final class Volume: @unchecked Sendable {
       pending[id] = nil
       observer?(.completed(io: id, success: true))
       run(machine.completed(entry.token, path: pathID, latency: latency, success: true))
-      entry.promise.succeed(data)
+      entry.reply(.success(data))
     case .failure(let error)
     where Volume.isPathError(error)
       && !(Volume.isProtocolViolation(error) && entry.violations + 1 >= ISCSISession.maxProtocolViolationsPerCommand):
@@ -538,7 +566,7 @@ public final class Volume: @unchecked Sendable {
       pending[id] = nil
       observer?(.completed(io: id, success: false))
       run(machine.completed(entry.token, path: pathID, latency: latency, success: false))
-      entry.promise.fail(error)
+      entry.reply(.failure(error))
     }
   }
 
@@ -582,7 +610,7 @@ public final class Volume: @unchecked Sendable {
       case .fail(let io, let error):
         guard let entry = pending.removeValue(forKey: io.id) else { continue }
         noPathFailures += 1
-        entry.promise.fail(BridgeError("\(error)"))
+        entry.reply(.failure(BridgeError("\(error)")))
       case .fencePath(let path):
         fence(path)
       case .scheduleTimer(let id, let deadline):

@@ -155,11 +155,11 @@ public final class ISCSISession: @unchecked Sendable {
     case .write(let pdu):
       channel?.write(pdu, promise: nil)
     case .flush:
-      channel?.flush()
+      scheduleFlush()
     case .succeed(let command, let completion):
-      command.promise.succeed(completion)
+      command.completion(.success(completion))
     case .fail(let command, let error):
-      command.promise.fail(error)
+      command.completion(.failure(error))
     case .retryLater(let command, let delay):
       eventLoop.scheduleTask(in: delay) { [self] in perform { $0.retryDue(command, into: &$1) } }
     case .startTicking(let period):
@@ -206,6 +206,19 @@ public final class ISCSISession: @unchecked Sendable {
       }
     }
   }
+
+  /// Flushes once the event loop has handled every socket event of this round: commands
+  /// submitted by several NBD requests read together leave in one write system call
+  /// instead of one each.
+  private func scheduleFlush() {
+    guard !flushScheduled else { return }
+    flushScheduled = true
+    eventLoop.execute { [self] in
+      flushScheduled = false
+      channel?.flush()
+    }
+  }
+  private var flushScheduled = false
 
   private func onTick() {
     let now = NIODeadline.now()
@@ -371,12 +384,20 @@ public final class ISCSISession: @unchecked Sendable {
   /// with other sense is returned to the caller in the completion.
   public func execute(_ command: SCSICommand) -> EventLoopFuture<SCSICompletion> {
     let promise = eventLoop.makePromise(of: SCSICompletion.self)
+    let completion: SessionStateMachine.Completion = { promise.completeWith($0) }
     if eventLoop.inEventLoop {
-      perform { $0.submit(command, promise: promise, into: &$1) }
+      perform { $0.submit(command, completion: completion, into: &$1) }
     } else {
-      eventLoop.execute { self.perform { $0.submit(command, promise: promise, into: &$1) } }
+      eventLoop.execute { self.perform { $0.submit(command, completion: completion, into: &$1) } }
     }
     return promise.futureResult
+  }
+
+  /// Runs one SCSI command as `execute(_:)` does, without a future: `completion` is
+  /// called on the event loop. Call on the event loop (the I/O path).
+  public func execute(_ command: SCSICommand, completion: @escaping SessionStateMachine.Completion) {
+    eventLoop.assertInEventLoop()
+    perform { $0.submit(command, completion: completion, into: &$1) }
   }
 
   public func execute(_ command: SCSICommand) async throws -> SCSICompletion {

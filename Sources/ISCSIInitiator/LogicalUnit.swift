@@ -158,6 +158,52 @@ public final class LogicalUnit: @unchecked Sendable {
     }
   }
 
+  /// The I/O path's READ: one command (`blocks` <= `maxBlocksPerCommand`), no future;
+  /// `done` is called on the session's event loop with the Data-In segments.
+  public func readOne(lba: UInt64, blocks: UInt32, _ done: @escaping (Result<[ByteBuffer], Error>) -> Void) {
+    let length = Int(blocks) * info.blockSize
+    let command = SCSICommand(lun: lun, cdb: CDB.read(lba: lba, blocks: blocks, prefer16: use16), direction: .read(length))
+    session.execute(command) { result in
+      switch result {
+      case .failure(let error):
+        done(.failure(error))
+      case .success(let c):
+        do {
+          try checkStatus(c, operation: "READ")
+          guard c.dataLength == length else {
+            throw SCSIOperationError(
+              errorClass: .other, status: c.status, sense: nil,
+              operation: "READ of \(blocks) blocks at LBA \(lba) returned \(c.dataLength) bytes",
+              outcome: .fail(errno: 5))
+          }
+          done(.success(c.segments))
+        } catch {
+          done(.failure(error))
+        }
+      }
+    }
+  }
+
+  /// The I/O path's WRITE: one command (`blocks` <= `maxBlocksPerCommand`), FUA only
+  /// when the LUN has DPOFUA; no future.
+  public func writeOne(lba: UInt64, data: ByteBuffer, fua: Bool, _ done: @escaping (Result<Void, Error>) -> Void) {
+    let blocks = UInt32(data.readableBytes / info.blockSize)
+    let cdb = CDB.write(lba: lba, blocks: blocks, fua: fua && info.fua, prefer16: use16)
+    session.execute(SCSICommand(lun: lun, cdb: cdb, direction: .write(data))) { result in
+      switch result {
+      case .failure(let error):
+        done(.failure(error))
+      case .success(let c):
+        do {
+          try checkStatus(c, operation: "WRITE")
+          done(.success(()))
+        } catch {
+          done(.failure(error))
+        }
+      }
+    }
+  }
+
   public func write(lba: UInt64, data: ByteBuffer, fua: Bool = false) async throws {
     try await write(lba: lba, data: data, fua: fua).get()
   }

@@ -32,19 +32,22 @@ public struct SessionTimeouts: Sendable, Equatable {
 /// (`tick(now:)`) and jitter from the seed it is given, so every timing rule can be tested
 /// as a list of `event -> actions` lines. The login exchange itself is `LoginStateMachine`.
 ///
-/// Commands carry their caller's promise through the machine, so no other table keeps
-/// them: the action that completes a command hands the promise back.
+/// Commands carry their caller's completion through the machine, so no other table keeps
+/// them: the action that completes a command hands it back.
 public struct SessionStateMachine {
   public enum State: Equatable, Sendable {
     case idle, loggingIn, fullFeature, recovering, closing, closed
   }
+
+  /// Called once with the command's end, on the driver's event loop.
+  public typealias Completion = (Result<SCSICompletion, Error>) -> Void
 
   /// One command from submission to completion (across retries and reinstatements).
   public struct Command {
     /// Submission order, for logs and tests.
     public let id: UInt64
     public let command: SCSICommand
-    public let promise: EventLoopPromise<SCSICompletion>
+    public let completion: Completion
     var queuedAt: NIODeadline
     var retries = 0
     /// Times the target broke the protocol on this command.
@@ -173,10 +176,8 @@ public struct SessionStateMachine {
   /// A command to run. UNIT ATTENTION, BUSY and the like are retried as `SCSIOutcome`
   /// says; a lost connection reinstates the session and sends it again (or, failFast,
   /// hands it back with `.pathDown`).
-  public mutating func submit(
-    _ command: SCSICommand, promise: EventLoopPromise<SCSICompletion>, into out: inout [Action]
-  ) {
-    var c = Command(id: nextID, command: command, promise: promise, queuedAt: now)
+  public mutating func submit(_ command: SCSICommand, completion: @escaping Completion, into out: inout [Action]) {
+    var c = Command(id: nextID, command: command, completion: completion, queuedAt: now)
     nextID &+= 1
     switch state {
     case .closing, .closed, .idle:

@@ -1,5 +1,4 @@
 import NIOCore
-import NIOEmbedded
 import XCTest
 
 @testable import ISCSIProtocol
@@ -13,7 +12,6 @@ final class SessionStateMachineTests: XCTestCase {
   struct Harness {
     var machine: SessionStateMachine
     var clock = 0  // ms since the start
-    let loop = EmbeddedEventLoop()
     let base = NIODeadline.uptimeNanoseconds(1_000_000_000_000)
     var logs: [String] = []
     /// Commands handed out by `.retryLater`, by id.
@@ -84,16 +82,12 @@ final class SessionStateMachineTests: XCTestCase {
     }
 
     mutating func submit(read length: Int = 4096) -> [String] {
-      let promise = loop.makePromise(of: SCSICompletion.self)
-      promise.futureResult.whenComplete { _ in }
       let command = SCSICommand(lun: 0, cdb: [0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0], direction: .read(length))
-      return event { $0.submit(command, promise: promise, into: &$1) }
+      return event { $0.submit(command, completion: { _ in }, into: &$1) }
     }
 
     mutating func submitTestUnitReady() -> [String] {
-      let promise = loop.makePromise(of: SCSICompletion.self)
-      promise.futureResult.whenComplete { _ in }
-      return event { $0.submit(SCSICommand(lun: 0, cdb: [0, 0, 0, 0, 0, 0]), promise: promise, into: &$1) }
+      return event { $0.submit(SCSICommand(lun: 0, cdb: [0, 0, 0, 0, 0, 0]), completion: { _ in }, into: &$1) }
     }
 
     mutating func tick(at ms: Int) -> [String] {

@@ -11,10 +11,14 @@
 #   BENCH_SIZE_MIB   test area the fio workloads use (default 256)
 #   BENCH_LUN_MIB    LUN size (default 512); the whole LUN is preconditioned, since
 #                    iscsi-perf reads across all of it
+#   BENCH_PHASES     which phases to run (default "throughput cpu"): throughput is the
+#                    fio/iscsi-perf table, cpu the CPU-per-I/O table of cpu-per-io.sh
+#                    (see there for BENCH_CPU_IOS_4K, BENCH_CPU_IOS_1M, BENCH_CPU_PAIRS)
 #
 # Writes OUTDIR/bench.md (also printed), OUTDIR/results.tsv, OUTDIR/fio/*.json (raw fio),
-# OUTDIR/iscsi-perf/*.out and the server logs. Loopback only. Everything it starts
-# (tgtd, lunbridge, qemu-nbd, iscsi-perf, fio) is stopped on any exit.
+# OUTDIR/iscsi-perf/*.out, OUTDIR/cpu-per-io.{md,json,tsv}, OUTDIR/cpu-fio/*.json and the
+# server logs. Loopback only. Everything it starts (tgtd, lunbridge, qemu-nbd,
+# iscsi-perf, fio) is stopped on any exit.
 set -euo pipefail
 
 die() { echo "bench: $*" >&2; exit 1; }
@@ -29,19 +33,34 @@ RUNTIME=${BENCH_RUNTIME:-5}
 SIZE_MIB=${BENCH_SIZE_MIB:-256}
 LUN_MIB=${BENCH_LUN_MIB:-512}
 BLOCK=512 # LUN logical block size (iscsi-perf counts in blocks)
+PHASES=" ${BENCH_PHASES:-throughput cpu} "
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TGT=$HERE/../scripts/tgtd-private.sh
+# shellcheck source=Tests/bench/cpu-per-io.sh
+. "$HERE/cpu-per-io.sh"
 
-for t in fio qemu-nbd iscsi-perf python3 timeout; do
-  command -v "$t" >/dev/null || die "$t not found (fio, qemu-utils, libiscsi-bin, python3)"
+phase() { [[ $PHASES == *" $1 "* ]]; }
+for t in $PHASES; do
+  case $t in throughput | cpu) ;; *) die "BENCH_PHASES: unknown phase $t (throughput, cpu)" ;; esac
+done
+phase throughput || phase cpu || die "BENCH_PHASES names no phase"
+! phase cpu || cpu_check_args
+
+tools=(fio qemu-nbd python3 timeout pgrep)
+! phase throughput || tools+=(iscsi-perf)
+for t in "${tools[@]}"; do
+  command -v "$t" >/dev/null || die "$t not found (fio, qemu-utils, libiscsi-bin, python3, procps)"
 done
 [ -x "$TGT" ] || die "missing $TGT"
 [ "$SIZE_MIB" -le "$LUN_MIB" ] || die "BENCH_SIZE_MIB ($SIZE_MIB) > BENCH_LUN_MIB ($LUN_MIB)"
 
 mkdir -p "$OUTDIR"
 OUTDIR=$(cd "$OUTDIR" && pwd)
-rm -rf "$OUTDIR/fio" "$OUTDIR/iscsi-perf"
-mkdir -p "$OUTDIR/fio" "$OUTDIR/iscsi-perf"
+if phase throughput; then
+  rm -rf "$OUTDIR/fio" "$OUTDIR/iscsi-perf"
+  mkdir -p "$OUTDIR/fio" "$OUTDIR/iscsi-perf"
+fi
+mkdir -p "$OUTDIR/fio" # preconditioning writes here in every case
 RESULTS=$OUTDIR/results.tsv
 # Sockets live in a short private directory: OUTDIR may be too long for sun_path.
 SOCKDIR=$(mktemp -d /tmp/lunbridge-bench-XXXXXX)
@@ -157,7 +176,8 @@ precondition() { # server: write the whole LUN once so every read hits allocated
   fio_run "$1" "$OUTDIR/fio/precondition-$1.json" write 1M 8 --size="${LUN_MIB}M"
 }
 
-printf 'kind\tserver\tworkload\trep\tiops\tbw_bytes\tp50_ns\tp99_ns\tio_bytes\tcpu_s\n' >"$RESULTS"
+! phase throughput ||
+  printf 'kind\tserver\tworkload\trep\tiops\tbw_bytes\tp50_ns\tp99_ns\tio_bytes\tcpu_s\n' >"$RESULTS"
 
 for s in "${SERVERS[@]}"; do
   start_server "$s"
@@ -209,6 +229,7 @@ EOF
   log "$name iscsi-perf rep $rep: $(tail -n1 "$RESULTS" | cut -f5) IOPS"
 }
 
+phase throughput || REPEATS=0 # skips the loop below
 for rep in $(seq "$REPEATS"); do
   # Alternate which server goes first on each repeat (A,B then B,A) so slow drifts in the
   # shared machine's load do not favour one of them.
@@ -227,12 +248,27 @@ for s in "${SERVERS[@]}"; do
   HWM[$s]=$(awk '/^VmHWM:/ { print $2 }' "/proc/${PID[$s]}/status")
   printf '%s\t%s\n' "$s" "${HWM[$s]}"
 done >"$OUTDIR/peak-rss-kib.tsv"
+
+# CPU per I/O (cpu-per-io.sh), same tgtd, LUN and server processes.
+! phase cpu || cpu_per_io_phase
+
 for s in "${SERVERS[@]}"; do stop_pid "${PID[$s]}"; unset "PID[$s]"; done
 "$TGT" stop "$TGTDIR" >/dev/null 2>&1 || true
 TGT_STARTED=
 
 WALL=$(($(date +%s) - T0))
-python3 "$HERE/report.py" "$RESULTS" "${HWM[lunbridge]}" "${HWM[qemu-nbd]}" \
-  "$REPEATS" "$RUNTIME" "$SIZE_MIB" "$LUN_MIB" "$WALL" >"$OUTDIR/bench.md"
-cat "$OUTDIR/bench.md"
-log "done in ${WALL}s; report $OUTDIR/bench.md"
+if phase throughput; then
+  python3 "$HERE/report.py" "$RESULTS" "${HWM[lunbridge]}" "${HWM[qemu-nbd]}" \
+    "$REPEATS" "$RUNTIME" "$SIZE_MIB" "$LUN_MIB" "$WALL" >"$OUTDIR/bench.md"
+fi
+if phase cpu; then
+  cpu_per_io_report
+  ! phase throughput || cat "$OUTDIR/cpu-per-io.md" >>"$OUTDIR/bench.md"
+fi
+if phase throughput; then
+  cat "$OUTDIR/bench.md"
+  log "done in ${WALL}s; report $OUTDIR/bench.md"
+else
+  cat "$OUTDIR/cpu-per-io.md"
+  log "done in ${WALL}s; report $OUTDIR/cpu-per-io.md"
+fi

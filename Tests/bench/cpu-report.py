@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Render cpu-per-io.sh's cpu-per-io.tsv as Markdown (stdout) and JSON: the server's CPU
+microseconds per I/O (utime+stime over a fixed number of fio I/Os), the median per server,
+the median of the per-pair lunbridge/qemu-nbd ratios and the issue's targets.
+
+usage: cpu-report.py cpu-per-io.tsv pids.tsv out.json PAIRS SIZE_MIB LUN_MIB WORKLOAD=TARGET...
+"""
+import csv
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+path, pids_path, json_path, pairs, size_mib, lun_mib = sys.argv[1:7]
+TARGETS = {}
+for arg in sys.argv[7:]:
+    name, t = arg.split("=")
+    TARGETS[name] = float(t)
+WORKLOADS = list(TARGETS)
+SERVERS = ("lunbridge", "qemu-nbd")
+
+runs = defaultdict(dict)  # (workload, server) -> pair -> row
+with open(path) as f:
+    for row in csv.DictReader(f, delimiter="\t"):
+        runs[(row["workload"], row["server"])][row["pair"]] = row
+pids = {}
+with open(pids_path) as f:
+    for line in f:
+        server, pid, exe, cmd = line.rstrip("\n").split("\t", 3)
+        pids[server] = {"pid": int(pid), "exe": exe, "cmdline": cmd}
+hz = next((int(r["hz"]) for rs in runs.values() for r in rs.values()), 0)
+
+
+def us(row):
+    return float(row["cpu_us_per_io"])
+
+
+def med(vals):
+    return statistics.median(vals) if vals else None
+
+
+results = []
+for w in WORKLOADS:
+    a, b = runs.get((w, "lunbridge"), {}), runs.get((w, "qemu-nbd"), {})
+    ratios = [us(a[k]) / us(b[k]) for k in sorted(a.keys() & b.keys(), key=int)
+              if us(b[k]) > 0]
+    ratio = med(ratios)
+    rows = list(a.values()) + list(b.values())
+    results.append({
+        "workload": w,
+        "lunbridge_us_per_io": med([us(r) for r in a.values()]),
+        "qemu_nbd_us_per_io": med([us(r) for r in b.values()]),
+        "lunbridge_us_per_io_runs": [us(a[k]) for k in sorted(a, key=int)],
+        "qemu_nbd_us_per_io_runs": [us(b[k]) for k in sorted(b, key=int)],
+        "pair_ratios": ratios,
+        "ratio": ratio,
+        "target": TARGETS[w],
+        "met": None if ratio is None else ratio <= TARGETS[w],
+        "ios_per_run": sorted({int(r["ios"]) for r in rows}),
+        "min_ticks_per_run": min((int(r["ticks"]) for r in rows), default=None),
+        "lunbridge_iops_median": med([float(r["iops"]) for r in a.values()]),
+        "qemu_nbd_iops_median": med([float(r["iops"]) for r in b.values()]),
+    })
+
+with open(json_path, "w") as f:
+    json.dump({"clk_tck": hz, "pairs": int(pairs), "size_mib": int(size_mib),
+               "lun_mib": int(lun_mib), "processes": pids, "workloads": results},
+              f, indent=2)
+    f.write("\n")
+
+
+def fmt(x, nd=2):
+    return "–" if x is None else f"{x:,.{nd}f}"
+
+
+out = []
+p = out.append
+p("## CPU per I/O")
+p("")
+p(f"Server CPU (utime+stime of the server process from /proc/PID/stat, CLK_TCK {hz}) "
+  f"over a fixed number of fio I/Os per run (`ioengine=nbd`, unix socket), divided by "
+  f"the I/Os fio completed; lunbridge serve and qemu-nbd alternate on the same "
+  f"{lun_mib} MiB tgtd LUN (fio area {size_mib} MiB), {pairs} pair(s), the order "
+  f"flipping each pair. Server columns: median over the runs; ratio: median of the per-pair "
+  f"lunbridge/qemu-nbd ratios, which the target is judged on.")
+p("")
+p("| workload | lunbridge µs CPU/I/O (median) | qemu-nbd µs CPU/I/O (median) "
+  "| ratio (median of pairs) | target | met |")
+p("|---|---:|---:|---:|---:|---|")
+for r in results:
+    met = "–" if r["met"] is None else ("yes" if r["met"] else "no")
+    ratio = "–" if r["ratio"] is None else f"{r['ratio']:.2f}×"
+    p(f"| {r['workload']} | {fmt(r['lunbridge_us_per_io'])} | {fmt(r['qemu_nbd_us_per_io'])} "
+      f"| {ratio} | ≤ {r['target']:.1f}× | {met} |")
+p("")
+ios = ", ".join(f"{r['workload']} {'/'.join(str(n) for n in r['ios_per_run'])}"
+                for r in results)
+p(f"I/Os per run: {ios}. Fewest clock ticks in any one run: "
+  f"{min((r['min_ticks_per_run'] for r in results if r['min_ticks_per_run'] is not None), default='–')}"
+  f" (one tick = {1e6 / hz if hz else 0:,.0f} µs of CPU; below ~50 ticks the tick "
+  f"granularity alone is worth a few per cent).")
+p("")
+for s in SERVERS:
+    if s in pids:
+        d = pids[s]
+        p(f"- {s}: pid {d['pid']}, the process bench.sh started (`$!`), exe `{d['exe']}`: "
+          f"`{d['cmdline']}`")
+p("")
+print("\n".join(out))
