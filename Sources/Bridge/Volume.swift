@@ -146,11 +146,14 @@ public final class Volume: @unchecked Sendable {
     case writeZeroes(lba: UInt64, blocks: UInt32, fua: Bool)
   }
 
+  /// The end of an I/O and when it ended (the one clock read at completion).
+  typealias Reply = (Result<[ByteBuffer], Error>, NIODeadline) -> Void
+
   struct PendingIO {
     var token: IOToken
     var operation: Operation
     /// Called once with the I/O's end (on the event loop): the NBD reply, or a waiting future.
-    var reply: (Result<[ByteBuffer], Error>) -> Void
+    var reply: Reply
     var path: PathID?
     var attempt = 0
     var dispatched: NIODeadline
@@ -419,8 +422,8 @@ public final class Volume: @unchecked Sendable {
     let started = NIODeadline.now()
     let type = request.type
     let length = UInt64(request.length)
-    submit(operation, bytes: Int(request.length), owner: owner, at: started) { [self] result in
-      latency.record(.nanoseconds((NIODeadline.now() - started).nanoseconds))
+    submit(operation, bytes: Int(request.length), owner: owner, at: started) { [self] result, ended in
+      latency.record(.nanoseconds((ended - started).nanoseconds))
       switch result {
       case .success(let data):
         switch type {
@@ -442,7 +445,7 @@ public final class Volume: @unchecked Sendable {
   public func synchronizeCache() -> EventLoopFuture<Void> {
     eventLoop.flatSubmit {
       let promise = self.eventLoop.makePromise(of: Void.self)
-      self.submit(.flush, bytes: 0, at: .now()) { promise.completeWith($0.map { _ in }) }
+      self.submit(.flush, bytes: 0, at: .now()) { result, _ in promise.completeWith(result.map { _ in }) }
       return promise.futureResult
     }
   }
@@ -469,7 +472,7 @@ public final class Volume: @unchecked Sendable {
     for (id, entry) in pending where entry.owner == owner && machine.cancelQueued(entry.token) {
       pending[id] = nil
       flow.cancelled += 1
-      entry.reply(.failure(CancelledByClient()))
+      entry.reply(.failure(CancelledByClient()), .now())
     }
   }
 
@@ -489,10 +492,10 @@ public final class Volume: @unchecked Sendable {
 
   private func submit(
     _ operation: Operation, bytes: Int, owner: UInt64 = 0, at now: NIODeadline,
-    reply: @escaping (Result<[ByteBuffer], Error>) -> Void
+    reply: @escaping Reply
   ) {
     eventLoop.assertInEventLoop()
-    guard !closed else { return reply(.failure(BridgeError("the volume is closing"))) }
+    guard !closed else { return reply(.failure(BridgeError("the volume is closing")), .now()) }
     let isWrite: Bool
     switch operation {
     case .read, .flush: isWrite = false
@@ -508,7 +511,9 @@ public final class Volume: @unchecked Sendable {
     guard var entry = pending[io.id], let path = paths[pathID] else { return }
     entry.path = pathID
     entry.attempt += 1
-    entry.dispatched = .now()
+    // The first attempt is dated by the request's arrival (no clock read); a re-sent one
+    // from now, so a path's latency is its own.
+    if entry.attempt > 1 { entry.dispatched = .now() }
     pending[io.id] = entry
     let attempt = entry.attempt
     observer?(.dispatched(io: io.id, isWrite: io.isWrite, path: pathID.rawValue, attempt: attempt))
@@ -548,13 +553,14 @@ public final class Volume: @unchecked Sendable {
   private func finished(_ id: UInt64, on pathID: PathID, attempt: Int, _ result: Result<[ByteBuffer], Error>) {
     // Only the latest attempt counts: a read already sent elsewhere is stale here.
     guard let entry = pending[id], entry.path == pathID, entry.attempt == attempt else { return }
-    let latency = Duration.nanoseconds((NIODeadline.now() - entry.dispatched).nanoseconds)
+    let now = NIODeadline.now()
+    let latency = Duration.nanoseconds((now - entry.dispatched).nanoseconds)
     switch result {
     case .success(let data):
       pending[id] = nil
       observer?(.completed(io: id, success: true))
       run(machine.completed(entry.token, path: pathID, latency: latency, success: true))
-      entry.reply(.success(data))
+      entry.reply(.success(data), now)
     case .failure(let error)
     where Volume.isPathError(error)
       && !(Volume.isProtocolViolation(error) && entry.violations + 1 >= ISCSISession.maxProtocolViolationsPerCommand):
@@ -566,7 +572,7 @@ public final class Volume: @unchecked Sendable {
       pending[id] = nil
       observer?(.completed(io: id, success: false))
       run(machine.completed(entry.token, path: pathID, latency: latency, success: false))
-      entry.reply(.failure(error))
+      entry.reply(.failure(error), now)
     }
   }
 
@@ -610,7 +616,7 @@ public final class Volume: @unchecked Sendable {
       case .fail(let io, let error):
         guard let entry = pending.removeValue(forKey: io.id) else { continue }
         noPathFailures += 1
-        entry.reply(.failure(BridgeError("\(error)")))
+        entry.reply(.failure(BridgeError("\(error)")), .now())
       case .fencePath(let path):
         fence(path)
       case .scheduleTimer(let id, let deadline):

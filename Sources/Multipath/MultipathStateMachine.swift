@@ -48,7 +48,10 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
     case disabled
   }
 
-  struct PathRecord {
+  /// A class, not a struct: the scheduler reads and updates a path's record on every I/O,
+  /// and a struct in a dictionary was copied whole (arrays and all, through generic value
+  /// witnesses) on each read. Records never leave the machine.
+  final class PathRecord {
     let id: PathID
     var group: Int
     var priority: Int
@@ -66,6 +69,13 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
     var inflight: [IOToken] = []
     var fenced: [IOToken] = []
     var statistics = PathStatistics()
+
+    init(id: PathID, group: Int, priority: Int, relativeThroughput: Int) {
+      self.id = id
+      self.group = group
+      self.priority = priority
+      self.relativeThroughput = relativeThroughput
+    }
   }
 
   struct QueuedIO {
@@ -155,13 +165,13 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
     guard let record = self.paths[id], !record.fenced.isEmpty else { return [] }
     let before = self.states()
     var actions: [Action] = []
-    self.paths[id]!.fenced = []
-    for io in record.fenced {
+    let fenced = record.fenced
+    record.fenced = []
+    for io in fenced {
       self.place(io, &actions)
     }
     self.forgetIfSettled(id)
-    return self.finish(
-      before, subject: id, reason: "fenced; \(record.fenced.count) write(s) re-sent", &actions)
+    return self.finish(before, subject: id, reason: "fenced; \(fenced.count) write(s) re-sent", &actions)
   }
 
   /// New group and priority for a path (ALUA states change, a probe learned them): the
@@ -186,13 +196,13 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
     guard let record = self.paths[id], !record.fenced.isEmpty else { return [] }
     let before = self.states()
     var actions: [Action] = []
-    self.paths[id]!.fenced = []
-    for io in record.fenced {
+    let fenced = record.fenced
+    record.fenced = []
+    for io in fenced {
       actions.append(.fail(io, .noPath))
     }
     self.forgetIfSettled(id)
-    return self.finish(
-      before, subject: id, reason: "not fenced in time; \(record.fenced.count) write(s) failed", &actions)
+    return self.finish(before, subject: id, reason: "not fenced in time; \(fenced.count) write(s) failed", &actions)
   }
 
   /// The administrator takes the path out: handled as a failure, but never probed.
