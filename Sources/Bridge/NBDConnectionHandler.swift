@@ -211,46 +211,52 @@ final class NBDConnectionHandler: ChannelInboundHandler {
     volume.budget.take(bytes)
     let handle = event.request.handle
     volume.handle(event.request, payload: event.payload, owner: id) { [self] result in
-      guard context.channel.isActive else { return released(bytes, context: context) }
-      let written = context.eventLoop.makePromise(of: Void.self)
+      guard context.channel.isActive else { return released(1, bytes, context: context) }
       var header = context.channel.allocator.buffer(capacity: NBDLimits.simpleReplyHeaderSize)
       switch result {
       case .success(let data):
         NBDReplyEncoder.writeSimpleReply(handle: handle, error: nil, into: &header)
-        if data.isEmpty {
-          context.write(wrapOutboundOut(header), promise: written)
-        } else {
-          context.write(wrapOutboundOut(header), promise: nil)
-          for (i, segment) in data.enumerated() {
-            context.write(wrapOutboundOut(segment), promise: i == data.count - 1 ? written : nil)
-          }
+        context.write(wrapOutboundOut(header), promise: nil)
+        for segment in data {
+          context.write(wrapOutboundOut(segment), promise: nil)
         }
       case .failure(let errno):
         NBDReplyEncoder.writeSimpleReply(handle: handle, error: errno, into: &header)
-        context.write(wrapOutboundOut(header), promise: written)
+        context.write(wrapOutboundOut(header), promise: nil)
       }
-      scheduleFlush(context: context)
       // The reply's memory is the socket's once written; a client that does not read
-      // keeps it here, and so keeps its room taken.
-      written.futureResult.whenComplete { [self] _ in released(bytes, context: context) }
-      if disconnectRequested { closeIfIdle(context: context) }
+      // keeps it here, and so keeps its room taken. Released per flush batch (below).
+      batchReplies += 1
+      batchBytes += bytes
+      scheduleFlush(context: context)
     }
   }
 
   /// Replies completed while the event loop handles one round of socket events (several
   /// Data-In read together) go out in one write system call.
+  /// One promise per batch, on an empty write after the batch's replies: writes complete
+  /// in order, so when it completes every reply of the batch has been written.
   private func scheduleFlush(context: ChannelHandlerContext) {
     guard !flushScheduled else { return }
     flushScheduled = true
     context.eventLoop.execute { [self] in
       flushScheduled = false
+      let (replies, bytes) = (batchReplies, batchBytes)
+      batchReplies = 0
+      batchBytes = 0
+      guard replies > 0 else { return }
+      let written = context.eventLoop.makePromise(of: Void.self)
+      context.write(wrapOutboundOut(ByteBuffer()), promise: written)
       context.flush()
+      written.futureResult.whenComplete { [self] _ in released(replies, bytes, context: context) }
     }
   }
   private var flushScheduled = false
+  private var batchReplies = 0
+  private var batchBytes = 0
 
-  private func released(_ bytes: Int, context: ChannelHandlerContext) {
-    inFlight -= 1
+  private func released(_ replies: Int, _ bytes: Int, context: ChannelHandlerContext) {
+    inFlight -= replies
     bytesInFlight -= bytes
     volume.budget.release(bytes)
     if disconnectRequested {

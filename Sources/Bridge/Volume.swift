@@ -504,7 +504,11 @@ public final class Volume: @unchecked Sendable {
     let token = IOToken(id: nextIO, bytes: bytes, isWrite: isWrite)
     nextIO &+= 1
     pending[token.id] = PendingIO(token: token, operation: operation, reply: reply, dispatched: now, owner: owner)
-    run(machine.submit(token))
+    if let path = machine.submitToPath(token) {
+      start(token, on: path)
+    } else {
+      run(machine.submit(token))
+    }
   }
 
   private func start(_ io: IOToken, on pathID: PathID) {

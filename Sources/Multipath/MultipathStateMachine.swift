@@ -310,6 +310,19 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
 
   /// A new I/O: dispatched on the path the policy picks, or queued when no path is usable
   /// (failed with `.noPath` after `noPathRetry`).
+  /// `submit` for the common case, without an action list: when a usable path takes the
+  /// I/O at once it is dispatched there and returned (what `.dispatch` would say); nil
+  /// means nothing happened and `submit` must be called.
+  public mutating func submitToPath(_ io: IOToken) -> PathID? {
+    guard self.queue.isEmpty, let path = self.select(for: io) else { return nil }
+    self.inflightPath[io.id] = path
+    let record = self.paths[path]!
+    record.inflight.append(io)
+    record.statistics.outstandingIOs += 1
+    record.statistics.outstandingBytes += io.bytes
+    return path
+  }
+
   public mutating func submit(_ io: IOToken) -> [Action] {
     var actions: [Action] = []
     self.place(io, &actions)

@@ -54,6 +54,39 @@ final class MultipathStateMachineTests: XCTestCase {
     }
   }
 
+  // MARK: - The direct path
+
+  func testSubmitToPathDispatchesLikeSubmitAndLeavesTheRestToIt() {
+    var machine = makeMachine(.roundRobin(iosPerTurn: 1), paths: [(p1, 0, 0), (p2, 0, 0)])
+    // Same choices as `submit` would make (round robin across both paths).
+    XCTAssertEqual(machine.submitToPath(read(1)), p1)
+    XCTAssertEqual(machine.submitToPath(write(2)), p2)
+    XCTAssertEqual(machine.status().map(\.statistics.outstandingIOs), [1, 1])
+    // Completions find them where the direct path put them.
+    XCTAssertEqual(machine.completed(read(1), path: p1, latency: .milliseconds(1), success: true), [])
+    XCTAssertEqual(machine.status().map(\.statistics.outstandingIOs), [0, 1])
+    // No usable path: nothing happens here; `submit` queues it.
+    _ = machine.pathFailed(p1, reason: down)
+    _ = machine.pathFailed(p2, reason: down)
+    XCTAssertNil(machine.submitToPath(read(3)))
+    XCTAssertEqual(machine.queuedIOs, 0)
+    _ = machine.submit(read(3))
+    XCTAssertEqual(machine.queuedIOs, 1)
+    // With I/O queued, a new one never overtakes it: `submit` decides.
+    _ = machine.probeSucceeded(p1)
+    _ = machine.submit(read(4))
+    XCTAssertEqual(machine.queuedIOs, 0)
+  }
+
+  func testSubmitToPathWaitsBehindQueuedIO() {
+    var machine = makeMachine(.failover, paths: [(p1, 0, 0)])
+    _ = machine.pathFailed(p1, reason: down)
+    _ = machine.submit(read(1))
+    XCTAssertEqual(machine.queuedIOs, 1)
+    machine.paths[p1]!.health = .up  // usable again, but the queue has not drained yet
+    XCTAssertNil(machine.submitToPath(read(2)))
+  }
+
   // MARK: - Selectors
 
   func testAddPathLogsItsState() {
