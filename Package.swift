@@ -126,7 +126,7 @@ let package = Package(
         .product(name: "NIOPosix", package: "swift-nio"),
       ]),
   ],
-  swiftLanguageModes: [.v5]
+  swiftLanguageModes: [.v6]
 )
 
 // Release builds optimise across module boundaries: the generic scheduler

@@ -645,7 +645,7 @@ struct Attach: AsyncParsableCommand {
         name: volumeFile.name, backendIdentifier: attachment.backendIdentifier, index: attachment.index)
     }
     print(attachment.devicePath)
-    fflush(stdout)
+    fflush(nil)  // all streams (stdout is a C global Swift 6 will not touch)
     SystemdNotify.send("READY=1\nSTATUS=\(attachment.devicePath) attached to \(try ISCSIURL(parsing: url).description)")
     if ProcessInfo.processInfo.environment["LUNBRIDGE_DAEMON_CHILD"] == "1" {
       // The parent has what it waited for. In the background nothing of the caller's may

@@ -190,18 +190,19 @@ final class MultipathIntegrationTests: XCTestCase {
     volume = v
     let size = 4096
     var round = 0
-    func writeRound() async throws {
-      var futures: [EventLoopFuture<Result<[ByteBuffer], NBDErrno>>] = []
-      for i in 0..<32 {
-        futures.append(
-          request(v, .write, offset: UInt64(i * size), length: UInt32(size), payload: block(round, i, size: size)))
+    func startRound() -> [EventLoopFuture<Result<[ByteBuffer], NBDErrno>>] {
+      (0..<32).map { i in
+        request(v, .write, offset: UInt64(i * size), length: UInt32(size), payload: block(round, i, size: size))
       }
+    }
+    func finishRound(_ futures: [EventLoopFuture<Result<[ByteBuffer], NBDErrno>>]) async throws {
       for f in futures {
         let r = try await f.get()
         XCTAssertNil(r.failureValue, "a write failed during a reload")
       }
       round += 1
     }
+    func writeRound() async throws { try await finishRound(startRound()) }
     try await writeRound()
     var roundRobin = options.multipath
     roundRobin.policy = .roundRobin(iosPerTurn: 1)
@@ -213,10 +214,10 @@ final class MultipathIntegrationTests: XCTestCase {
     XCTAssertEqual(report.policy, "round-robin")
     XCTAssertGreaterThan(report.paths[1].ios, 0, "the added path carries no I/O")
     // Take path 0 away while writes are in flight.
-    let writes = Task { try await writeRound() }
+    let writes = startRound()
     let removed = try await v.reconfigure(paths: [spec("127.0.0.2")], multipath: roundRobin).get()
     XCTAssertTrue(removed.contains("1 removed"), removed)
-    try await writes.value
+    try await finishRound(writes)
     try await writeRound()
     report = try await v.report().get()
     XCTAssertEqual(report.paths.map(\.url), [spec("127.0.0.2").url.description])

@@ -108,7 +108,9 @@ enum Command {
 ///   [::]:3260. So the portal list is verified after start (and tgtd killed if wrong).
 /// - The control port only names /var/run/tgtd/socket.N (+ .lock, a POSIX lock); tgtd
 ///   accepts at most 32767.
-final class TGTD {
+/// `@unchecked Sendable`: a test may cut connections from a task (tgtadm calls, no state
+/// of this object changes) while its main line waits; start and stop stay on the main line.
+final class TGTD: @unchecked Sendable {
   static let packageHint = "install the Debian package tgt (make deps)"
 
   let port: Int
