@@ -119,11 +119,6 @@ public final class Volume: @unchecked Sendable {
     let spec: PathSpec
     let session: ISCSISession
     var unit: LogicalUnit?
-    var fencing = false
-    var fenceStarted = NIODeadline.now()
-    /// The session's reinstatement count when the fence began: a later login of its own
-    /// ended the old session too.
-    var reinstatementsAtFence = 0
     /// Taken away by a reload: never probed again; its session is closed.
     var removed = false
     var probing = false
@@ -165,6 +160,7 @@ public final class Volume: @unchecked Sendable {
   }
 
   private var machine: MultipathStateMachine<ContinuousClock>
+  private var fencer: FenceStateMachine<ContinuousClock>
   private var paths: [PathID: Path] = [:]
   private var order: [PathID] = []
   private var pending: [UInt64: PendingIO] = [:]
@@ -210,6 +206,7 @@ public final class Volume: @unchecked Sendable {
       maximumPayload: Volume.maximumPayload)
     self.validator = NBDRequestValidator(export: export)
     self.machine = MultipathStateMachine(configuration: options.multipath, clock: ContinuousClock())
+    self.fencer = FenceStateMachine(clock: ContinuousClock(), bound: options.multipath.noPathRetry)
   }
 
   // MARK: - Opening and closing
@@ -676,48 +673,62 @@ public final class Volume: @unchecked Sendable {
   }
 
   /// Makes sure nothing sent on the failed path can still reach the LU, then lets the
-  /// scheduler re-send its writes. See the type's comment for the rule.
+  /// scheduler re-send its writes. The rules (and their timing) are `FenceStateMachine`'s;
+  /// this carries out its actions.
   private func fence(_ id: PathID) {
-    guard let path = paths[id], !path.fencing, !closed else { return }
-    path.fencing = true
-    path.fenceStarted = .now()
-    path.reinstatementsAtFence = path.session.reinstatements
-    attemptFence(path, attempt: 0)
+    guard let path = paths[id], !closed else { return }
+    fencer.bound = machine.configuration.noPathRetry
+    guard
+      fencer.begin(
+        id, portalGroup: path.session.parameters?.targetPortalGroupTag, reinstatements: path.session.reinstatements)
+    else { return }
+    attemptFence(id)
   }
 
-  private func attemptFence(_ path: Path, attempt: Int) {
-    guard path.fencing, !closed else { return }
-    if path.session.state == .fullFeature && path.session.reinstatements > path.reinstatementsAtFence {
-      // Logged in again (its probe reinstated it): the old tasks are gone.
-      fenced(path, how: "session reinstated")
+  private func attemptFence(_ id: PathID) {
+    guard !closed, let path = paths[id] else { return }
+    let helpers = order.compactMap { self.paths[$0] }.map {
+      FenceStateMachine<ContinuousClock>.Helper(
+        id: $0.id, loggedIn: $0.session.state == .fullFeature,
+        portalGroup: $0.session.parameters?.targetPortalGroupTag)
+    }
+    run(
+      fencer.attempt(
+        id, loggedIn: path.session.state == .fullFeature, reinstatements: path.session.reinstatements,
+        helpers: helpers))
+  }
+
+  private func run(_ actions: [FenceStateMachine<ContinuousClock>.Action]) {
+    for action in actions {
+      switch action {
+      case .login(let id, let through):
+        fencingLogin(id, through: through)
+      case .retry(let id, let at):
+        let delay = ContinuousClock.now.duration(to: at).nanosecondsSaturating
+        eventLoop.scheduleTask(in: .nanoseconds(max(0, delay))) { [self] in attemptFence(id) }
+      case .fenced(let id, let how):
+        logger.info("path fenced: \(how)", metadata: ["path": "\(id)"])
+        observer?(.fenced(path: id.rawValue))
+        run(machine.pathFenced(id))
+      case .abandon(let id):
+        // No way to end the old session within no-path-retry: its writes fail with EIO
+        // rather than wait forever (re-sending them is what must not happen).
+        logger.warning(
+          "could not fence a failed path within no-path-retry; failing its unfinished writes",
+          metadata: ["path": "\(id)"])
+        run(machine.abandonFenced(id))
+      }
+    }
+  }
+
+  /// A login with the failed session's own settings (initiator name, ISID, CHAP) through
+  /// the helper's portal and NIC, which reinstates (and so ends) the old session; then a
+  /// logout.
+  private func fencingLogin(_ id: PathID, through helperID: PathID) {
+    guard let path = paths[id], let helper = paths[helperID] else {
+      run(fencer.loginFinished(id, success: false))
       return
     }
-    let bound = TimeAmount.nanoseconds(machine.configuration.noPathRetry.nanosecondsSaturating)
-    if NIODeadline.now() - path.fenceStarted >= bound {
-      // No way to end the old session within no-path-retry: its writes fail with EIO
-      // rather than wait forever (re-sending them is what must not happen).
-      path.fencing = false
-      logger.warning(
-        "could not fence a failed path within no-path-retry; failing its unfinished writes",
-        metadata: ["path": "\(path.id)"])
-      run(machine.abandonFenced(path.id))
-      return
-    }
-    // A working path in the same portal group: log in there with the failed session's
-    // ISID, which reinstates (and so ends) the old session, then log out.
-    let tag = path.session.parameters?.targetPortalGroupTag
-    let helper = order.lazy.compactMap { self.paths[$0] }.first { other in
-      other.id != path.id && other.session.state == .fullFeature
-        && (tag == nil || other.session.parameters?.targetPortalGroupTag == nil
-          || other.session.parameters?.targetPortalGroupTag == tag)
-    }
-    guard let helper else {
-      // Nothing to fence through: wait for this path's own probe or another path.
-      eventLoop.scheduleTask(in: .milliseconds(250)) { [self] in attemptFence(path, attempt: attempt + 1) }
-      return
-    }
-    // The failed session's own login settings (initiator name, ISID, CHAP), reaching the
-    // target through the working path's portal and NIC.
     var config = path.session.configuration
     config.portal = helper.spec.configuration.portal
     config.interface = helper.spec.configuration.interface
@@ -725,25 +736,16 @@ public final class Volume: @unchecked Sendable {
     config.failFast = true
     config.loginTimeout = min(config.loginTimeout, .seconds(5))
     let fenceSession = ISCSISession.unconnected(config, on: eventLoop, logger: logger)
+    let portal = "\(helper.spec.url.portal)"
     fenceSession.reconnect().flatMap { fenceSession.close(timeout: .seconds(1)) }.whenComplete { [self] result in
-      switch result {
-      case .success:
-        fenced(path, how: "old session ended by a login through \(helper.spec.url.portal)")
-      case .failure(let error):
+      if case .failure(let error) = result {
         logger.warning(
           "fencing login failed; retrying",
-          metadata: ["path": "\(path.id)", "through": "\(helper.spec.url.portal)", "error": "\(describeError(error))"])
-        eventLoop.scheduleTask(in: .milliseconds(250)) { [self] in attemptFence(path, attempt: attempt + 1) }
+          metadata: ["path": "\(id)", "through": "\(portal)", "error": "\(describeError(error))"])
       }
+      guard !closed else { return }
+      run(fencer.loginFinished(id, success: (try? result.get()) != nil))
     }
-  }
-
-  private func fenced(_ path: Path, how: String) {
-    guard path.fencing else { return }
-    path.fencing = false
-    logger.info("path fenced: \(how)", metadata: ["path": "\(path.id)"])
-    observer?(.fenced(path: path.id.rawValue))
-    run(machine.pathFenced(path.id))
   }
 
   /// Reconnect (a login with the same ISID), open the LU if it never was, check it is the
@@ -779,7 +781,7 @@ public final class Volume: @unchecked Sendable {
       guard !closed else { return }
       switch result {
       case .success:
-        if path.fencing { fenced(path, how: "session reinstated by its probe") }
+        run(fencer.reinstated(id))
         run(machine.probeSucceeded(id))
       case .failure(let error):
         logger.info("probe failed", metadata: ["path": "\(id)", "error": "\(describeError(error))"])

@@ -1,0 +1,115 @@
+import XCTest
+
+@testable import Multipath
+
+/// The fence of a failed path as `event -> actions` lines with a mock clock, and the
+/// scheduler and the fence together: no write is re-sent before its fence ends, and a
+/// fence that cannot end within no-path-retry fails the writes (EIO) instead.
+final class FenceStateMachineTests: XCTestCase {
+  typealias Fencer = FenceStateMachine<MockClock>
+  var clock: MockClock!
+
+  override func setUp() { clock = MockClock() }
+
+  func helper(_ id: PathID, up: Bool = true, group: Int? = 1) -> Fencer.Helper {
+    Fencer.Helper(id: id, loggedIn: up, portalGroup: group)
+  }
+
+  func testNoHelperRetriesEvery250msThenAbandonsAtTheBound() {
+    var fencer = Fencer(clock: clock, bound: .seconds(1))
+    XCTAssertTrue(fencer.begin(p1, portalGroup: 1, reinstatements: 0))
+    XCTAssertFalse(fencer.begin(p1, portalGroup: 1, reinstatements: 0))  // already fencing
+    let lonely = [helper(p1, up: false)]
+    XCTAssertEqual(fencer.attempt(p1, loggedIn: false, reinstatements: 0, helpers: lonely), [.retry(p1, at: at(.milliseconds(250)))])
+    clock.advance(to: .milliseconds(250))
+    XCTAssertEqual(fencer.attempt(p1, loggedIn: false, reinstatements: 0, helpers: lonely), [.retry(p1, at: at(.milliseconds(500)))])
+    clock.advance(to: .milliseconds(999))
+    XCTAssertEqual(fencer.attempt(p1, loggedIn: false, reinstatements: 0, helpers: lonely), [.retry(p1, at: at(.milliseconds(1249)))])
+    clock.advance(to: .seconds(1))
+    XCTAssertEqual(fencer.attempt(p1, loggedIn: false, reinstatements: 0, helpers: lonely), [.abandon(p1)])
+    XCTAssertFalse(fencer.isFencing(p1))
+  }
+
+  func testLoginThroughAHelperOfTheSamePortalGroup() {
+    var fencer = Fencer(clock: clock, bound: .seconds(5))
+    _ = fencer.begin(p1, portalGroup: 1, reinstatements: 0)
+    let helpers = [helper(p1, up: false), helper(p2, group: 2), helper(p3, group: 1)]
+    XCTAssertEqual(fencer.attempt(p1, loggedIn: false, reinstatements: 0, helpers: helpers), [.login(p1, through: p3)])
+    // While the login runs, a timer's attempt does nothing.
+    XCTAssertEqual(fencer.attempt(p1, loggedIn: false, reinstatements: 0, helpers: helpers), [])
+    XCTAssertEqual(fencer.loginFinished(p1, success: false), [.retry(p1, at: at(.milliseconds(250)))])
+    clock.advance(to: .milliseconds(250))
+    XCTAssertEqual(fencer.attempt(p1, loggedIn: false, reinstatements: 0, helpers: helpers), [.login(p1, through: p3)])
+    XCTAssertEqual(fencer.loginFinished(p1, success: true), [.fenced(p1, how: "old session ended by a login through path3")])
+    XCTAssertEqual(fencer.loginFinished(p1, success: true), [])  // once
+  }
+
+  func testTheSessionsOwnReinstatementEndsTheFence() {
+    var fencer = Fencer(clock: clock, bound: .seconds(5))
+    _ = fencer.begin(p1, portalGroup: nil, reinstatements: 3)
+    // Logged in but not reinstated since the fence began (the count is the same): not enough.
+    XCTAssertEqual(fencer.attempt(p1, loggedIn: true, reinstatements: 3, helpers: []), [.retry(p1, at: at(.milliseconds(250)))])
+    XCTAssertEqual(fencer.attempt(p1, loggedIn: true, reinstatements: 4, helpers: []), [.fenced(p1, how: "session reinstated")])
+    _ = fencer.begin(p2, portalGroup: nil, reinstatements: 0)
+    XCTAssertEqual(fencer.reinstated(p2), [.fenced(p2, how: "session reinstated by its probe")])
+    XCTAssertEqual(fencer.reinstated(p2), [])
+  }
+
+  /// The scheduler and the fence together, as the volume runs them: a write in flight on a
+  /// failed path is not re-sent until the fence ends; a fence that never ends fails it.
+  func testNoWriteIsResentBeforeItsFenceAndAFenceDeadlineFailsIt() {
+    var machine = Machine(
+      configuration: MultipathConfiguration(policy: .roundRobin(iosPerTurn: 1), noPathRetry: .seconds(1)),
+      clock: clock)
+    _ = machine.addPath(p1, group: 0, priority: 0)
+    _ = machine.addPath(p2, group: 0, priority: 0)
+    XCTAssertEqual(machine.submit(write(1)), [.dispatch(write(1), p1)])
+    XCTAssertEqual(machine.submit(write(2)), [.dispatch(write(2), p2)])
+    var fencer = Fencer(clock: clock, bound: machine.configuration.noPathRetry)
+    // Both paths fail; nothing can log in for p1.
+    for p in [p1, p2] {
+      let actions = machine.pathFailed(p, reason: down)
+      XCTAssertTrue(actions.contains(.fencePath(p)), "\(actions)")
+      XCTAssertFalse(actions.contains { if case .dispatch = $0 { return true } else { return false } }, "\(actions)")
+      XCTAssertTrue(fencer.begin(p, portalGroup: nil, reinstatements: 0))
+    }
+    let noHelpers = [helper(p1, up: false), helper(p2, up: false)]
+    XCTAssertEqual(fencer.attempt(p1, loggedIn: false, reinstatements: 0, helpers: noHelpers), [.retry(p1, at: at(.milliseconds(250)))])
+    // p2 comes back (its probe reinstated it): its own write may now go out, p1's not yet.
+    _ = fencer.attempt(p2, loggedIn: false, reinstatements: 0, helpers: noHelpers)
+    XCTAssertEqual(fencer.reinstated(p2), [.fenced(p2, how: "session reinstated by its probe")])
+    _ = machine.probeSucceeded(p2)
+    XCTAssertEqual(machine.pathFenced(p2).filter { if case .dispatch = $0 { return true } else { return false } }, [.dispatch(write(2), p2)])
+    // p1's fence: p2 is a helper now, but its login fails every time until the bound.
+    let helpers = [helper(p1, up: false), helper(p2)]
+    clock.advance(to: .milliseconds(250))
+    XCTAssertEqual(fencer.attempt(p1, loggedIn: false, reinstatements: 0, helpers: helpers), [.login(p1, through: p2)])
+    XCTAssertEqual(fencer.loginFinished(p1, success: false), [.retry(p1, at: at(.milliseconds(500)))])
+    clock.advance(to: .seconds(1))
+    XCTAssertEqual(fencer.attempt(p1, loggedIn: false, reinstatements: 0, helpers: helpers), [.abandon(p1)])
+    let failed = machine.abandonFenced(p1)
+    XCTAssertTrue(failed.contains(.fail(write(1), .noPath)), "\(failed)")
+    XCTAssertFalse(failed.contains { if case .dispatch = $0 { return true } else { return false } }, "\(failed)")
+  }
+
+  /// A reload takes away a path with writes in flight: they are fenced like a failure's
+  /// and re-sent only after the fence; then the path is forgotten.
+  func testReloadRemovesAPathWithWritesInFlight() {
+    var machine = Machine(configuration: MultipathConfiguration(policy: .roundRobin(iosPerTurn: 1)), clock: clock)
+    _ = machine.addPath(p1, group: 0, priority: 0)
+    _ = machine.addPath(p2, group: 0, priority: 0)
+    XCTAssertEqual(machine.submit(write(1)), [.dispatch(write(1), p1)])
+    XCTAssertEqual(machine.submit(read(2)), [.dispatch(read(2), p2)])
+    XCTAssertEqual(machine.submit(read(3)), [.dispatch(read(3), p1)])
+    let removed = machine.removePath(p1)
+    XCTAssertTrue(removed.contains(.fencePath(p1)), "\(removed)")
+    XCTAssertTrue(removed.contains(.dispatch(read(3), p2)), "reads move at once: \(removed)")
+    XCTAssertFalse(removed.contains(.dispatch(write(1), p2)), "a write moved before its fence: \(removed)")
+    var fencer = Fencer(clock: clock, bound: machine.configuration.noPathRetry)
+    _ = fencer.begin(p1, portalGroup: 1, reinstatements: 0)
+    XCTAssertEqual(fencer.attempt(p1, loggedIn: false, reinstatements: 0, helpers: [helper(p2)]), [.login(p1, through: p2)])
+    XCTAssertEqual(fencer.loginFinished(p1, success: true), [.fenced(p1, how: "old session ended by a login through path2")])
+    XCTAssertTrue(machine.pathFenced(p1).contains(.dispatch(write(1), p2)))
+    XCTAssertNil(machine.state(of: p1), "the removed path is forgotten once its writes are settled")
+  }
+}
