@@ -800,28 +800,10 @@ public final class Volume: @unchecked Sendable {
   public func reconfigure(paths specs: [PathSpec], multipath: MultipathConfiguration) -> EventLoopFuture<String> {
     eventLoop.submit { [self] in
       guard !closed else { throw BridgeError("the volume is closing") }
-      func key(_ s: PathSpec, _ n: Int) -> String { "\(s.url)#\(n)" }
-      var wanted: [String: PathSpec] = [:]
-      var seen: [String: Int] = [:]
-      var wantedOrder: [String] = []
-      for spec in specs {
-        let n = seen[spec.url.description, default: 0]
-        seen[spec.url.description] = n + 1
-        wanted[key(spec, n)] = spec
-        wantedOrder.append(key(spec, n))
-      }
-      var existing: [String: Path] = [:]
-      var count: [String: Int] = [:]
-      for id in order {
-        guard let p = paths[id], !p.removed else { continue }
-        let n = count[p.spec.url.description, default: 0]
-        count[p.spec.url.description] = n + 1
-        existing[key(p.spec, n)] = p
-      }
-      var removed = 0
-      var added = 0
-      for (k, p) in existing where wanted[k] == nil {
-        removed += 1
+      let running = order.compactMap { id in paths[id].flatMap { $0.removed ? nil : (id, "\($0.spec.url)") } }
+      let plan = ReloadPlan(running: running, wanted: specs) { "\($0.url)" }
+      for id in plan.removed {
+        guard let p = paths[id] else { continue }
         p.removed = true
         timers.removeValue(forKey: .probe(p.id))?.cancel()
         logger.notice("removing path", metadata: ["path": "\(p.id)", "url": "\(p.spec.url)"])
@@ -830,16 +812,13 @@ public final class Volume: @unchecked Sendable {
         session.close(timeout: .seconds(5)).whenComplete { _ in }
       }
       run(machine.reconfigure(multipath))
-      for k in wantedOrder {
-        let spec = wanted[k]!
-        if let p = existing[k] {
-          p.session.updateTimeouts(
-            keepaliveInterval: spec.configuration.keepaliveInterval,
-            keepaliveTimeout: spec.configuration.keepaliveTimeout,
-            commandTimeout: spec.configuration.commandTimeout)
-          continue
-        }
-        added += 1
+      for (id, spec) in plan.kept {
+        paths[id]?.session.updateTimeouts(
+          keepaliveInterval: spec.configuration.keepaliveInterval,
+          keepaliveTimeout: spec.configuration.keepaliveTimeout,
+          commandTimeout: spec.configuration.commandTimeout)
+      }
+      for spec in plan.added {
         var config = spec.configuration
         config.failFast = true
         let id = PathID((order.map(\.rawValue).max() ?? 0) + 1)
@@ -848,6 +827,7 @@ public final class Volume: @unchecked Sendable {
         // Not logged in yet: it takes I/O once its first probe succeeds.
         run(machine.pathFailed(id, reason: PathFailure(.probeFailed, context: "new path, not logged in yet")))
       }
+      let (added, removed) = (plan.added.count, plan.removed.count)
       let summary =
         "reloaded: \(specs.count) path(s), \(added) added, \(removed) removed, policy \(multipath.policy), no-path-retry \(multipath.noPathRetry.components.seconds) s"
       logger.notice("\(summary)")

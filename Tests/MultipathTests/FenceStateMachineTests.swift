@@ -113,3 +113,29 @@ final class FenceStateMachineTests: XCTestCase {
     XCTAssertNil(machine.state(of: p1), "the removed path is forgotten once its writes are settled")
   }
 }
+
+/// The reload diff: which paths stay, go, or are new.
+final class ReloadPlanTests: XCTestCase {
+  func testPathsMatchByKeyAndOccurrence() {
+    // Two sessions to portal A, one to B; the new list has one to A, one to C, then B.
+    let running = [(p1, "iscsi://A/t/1"), (p2, "iscsi://A/t/1"), (p3, "iscsi://B/t/1")]
+    let plan = ReloadPlan(running: running, wanted: ["iscsi://A/t/1", "iscsi://C/t/1", "iscsi://B/t/1"]) { $0 }
+    XCTAssertEqual(plan.kept.map(\.path), [p1, p3])
+    XCTAssertEqual(plan.kept.map(\.entry), ["iscsi://A/t/1", "iscsi://B/t/1"])
+    XCTAssertEqual(plan.removed, [p2])  // the second session to A
+    XCTAssertEqual(plan.added, ["iscsi://C/t/1"])
+  }
+
+  func testSameListChangesNothingAndAnEmptyListRemovesAll() {
+    let running = [(p1, "x?iface=eth1"), (p2, "x?iface=eth2")]
+    let same = ReloadPlan(running: running, wanted: ["x?iface=eth1", "x?iface=eth2"]) { $0 }
+    XCTAssertEqual(same.kept.map(\.path), [p1, p2])
+    XCTAssertTrue(same.removed.isEmpty && same.added.isEmpty)
+    let none = ReloadPlan(running: running, wanted: [String]()) { $0 }
+    XCTAssertEqual(none.removed, [p1, p2])
+    // A path is told apart by its NIC: same URL, other ?iface= is a new path.
+    let moved = ReloadPlan(running: running, wanted: ["x?iface=eth1", "x?iface=eth3"]) { $0 }
+    XCTAssertEqual(moved.removed, [p2])
+    XCTAssertEqual(moved.added, ["x?iface=eth3"])
+  }
+}
