@@ -153,7 +153,7 @@ public final class ISCSISession: @unchecked Sendable {
   private func run(_ action: SessionStateMachine.Action) {
     switch action {
     case .write(let pdu):
-      channel?.write(pdu, promise: nil)
+      handler?.send(pdu)
     case .flush:
       scheduleFlush()
     case .succeed(let command, let completion):
@@ -215,7 +215,7 @@ public final class ISCSISession: @unchecked Sendable {
     flushScheduled = true
     eventLoop.execute { [self] in
       flushScheduled = false
-      channel?.flush()
+      handler?.flush()
     }
   }
   private var flushScheduled = false
@@ -256,6 +256,7 @@ public final class ISCSISession: @unchecked Sendable {
   private func connectAndLogin(_ portal: Portal) {
     let (cmdSN, itt) = machine.loginStarting()
     let handler = PDUChannelHandler()
+    handler.session = self
     let interface = configuration.interface
     var bootstrap = ClientBootstrap(group: eventLoop)
       .connectTimeout(configuration.loginTimeout)
@@ -406,7 +407,7 @@ public final class ISCSISession: @unchecked Sendable {
 
   // MARK: - Inbound PDUs
 
-  fileprivate func receive(_ pdu: ISCSIPDU, from channel: Channel) {
+  func receive(_ pdu: ISCSIPDU, from channel: Channel) {
     guard channel === self.channel else { return }  // a late PDU from a connection we left
     if state == .loggingIn {
       guard pdu.opcode == .loginResponse else {

@@ -15,6 +15,21 @@ final class PDUChannelHandler: ChannelDuplexHandler {
   var encoder = PDUEncoder()
   private var cumulation: ByteBuffer?
   private var failed = false
+  /// The session of this connection: PDUs go to it and come from it directly, not as
+  /// `NIOAny` through the pipeline (which boxes each PDU in a heap allocation).
+  weak var session: ISCSISession?
+  private var context: ChannelHandlerContext?
+
+  func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+  func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+  /// Writes a PDU (no flush), as a write through the pipeline would. On the event loop.
+  func send(_ pdu: ISCSIPDU) {
+    guard let context else { return }
+    encode(pdu, context: context, promise: nil)
+  }
+
+  func flush() { context?.flush() }
 
   /// Changes digests and segment limits; takes effect for the next byte in each direction.
   func apply(_ parameters: FramingParameters) {
@@ -32,7 +47,11 @@ final class PDUChannelHandler: ChannelDuplexHandler {
     while !failed, cumulation != nil {
       do {
         guard let pdu = try framer.next(from: &cumulation!) else { break }
-        context.fireChannelRead(wrapInboundOut(pdu))
+        if let session {
+          session.receive(pdu, from: context.channel)
+        } else {
+          context.fireChannelRead(wrapInboundOut(pdu))
+        }
       } catch {
         failed = true
         cumulation = nil
@@ -45,7 +64,10 @@ final class PDUChannelHandler: ChannelDuplexHandler {
   }
 
   func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-    let pdu = unwrapOutboundIn(data)
+    encode(unwrapOutboundIn(data), context: context, promise: promise)
+  }
+
+  private func encode(_ pdu: ISCSIPDU, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
     var head = context.channel.allocator.buffer(capacity: 48 + 8 + (pdu.ahs?.readableBytes ?? 0))
     encoder.writeHeader(pdu, into: &head)
     guard pdu.data.readableBytes > 0 else {
