@@ -99,7 +99,7 @@ public final class ISCSISession: @unchecked Sendable {
     self.logger = logger
     self.logger[metadataKey: "portal"] = "\(configuration.portal)"
     self.machine = SessionStateMachine(
-      timeouts: configuration.timeouts, portal: "\(configuration.portal)", now: .now(),
+      timeouts: configuration.timeouts, portal: "\(configuration.portal)", now: eventLoop.now,
       seed: UInt64.random(in: 0...UInt64.max))
     actions.reserveCapacity(16)
   }
@@ -130,6 +130,29 @@ public final class ISCSISession: @unchecked Sendable {
     logger: Logger = Logger(label: "lunbridge.iscsi")
   ) async throws -> ISCSISession {
     try await connect(configuration, on: eventLoop, logger: logger).get()
+  }
+
+  /// Tests: a session over a channel the test made (an `EmbeddedChannel` wired to a
+  /// target played by the test), logging in at once. Time is the channel's event loop's
+  /// (`EventLoop.now`), so an `EmbeddedEventLoop` drives keepalive and command timeouts.
+  /// Reconnecting after a loss would open a real connection: use failFast, or cases that
+  /// keep the connection.
+  static func loggingIn(
+    over channel: Channel, configuration: SessionConfiguration, logger: Logger = Logger(label: "lunbridge.iscsi")
+  ) throws -> (session: ISCSISession, login: EventLoopFuture<Void>) {
+    let session = ISCSISession(configuration: configuration, eventLoop: channel.eventLoop, logger: logger)
+    let handler = PDUChannelHandler()
+    handler.session = session
+    try channel.pipeline.syncOperations.addHandler(handler)
+    try channel.pipeline.syncOperations.addHandler(SessionInboundHandler(session: session))
+    let promise = channel.eventLoop.makePromise(of: Void.self)
+    session.loginPromise = promise
+    session.channel = channel
+    session.handler = handler
+    session.connectedPortal = configuration.portal
+    let (cmdSN, itt) = session.machine.loginStarting()
+    session.startLogin(on: channel, cmdSN: cmdSN, itt: itt)
+    return (session, promise.futureResult)
   }
 
   // MARK: - Carrying out the state machine's actions
@@ -221,7 +244,7 @@ public final class ISCSISession: @unchecked Sendable {
   private var flushScheduled = false
 
   private func onTick() {
-    let now = NIODeadline.now()
+    let now = eventLoop.now
     perform { $0.tick(now: now, into: &$1) }
     // A path bound to a NIC whose link went down: no reset will come and the keepalive
     // would take seconds to notice; the kernel already knows. The sysfs read runs off the
@@ -358,7 +381,7 @@ public final class ISCSISession: @unchecked Sendable {
       ])
     let promise = loginPromise
     loginPromise = nil
-    let now = NIODeadline.now()
+    let now = eventLoop.now
     perform { $0.loggedIn(negotiated, completion, now: now, into: &$1) }
     promise?.succeed(())
   }
@@ -373,7 +396,7 @@ public final class ISCSISession: @unchecked Sendable {
     old?.close(promise: nil)
     guard let promise = loginPromise else { return }
     loginPromise = nil
-    let now = NIODeadline.now()
+    let now = eventLoop.now
     perform { $0.loginFailed(reason: describe(error), now: now, into: &$1) }
     promise.fail(error)
   }
@@ -488,7 +511,7 @@ public final class ISCSISession: @unchecked Sendable {
       return
     }
     let code = (error as? ISCSIError)?.code ?? .connectionClosed
-    let now = NIODeadline.now()
+    let now = eventLoop.now
     perform {
       $0.connectionLost(code: code, reason: describe(error), culprit: culprit, now: now, into: &$1)
     }
@@ -524,7 +547,7 @@ public final class ISCSISession: @unchecked Sendable {
       case .loggingIn:
         return eventLoop.makeFailedFuture(ISCSIError(.sessionFailed, "a login is already running"))
       case .idle, .recovering:
-        machine.reconnectRequested(now: .now())
+        machine.reconnectRequested(now: eventLoop.now)
         return establish(portal: configuration.portal)
       }
     }
@@ -549,7 +572,7 @@ public final class ISCSISession: @unchecked Sendable {
   /// queued fail; in-flight ones get up to `timeout` to finish first.
   public func close(timeout: TimeAmount = .seconds(5)) -> EventLoopFuture<Void> {
     eventLoop.flatSubmit { [self] in
-      let deadline = NIODeadline.now() + timeout
+      let deadline = eventLoop.now + timeout
       return drain(until: deadline).flatMap { [self] in
         var loggingOut = false
         perform { loggingOut = $0.close(into: &$1) }
@@ -557,7 +580,7 @@ public final class ISCSISession: @unchecked Sendable {
         let promise = eventLoop.makePromise(of: Void.self)
         if let waiting = logoutPromise { promise.futureResult.cascade(to: waiting) }
         logoutPromise = promise
-        let timer = eventLoop.scheduleTask(in: max(.milliseconds(100), deadline - .now())) {
+        let timer = eventLoop.scheduleTask(in: max(.milliseconds(100), deadline - eventLoop.now)) {
           promise.succeed(())
         }
         return promise.futureResult.flatMap { [self] in
@@ -573,7 +596,7 @@ public final class ISCSISession: @unchecked Sendable {
   }
 
   private func drain(until deadline: NIODeadline) -> EventLoopFuture<Void> {
-    if machine.isIdle || NIODeadline.now() >= deadline {
+    if machine.isIdle || eventLoop.now >= deadline {
       return eventLoop.makeSucceededVoidFuture()
     }
     return eventLoop.scheduleTask(in: .milliseconds(20)) {}.futureResult.flatMap { [self] in
@@ -608,7 +631,7 @@ public final class ISCSISession: @unchecked Sendable {
       abandoned.append(channel)
       self.channel = nil
       self.handler = nil
-      let now = NIODeadline.now()
+      let now = eventLoop.now
       perform {
         $0.connectionLost(reason: "abandoned for testing", now: now, closeConnection: false, into: &$1)
       }

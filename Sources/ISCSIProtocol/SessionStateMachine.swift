@@ -177,41 +177,30 @@ public struct SessionStateMachine {
   /// says; a lost connection reinstates the session and sends it again (or, failFast,
   /// hands it back with `.pathDown`).
   public mutating func submit(_ command: SCSICommand, completion: @escaping Completion, into out: inout [Action]) {
-    var c = Command(id: nextID, command: command, completion: completion, queuedAt: now)
+    let c = Command(id: nextID, command: command, completion: completion, queuedAt: now)
     nextID &+= 1
-    switch state {
-    case .closing, .closed, .idle:
-      out.append(.fail(c, ISCSIError(.sessionFailed, "the iSCSI session to \(portal) is closed")))
-    case .fullFeature:
-      queue.append(c)
-      pump(into: &out)
-    case .loggingIn, .recovering:
-      if timeouts.failFast {
-        out.append(.fail(c, ISCSIError(.pathDown, "the path to \(portal) is down")))
-        return
-      }
-      c.troubleSince = now
-      queue.append(c)
-    }
+    enqueue(c, first: false, into: &out)
   }
 
-  /// A command given back by `.retryLater`.
+  /// A command given back by `.retryLater`: it goes to the front of the queue.
   public mutating func retryDue(_ c: Command, into out: inout [Action]) {
+    enqueue(c, first: true, into: &out)
+  }
+
+  private mutating func enqueue(_ c: Command, first: Bool, into out: inout [Action]) {
     var c = c
     switch state {
     case .closing, .closed, .idle:
-      out.append(.fail(c, ISCSIError(.sessionFailed, "the iSCSI session to \(portal) is closed")))
-    case .fullFeature:
-      queue.prepend(c)
-      pump(into: &out)
+      return out.append(.fail(c, ISCSIError(.sessionFailed, "the iSCSI session to \(portal) is closed")))
     case .loggingIn, .recovering:
-      if timeouts.failFast {
-        out.append(.fail(c, ISCSIError(.pathDown, "the path to \(portal) is down")))
-        return
-      }
+      // failFast: nothing waits on a failed path; the owner sends it elsewhere.
+      if timeouts.failFast { return out.append(.fail(c, ISCSIError(.pathDown, "the path to \(portal) is down"))) }
       if c.troubleSince == nil { c.troubleSince = now }
-      queue.prepend(c)
+    case .fullFeature:
+      break
     }
+    if first { queue.prepend(c) } else { queue.append(c) }
+    pump(into: &out)
   }
 
   /// Sends queued commands while the command window is open.

@@ -50,7 +50,7 @@ final class HostileTarget: @unchecked Sendable {
   }
 }
 
-private final class HostileConnection: ChannelInboundHandler {
+final class HostileConnection: ChannelInboundHandler {
   typealias InboundIn = ByteBuffer
   typealias OutboundOut = ByteBuffer
 
