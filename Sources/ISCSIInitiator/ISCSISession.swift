@@ -53,23 +53,76 @@ public struct SessionConfiguration: Sendable {
 /// this class only carries out their actions on a channel. All state lives on one event
 /// loop; the public methods hop there.
 public final class ISCSISession: @unchecked Sendable {
+  // `@unchecked Sendable`: the object is handed between threads (futures, tasks), but
+  // every mutable property is confined to `eventLoop`: the public methods hop there, and
+  // the properties below check (in debug builds) that they are read there. From another
+  // thread use `snapshot()`.
   public let eventLoop: EventLoop
-  public private(set) var configuration: SessionConfiguration
+  private var _configuration: SessionConfiguration
   var logger: Logger
 
+  public var configuration: SessionConfiguration {
+    eventLoop.assertInEventLoop()
+    return _configuration
+  }
+
   public typealias State = SessionStateMachine.State
-  public var state: State { machine.state }
+  public var state: State {
+    eventLoop.assertInEventLoop()
+    return machine.state
+  }
   /// The parameters of the current (or last) login.
-  public private(set) var parameters: NegotiatedParameters?
+  public var parameters: NegotiatedParameters? {
+    eventLoop.assertInEventLoop()
+    return _parameters
+  }
+  private var _parameters: NegotiatedParameters?
   /// The portal the current connection reached (after redirects).
-  public private(set) var connectedPortal: Portal?
-  public private(set) var tsih: UInt16 = 0
+  public var connectedPortal: Portal? {
+    eventLoop.assertInEventLoop()
+    return _connectedPortal
+  }
+  private var _connectedPortal: Portal?
+  public var tsih: UInt16 {
+    eventLoop.assertInEventLoop()
+    return _tsih
+  }
+  private var _tsih: UInt16 = 0
   /// Counters, for `info` and tests.
-  public var reinstatements: Int { machine.reinstatements }
-  public var commandsRetried: Int { machine.commandsRetried }
+  public var reinstatements: Int {
+    eventLoop.assertInEventLoop()
+    return machine.reinstatements
+  }
+  public var commandsRetried: Int {
+    eventLoop.assertInEventLoop()
+    return machine.commandsRetried
+  }
   /// Why the last connection ended or the last reconnect failed: named when queued
   /// commands give up, so the user sees the cause and not only the timeout.
-  public var lastError: String? { machine.lastError }
+  public var lastError: String? {
+    eventLoop.assertInEventLoop()
+    return machine.lastError
+  }
+
+  /// What the properties above say, read on the event loop: for callers elsewhere.
+  public struct Snapshot: Sendable {
+    public var state: State
+    public var parameters: NegotiatedParameters?
+    public var connectedPortal: Portal?
+    public var tsih: UInt16
+    public var reinstatements: Int
+    public var commandsRetried: Int
+    public var lastError: String?
+  }
+
+  public func snapshot() -> EventLoopFuture<Snapshot> {
+    eventLoop.submit { [self] in
+      Snapshot(
+        state: machine.state, parameters: _parameters, connectedPortal: _connectedPortal, tsih: _tsih,
+        reinstatements: machine.reinstatements, commandsRetried: machine.commandsRetried, lastError: machine.lastError)
+    }
+  }
+
   /// Multipath: called on the event loop when the connection is lost (with the reason);
   /// the session's unfinished commands have failed with `ISCSIError.pathDown` by then.
   public var onConnectionLost: ((String) -> Void)?
@@ -94,7 +147,7 @@ public final class ISCSISession: @unchecked Sendable {
   private var logoutPromise: EventLoopPromise<Void>?
 
   init(configuration: SessionConfiguration, eventLoop: EventLoop, logger: Logger) {
-    self.configuration = configuration
+    self._configuration = configuration
     self.eventLoop = eventLoop
     self.logger = logger
     self.logger[metadataKey: "portal"] = "\(configuration.portal)"
@@ -149,7 +202,7 @@ public final class ISCSISession: @unchecked Sendable {
     session.loginPromise = promise
     session.channel = channel
     session.handler = handler
-    session.connectedPortal = configuration.portal
+    session._connectedPortal = configuration.portal
     let (cmdSN, itt) = session.machine.loginStarting()
     session.startLogin(on: channel, cmdSN: cmdSN, itt: itt)
     return (session, promise.futureResult)
@@ -312,7 +365,7 @@ public final class ISCSISession: @unchecked Sendable {
         }
         self.channel = channel
         self.handler = handler
-        self.connectedPortal = portal
+        self._connectedPortal = portal
         startLogin(on: channel, cmdSN: cmdSN, itt: itt)
       }
     }
@@ -366,8 +419,8 @@ public final class ISCSISession: @unchecked Sendable {
   private func loginCompleted(_ negotiated: NegotiatedParameters, _ completion: LoginCompletion) {
     loginTimer?.cancel()
     loginTimer = nil
-    parameters = negotiated
-    tsih = completion.tsih
+    _parameters = negotiated
+    _tsih = completion.tsih
     handler?.apply(
       FramingParameters(
         headerDigest: negotiated.headerDigest, dataDigest: negotiated.dataDigest,
@@ -376,7 +429,7 @@ public final class ISCSISession: @unchecked Sendable {
     logger.info(
       "logged in",
       metadata: [
-        "target": "\(configuration.login.targetName ?? "discovery")", "tsih": "\(tsih)",
+        "target": "\(configuration.login.targetName ?? "discovery")", "tsih": "\(_tsih)",
         "headerDigest": "\(negotiated.headerDigest)", "dataDigest": "\(negotiated.dataDigest)",
       ])
     let promise = loginPromise
@@ -526,10 +579,10 @@ public final class ISCSISession: @unchecked Sendable {
   /// New keepalive and command timeouts (a reload), used from the next check on.
   public func updateTimeouts(keepaliveInterval: TimeAmount, keepaliveTimeout: TimeAmount, commandTimeout: TimeAmount) {
     eventLoop.execute { [self] in
-      configuration.keepaliveInterval = keepaliveInterval
-      configuration.keepaliveTimeout = keepaliveTimeout
-      configuration.commandTimeout = commandTimeout
-      machine.timeouts = configuration.timeouts
+      _configuration.keepaliveInterval = keepaliveInterval
+      _configuration.keepaliveTimeout = keepaliveTimeout
+      _configuration.commandTimeout = commandTimeout
+      machine.timeouts = _configuration.timeouts
       if state == .fullFeature { run(.startTicking(machine.timeouts.tickPeriod)) }
     }
   }

@@ -186,7 +186,7 @@ struct Info: AsyncParsableCommand {
     do {
       let unit = try await LogicalUnit.open(session: session, lun: url.lun)
       let info = unit.info
-      let negotiated = session.parameters?.summary ?? []
+      let negotiated = try await session.snapshot().get().parameters?.summary ?? []
       await session.close()
       if json {
         try printJSON(InfoReport(url: url.description, lun: info, session: Dictionary(uniqueKeysWithValues: negotiated)))

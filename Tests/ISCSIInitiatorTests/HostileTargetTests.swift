@@ -33,7 +33,8 @@ final class HostileTargetTests: XCTestCase {
       XCTAssertTrue(e.description.contains(cause), "\(m): \(e.description)")
     }
     XCTAssertLessThan(ContinuousClock.now - started, .seconds(8), "\(m): took too long")
-    XCTAssertTrue(session.lastError?.contains(cause) ?? false, "\(m): last error \(session.lastError ?? "none")")
+    let lastError = try await session.snapshot().get().lastError
+    XCTAssertTrue(lastError?.contains(cause) ?? false, "\(m): last error \(lastError ?? "none")")
     await session.close(timeout: .milliseconds(200))
   }
 
@@ -63,8 +64,9 @@ final class HostileTargetTests: XCTestCase {
     let session = try await ISCSISession.connect(config(target), on: MultiThreadedEventLoopGroup.singleton.next())
     let c = try await session.execute(SCSICommand(lun: 0, cdb: CDB.testUnitReady()))
     XCTAssertEqual(c.status, 0)
-    XCTAssertEqual(session.commandsRetried, 1, "the lost command was aborted and sent once more")
-    XCTAssertEqual(session.reinstatements, 0, "no reconnect was needed")
+    let snapshot = try await session.snapshot().get()
+    XCTAssertEqual(snapshot.commandsRetried, 1, "the lost command was aborted and sent once more")
+    XCTAssertEqual(snapshot.reinstatements, 0, "no reconnect was needed")
     await session.close(timeout: .milliseconds(200))
   }
 
@@ -87,7 +89,8 @@ final class HostileTargetTests: XCTestCase {
       let c = try await session.execute(SCSICommand(lun: 0, cdb: CDB.testUnitReady()))
       XCTAssertEqual(c.status, 0, "command \(i)")
     }
-    XCTAssertNil(session.lastError)
+    let lastError = try await session.snapshot().get().lastError
+    XCTAssertNil(lastError)
     await session.close(timeout: .milliseconds(200))
   }
 }

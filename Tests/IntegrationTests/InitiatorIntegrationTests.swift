@@ -95,7 +95,8 @@ final class InitiatorIntegrationTests: XCTestCase {
               config.login.initialR2T = initialR2T
               config.login.immediateData = immediate
               let session = try await ISCSISession.connect(config, on: group.next())
-              let p = try XCTUnwrap(session.parameters)
+              let negotiated = try await session.snapshot().get().parameters
+              let p = try XCTUnwrap(negotiated)
               XCTAssertEqual(p.headerDigest, digests, label)
               XCTAssertEqual(p.dataDigest, digests, label)
               XCTAssertEqual(p.initialR2T, initialR2T, label)
@@ -250,7 +251,8 @@ final class InitiatorIntegrationTests: XCTestCase {
       try await g.waitForAll()
     }
     try await cutter.value
-    XCTAssertGreaterThanOrEqual(session.reinstatements, 1, "the connection was never cut")
+    let reinstatements = try await session.snapshot().get().reinstatements
+    XCTAssertGreaterThanOrEqual(reinstatements, 1, "the connection was never cut")
     for i in 0..<chunks {
       let back = try await unit.read(lba: UInt64(i * chunkBlocks), blocks: UInt32(chunkBlocks))
       XCTAssertTrue(back == expected[i]!, "chunk \(i) differs after recovery")
