@@ -66,7 +66,7 @@ final class NBDConnectionHandler: ChannelInboundHandler {
     if case .handshake(let machine) = phase {
       context.writeAndFlush(wrapOutboundOut(machine.start(allocator: context.channel.allocator)), promise: nil)
       if let handshakeTimeout {
-        handshakeTimer = context.eventLoop.scheduleTask(in: handshakeTimeout) { [self] in
+        handshakeTimer = context.eventLoop.assumeIsolated().scheduleTask(in: handshakeTimeout) { [self] in
           guard case .handshake = phase else { return }
           volume.flow.handshakeTimeouts += 1
           volume.logClientProblem(
@@ -239,7 +239,7 @@ final class NBDConnectionHandler: ChannelInboundHandler {
   private func scheduleFlush(context: ChannelHandlerContext) {
     guard !flushScheduled else { return }
     flushScheduled = true
-    context.eventLoop.execute { [self] in
+    context.eventLoop.assumeIsolated().execute { [self] in
       flushScheduled = false
       let (replies, bytes) = (batchReplies, batchBytes)
       batchReplies = 0
@@ -248,7 +248,7 @@ final class NBDConnectionHandler: ChannelInboundHandler {
       let written = context.eventLoop.makePromise(of: Void.self)
       context.write(wrapOutboundOut(ByteBuffer()), promise: written)
       context.flush()
-      written.futureResult.whenComplete { [self] _ in released(replies, bytes, context: context) }
+      written.futureResult.assumeIsolated().whenComplete { [self] _ in released(replies, bytes, context: context) }
     }
   }
   private var flushScheduled = false

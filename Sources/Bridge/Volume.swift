@@ -754,11 +754,13 @@ public final class Volume: @unchecked Sendable {
     guard let path = paths[id], !path.probing, !path.removed, !closed else { return }
     path.probing = true
     let session = path.session
-    session.reconnect().flatMap { [self] () -> EventLoopFuture<LogicalUnit> in
+    let lun = path.spec.url.lun
+    // Isolated futures: the closures run on this event loop, where the volume's state lives.
+    session.reconnect().assumeIsolated().flatMap { [self] () -> EventLoopFuture<LogicalUnit> in
       if let unit = path.unit { return eventLoop.makeSucceededFuture(unit) }
       let promise = eventLoop.makePromise(of: LogicalUnit.self)
-      promise.completeWithTask { try await LogicalUnit.open(session: session, lun: path.spec.url.lun) }
-      return promise.futureResult.flatMapThrowing { [self] unit in
+      promise.completeWithTask { try await LogicalUnit.open(session: session, lun: lun) }
+      return promise.futureResult.assumeIsolated().flatMapThrowing { [self] unit in
         // Compared with another path that has its LU open (else the volume's own LU).
         let other = paths.values.first { $0.unit != nil && $0.id != id }
         if let problem = Volume.identityProblem(
@@ -773,7 +775,7 @@ public final class Volume: @unchecked Sendable {
           if !alua.usable { throw BridgeError("ALUA state \(unit.info.accessState ?? "?")") }
         }
         return unit
-      }
+      }.nonisolated()
     }.flatMap { unit in
       unit.testUnitReady()
     }.whenComplete { [self] result in
@@ -928,7 +930,7 @@ public final class Volume: @unchecked Sendable {
   }
 
   /// Sets `observer` on the event loop.
-  public func observe(_ observer: @escaping (VolumeEvent) -> Void) -> EventLoopFuture<Void> {
+  public func observe(_ observer: @escaping @Sendable (VolumeEvent) -> Void) -> EventLoopFuture<Void> {
     eventLoop.submit { self.observer = observer }
   }
 

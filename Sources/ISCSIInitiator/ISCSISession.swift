@@ -237,7 +237,7 @@ public final class ISCSISession: @unchecked Sendable {
     case .fail(let command, let error):
       command.completion(.failure(error))
     case .retryLater(let command, let delay):
-      eventLoop.scheduleTask(in: delay) { [self] in perform { $0.retryDue(command, into: &$1) } }
+      eventLoop.assumeIsolated().scheduleTask(in: delay) { [self] in perform { $0.retryDue(command, into: &$1) } }
     case .startTicking(let period):
       tick?.cancel()
       tick = eventLoop.scheduleRepeatedTask(initialDelay: period, delay: period) { [weak self] _ in
@@ -333,13 +333,16 @@ public final class ISCSISession: @unchecked Sendable {
     let (cmdSN, itt) = machine.loginStarting()
     let handler = PDUChannelHandler()
     handler.session = self
+    // The channel is created on this session's event loop (the bootstrap's group), so the
+    // handler made here may be used there.
+    let boundHandler = NIOLoopBound(handler, eventLoop: eventLoop)
     let interface = configuration.interface
     var bootstrap = ClientBootstrap(group: eventLoop)
       .connectTimeout(configuration.loginTimeout)
       .channelOption(.tcpOption(.tcp_nodelay), value: 1)
       .channelInitializer { [self] channel in
         channel.eventLoop.makeCompletedFuture {
-          try channel.pipeline.syncOperations.addHandler(handler)
+          try channel.pipeline.syncOperations.addHandler(boundHandler.value)
           try channel.pipeline.syncOperations.addHandler(SessionInboundHandler(session: self))
         }.flatMap {
           guard let interface else { return channel.eventLoop.makeSucceededVoidFuture() }
@@ -354,7 +357,8 @@ public final class ISCSISession: @unchecked Sendable {
         return
       }
     }
-    bootstrap.connect(host: portal.host, port: portal.port).hop(to: eventLoop).whenComplete { [self] result in
+    bootstrap.connect(host: portal.host, port: portal.port).hop(to: eventLoop).assumeIsolated().whenComplete {
+      [self] result in
       switch result {
       case .failure(let error):
         failLogin(ISCSIError(.connectionClosed, "cannot connect to portal \(portal): \(describe(error))"))
@@ -364,7 +368,7 @@ public final class ISCSISession: @unchecked Sendable {
           return
         }
         self.channel = channel
-        self.handler = handler
+        self.handler = boundHandler.value
         self._connectedPortal = portal
         startLogin(on: channel, cmdSN: cmdSN, itt: itt)
       }
@@ -461,7 +465,7 @@ public final class ISCSISession: @unchecked Sendable {
   /// with other sense is returned to the caller in the completion.
   public func execute(_ command: SCSICommand) -> EventLoopFuture<SCSICompletion> {
     let promise = eventLoop.makePromise(of: SCSICompletion.self)
-    let completion: SessionStateMachine.Completion = { promise.completeWith($0) }
+    let completion: @Sendable (Result<SCSICompletion, Error>) -> Void = { promise.completeWith($0) }
     if eventLoop.inEventLoop {
       perform { $0.submit(command, completion: completion, into: &$1) }
     } else {
