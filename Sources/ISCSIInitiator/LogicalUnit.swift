@@ -95,10 +95,10 @@ public struct SCSIOperationError: Error, CustomStringConvertible, Sendable {
 
 /// One LUN reached through one session: block I/O in logical blocks, with transfers split
 /// at the LUN's maximum transfer length.
-public final class LogicalUnit: @unchecked Sendable {
+public final class LogicalUnit: Sendable {
   public let session: ISCSISession
   public let lun: UInt16
-  public private(set) var info: LUNInfo
+  public let info: LUNInfo
   /// Blocks per READ/WRITE command: the LUN's maximum transfer, capped by what one
   /// command should carry (MaxBurstLength-sized commands keep R2T rounds short).
   public let maxBlocksPerCommand: UInt32
@@ -146,16 +146,9 @@ public final class LogicalUnit: @unchecked Sendable {
   }
 
   private func readOne(lba: UInt64, blocks: UInt32) -> EventLoopFuture<[ByteBuffer]> {
-    let length = Int(blocks) * info.blockSize
-    let cdb = CDB.read(lba: lba, blocks: blocks, prefer16: use16)
-    return run(SCSICommand(lun: lun, cdb: cdb, direction: .read(length)), "READ").flatMapThrowing { c in
-      guard c.dataLength == length else {
-        throw SCSIOperationError(
-          errorClass: .other, status: c.status, sense: nil,
-          operation: "READ of \(blocks) blocks at LBA \(lba) returned \(c.dataLength) bytes", outcome: .fail(errno: 5))
-      }
-      return c.segments
-    }
+    let promise = session.eventLoop.makePromise(of: [ByteBuffer].self)
+    onLoop { self.readOne(lba: lba, blocks: blocks, promise.completeWith) }
+    return promise.futureResult
   }
 
   /// The I/O path's READ: one command (`blocks` <= `maxBlocksPerCommand`), no future;
@@ -163,24 +156,18 @@ public final class LogicalUnit: @unchecked Sendable {
   public func readOne(lba: UInt64, blocks: UInt32, _ done: @escaping (Result<[ByteBuffer], Error>) -> Void) {
     let length = Int(blocks) * info.blockSize
     let command = SCSICommand(lun: lun, cdb: CDB.read(lba: lba, blocks: blocks, prefer16: use16), direction: .read(length))
-    session.execute(command) { result in
-      switch result {
-      case .failure(let error):
-        done(.failure(error))
-      case .success(let c):
-        do {
-          try checkStatus(c, operation: "READ")
+    run(command, "READ") { result in
+      done(
+        result.flatMap { c in
           guard c.dataLength == length else {
-            throw SCSIOperationError(
-              errorClass: .other, status: c.status, sense: nil,
-              operation: "READ of \(blocks) blocks at LBA \(lba) returned \(c.dataLength) bytes",
-              outcome: .fail(errno: 5))
+            return .failure(
+              SCSIOperationError(
+                errorClass: .other, status: c.status, sense: nil,
+                operation: "READ of \(blocks) blocks at LBA \(lba) returned \(c.dataLength) bytes",
+                outcome: .fail(errno: 5)))
           }
-          done(.success(c.segments))
-        } catch {
-          done(.failure(error))
-        }
-      }
+          return .success(c.segments)
+        })
     }
   }
 
@@ -189,19 +176,7 @@ public final class LogicalUnit: @unchecked Sendable {
   public func writeOne(lba: UInt64, data: ByteBuffer, fua: Bool, _ done: @escaping (Result<Void, Error>) -> Void) {
     let blocks = UInt32(data.readableBytes / info.blockSize)
     let cdb = CDB.write(lba: lba, blocks: blocks, fua: fua && info.fua, prefer16: use16)
-    session.execute(SCSICommand(lun: lun, cdb: cdb, direction: .write(data))) { result in
-      switch result {
-      case .failure(let error):
-        done(.failure(error))
-      case .success(let c):
-        do {
-          try checkStatus(c, operation: "WRITE")
-          done(.success(()))
-        } catch {
-          done(.failure(error))
-        }
-      }
-    }
+    run(SCSICommand(lun: lun, cdb: cdb, direction: .write(data)), "WRITE") { done($0.map { _ in }) }
   }
 
   public func write(lba: UInt64, data: ByteBuffer, fua: Bool = false) async throws {
@@ -282,9 +257,32 @@ public final class LogicalUnit: @unchecked Sendable {
 
   /// Runs a command and turns an error status into `SCSIOperationError`.
   func run(_ command: SCSICommand, _ name: String) -> EventLoopFuture<SCSICompletion> {
-    session.execute(command).flatMapThrowing { c in
-      try checkStatus(c, operation: name)
-      return c
+    let promise = session.eventLoop.makePromise(of: SCSICompletion.self)
+    onLoop { self.run(command, name, promise.completeWith) }
+    return promise.futureResult
+  }
+
+  /// Runs `body` on the session's event loop: now when called there, else next.
+  private func onLoop(_ body: @escaping @Sendable () -> Void) {
+    if session.eventLoop.inEventLoop {
+      body()
+    } else {
+      session.eventLoop.execute(body)
+    }
+  }
+
+  /// The same without a future: `done` is called on the session's event loop.
+  func run(_ command: SCSICommand, _ name: String, _ done: @escaping (Result<SCSICompletion, Error>) -> Void) {
+    session.execute(command) { result in
+      done(
+        result.flatMap { c in
+          do {
+            try checkStatus(c, operation: name)
+            return .success(c)
+          } catch {
+            return .failure(error)
+          }
+        })
     }
   }
 }

@@ -310,18 +310,19 @@ public struct SessionStateMachine {
     switch pdu.opcode {
     case .dataIn:
       if h.flags & DataInFlags.status != 0 { connection!.advanceStatSN(h.statSN) }
-      guard var entry = connection!.inFlight.removeValue(forKey: itt) else {
+      guard let index = connection!.inFlight.index(forKey: itt) else {
         return violation("target sent Data-In for unknown task 0x\(hex(itt))", culprit: nil, into: &out)
       }
+      // The task gathers the segments in place (one lookup; no copy of its buffers).
+      let done: SCSICompletion?
       do {
-        if let done = try entry.task.handleDataIn(pdu, allocator: allocator) {
-          finish(entry, done, into: &out)
-        } else {
-          connection!.inFlight[itt] = entry
-        }
+        done = try connection!.inFlight.values[index].task.handleDataIn(pdu, allocator: allocator)
       } catch {
-        connection!.inFlight[itt] = entry
         return violation(error, culprit: itt, into: &out)
+      }
+      if let done {
+        let entry = connection!.inFlight.remove(at: index).value
+        finish(entry, done, into: &out)
       }
     case .scsiResponse:
       connection!.advanceStatSN(h.statSN)
