@@ -102,6 +102,11 @@ public struct VolumeOptions: Sendable {
 /// every task of the old one before it answers the login (RFC 7143 section 6.3.5). Only
 /// then are its writes re-sent. Reads are re-sent at once.
 public final class Volume: @unchecked Sendable {
+  // `@unchecked Sendable`: a volume is handed between threads (tasks, the control
+  // socket), but its mutable state is confined to `eventLoop`. Public methods hop there
+  // (`report`, `reconfigure`, `failback`, `observe`, ...) and return futures; the one
+  // mutable property other files of this module touch, `flow`, checks (in debug builds)
+  // that it is used there. The rest is private and used by code running on the loop.
   public let eventLoop: EventLoop
   public let export: NBDExportInfo
   public let readOnly: Bool
@@ -144,8 +149,8 @@ public final class Volume: @unchecked Sendable {
   /// The end of an I/O and when it ended (the one clock read at completion).
   typealias Reply = (Result<[ByteBuffer], Error>, NIODeadline) -> Void
 
+  /// The I/O's part of its one record, which the scheduler holds (`MultipathStateMachine.Entry`).
   struct PendingIO {
-    var token: IOToken
     var operation: Operation
     /// Called once with the I/O's end (on the event loop): the NBD reply, or a waiting future.
     var reply: Reply
@@ -159,11 +164,10 @@ public final class Volume: @unchecked Sendable {
     var violations = 0
   }
 
-  private var machine: MultipathStateMachine<ContinuousClock>
+  private var machine: MultipathStateMachine<ContinuousClock, PendingIO>
   private var fencer: FenceStateMachine<ContinuousClock>
   private var paths: [PathID: Path] = [:]
   private var order: [PathID] = []
-  private var pending: [UInt64: PendingIO] = [:]
   private var nextIO: UInt64 = 1
   private var timers: [TimerID: Scheduled<Void>] = [:]
   private var sampler: RepeatedTask?
@@ -171,12 +175,22 @@ public final class Volume: @unchecked Sendable {
   private let opened = NIODeadline.now()
 
   /// Called on the event loop with every `VolumeEvent` (tests only; nil otherwise).
-  public var observer: ((VolumeEvent) -> Void)?
+  private var observer: ((VolumeEvent) -> Void)?
 
   /// Counters for `status`, metrics and tests.
-  public private(set) var counts = RequestCounts()
-  /// Flow control and export admission counters (status, metrics, tests).
-  public internal(set) var flow = FlowCounts()
+  private var counts = RequestCounts()
+  private var _flow = FlowCounts()
+  /// Flow control and export admission counters (status, metrics, tests); on the event loop.
+  var flow: FlowCounts {
+    get {
+      eventLoop.assertInEventLoop()
+      return _flow
+    }
+    _modify {
+      eventLoop.assertInEventLoop()
+      yield &_flow
+    }
+  }
   var currentFlow: FlowCounts {
     var f = flow
     f.bytesInFlight = budget.bytes
@@ -184,7 +198,7 @@ public final class Volume: @unchecked Sendable {
   }
   /// Bytes and requests in flight over all NBD connections (see `IOBudget`).
   let budget: IOBudget
-  public private(set) var noPathFailures: UInt64 = 0
+  private var noPathFailures: UInt64 = 0
   private var latency = LatencyHistogram()
 
   private init(
@@ -380,7 +394,7 @@ public final class Volume: @unchecked Sendable {
 
   /// As `handle(_:payload:owner:)`, without a future: `reply` is called once, on the
   /// event loop (at once for a request that fails validation). The NBD connections use
-  /// this one: a request is one record (`PendingIO`) from here to its reply.
+  /// this one: a request is one record (the scheduler's entry) from here to its reply.
   public func handle(
     _ request: NBDRequest, payload: ByteBuffer?, owner: UInt64 = 0,
     reply: @escaping (Result<[ByteBuffer], NBDErrno>) -> Void
@@ -466,10 +480,11 @@ public final class Volume: @unchecked Sendable {
   func cancelQueued(owner: UInt64) {
     eventLoop.assertInEventLoop()
     guard owner != 0 else { return }
-    for (id, entry) in pending where entry.owner == owner && machine.cancelQueued(entry.token) {
-      pending[id] = nil
+    let theirs = machine.payloads.filter { $0.1.owner == owner }.map(\.0)
+    for token in theirs {
+      guard let entry = machine.cancelQueued(token) else { continue }
       flow.cancelled += 1
-      entry.reply(.failure(CancelledByClient()), .now())
+      entry.payload.reply(.failure(CancelledByClient()), .now())
     }
   }
 
@@ -500,23 +515,27 @@ public final class Volume: @unchecked Sendable {
     }
     let token = IOToken(id: nextIO, bytes: bytes, isWrite: isWrite)
     nextIO &+= 1
-    pending[token.id] = PendingIO(token: token, operation: operation, reply: reply, dispatched: now, owner: owner)
-    if let path = machine.submitToPath(token) {
+    let record = PendingIO(operation: operation, reply: reply, dispatched: now, owner: owner)
+    if let path = machine.submitToPath(token, record) {
       start(token, on: path)
     } else {
-      run(machine.submit(token))
+      run(machine.submit(token, record))
     }
   }
 
   private func start(_ io: IOToken, on pathID: PathID) {
-    guard var entry = pending[io.id], let path = paths[pathID] else { return }
-    entry.path = pathID
-    entry.attempt += 1
-    // The first attempt is dated by the request's arrival (no clock read); a re-sent one
-    // from now, so a path's latency is its own.
-    if entry.attempt > 1 { entry.dispatched = .now() }
-    pending[io.id] = entry
-    let attempt = entry.attempt
+    guard let path = paths[pathID],
+      let (attempt, operation) = machine.updatePayload(
+        of: io.id,
+        { entry in
+          entry.path = pathID
+          entry.attempt += 1
+          // The first attempt is dated by the request's arrival (no clock read); a re-sent
+          // one from now, so a path's latency is its own.
+          if entry.attempt > 1 { entry.dispatched = .now() }
+          return (entry.attempt, entry.operation)
+        })
+    else { return }
     observer?(.dispatched(io: io.id, isWrite: io.isWrite, path: pathID.rawValue, attempt: attempt))
     guard let unit = path.unit else {
       // Cannot happen (a path without a LU is never usable); treat it as a path failure.
@@ -524,7 +543,7 @@ public final class Volume: @unchecked Sendable {
       return
     }
     let work: EventLoopFuture<[ByteBuffer]>
-    switch entry.operation {
+    switch operation {
     case .read(let lba, let blocks) where blocks <= unit.maxBlocksPerCommand:
       // The common case: one command, no future.
       unit.readOne(lba: lba, blocks: blocks) { [self] result in finished(io.id, on: pathID, attempt: attempt, result) }
@@ -553,27 +572,29 @@ public final class Volume: @unchecked Sendable {
 
   private func finished(_ id: UInt64, on pathID: PathID, attempt: Int, _ result: Result<[ByteBuffer], Error>) {
     // Only the latest attempt counts: a read already sent elsewhere is stale here.
-    guard let entry = pending[id], entry.path == pathID, entry.attempt == attempt else { return }
+    guard let entry = machine[io: id], entry.payload.path == pathID, entry.payload.attempt == attempt else { return }
     let now = NIODeadline.now()
-    let latency = Duration.nanoseconds((now - entry.dispatched).nanoseconds)
+    let latency = Duration.nanoseconds((now - entry.payload.dispatched).nanoseconds)
+    var actions: [MultipathStateMachine<ContinuousClock, PendingIO>.Action] = []
     switch result {
     case .success(let data):
-      pending[id] = nil
       observer?(.completed(io: id, success: true))
-      run(machine.completed(entry.token, path: pathID, latency: latency, success: true))
-      entry.reply(.success(data), now)
+      _ = machine.completed(entry.token, path: pathID, latency: latency, success: true, into: &actions)
+      run(actions)
+      entry.payload.reply(.success(data), now)
     case .failure(let error)
     where Volume.isPathError(error)
-      && !(Volume.isProtocolViolation(error) && entry.violations + 1 >= ISCSISession.maxProtocolViolationsPerCommand):
+      && !(Volume.isProtocolViolation(error)
+        && entry.payload.violations + 1 >= ISCSISession.maxProtocolViolationsPerCommand):
       // The path is down: the scheduler re-sends reads now and fences writes first. An I/O
       // the target answered with broken PDUs is sent again too, a bounded number of times.
-      if Volume.isProtocolViolation(error) { pending[id]?.violations += 1 }
+      if Volume.isProtocolViolation(error) { machine.updatePayload(of: id) { $0.violations += 1 } }
       failPath(pathID, PathFailure(.connectionLost, context: describeError(error)))
     case .failure(let error):
-      pending[id] = nil
       observer?(.completed(io: id, success: false))
-      run(machine.completed(entry.token, path: pathID, latency: latency, success: false))
-      entry.reply(.failure(error), now)
+      _ = machine.completed(entry.token, path: pathID, latency: latency, success: false, into: &actions)
+      run(actions)
+      entry.payload.reply(.failure(error), now)
     }
   }
 
@@ -609,15 +630,15 @@ public final class Volume: @unchecked Sendable {
   }
 
   /// Carries out the scheduler's actions, in order.
-  private func run(_ actions: [MultipathStateMachine<ContinuousClock>.Action]) {
+  private func run(_ actions: [MultipathStateMachine<ContinuousClock, PendingIO>.Action]) {
     for action in actions {
       switch action {
       case .dispatch(let io, let path):
         start(io, on: path)
       case .fail(let io, let error):
-        guard let entry = pending.removeValue(forKey: io.id) else { continue }
+        guard let entry = machine.take(io) else { continue }
         noPathFailures += 1
-        entry.reply(.failure(BridgeError("\(error)")), .now())
+        entry.payload.reply(.failure(BridgeError("\(error)")), .now())
       case .fencePath(let path):
         fence(path)
       case .scheduleTimer(let id, let deadline):
@@ -677,7 +698,6 @@ public final class Volume: @unchecked Sendable {
   /// this carries out its actions.
   private func fence(_ id: PathID) {
     guard let path = paths[id], !closed else { return }
-    fencer.bound = machine.configuration.noPathRetry
     guard
       fencer.begin(
         id, portalGroup: path.session.parameters?.targetPortalGroupTag, reinstatements: path.session.reinstatements)
@@ -814,6 +834,7 @@ public final class Volume: @unchecked Sendable {
         session.close(timeout: .seconds(5)).whenComplete { _ in }
       }
       run(machine.reconfigure(multipath))
+      fencer.bound = machine.configuration.noPathRetry
       for (id, spec) in plan.kept {
         paths[id]?.session.updateTimeouts(
           keepaliveInterval: spec.configuration.keepaliveInterval,

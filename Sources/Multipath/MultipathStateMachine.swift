@@ -17,14 +17,18 @@
 /// late through the dead path could land after a newer write to the same blocks sent
 /// through a healthy path, and silently undo it. A fenced write that completes on its old
 /// path before the fence is simply done and is not re-sent.
-public struct MultipathStateMachine<Clock: MultipathClock> {
+///
+/// The machine holds the one record of each I/O from `submit` to its end (`completed`, or
+/// `take` after a `.fail`): where it is, and the caller's `Payload` (lunbridge: the NBD
+/// request and how to answer it). Nothing else keeps a table of I/O.
+public struct MultipathStateMachine<Clock: MultipathClock, Payload> {
   public typealias Instant = Clock.Instant
 
   /// What the caller must do. Carry them out in order.
   public enum Action: Hashable {
     /// Send the I/O on the path (a re-sent I/O comes out as `.dispatch` again).
     case dispatch(IOToken, PathID)
-    /// Give up on the I/O: complete it to the user with an error (EIO).
+    /// Give up on the I/O: `take` its record and complete it to the user with an error (EIO).
     case fail(IOToken, MultipathError)
     /// Make sure nothing sent on the path can still reach the LUN (close the connection,
     /// abort its tasks, or reinstate the session), then call `pathFenced(path)`.
@@ -65,9 +69,9 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
     var probeDeadline: Instant?
     /// `removePath` was called; the record goes once its fenced writes are settled.
     var removing = false
-    /// In dispatch order.
-    var inflight: [IOToken] = []
-    var fenced: [IOToken] = []
+    /// Writes taken off this path and waiting for its fence (I/O in flight on it is
+    /// `statistics.outstandingIOs`).
+    var fenced = 0
     var statistics = PathStatistics()
 
     init(id: PathID, group: Int, priority: Int, relativeThroughput: Int) {
@@ -78,8 +82,27 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
     }
   }
 
+  /// Where an I/O is.
+  enum Place: Equatable {
+    /// Dispatched on the path, not completed.
+    case path(PathID)
+    /// Taken off a failed path, waiting for its fence (writes).
+    case fenced(PathID)
+    /// Waiting for a usable path (in `queue`).
+    case queued
+    /// Given up (`.fail`); the caller takes the record.
+    case failed
+  }
+
+  /// The record of one I/O.
+  public struct Entry {
+    public let token: IOToken
+    public var payload: Payload
+    var place: Place
+  }
+
   struct QueuedIO {
-    var io: IOToken
+    var id: UInt64
     var deadline: Instant
   }
 
@@ -89,8 +112,8 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
 
   var order: [PathID] = []
   var paths: [PathID: PathRecord] = [:]
-  /// Which path each dispatched I/O is on (fenced writes are not here).
-  private var inflightPath: [UInt64: PathID] = [:]
+  /// Every I/O the machine holds, by `IOToken.id`.
+  private var ios: [UInt64: Entry] = [:]
   /// I/O waiting for a usable path, oldest first (deadlines are therefore ascending).
   private var queue: [QueuedIO] = []
   var roundRobinCurrent: PathID?
@@ -162,11 +185,11 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
   /// The caller made sure nothing sent on the failed path can reach the LUN any more:
   /// its fenced writes are re-sent on other paths now (or queued if there is none).
   public mutating func pathFenced(_ id: PathID) -> [Action] {
-    guard let record = self.paths[id], !record.fenced.isEmpty else { return [] }
+    guard let record = self.paths[id], record.fenced > 0 else { return [] }
     let before = self.states()
     var actions: [Action] = []
-    let fenced = record.fenced
-    record.fenced = []
+    let fenced = self.ids(at: .fenced(id))
+    record.fenced = 0
     for io in fenced {
       self.place(io, &actions)
     }
@@ -193,13 +216,13 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
   /// Failing a write is safe where re-sending it is not: the user sees EIO, as for any
   /// write whose fate is unknown.
   public mutating func abandonFenced(_ id: PathID) -> [Action] {
-    guard let record = self.paths[id], !record.fenced.isEmpty else { return [] }
+    guard let record = self.paths[id], record.fenced > 0 else { return [] }
     let before = self.states()
     var actions: [Action] = []
-    let fenced = record.fenced
-    record.fenced = []
+    let fenced = self.ids(at: .fenced(id))
+    record.fenced = 0
     for io in fenced {
-      actions.append(.fail(io, .noPath))
+      self.fail(io, .noPath, &actions)
     }
     self.forgetIfSettled(id)
     return self.finish(before, subject: id, reason: "not fenced in time; \(fenced.count) write(s) failed", &actions)
@@ -313,62 +336,96 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
   /// `submit` for the common case, without an action list: when a usable path takes the
   /// I/O at once it is dispatched there and returned (what `.dispatch` would say); nil
   /// means nothing happened and `submit` must be called.
-  public mutating func submitToPath(_ io: IOToken) -> PathID? {
+  public mutating func submitToPath(_ io: IOToken, _ payload: Payload) -> PathID? {
     guard self.queue.isEmpty, let path = self.select(for: io) else { return nil }
-    self.inflightPath[io.id] = path
+    precondition(self.ios[io.id] == nil, "\(io) submitted twice")
+    self.ios[io.id] = Entry(token: io, payload: payload, place: .path(path))
     let record = self.paths[path]!
-    record.inflight.append(io)
     record.statistics.outstandingIOs += 1
     record.statistics.outstandingBytes += io.bytes
     return path
   }
 
-  public mutating func submit(_ io: IOToken) -> [Action] {
+  public mutating func submit(_ io: IOToken, _ payload: Payload) -> [Action] {
+    precondition(self.ios[io.id] == nil, "\(io) submitted twice")
+    self.ios[io.id] = Entry(token: io, payload: payload, place: .queued)
     var actions: [Action] = []
-    self.place(io, &actions)
+    self.place(io.id, &actions)
     return actions
   }
 
-  /// The client of a queued I/O has gone: it leaves the no-path queue without being
-  /// sent. True when it was there; false when it is on a path (or fenced), where it runs
-  /// to the end because the target may already have it.
-  public mutating func cancelQueued(_ io: IOToken) -> Bool {
-    guard let index = self.queue.firstIndex(where: { $0.io.id == io.id }) else { return false }
-    self.queue.remove(at: index)
-    return true
+  /// The record of an I/O the machine holds (for the caller's payload).
+  public subscript(io id: UInt64) -> Entry? {
+    self.ios[id]
   }
 
-  /// The I/O finished on `path`. A completion from a path the I/O is no longer on (a read
-  /// already re-sent elsewhere) is stale and ignored. A fenced write that completes on its
-  /// old path is done and will not be re-sent.
-  public mutating func completed(_ io: IOToken, path: PathID, latency: Duration, success: Bool) -> [Action] {
-    // The record is changed in place (`paths[path]!.…`): copying it out and back would
-    // copy its arrays on every completion.
-    guard self.paths[path] != nil else { return [] }
-    if self.inflightPath[io.id] == path,
-      let index = self.paths[path]!.inflight.firstIndex(where: { $0.id == io.id })
-    {
-      self.inflightPath[io.id] = nil
-      self.paths[path]!.inflight.remove(at: index)
-      self.paths[path]!.statistics.outstandingIOs -= 1
-      self.paths[path]!.statistics.outstandingBytes -= io.bytes
-    } else if let index = self.paths[path]!.fenced.firstIndex(where: { $0.id == io.id }) {
-      self.paths[path]!.fenced.remove(at: index)
-    } else {
-      return []
+  /// Changes the caller's payload of an I/O in place (nil: no such I/O).
+  @discardableResult
+  public mutating func updatePayload<R>(of id: UInt64, _ body: (inout Payload) -> R) -> R? {
+    guard let index = self.ios.index(forKey: id) else { return nil }
+    return body(&self.ios.values[index].payload)
+  }
+
+  /// Carries out `.fail`: the record leaves the machine and goes to the caller.
+  public mutating func take(_ io: IOToken) -> Entry? {
+    guard let entry = self.ios[io.id], entry.place == .failed else { return nil }
+    self.ios[io.id] = nil
+    return entry
+  }
+
+  /// The caller's payloads of every I/O the machine holds (any order).
+  public var payloads: some Sequence<(IOToken, Payload)> {
+    self.ios.values.lazy.map { ($0.token, $0.payload) }
+  }
+
+  /// The client of a queued I/O has gone: it leaves the no-path queue without being
+  /// sent, and its record is returned. Nil when it is on a path (or fenced), where it runs
+  /// to the end because the target may already have it.
+  public mutating func cancelQueued(_ io: IOToken) -> Entry? {
+    guard self.ios[io.id]?.place == .queued, let index = self.queue.firstIndex(where: { $0.id == io.id })
+    else { return nil }
+    self.queue.remove(at: index)
+    return self.ios.removeValue(forKey: io.id)
+  }
+
+  /// The I/O finished on `path`; its record leaves the machine and is returned. A
+  /// completion from a path the I/O is no longer on (a read already re-sent elsewhere) is
+  /// stale and ignored (nil). A fenced write that completes on its old path is done and
+  /// will not be re-sent.
+  public mutating func completed(
+    _ io: IOToken, path: PathID, latency: Duration, success: Bool, into actions: inout [Action]
+  ) -> Entry? {
+    guard let record = self.paths[path], let index = self.ios.index(forKey: io.id) else { return nil }
+    switch self.ios.values[index].place {
+    case .path(path):
+      record.statistics.outstandingIOs -= 1
+      record.statistics.outstandingBytes -= io.bytes
+    case .fenced(path):
+      record.fenced -= 1
+    default:
+      return nil
     }
-    self.paths[path]!.statistics.ios += 1
+    let entry = self.ios.remove(at: index).value
+    record.statistics.ios += 1
     if success {
-      self.paths[path]!.statistics.bytes += UInt64(max(io.bytes, 0))
-      self.paths[path]!.statistics.recordLatency(latency)
+      record.statistics.bytes += UInt64(max(io.bytes, 0))
+      record.statistics.recordLatency(latency)
     } else {
-      self.paths[path]!.statistics.errors += 1
+      record.statistics.errors += 1
     }
-    guard self.paths[path]!.removing else { return [] }
-    let before = self.states()
+    if record.removing {
+      let before = self.states()
+      self.forgetIfSettled(path)
+      actions = self.finish(before, subject: path, reason: "removed", &actions)
+    }
+    return entry
+  }
+
+  /// `completed` returning the actions only.
+  public mutating func completed(_ io: IOToken, path: PathID, latency: Duration, success: Bool) -> [Action] {
     var actions: [Action] = []
-    self.forgetIfSettled(path)
-    return self.finish(before, subject: path, reason: "removed", &actions)
+    _ = self.completed(io, path: path, latency: latency, success: success, into: &actions)
+    return actions
   }
 
   // MARK: - Timers
@@ -380,7 +437,7 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
       var actions: [Action] = []
       while let first = self.queue.first, first.deadline <= now {
         self.queue.removeFirst()
-        actions.append(.fail(first.io, .noPath))
+        self.fail(first.id, .noPath, &actions)
       }
       if let first = self.queue.first {
         actions.append(.scheduleTimer(.noPathRetry, first.deadline))
@@ -420,7 +477,7 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
       return PathStatus(
         path: id, group: record.group, priority: record.priority,
         state: self.state(of: record, serving: serving),
-        fencedWrites: record.fenced.count, statistics: record.statistics)
+        fencedWrites: record.fenced, statistics: record.statistics)
     }
   }
 
@@ -434,46 +491,61 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
   // MARK: - Internals
 
   /// Puts an I/O on a path, or in the no-path queue.
-  private mutating func place(_ io: IOToken, _ actions: inout [Action]) {
+  private mutating func place(_ id: UInt64, _ actions: inout [Action]) {
+    let io = self.ios[id]!.token
     if let path = self.select(for: io) {
       self.dispatch(io, on: path, &actions)
       return
     }
     guard self.configuration.noPathRetry > .zero else {
-      actions.append(.fail(io, .noPath))
+      self.fail(id, .noPath, &actions)
       return
     }
     let deadline = self.clock.now.advanced(by: self.configuration.noPathRetry)
     if self.queue.isEmpty {
       actions.append(.scheduleTimer(.noPathRetry, deadline))
     }
-    self.queue.append(QueuedIO(io: io, deadline: deadline))
+    self.ios[id]!.place = .queued
+    self.queue.append(QueuedIO(id: id, deadline: deadline))
   }
 
   private mutating func dispatch(_ io: IOToken, on path: PathID, _ actions: inout [Action]) {
-    self.inflightPath[io.id] = path
-    self.paths[path]!.inflight.append(io)
-    self.paths[path]!.statistics.outstandingIOs += 1
-    self.paths[path]!.statistics.outstandingBytes += io.bytes
+    self.ios[io.id]!.place = .path(path)
+    let record = self.paths[path]!
+    record.statistics.outstandingIOs += 1
+    record.statistics.outstandingBytes += io.bytes
     actions.append(.dispatch(io, path))
+  }
+
+  private mutating func fail(_ id: UInt64, _ error: MultipathError, _ actions: inout [Action]) {
+    self.ios[id]!.place = .failed
+    actions.append(.fail(self.ios[id]!.token, error))
+  }
+
+  /// The I/O at `place`, oldest first (by id: the order they were submitted).
+  private func ids(at place: Place) -> [UInt64] {
+    self.ios.values.lazy.filter { $0.place == place }.map(\.token.id).sorted()
   }
 
   /// Takes everything in flight off a path that stopped: reads are placed again at once,
   /// writes are fenced until `pathFenced`.
   private mutating func takeIOOff(_ id: PathID, _ actions: inout [Action]) {
-    let ios = self.paths[id]!.inflight
-    guard !ios.isEmpty else { return }
-    self.paths[id]!.inflight = []
-    self.paths[id]!.statistics.outstandingIOs = 0
-    self.paths[id]!.statistics.outstandingBytes = 0
-    self.paths[id]!.statistics.failovers += UInt64(ios.count)
-    for io in ios { self.inflightPath[io.id] = nil }
-    let writes = ios.filter(\.isWrite)
-    if !writes.isEmpty {
-      self.paths[id]!.fenced.append(contentsOf: writes)
+    let record = self.paths[id]!
+    guard record.statistics.outstandingIOs > 0 else { return }
+    let ios = self.ids(at: .path(id))
+    record.statistics.outstandingIOs = 0
+    record.statistics.outstandingBytes = 0
+    record.statistics.failovers += UInt64(ios.count)
+    var fenced = 0
+    for io in ios where self.ios[io]!.token.isWrite {
+      self.ios[io]!.place = .fenced(id)
+      fenced += 1
+    }
+    if fenced > 0 {
+      record.fenced += fenced
       actions.append(.fencePath(id))
     }
-    for io in ios where !io.isWrite {
+    for io in ios where !self.ios[io]!.token.isWrite {
       self.place(io, &actions)
     }
   }
@@ -481,9 +553,9 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
   /// Sends queued I/O, oldest first, as long as a path is usable.
   private mutating func drainQueue(_ actions: inout [Action]) {
     guard !self.queue.isEmpty else { return }
-    while let first = self.queue.first, let path = self.select(for: first.io) {
+    while let first = self.queue.first, let path = self.select(for: self.ios[first.id]!.token) {
       self.queue.removeFirst()
-      self.dispatch(first.io, on: path, &actions)
+      self.dispatch(self.ios[first.id]!.token, on: path, &actions)
     }
     if self.queue.isEmpty {
       actions.append(.cancelTimer(.noPathRetry))
@@ -528,7 +600,7 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
   }
 
   private mutating func forgetIfSettled(_ id: PathID) {
-    guard let record = self.paths[id], record.removing, record.fenced.isEmpty, record.inflight.isEmpty
+    guard let record = self.paths[id], record.removing, record.fenced == 0, record.statistics.outstandingIOs == 0
     else { return }
     self.paths[id] = nil
     self.order.removeAll { $0 == id }
@@ -561,5 +633,16 @@ public struct MultipathStateMachine<Clock: MultipathClock> {
       logs.append(.log(PathEvent(path: id, from: nil, to: new, reason: why(id))))
     }
     return logs + actions
+  }
+}
+
+extension MultipathStateMachine where Payload == Void {
+  /// `submitToPath` for a caller with nothing to keep in the record (tests).
+  public mutating func submitToPath(_ io: IOToken) -> PathID? {
+    self.submitToPath(io, ())
+  }
+
+  public mutating func submit(_ io: IOToken) -> [Action] {
+    self.submit(io, ())
   }
 }
