@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NBDKernel
 import NBDProtocol
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
@@ -23,7 +24,7 @@ public struct AttachOptions: Sendable {
 /// A volume handed to the kernel as /dev/nbdN: N socketpairs, one NBD connection each, on
 /// the volume's event loop. A device already carrying this LUN's backend identifier whose
 /// server is gone is taken over with NBD_CMD_RECONFIGURE, so mounts survive a restart.
-public final class KernelAttachment: @unchecked Sendable {
+public final class KernelAttachment: Sendable {
   public let volume: Volume
   public let index: UInt32
   public let backendIdentifier: String
@@ -220,9 +221,13 @@ public final class KernelAttachment: @unchecked Sendable {
   }
 }
 
-final class ManagedCounter: @unchecked Sendable {
-  private let lock = NSLock()
-  private var value: Int
-  init(_ value: Int) { self.value = value }
-  func decrement() -> Int { lock.withLock { value -= 1; return value } }
+final class ManagedCounter: Sendable {
+  private let value: NIOLockedValueBox<Int>
+  init(_ value: Int) { self.value = NIOLockedValueBox(value) }
+  func decrement() -> Int {
+    value.withLockedValue {
+      $0 -= 1
+      return $0
+    }
+  }
 }

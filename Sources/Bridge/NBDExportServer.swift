@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
@@ -72,16 +73,18 @@ public struct BridgeError: Error, CustomStringConvertible {
 
 /// The volume as a standard NBD export on a socket (fixed-newstyle handshake, simple
 /// replies, several connections at once).
-public final class NBDExportServer: @unchecked Sendable {
+public final class NBDExportServer: Sendable {
   public let volume: Volume
   public let address: ListenAddress
   let channel: Channel
   let logger: Logger
+  private let registry: ConnectionRegistry
 
-  init(volume: Volume, address: ListenAddress, channel: Channel, logger: Logger) {
+  init(volume: Volume, address: ListenAddress, channel: Channel, registry: ConnectionRegistry, logger: Logger) {
     self.volume = volume
     self.address = address
     self.channel = channel
+    self.registry = registry
     self.logger = logger
   }
 
@@ -137,28 +140,22 @@ public final class NBDExportServer: @unchecked Sendable {
     } catch {
       throw BridgeError("cannot listen on \(address): \(error)")
     }
-    let server = NBDExportServer(volume: volume, address: address, channel: channel, logger: logger)
-    server.registry = holder
-    return server
+    return NBDExportServer(volume: volume, address: address, channel: channel, registry: holder, logger: logger)
   }
-
-  private var registry: ConnectionRegistry?
 
   /// Stops accepting, lets in-flight requests finish (up to `timeout`), closes the
   /// connections and removes a Unix socket.
   public func stop(timeout: TimeAmount = .seconds(10)) async {
     try? await channel.close().get()
     let deadline = NIODeadline.now() + timeout
-    if let registry {
-      // Each connection takes no new request and closes once its replies are written.
-      for c in registry.all() {
-        c.pipeline.fireUserInboundEventTriggered(NBDConnectionHandler.Drain())
-      }
-      while NIODeadline.now() < deadline, registry.all().contains(where: { $0.isActive }) {
-        try? await Task.sleep(nanoseconds: 20_000_000)
-      }
-      for c in registry.all() { try? await c.close().get() }
+    // Each connection takes no new request and closes once its replies are written.
+    for c in registry.all() {
+      c.pipeline.fireUserInboundEventTriggered(NBDConnectionHandler.Drain())
     }
+    while NIODeadline.now() < deadline, registry.all().contains(where: { $0.isActive }) {
+      try? await Task.sleep(nanoseconds: 20_000_000)
+    }
+    for c in registry.all() { try? await c.close().get() }
     if case .unix(let path) = address { try? FileManager.default.removeItem(atPath: path) }
   }
 }
@@ -172,38 +169,41 @@ public struct ExportLimits: Sendable, Equatable {
   public init() {}
 }
 
-final class ConnectionRegistry: @unchecked Sendable {
-  private let lock = NSLock()
-  private var channels: [ObjectIdentifier: (channel: Channel, peer: String?)] = [:]
-  private var perPeer: [String: Int] = [:]
+/// The export's connections (their channels' loops may differ from the caller's: locked).
+final class ConnectionRegistry: Sendable {
+  private struct State {
+    var channels: [ObjectIdentifier: (channel: Channel, peer: String?)] = [:]
+    var perPeer: [String: Int] = [:]
+  }
+  private let state = NIOLockedValueBox(State())
 
   /// Registers `c`, or says why it is refused.
   func admit(_ c: Channel, peer: String?, limits: ExportLimits) -> String? {
-    lock.withLock {
-      guard channels.count < limits.maxConnections else {
+    state.withLockedValue { s in
+      guard s.channels.count < limits.maxConnections else {
         return "the export has \(limits.maxConnections) connections (its cap)"
       }
       if let peer {
-        guard perPeer[peer, default: 0] < limits.maxConnectionsPerPeer else {
+        guard s.perPeer[peer, default: 0] < limits.maxConnectionsPerPeer else {
           return "\(peer) has \(limits.maxConnectionsPerPeer) connections (the cap per peer)"
         }
-        perPeer[peer, default: 0] += 1
+        s.perPeer[peer, default: 0] += 1
       }
-      channels[ObjectIdentifier(c)] = (c, peer)
+      s.channels[ObjectIdentifier(c)] = (c, peer)
       return nil
     }
   }
 
   func remove(_ c: Channel) {
-    lock.withLock {
-      guard let entry = channels.removeValue(forKey: ObjectIdentifier(c)), let peer = entry.peer else { return }
-      perPeer[peer]! -= 1
-      if perPeer[peer] == 0 { perPeer[peer] = nil }
+    state.withLockedValue { s in
+      guard let entry = s.channels.removeValue(forKey: ObjectIdentifier(c)), let peer = entry.peer else { return }
+      s.perPeer[peer]! -= 1
+      if s.perPeer[peer] == 0 { s.perPeer[peer] = nil }
     }
   }
 
-  func all() -> [Channel] { lock.withLock { channels.values.map(\.channel) } }
-  var count: Int { lock.withLock { channels.count } }
+  func all() -> [Channel] { state.withLockedValue { $0.channels.values.map(\.channel) } }
+  var count: Int { state.withLockedValue { $0.channels.count } }
 }
 
 /// True when something accepts connections on the Unix socket at `path`.

@@ -9,6 +9,8 @@ import Foundation
 /// it is readable. If `overruns` grew, notifications were lost (the socket's receive
 /// buffer overflowed): check your devices with NBDNetlink.status() and your sockets.
 public final class NBDLinkDeadMonitor: @unchecked Sendable {
+  // `@unchecked Sendable`: the libnl socket (a C pointer) is used only under `lock`, but for
+  // its descriptor number, which never changes.
   private let handle: OpaquePointer
   private let lock = NSLock()
   private var overrunCount = 0

@@ -9,6 +9,7 @@ import Logging
 /// kernel send NBD_CMD_DISC on every socket, which waits if a socket's buffer is full
 /// of requests nobody is reading.
 public final class NBDNetlink: @unchecked Sendable {
+  // `@unchecked Sendable`: the libnl socket (a C pointer) is used only under `lock`.
   private let handle: OpaquePointer
   private let lock = NSLock()
   private let logger: Logger

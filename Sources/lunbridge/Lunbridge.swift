@@ -6,6 +6,7 @@ import ISCSIProtocol
 import Logging
 import Multipath
 import NBDKernel
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
@@ -223,10 +224,15 @@ func waitForTerminationSignal() async -> Int32 {
 
 nonisolated(unsafe) var signalSources: [DispatchSourceSignal] = []
 
-final class OnceFlag: @unchecked Sendable {
-  private let lock = NSLock()
-  private var done = false
-  func set() -> Bool { lock.withLock { if done { return false }; done = true; return true } }
+final class OnceFlag: Sendable {
+  private let done = NIOLockedValueBox(false)
+  func set() -> Bool {
+    done.withLockedValue {
+      if $0 { return false }
+      $0 = true
+      return true
+    }
+  }
 }
 
 /// SYNCHRONIZE CACHE before exiting, but never longer than `seconds`: a target that is
