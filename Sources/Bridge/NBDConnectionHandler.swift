@@ -31,6 +31,8 @@ final class NBDConnectionHandler: ChannelInboundHandler {
   let id: UInt64
   private var phase: Phase
   private var decoder = NBDRequestDecoder(maxPayload: Volume.maximumPayload)
+  /// Write payloads up to this size get their buffer when their header arrives.
+  static let reservedPayload: UInt32 = 2 << 20
   private var cumulation: ByteBuffer?
   /// Admitted requests whose reply has not been written yet, and their bytes.
   private var inFlight = 0
@@ -170,6 +172,11 @@ final class NBDConnectionHandler: ChannelInboundHandler {
         // Room comes back when one of ours is written, or when any connection's is.
         volume.budget.wait(id) { [weak self] in self?.process(context: context) }
         return
+      }
+      if type == .write, length <= NBDConnectionHandler.reservedPayload {
+        // Room for the whole request now: its payload then keeps a buffer of its own size.
+        // Only up to a bound: a client that sends a header and then nothing holds no more.
+        cumulation.reserveForMessage(NBDLimits.requestHeaderSize + Int(length))
       }
       let event: NBDRequestEvent
       do {

@@ -59,7 +59,13 @@ public struct PDUFramer: Sendable {
     let headerDigestLength = parameters.headerDigest ? 4 : 0
     let dataDigestLength = (parameters.dataDigest && dataLength > 0) ? 4 : 0
     let total = BasicHeaderSegment.length + ahsLength + headerDigestLength + padded + dataDigestLength
-    guard buffer.readableBytes >= total else { return nil }
+    guard buffer.readableBytes >= total else {
+      // Room for the whole PDU now (its length is within the limits checked above).
+      var whole: ByteBuffer? = buffer
+      whole.reserveForMessage(total)
+      buffer = whole!
+      return nil
+    }
 
     if parameters.headerDigest {
       let covered = buffer.getSlice(at: start, length: BasicHeaderSegment.length + ahsLength)!

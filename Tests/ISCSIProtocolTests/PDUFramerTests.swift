@@ -53,6 +53,41 @@ final class PDUFramerTests: XCTestCase {
     XCTAssertNotNil(try framer.next(from: &feed))
   }
 
+  func testAPartialPDUGetsItsWholeBufferOnceNotByDoublingAsItArrives() throws {
+    // A 256 KiB data segment arriving in 64 KiB reads: once the header is known the
+    // cumulation gets room for the whole PDU (NIO rounds capacities up to a power of
+    // two), and does not grow, copying what it holds, with every read.
+    let p = FramingParameters(headerDigest: false, dataDigest: false, maxRecvDataSegmentLength: 256 << 10)
+    let whole = encode(nopIn(data: [UInt8](repeating: 5, count: 256 << 10)), p)
+    let framer = PDUFramer(parameters: p)
+    var cumulation: ByteBuffer? = nil
+    var offset = 0
+    var pdu: ISCSIPDU? = nil
+    while pdu == nil, offset < whole.readableBytes {
+      let n = min(64 << 10, whole.readableBytes - offset)
+      cumulation.cumulate(whole.getSlice(at: offset, length: n)!)
+      offset += n
+      pdu = try framer.next(from: &cumulation!)
+      if pdu == nil { XCTAssertEqual(cumulation!.capacity, 512 << 10, "after \(offset) bytes") }
+    }
+    XCTAssertEqual(pdu?.data.readableBytes, 256 << 10)
+    XCTAssertEqual(cumulation!.capacity, 512 << 10)
+    XCTAssertGreaterThan(512 << 10, whole.readableBytes)
+  }
+
+  func testReserveKeepsWhatIsBufferedAndNeverShrinks() {
+    var c: ByteBuffer? = ByteBuffer(bytes: [1, 2, 3, 4])
+    c!.moveReaderIndex(forwardBy: 1)
+    c.reserveForMessage(100)
+    XCTAssertEqual(Array(c!.readableBytesView), [2, 3, 4])
+    XCTAssertEqual(c!.capacity, 128)
+    c.reserveForMessage(50)
+    XCTAssertEqual(c!.capacity, 128, "room enough already")
+    var empty: ByteBuffer? = nil
+    empty.reserveForMessage(10)
+    XCTAssertNil(empty, "nothing buffered: the next read becomes the cumulation")
+  }
+
   func testOversizedDataSegmentIsRefusedBeforeItArrives() {
     // Only the 48-byte header of a PDU announcing 1 MiB: refused at once, without
     // waiting for (or buffering) the megabyte.
