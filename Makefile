@@ -25,7 +25,7 @@ deps:
 	@Tests/vm/vm-deps.sh
 
 build:
-	$(SWIFT) build -c release --product lunbridge
+	$(SWIFT) build -c release --product lunbridge --static-swift-stdlib
 
 debug:
 	$(SWIFT) build

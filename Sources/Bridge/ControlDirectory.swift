@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// The control sockets in a run directory, and which of them serves a volume NAME or a
 /// device: what `lunbridge status` and `lunbridge reload` look up.

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 import NIOCore
 import NIOPosix
@@ -104,7 +105,7 @@ public final class ControlServer: Sendable {
       try FileManager.default.createDirectory(
         atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
     } catch {
-      throw BridgeError("cannot create \(directory): \(error.localizedDescription)")
+      throw BridgeError("cannot create \(directory): \(describeFileError(error))")
     }
     if let existing = FileIdentity(path: path) {
       guard existing.isSocket else {
@@ -251,7 +252,7 @@ final class ControlConnectionHandler: ChannelInboundHandler {
   private func answer(_ line: String, context: ChannelHandlerContext) {
     answered = true
     request = nil
-    let command = line.trimmingCharacters(in: .whitespacesAndNewlines)
+    let command = line.trimmingWhitespace()
     let reply: EventLoopFuture<Data>
     switch command {
     case "status":

@@ -1,4 +1,6 @@
-import Foundation
+import FoundationEssentials
+import Glibc
+import ISCSIProtocol
 import NIOSSL
 
 /// TLS for the socket export, as `qemu-nbd --tls-creds` with x509 credentials: a
@@ -12,7 +14,7 @@ public struct ExportTLS: Sendable {
   public init(directory: String) throws {
     self.directory = directory
     func file(_ name: String) throws -> String {
-      let path = (directory as NSString).appendingPathComponent(name)
+      let path = FilePath.join(directory, name)
       guard FileManager.default.isReadableFile(atPath: path) else {
         throw BridgeError("--tls-certificates \(directory): \(name) is missing or not readable")
       }

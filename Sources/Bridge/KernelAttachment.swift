@@ -1,4 +1,6 @@
-import Foundation
+import FoundationEssentials
+import Dispatch
+import Glibc
 import Logging
 import NBDKernel
 import NBDProtocol
@@ -150,9 +152,10 @@ public final class KernelAttachment: Sendable {
   public func startWatching(interval: TimeInterval = 1) {
     let monitor = try? NBDLinkDeadMonitor()
     if monitor == nil { logger.warning("cannot subscribe to NBD link-dead notifications") }
-    let thread = Thread { [self] in
+    // A serial queue of its own: the loop below keeps one thread for the attachment's life.
+    DispatchQueue(label: "lunbridge-nbd-watch").async { [self] in
       while true {
-        Thread.sleep(forTimeInterval: interval)
+        usleep(UInt32(interval * 1_000_000))
         if let dead = try? monitor?.drain(), dead.contains(index) {
           logger.notice("the kernel reported a dead NBD socket", metadata: ["device": "\(devicePath)"])
         }
@@ -167,8 +170,6 @@ public final class KernelAttachment: Sendable {
         if !isConnected { return }
       }
     }
-    thread.name = "lunbridge-nbd-watch"
-    thread.start()
   }
 
   /// True while the kernel still holds at least one of our sockets.
@@ -180,7 +181,7 @@ public final class KernelAttachment: Sendable {
   public func raiseRequestSize() {
     let queue = "/sys/block/nbd\(index)/queue"
     let hw = (try? String(contentsOfFile: "\(queue)/max_hw_sectors_kb", encoding: .utf8))
-      .flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? 1024
+      .flatMap { Int($0.trimmingWhitespace()) } ?? 1024
     var kb = min(1024, hw)
     let lunMax = volume.info.maxTransferBytes
     if lunMax > 0 { kb = min(kb, max(4, lunMax / 1024)) }

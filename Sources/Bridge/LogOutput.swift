@@ -1,7 +1,10 @@
-import Foundation
+import FoundationEssentials
+import Glibc
+import NIOConcurrencyHelpers
 
 #if canImport(Glibc)
   import Glibc
+import NIOConcurrencyHelpers
 #endif
 
 /// Where log lines and messages for the user go, for the whole process. A serving process
@@ -20,7 +23,7 @@ public enum LogOutput {
     case discard
   }
 
-  private static let lock = NSLock()
+  private static let lock = NIOLock()
   nonisolated(unsafe) private static var current: Destination = .standardError(journal: SystemdNotify.underJournal)
   nonisolated(unsafe) private static var syslogOpen = false
 
@@ -86,7 +89,7 @@ public enum LogOutput {
         openlog("lunbridge", LOG_PID | LOG_NDELAY, LOG_DAEMON)
         syslogOpen = true
       }
-      withVaList([text]) { vsyslog(priority, "%s", $0) }
+      text.withCString { line in withVaList([line]) { vsyslog(priority, "%s", $0) } }
     case .discard:
       break
     }

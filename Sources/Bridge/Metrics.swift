@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -217,7 +218,7 @@ public enum PrometheusText {
 
   /// HELP text escapes backslash and line feed.
   public static func escapeHelp(_ s: String) -> String {
-    s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\n", with: "\\n")
+    s.replacing("\\", with: "\\\\").replacing("\n", with: "\\n")
   }
 
   /// A sample value or bound: integers without a fraction, `+Inf`, `-Inf`, `NaN`.

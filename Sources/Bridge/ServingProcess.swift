@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import ISCSIInitiator
 import Logging
 
@@ -71,7 +72,7 @@ public enum ServingProcess {
   static func hasCapability(_ cap: Int) -> Bool {
     guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
       let line = text.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }),
-      let value = UInt64(line.dropFirst("CapEff:".count).trimmingCharacters(in: .whitespaces), radix: 16)
+      let value = UInt64(line.dropFirst("CapEff:".count).trimmingWhitespace(), radix: 16)
     else { return false }
     return value & (1 << UInt64(cap)) != 0
   }

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 
 /// One line per event through `LogOutput`: on stderr under systemd (stderr is the
@@ -43,8 +44,6 @@ public struct StderrLogHandler: LogHandler {
   }
 
   static func timestamp(_ date: Date) -> String {
-    let f = ISO8601DateFormatter()
-    f.formatOptions = [.withInternetDateTime]
-    return f.string(from: date)
+    date.formatted(.iso8601)
   }
 }

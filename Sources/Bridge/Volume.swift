@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import ISCSIInitiator
 import ISCSIProtocol
 import Logging
@@ -911,7 +912,7 @@ public final class Volume: @unchecked Sendable {
             id: row.path.rawValue, url: path.spec.url.description, portal: "\(path.spec.url.portal)",
             interface: config.interface, source: config.sourceAddress, state: state, reason: reason,
             group: row.group, priority: row.priority,
-            isid: String(format: "%012llx", path.session.configuration.login.isid),
+            isid: hex12(path.session.configuration.login.isid),
             tsih: path.session.state == .fullFeature ? path.session.tsih : 0,
             ios: row.statistics.ios, bytes: row.statistics.bytes, errors: row.statistics.errors,
             failovers: row.statistics.failovers, failures: path.failures, reinstatements: path.reinstatements,
@@ -981,7 +982,23 @@ extension Duration {
 func describeError(_ error: Error) -> String {
   if let e = error as? ISCSIError { return e.message }
   if let e = error as? BridgeError { return "\(e)" }
+  if let e = error as? CocoaError { return describeFileError(e) }
   return "\(error)"
 }
 
+/// A file operation's error as one line: the path and the system's reason
+/// (FoundationEssentials' errors print as structures).
+func describeFileError(_ error: Error) -> String {
+  guard let e = error as? CocoaError else { return "\(error)" }
+  let path = e.filePath.map { "\($0): " } ?? ""
+  if let posix = e.underlying as? POSIXError { return path + String(cString: strerror(posix.code.rawValue)) }
+  return path + "file operation failed (code \(e.code.rawValue))"
+}
+
 extension NBDErrno: Error {}
+
+/// An ISID as 12 hex digits (6 bytes), as iscsiadm and the target logs show it.
+func hex12(_ value: UInt64) -> String {
+  let digits = String(value & 0xFFFF_FFFF_FFFF, radix: 16)
+  return String(repeating: "0", count: max(0, 12 - digits.count)) + digits
+}

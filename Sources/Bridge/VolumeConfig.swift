@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import ISCSIInitiator
 import ISCSIProtocol
 
@@ -92,7 +93,7 @@ public struct VolumeConfig: Equatable, Sendable {
   /// `directory/NAME.toml` (a trailing `.toml` on `name` is ignored).
   public static func path(name: String, directory: String = VolumeConfig.directory) -> String {
     let base = name.hasSuffix(".\(fileExtension)") ? String(name.dropLast(fileExtension.count + 1)) : name
-    return (directory as NSString).appendingPathComponent("\(base).\(fileExtension)")
+    return FilePath.join(directory, "\(base).\(fileExtension)")
   }
 
   public static func load(name: String, directory: String = VolumeConfig.directory) throws -> VolumeConfig {
@@ -169,7 +170,7 @@ public struct VolumeConfig: Equatable, Sendable {
   }
 
   static func volumeName(path: String) -> String {
-    let base = (path as NSString).lastPathComponent
+    let base = FilePath.lastComponent(path)
     return base.hasSuffix(".\(fileExtension)") ? String(base.dropLast(fileExtension.count + 1)) : base
   }
 
@@ -369,7 +370,7 @@ public struct VolumeConfig: Equatable, Sendable {
 
   /// The known key closest to `key` by edit distance (after '-' → '_'), if close enough.
   public static func closestKey(to key: String) -> String? {
-    let k = key.lowercased().replacingOccurrences(of: "-", with: "_")
+    let k = key.lowercased().replacing("-", with: "_")
     if let alias = aliases[k] { return alias }
     var best: (key: String, distance: Int)?
     for candidate in knownKeys {
@@ -486,7 +487,7 @@ private struct Decoder {
   func strings(_ entry: TOMLEntry, expected: String) throws -> [(String, Int)] {
     switch entry.node.value {
     case .string(let s):
-      return s.split(separator: ",").map { (String($0).trimmingCharacters(in: .whitespaces), entry.line) }
+      return s.split(separator: ",").map { ($0.trimmingWhitespace(), entry.line) }
     case .array(let items):
       return try items.map {
         guard case .string(let s) = $0.value else {
@@ -537,7 +538,7 @@ private struct Decoder {
       } catch {
         // ISCSIURLError quotes the text; strip a password first so it never shows.
         let shown = Self.withoutPassword(s)
-        let reason = "\(error)".replacingOccurrences(of: s, with: shown)
+        let reason = "\(error)".replacing(s, with: shown)
         throw self.error(.badURL, entry, "key 'paths': \(reason)", line: item.line)
       }
       if url.passwordInURL {
@@ -562,7 +563,7 @@ private struct Decoder {
 
   /// `iscsi://user%secret@host/...` → `iscsi://user@host/...`.
   static func withoutPassword(_ text: String) -> String {
-    guard let scheme = text.range(of: "://") else { return text }
+    guard let scheme = text.firstRange(of: "://") else { return text }
     let rest = text[scheme.upperBound...]
     let authorityEnd = rest.firstIndex(of: "/") ?? rest.endIndex
     guard let at = rest[..<authorityEnd].lastIndex(of: "@"),

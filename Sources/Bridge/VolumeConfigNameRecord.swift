@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// `/run/lunbridge/nbdN.name`: which volume a device serves, for the udev rule
 /// (systemd/99-lunbridge.rules) that makes `/dev/lunbridge/NAME`.
@@ -40,9 +41,10 @@ public enum VolumeNameRecord {
   /// `echo change > /sys/block/nbdN/uevent`; errors ignored (no udev, read-only /sys).
   public static func triggerChange(index: UInt32, sysfs: String = "/sys") {
     let path = "\(sysfs)/block/nbd\(index)/uevent"
-    guard let handle = FileHandle(forWritingAtPath: path) else { return }
-    defer { try? handle.close() }
-    try? handle.write(contentsOf: Data("change\n".utf8))
+    let fd = open(path, O_WRONLY | O_CLOEXEC)
+    guard fd >= 0 else { return }
+    defer { close(fd) }
+    _ = Glibc.write(fd, "change\n", 7)
   }
 
   /// The name in a record, if its backend line matches `backendIdentifier`.

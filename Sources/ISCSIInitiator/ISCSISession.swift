@@ -779,6 +779,6 @@ func interfaceIsDown(_ interface: String) -> Bool {
   var buffer = [UInt8](repeating: 0, count: 32)
   let n = read(fd, &buffer, buffer.count)
   guard n > 0 else { return false }
-  let state = String(decoding: buffer[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+  let state = String(decoding: buffer[0..<n], as: UTF8.self).trimmingWhitespace()
   return state == "down" || state == "lowerlayerdown"
 }

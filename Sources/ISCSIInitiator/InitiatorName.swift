@@ -1,4 +1,6 @@
-import Foundation
+import FoundationEssentials
+import Glibc
+import ISCSIProtocol
 
 /// Where the initiator's IQN comes from when `--initiator-name` is not given: open-iscsi's
 /// file when present (so targets' ACLs written for open-iscsi keep working), else our own,
@@ -10,9 +12,9 @@ public enum InitiatorName {
   /// Reads `InitiatorName=...` (open-iscsi format; comments with '#').
   public static func parse(_ text: String) -> String? {
     for line in text.split(whereSeparator: \.isNewline) {
-      let t = line.trimmingCharacters(in: .whitespaces)
+      let t = line.trimmingWhitespace()
       guard !t.hasPrefix("#"), t.hasPrefix("InitiatorName=") else { continue }
-      let v = t.dropFirst("InitiatorName=".count).trimmingCharacters(in: .whitespaces)
+      let v = t.dropFirst("InitiatorName=".count).trimmingWhitespace()
       if !v.isEmpty { return v }
     }
     return nil
@@ -28,7 +30,7 @@ public enum InitiatorName {
     }
     let name = generate()
     do {
-      let dir = (lunbridgePath as NSString).deletingLastPathComponent
+      let dir = FilePath.directory(lunbridgePath)
       try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
       try "InitiatorName=\(name)\n".write(toFile: lunbridgePath, atomically: true, encoding: .utf8)
     } catch {

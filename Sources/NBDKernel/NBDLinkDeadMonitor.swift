@@ -1,5 +1,5 @@
 import CNetlink
-import Foundation
+import Synchronization
 
 /// NBD_CMD_LINK_DEAD notifications from the "nbd_mc_group" multicast group.
 ///
@@ -9,11 +9,10 @@ import Foundation
 /// it is readable. If `overruns` grew, notifications were lost (the socket's receive
 /// buffer overflowed): check your devices with NBDNetlink.status() and your sockets.
 public final class NBDLinkDeadMonitor: @unchecked Sendable {
-  // `@unchecked Sendable`: the libnl socket (a C pointer) is used only under `lock`, but for
-  // its descriptor number, which never changes.
+  // `@unchecked Sendable`: the libnl socket (a C pointer) is drained only under the
+  // mutex; its descriptor number never changes.
   private let handle: OpaquePointer
-  private let lock = NSLock()
-  private var overrunCount = 0
+  private let overrunCount = Mutex(0)
 
   /// Throws `.moduleNotLoaded` when no "nbd" family is registered.
   public init() throws {
@@ -31,26 +30,24 @@ public final class NBDLinkDeadMonitor: @unchecked Sendable {
 
   /// How many times the kernel reported dropped notifications.
   public var overruns: Int {
-    lock.lock()
-    defer { lock.unlock() }
-    return overrunCount
+    overrunCount.withLock { $0 }
   }
 
   /// The device indexes of every LINK_DEAD notification queued, oldest first (an index
   /// may repeat); empty if there are none. Never blocks.
   public func drain() throws -> [UInt32] {
-    lock.lock()
-    defer { lock.unlock() }
-    var status = lb_nl_status()
-    var indexes: UnsafeMutablePointer<UInt32>? = nil
-    var count = 0
-    var overrun: Int32 = 0
-    guard lb_nbd_monitor_drain(handle, &indexes, &count, &overrun, &status) == 0 else {
-      throw NBDKernelError(status, operation: .monitor, index: nil)
+    try overrunCount.withLock { overruns in
+      var status = lb_nl_status()
+      var indexes: UnsafeMutablePointer<UInt32>? = nil
+      var count = 0
+      var overrun: Int32 = 0
+      guard lb_nbd_monitor_drain(handle, &indexes, &count, &overrun, &status) == 0 else {
+        throw NBDKernelError(status, operation: .monitor, index: nil)
+      }
+      if overrun != 0 { overruns += 1 }
+      guard let indexes else { return [] }
+      defer { lb_nl_free(indexes) }
+      return Array(UnsafeBufferPointer(start: indexes, count: count))
     }
-    if overrun != 0 { overrunCount += 1 }
-    guard let indexes else { return [] }
-    defer { lb_nl_free(indexes) }
-    return Array(UnsafeBufferPointer(start: indexes, count: count))
   }
 }

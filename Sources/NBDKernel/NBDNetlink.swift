@@ -1,5 +1,7 @@
 import CNetlink
-import Foundation
+import FoundationEssentials
+import Glibc
+import Synchronization
 import Logging
 
 /// The kernel's NBD driver over generic netlink: one libnl socket, the "nbd" family id
@@ -9,9 +11,9 @@ import Logging
 /// kernel send NBD_CMD_DISC on every socket, which waits if a socket's buffer is full
 /// of requests nobody is reading.
 public final class NBDNetlink: @unchecked Sendable {
-  // `@unchecked Sendable`: the libnl socket (a C pointer) is used only under `lock`.
+  // `@unchecked Sendable`: the libnl socket (a C pointer) is used only under `lock` (a Mutex).
   private let handle: OpaquePointer
-  private let lock = NSLock()
+  private let lock = Mutex(())
   private let logger: Logger
 
   /// The id the kernel gave the "nbd" family.
@@ -91,8 +93,12 @@ public final class NBDNetlink: @unchecked Sendable {
   private func send(
     _ message: NBDNetlinkMessage, operation: NBDKernelOperation, index: UInt32?
   ) throws -> [UInt8]? {
-    lock.lock()
-    defer { lock.unlock() }
+    try lock.withLock { _ in try sendLocked(message, operation: operation, index: index) }
+  }
+
+  private func sendLocked(
+    _ message: NBDNetlinkMessage, operation: NBDKernelOperation, index: UInt32?
+  ) throws -> [UInt8]? {
     var status = lb_nl_status()
     var reply: UnsafeMutableRawPointer? = nil
     var replyLength = 0
@@ -130,7 +136,11 @@ public final class NBDNetlink: @unchecked Sendable {
 
   static func readSysfs(_ path: String) -> String? {
     guard let data = FileManager.default.contents(atPath: path) else { return nil }
-    return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    // One value per sysfs file, ended by a newline.
+    var text = Substring(String(decoding: data, as: UTF8.self))
+    while let last = text.last, last.isWhitespace { text = text.dropLast() }
+    while let first = text.first, first.isWhitespace { text = text.dropFirst() }
+    return String(text)
   }
 }
 

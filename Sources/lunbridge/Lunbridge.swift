@@ -1,6 +1,8 @@
 import ArgumentParser
 import Bridge
-import Foundation
+import FoundationEssentials
+import Dispatch
+import Glibc
 import ISCSIInitiator
 import ISCSIProtocol
 import Logging
@@ -714,7 +716,7 @@ struct Attach: AsyncParsableCommand {
       await attachment.release()
       await flushBeforeExit(volume, logger: logger)
       await volume.close()
-      Foundation.exit(0)
+      Glibc.exit(0)
     }
     if attachment.isConnected {
       logger.notice("stopping: disconnecting \(attachment.devicePath)")
@@ -726,7 +728,7 @@ struct Attach: AsyncParsableCommand {
     await volume.close()
     if let urlFile { unlink(urlFile) }
     if volumeFile != nil { VolumeNameRecord.remove(index: attachment.index) }
-    Foundation.exit(0)
+    Glibc.exit(0)
   }
 
   /// Re-reads the volume file (command-line options still override it) and applies it
@@ -751,25 +753,43 @@ struct Attach: AsyncParsableCommand {
   /// Runs this command again in the background with --foreground and waits for the device
   /// path on a pipe; exits with the child's status when it fails first.
   func daemonize() throws -> Never {
-    let child = Process()
     // The resolved path, so ps and pgrep show "lunbridge attach ..." for the child.
     let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? "/proc/self/exe"
-    child.executableURL = URL(fileURLWithPath: exe)
-    child.arguments = Array(CommandLine.arguments.dropFirst()) + ["--foreground"]
     var env = ProcessInfo.processInfo.environment
     env["LUNBRIDGE_DAEMON_CHILD"] = "1"
-    child.environment = env
-    let pipe = Pipe()
-    child.standardOutput = pipe
-    child.standardInput = FileHandle.nullDevice
-    try child.run()
-    let line = readLine(from: pipe.fileHandleForReading)
+    var fds: [Int32] = [-1, -1]
+    guard pipe(&fds) == 0, fcntl(fds[0], F_SETFD, FD_CLOEXEC) == 0, fcntl(fds[1], F_SETFD, FD_CLOEXEC) == 0 else {
+      throw BridgeError("cannot start the background process: pipe: \(String(cString: strerror(errno)))")
+    }
+    // The child's stdin is /dev/null and its stdout the pipe, on which it writes the
+    // device path once attached.
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+    let argv = ([exe] + CommandLine.arguments.dropFirst() + ["--foreground"]).map { strdup($0) } + [nil]
+    let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer { (argv + envp).forEach { free($0) } }
+    var pid: pid_t = 0
+    let rc = posix_spawn(&pid, exe, &actions, nil, argv, envp)
+    close(fds[1])
+    guard rc == 0 else {
+      close(fds[0])
+      throw BridgeError("cannot start the background process \(exe): \(String(cString: strerror(rc)))")
+    }
+    let line = readLine(from: fds[0])
+    close(fds[0])
     if let line, line.hasPrefix("/dev/") {
       print(line)
-      Foundation.exit(0)
+      Glibc.exit(0)
     }
-    child.waitUntilExit()
-    Foundation.exit(child.terminationStatus == 0 ? 1 : child.terminationStatus)
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    // Exited: its code (1 if it said 0 without a device); killed by a signal: 128 + signal.
+    let signal = status & 0x7f
+    let code = signal == 0 ? (status >> 8) & 0xff : 128 + signal
+    Glibc.exit(code == 0 ? 1 : code)
   }
 }
 
@@ -790,16 +810,20 @@ func recordURL(_ url: String, index: UInt32) -> String? {
 
 func recordedURL(index: UInt32) -> String? {
   (try? String(contentsOfFile: "\(runDirectory)/nbd\(index).url", encoding: .utf8))?
-    .trimmingCharacters(in: .whitespacesAndNewlines)
+    .trimmingWhitespace()
 }
 
-func readLine(from handle: FileHandle) -> String? {
+/// One line from a descriptor, read a byte at a time (nothing past the newline is
+/// consumed); nil at end of file with nothing read.
+func readLine(from fd: Int32) -> String? {
   var bytes: [UInt8] = []
+  var byte: UInt8 = 0
   while true {
-    let d = handle.readData(ofLength: 1)
-    guard let b = d.first else { return bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self) }
-    if b == 0x0a { return String(decoding: bytes, as: UTF8.self) }
-    bytes.append(b)
+    let n = read(fd, &byte, 1)
+    if n < 0 && errno == EINTR { continue }
+    guard n == 1 else { return bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self) }
+    if byte == 0x0a { return String(decoding: bytes, as: UTF8.self) }
+    bytes.append(byte)
   }
 }
 
@@ -961,6 +985,6 @@ struct Lunbridge: AsyncParsableCommand {
 
   static func fail(_ message: String) -> Never {
     LogOutput.writeStandardError("lunbridge: error: \(message)\n")
-    Foundation.exit(1)
+    Glibc.exit(1)
   }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Bridge
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// `lunbridge status [DEVICE|NAME] [--json]`: asks each running volume over its control
 /// socket and prints its paths, their states, rates and latencies.
