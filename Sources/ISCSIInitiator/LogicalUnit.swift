@@ -304,7 +304,7 @@ struct Probe {
   let lun: UInt16
 
   func command(_ cdb: [UInt8], read length: Int, _ name: String) async throws -> [UInt8] {
-    let c = try await session.execute(SCSICommand(lun: lun, cdb: cdb, direction: .read(length)))
+    let c = try await session.execute(SCSICommand(lun: lun, cdb: cdb, direction: length > 0 ? .read(length) : .none))
     try checkStatus(c, operation: name)
     return Array(c.data.readableBytesView)
   }

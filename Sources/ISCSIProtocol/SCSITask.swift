@@ -129,11 +129,16 @@ public struct SCSITask: Sendable {
     var pdu = ISCSIPDU(header: header)
     var unsolicited: [ISCSIPDU] = []
 
+    // A command that moves no data (TEST UNIT READY, SYNCHRONIZE CACHE, a zero-length
+    // read) goes out with neither R nor W: with an expected length of 0 the bits would
+    // announce a transfer that never comes (LIO logs a fix-up for each).
     switch command.direction {
-    case .none:
+    case .none, .read(0):
       break
     case .read:
       flags |= SCSICommandFlags.read
+    case .write(let data) where data.readableBytes == 0:
+      break
     case .write(let data):
       flags |= SCSICommandFlags.write
       let total = data.readableBytes

@@ -15,6 +15,20 @@ final class SCSITaskTests: XCTestCase {
     SCSITask(itt: 5, command: SCSICommand(lun: 1, cdb: [0x2a], direction: .write(payload(n))), limits: limits)
   }
 
+  func testCommandsWithoutDataCarryNeitherReadNorWrite() {
+    let rw = SCSICommandFlags.read | SCSICommandFlags.write
+    for direction in [SCSICommand.Direction.none, .read(0), .write(ByteBuffer())] {
+      let pdu = SCSITask(itt: 1, command: SCSICommand(lun: 0, cdb: [0x00], direction: direction), limits: .init())
+        .makeCommandPDUs().command
+      XCTAssertEqual(pdu.header.flags & rw, 0, "\(direction)")
+      XCTAssertEqual(pdu.header.expectedDataTransferLength, 0)
+      XCTAssertNotEqual(pdu.header.flags & SCSICommandFlags.final, 0)
+    }
+    let read = SCSITask(itt: 1, command: SCSICommand(lun: 0, cdb: [0x12], direction: .read(96)), limits: .init())
+      .makeCommandPDUs().command
+    XCTAssertEqual(read.header.flags & rw, SCSICommandFlags.read)
+  }
+
   func testImmediateAndUnsolicitedDataStopAtFirstBurstLength() {
     let limits = DataTransferLimits(
       maxSendDataSegmentLength: 512, firstBurstLength: 2048, maxBurstLength: 4096, initialR2T: false,
