@@ -613,7 +613,14 @@ public final class ISCSISession: @unchecked Sendable {
   fileprivate func channelClosed(_ channel: Channel) {
     guard channel === self.channel else { return }
     if state == .loggingIn {
-      failLogin(ISCSIError(.connectionClosed, "target closed the connection during login"))
+      if login?.awaitingAnswerToAuthMethodNone == true {
+        // Our first request offered AuthMethod=None and the target hung up on it.
+        var error = LoginStateMachine.chapRequired
+        error.message += " (the target closed the connection when offered AuthMethod=None)"
+        failLogin(error)
+      } else {
+        failLogin(ISCSIError(.connectionClosed, "target closed the connection during login"))
+      }
       return
     }
     if state == .closing {

@@ -95,6 +95,20 @@ public struct LoginStateMachine: Sendable {
 
   private let randomBytes: RandomBytes
 
+  /// The error that says what the target wants from us: CHAP when none is configured.
+  public static let chapRequired = ISCSIError(
+    .authenticationFailed, "authentication required: the target wants CHAP, and no CHAP user/secret is configured")
+
+  /// True while our first offer, AuthMethod=None without credentials, waits for its
+  /// answer. A target that closes the connection now (LIO with authentication=1 does,
+  /// without a Login Response) is asking for CHAP: see `chapRequired`.
+  public var awaitingAnswerToAuthMethodNone: Bool {
+    if case .none = auth, case .awaitingResponse = phase, stage == .securityNegotiation, roundTrips == 0 {
+      return true
+    }
+    return false
+  }
+
   /// The first Login Request (RFC 7143 section 6.3.1: InitiatorName and, for a normal
   /// session, TargetName in the first request; SessionType there too, section 13.21).
   public mutating func start() throws -> ISCSIPDU {
@@ -250,13 +264,20 @@ public struct LoginStateMachine: Sendable {
         // 12.1.3: the initiator then sends CHAP_A with its algorithms.
         auth = .algorithmsOffered
         out.append(TextKeyValue("CHAP_A", chap!.offeredAlgorithms))
-      case (.none, _) where method != "None":
+      case (.none, "CHAP"), (.none, "Reject"):
+        // "Reject" (RFC 7143 section 6.2) is not a method: the target refused None.
+        throw Self.chapRequired
+      case (.none, _):
         throw ISCSIError(
           .authenticationFailed,
-          "authentication failed: target requires AuthMethod \(method) and no CHAP credentials are configured")
+          "authentication required: the target wants AuthMethod \(method), which lunbridge does not offer")
+      case (.methodOffered, "Reject"):
+        throw ISCSIError(
+          .authenticationFailed, "authentication failed: the target refused both AuthMethod CHAP and None")
       default:
         throw ISCSIError(
-          .authenticationFailed, "authentication failed: target answered AuthMethod=\(method) (RFC 7143 section 12.1)")
+          .authenticationFailed,
+          "authentication failed: the target chose AuthMethod \(method), which was not offered (RFC 7143 section 12.1)")
       }
     }
 
@@ -342,6 +363,11 @@ public struct LoginStateMachine: Sendable {
     case 2:
       let name = Self.initiatorErrorNames[detail] ?? "initiator error"
       switch detail {
+      case 0x01 where configuration.chap == nil:
+        // Refused without credentials (tgt answers our AuthMethod=None this way).
+        var error = Self.chapRequired
+        error.message += " (login status 0x\(code))"
+        throw error
       case 0x01:
         throw ISCSIError(
           .authenticationFailed, "authentication failed (CHAP or AuthMethod refused by target; status 0x\(code))")

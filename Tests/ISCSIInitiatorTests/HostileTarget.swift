@@ -24,6 +24,9 @@ final class HostileTarget: @unchecked Sendable {
     case silent
     /// The first command is never answered; ABORT TASK is, and later commands too.
     case loseFirstCommand
+    /// A login offering AuthMethod=None is answered by closing the connection, with no
+    /// Login Response (what LIO does when it requires CHAP).
+    case closeOnAuthMethodNone
   }
 
   let misbehaviour: Misbehaviour
@@ -140,6 +143,12 @@ final class HostileConnection: ChannelInboundHandler {
       send(ISCSIPDU(header: r, data: b), context)
       return
     }
+    if misbehaviour == .closeOnAuthMethodNone,
+      ((try? TextKeys.decode(data)) ?? []).contains(where: { $0.key == "AuthMethod" && $0.value == "None" })
+    {
+      context.close(promise: nil)
+      return
+    }
     let csg = (h.flags >> 2) & 3
     let transit = h.flags & 0x80 != 0
     let nsg = h.flags & 3
@@ -194,7 +203,7 @@ final class HostileConnection: ChannelInboundHandler {
       if commands > 1 {
         send(ISCSIPDU(header: targetHeader(.scsiResponse, itt: h.initiatorTaskTag, cmdSN: h.cmdSN)), context)
       }
-    case .silent, .endlessRedirect:
+    case .silent, .endlessRedirect, .closeOnAuthMethodNone:
       break
     }
   }

@@ -81,6 +81,20 @@ final class HostileTargetTests: XCTestCase {
     }
   }
 
+  func testATargetThatHangsUpOnAuthMethodNoneIsSaidToWantCHAP() async throws {
+    let target = try HostileTarget(.closeOnAuthMethodNone)
+    defer { target.stop() }
+    do {
+      _ = try await ISCSISession.connect(config(target), on: MultiThreadedEventLoopGroup.singleton.next())
+      XCTFail("login succeeded")
+    } catch let e as ISCSIError {
+      XCTAssertEqual(e.code, .authenticationFailed, e.description)
+      XCTAssertTrue(
+        e.message.hasPrefix("authentication required: the target wants CHAP, and no CHAP user/secret is configured"),
+        e.message)
+    }
+  }
+
   func testMaxCmdSNMovingBackwardsIsIgnoredAndCommandsStillComplete() async throws {
     let target = try HostileTarget(.maxCmdSNBackwards)
     defer { target.stop() }

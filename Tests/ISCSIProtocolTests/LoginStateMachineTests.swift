@@ -202,6 +202,44 @@ final class LoginStateMachineTests: XCTestCase {
     }
   }
 
+  /// The message a target that wants CHAP gets, whichever way it says so.
+  func answer(_ method: String, chap: CHAPConfiguration? = nil) throws -> String? {
+    var m = machine(chap: chap)
+    var t = FakeTarget()
+    let r1 = try m.start()
+    do {
+      _ = try m.receive(t.response(to: r1, transit: false, keys: [TextKeyValue("AuthMethod", method)]))
+      return nil
+    } catch let e as ISCSIError {
+      XCTAssertEqual(e.code, .authenticationFailed)
+      return e.message
+    }
+  }
+
+  func testCHAPRequiredWithoutCredentialsSaysSoWhateverTheTargetAnswers() throws {
+    let wanted = "authentication required: the target wants CHAP, and no CHAP user/secret is configured"
+    XCTAssertEqual(try answer("CHAP"), wanted)
+    XCTAssertEqual(try answer("Reject"), wanted, "Reject is an answer, never a method name")
+    XCTAssertEqual(
+      try answer("SRP"), "authentication required: the target wants AuthMethod SRP, which lunbridge does not offer")
+    let chap = CHAPConfiguration(username: "alice", secret: Array("secretsecret".utf8))
+    XCTAssertEqual(try answer("Reject", chap: chap), "authentication failed: the target refused both AuthMethod CHAP and None")
+    XCTAssertFalse(try XCTUnwrap(answer("SRP", chap: chap)).contains("Reject"))
+  }
+
+  func testOnlyTheFirstAnswerToAuthMethodNoneIsAwaitedAsSuch() throws {
+    var m = machine()
+    XCTAssertFalse(m.awaitingAnswerToAuthMethodNone, "nothing sent yet")
+    var t = FakeTarget()
+    let r1 = try m.start()
+    XCTAssertTrue(m.awaitingAnswerToAuthMethodNone, "a target closing now wants CHAP")
+    _ = try m.receive(t.response(to: r1, transit: true, nsg: 1, keys: [TextKeyValue("AuthMethod", "None")]))
+    XCTAssertFalse(m.awaitingAnswerToAuthMethodNone, "None accepted: a close now is something else")
+    var withCHAP = machine(chap: CHAPConfiguration(username: "alice", secret: Array("secretsecret".utf8)))
+    _ = try withCHAP.start()
+    XCTAssertFalse(withCHAP.awaitingAnswerToAuthMethodNone, "CHAP,None offered")
+  }
+
   func failure(_ cls: UInt8, _ detail: UInt8) throws -> ISCSIError? {
     var m = machine()
     var t = FakeTarget()

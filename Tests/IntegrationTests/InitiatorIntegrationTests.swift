@@ -135,7 +135,9 @@ final class InitiatorIntegrationTests: XCTestCase {
 
     let bad = try CHAPConfiguration(username: "alice", secret: Array("wrong-secret-99".utf8))
     await assertLoginFails(sessionConfig(tgtd, chap: bad), code: .authenticationFailed)
-    await assertLoginFails(sessionConfig(tgtd, chap: nil), code: .authenticationFailed)
+    await assertLoginFails(
+      sessionConfig(tgtd, chap: nil), code: .authenticationFailed,
+      message: "authentication required: the target wants CHAP, and no CHAP user/secret is configured")
   }
 
   func testMutualCHAPRightAndWrongTargetSecret() async throws {
@@ -162,7 +164,8 @@ final class InitiatorIntegrationTests: XCTestCase {
   }
 
   func assertLoginFails(
-    _ config: SessionConfiguration, code: ISCSIError.Code, file: StaticString = #filePath, line: UInt = #line
+    _ config: SessionConfiguration, code: ISCSIError.Code, message: String? = nil, file: StaticString = #filePath,
+    line: UInt = #line
   ) async {
     do {
       let s = try await ISCSISession.connect(config, on: group.next())
@@ -170,6 +173,7 @@ final class InitiatorIntegrationTests: XCTestCase {
       XCTFail("login succeeded, expected \(code)", file: file, line: line)
     } catch let e as ISCSIError {
       XCTAssertEqual(e.code, code, "\(e)", file: file, line: line)
+      if let message { XCTAssertTrue(e.message.hasPrefix(message), e.message, file: file, line: line) }
     } catch {
       XCTFail("unexpected error \(error)", file: file, line: line)
     }
