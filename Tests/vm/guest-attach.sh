@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs INSIDE the VM (Tests/vm/vm-run.sh): the kernel path end to end against a tgtd in
-# the guest on loopback. Prints one "ok N - ..." / "not ok N - ..." line per check (TAP)
+# the guest on loopback, then against LIO (guest-lio.sh). Prints one "ok N - ..." / "not ok N - ..." line per check (TAP)
 # and exits non-zero if any failed.
 #   guest-attach.sh LUNBRIDGE_BINARY REPO_DIR
 set -uo pipefail
@@ -18,6 +18,7 @@ cleanup() {
   umount "$M" 2>/dev/null
   [ -n "${dev:-}" ] && "$LB" detach "$dev" 2>/dev/null
   "$REPO/Tests/scripts/tgtd-private.sh" stop "$T" >/dev/null 2>&1
+  type lio_stop >/dev/null 2>&1 && lio_stop
 }
 trap cleanup EXIT
 
@@ -213,4 +214,7 @@ dev=""
 # Errors a user meets.
 out=$("$LB" attach "iscsi://127.0.0.1:$(cat "$T/port")/iqn.2026-11.org.lunbridge:nope/1" 2>&1); rc=$?
 check "unknown target: one line, non-zero ($out)" bash -c "[ $rc -ne 0 ] && [ \$(wc -l <<<'$out') -eq 1 ]"
+
+# LIO, the kernel's own target, in the same boot.
+. "$REPO/Tests/vm/guest-lio.sh"
 finish
