@@ -305,8 +305,9 @@ public final class Volume: @unchecked Sendable {
 
   /// Where ALUA puts a path: its target port group becomes its group (for `failover`),
   /// and its access state its priority: active/optimized 50 (+1 in a preferred group),
-  /// active/non-optimized 10, standby 1, anything else 0 and `usable` false (unavailable,
-  /// offline, transitioning: not for I/O). nil without ALUA: the URL order decides.
+  /// active/non-optimized 10, standby 1, anything else 0. Only the active states are
+  /// `usable`: a standby, unavailable, offline or transitioning port refuses READ and
+  /// WRITE (SPC-4 5.16.2.4). nil without ALUA: the URL order decides.
   public static func aluaPlacement(_ info: LUNInfo) -> (group: Int, priority: Int, usable: Bool)? {
     guard let group = info.targetPortGroup, let state = info.accessStateCode else { return nil }
     return aluaPlacement(group: group, state: state, preferred: info.preferredPortGroup == true)
@@ -319,7 +320,7 @@ public final class Volume: @unchecked Sendable {
     switch state {
     case 0x0: return (Int(group), 50 + bonus, true)
     case 0x1: return (Int(group), 10 + bonus, true)
-    case 0x2: return (Int(group), 1, true)
+    case 0x2: return (Int(group), 1, false)
     default: return (Int(group), 0, false)
     }
   }
@@ -590,7 +591,17 @@ public final class Volume: @unchecked Sendable {
       // The path is down: the scheduler re-sends reads now and fences writes first. An I/O
       // the target answered with broken PDUs is sent again too, a bounded number of times.
       if Volume.isProtocolViolation(error) { machine.updatePayload(of: id) { $0.violations += 1 } }
-      failPath(pathID, PathFailure(.connectionLost, context: describeError(error)))
+      if error is SCSIOperationError {
+        // The target refused it on this port (ALUA standby, unavailable, a transition that
+        // did not settle, states changed): the port groups moved. The path stops; this I/O,
+        // which the target did not carry out, goes elsewhere at once, a write without a
+        // fence; and every failed path is probed now, which re-reads its group's state.
+        failPath(pathID, PathFailure(.targetReported, context: describeError(error)))
+        if let token = machine[io: id]?.token { run(machine.rejected(token, path: pathID)) }
+        probeFailedPathsNow(except: pathID)
+      } else {
+        failPath(pathID, PathFailure(.connectionLost, context: describeError(error)))
+      }
     case .failure(let error):
       observer?(.completed(io: id, success: false))
       _ = machine.completed(entry.token, path: pathID, latency: latency, success: false, into: &actions)
@@ -771,6 +782,14 @@ public final class Volume: @unchecked Sendable {
 
   /// Reconnect (a login with the same ISID), open the LU if it never was, check it is the
   /// same LU, TEST UNIT READY.
+  /// Probes every failed path at once (their probes re-read ALUA states).
+  private func probeFailedPathsNow(except skipped: PathID) {
+    for id in order where id != skipped {
+      guard let state = machine.state(of: id), case .failed = state else { continue }
+      probe(id)
+    }
+  }
+
   private func probe(_ id: PathID) {
     guard let path = paths[id], !path.probing, !path.removed, !closed else { return }
     path.probing = true
@@ -798,7 +817,16 @@ public final class Volume: @unchecked Sendable {
         return unit
       }.nonisolated()
     }.flatMap { unit in
-      unit.testUnitReady()
+      // With ALUA, the port group's state decides (standby and unavailable ports refuse
+      // TEST UNIT READY by design); without, TEST UNIT READY.
+      guard unit.info.aluaSupported, unit.info.targetPortGroup != nil else { return unit.testUnitReady() }
+      return unit.portGroupState().assumeIsolated().flatMapThrowing { [self] group in
+        guard let group else { return }
+        let placement = Volume.aluaPlacement(
+          group: group.groupID, state: group.asymmetricAccessState.rawValue, preferred: group.preferred)
+        run(machine.updatePath(id, group: placement.group, priority: placement.priority))
+        if !placement.usable { throw BridgeError("ALUA state \(group.asymmetricAccessState)") }
+      }.nonisolated()
     }.whenComplete { [self] result in
       path.probing = false
       guard !closed else { return }

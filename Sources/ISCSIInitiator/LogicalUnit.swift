@@ -251,6 +251,19 @@ public final class LogicalUnit: Sendable {
     return EventLoopFuture.andAllSucceed(futures, on: session.eventLoop)
   }
 
+  /// This path's target port group as REPORT TARGET PORT GROUPS tells it now (nil when
+  /// the LU has no ALUA or the report does not list the group). A port in standby or
+  /// unavailable state answers it, where it refuses TEST UNIT READY.
+  public func portGroupState() -> EventLoopFuture<ReportTargetPortGroups.Group?> {
+    guard info.aluaSupported, let group = info.targetPortGroup else {
+      return session.eventLoop.makeSucceededFuture(nil)
+    }
+    let command = SCSICommand(lun: lun, cdb: CDB.reportTargetPortGroups(allocationLength: 4096), direction: .read(4096))
+    return run(command, "REPORT TARGET PORT GROUPS").flatMapThrowing { c in
+      try ReportTargetPortGroups(Array(c.data.readableBytesView)).groups.first { $0.groupID == group }
+    }
+  }
+
   public func testUnitReady() -> EventLoopFuture<Void> {
     run(SCSICommand(lun: lun, cdb: CDB.testUnitReady()), "TEST UNIT READY").map { _ in }
   }
@@ -336,6 +349,11 @@ struct Probe {
       } catch let e as SCSIOperationError where e.errorClass == .retryable || e.errorClass == .unitAttention {
         if attempt == 9 { throw e }
         try await Task.sleep(nanoseconds: 200_000_000)
+      } catch let e as SCSIOperationError where e.outcome.isPathProblem {
+        // A port in an ALUA standby (or transitioning) group refuses TEST UNIT READY by
+        // design, but answers INQUIRY, READ CAPACITY and REPORT TARGET PORT GROUPS: the
+        // LU is there; whether this path may carry I/O is the port group's state.
+        break
       }
     }
     var pages: VPDSupportedPages? = nil

@@ -421,6 +421,29 @@ public struct MultipathStateMachine<Clock: MultipathClock, Payload> {
     return entry
   }
 
+  /// The target answered that it did not carry out the I/O on `path` (a CHECK CONDITION
+  /// such as an ALUA standby port's NOT READY): it is placed again now, a write too, and
+  /// without a fence, since no copy of it can land later. A read already re-sent
+  /// elsewhere is stale (nothing happens). Fail the path first if it should take no more.
+  public mutating func rejected(_ io: IOToken, path: PathID) -> [Action] {
+    guard let record = self.paths[path], let index = self.ios.index(forKey: io.id) else { return [] }
+    switch self.ios.values[index].place {
+    case .path(path):
+      record.statistics.outstandingIOs -= 1
+      record.statistics.outstandingBytes -= io.bytes
+    case .fenced(path):
+      record.fenced -= 1
+    default:
+      return []
+    }
+    record.statistics.errors += 1
+    let before = self.states()
+    var actions: [Action] = []
+    self.place(io.id, &actions)
+    self.forgetIfSettled(path)
+    return self.finish(before, subject: path, reason: "\(io) refused by the target, placed again", &actions)
+  }
+
   /// `completed` returning the actions only.
   public mutating func completed(_ io: IOToken, path: PathID, latency: Duration, success: Bool) -> [Action] {
     var actions: [Action] = []

@@ -47,14 +47,15 @@ public enum SCSIOutcome: Sendable, Hashable, CustomStringConvertible {
       let status = SCSIStatus(status)
       let waits = status == .busy || status == .taskSetFull || sense?.senseKey == .notReady
       self = .retry(afterMilliseconds: waits ? min(100, 10 * (retries + 1)) : 0)
+    case .unitAttention where SCSIOutcome.isAccessStateChange(sense):
+      // SPC-4 5.16: ASYMMETRIC ACCESS STATE CHANGED (2A/06) and IMPLICIT ASYMMETRIC ACCESS
+      // STATE TRANSITION FAILED (2A/07) tell the initiator to re-read the target port
+      // groups: re-checked on this path a few times, then the path is given up and the
+      // command goes elsewhere. Never an error for the client: the LU is fine.
+      self = mayRetry ? .recheckPath : .failPath
     case .unitAttention where mayRetry:
-      // SPC-4 5.14: ASYMMETRIC ACCESS STATE CHANGED (2A/06) tells the initiator to re-read
-      // the target port groups; every other unit attention is consumed by reporting it.
-      if let sense, sense.asc == 0x2A, sense.ascq == 0x06 {
-        self = .recheckPath
-      } else {
-        self = .retry(afterMilliseconds: 0)
-      }
+      // Every other unit attention is consumed by reporting it.
+      self = .retry(afterMilliseconds: 0)
     case .aborted where mayRetry:
       // TASK ABORTED status: another initiator's task management ended it (SAM-5 5.3.1).
       self = .retry(afterMilliseconds: 0)
@@ -72,6 +73,12 @@ public enum SCSIOutcome: Sendable, Hashable, CustomStringConvertible {
       // Hard errors keep the errno of their class (ENOSPC for a full thin pool, ...).
       self = .fail(errno: SCSICommandError(status: status, sense: sense)?.errnoValue ?? 5)
     }
+  }
+
+  /// 2A/06 or 2A/07: the target port groups' access states changed (or failed to).
+  static func isAccessStateChange(_ sense: SenseData?) -> Bool {
+    guard let sense, sense.asc == 0x2A else { return false }
+    return sense.ascq == 0x06 || sense.ascq == 0x07
   }
 
   /// True when the command should go to another path rather than fail.

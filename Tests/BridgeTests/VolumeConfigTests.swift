@@ -610,7 +610,9 @@ final class ALUAPlacementTests: XCTestCase {
     XCTAssertGreaterThan(optimized.priority, nonOptimized.priority)
     XCTAssertGreaterThan(nonOptimized.priority, standby.priority)
     XCTAssertEqual(nonOptimized.group, 2)
-    XCTAssertTrue(standby.usable)
+    XCTAssertFalse(standby.usable, "a standby port refuses READ and WRITE")
+    XCTAssertTrue(optimized.usable)
+    XCTAssertTrue(nonOptimized.usable)
     XCTAssertFalse(unavailable.usable)
     XCTAssertFalse(transitioning.usable)
   }

@@ -254,7 +254,9 @@ final class LoginStateMachineTests: XCTestCase {
 
   func testStatusMapping() throws {
     XCTAssertEqual(try failure(2, 0x01)?.code, .authenticationFailed)
-    XCTAssertTrue(try failure(2, 0x01)?.message.contains("authentication failed") ?? false)
+    XCTAssertTrue(
+      try failure(2, 0x01)?.message.hasPrefix("authentication required: the target wants CHAP") ?? false,
+      "refused with no credentials configured: CHAP is what is missing")
     XCTAssertEqual(try failure(2, 0x02)?.code, .authenticationFailed)
     XCTAssertEqual(try failure(2, 0x03)?.code, .targetNotFound)
     XCTAssertEqual(try failure(2, 0x04)?.code, .targetNotFound)

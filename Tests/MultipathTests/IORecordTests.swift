@@ -56,6 +56,23 @@ final class IORecordTests: XCTestCase {
     XCTAssertEqual(Array(machine.payloads).count, 0)
   }
 
+  func testAWriteTheTargetRefusedGoesElsewhereAtOnceWithoutAFence() {
+    var machine = makeMachine()
+    XCTAssertEqual(machine.submitToPath(write(1), "w1"), p1)
+    XCTAssertEqual(machine.submitToPath(write(2), "w2"), p1)
+    // p1's port went standby: w1 came back refused. The path stops (both writes fenced),
+    // then w1, which the target did not carry out, is placed again: on p2, now.
+    XCTAssertTrue(machine.pathFailed(p1, reason: PathFailure(.targetReported)).contains(.fencePath(p1)))
+    XCTAssertEqual(machine.status().first { $0.path == p1 }?.fencedWrites, 2)
+    let actions = machine.rejected(write(1), path: p1)
+    XCTAssertTrue(actions.contains(.dispatch(write(1), p2)), "\(actions)")
+    XCTAssertEqual(machine.status().first { $0.path == p1 }?.fencedWrites, 1, "w2 still waits: it may yet land")
+    XCTAssertEqual(machine[io: 1]?.payload, "w1")
+    XCTAssertEqual(machine.rejected(write(1), path: p1), [], "now on p2: a second refusal from p1 is stale")
+    XCTAssertEqual(machine.rejected(write(2), path: p1).filter { if case .dispatch = $0 { true } else { false } }, [.dispatch(write(2), p2)])
+    XCTAssertEqual(machine.pathFenced(p1), [], "nothing left to fence")
+  }
+
   func testAFailedIOIsTakenOnceWithItsPayload() {
     var machine = makeMachine(noPathRetry: .zero)
     _ = machine.pathFailed(p1, reason: down)

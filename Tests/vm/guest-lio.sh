@@ -58,6 +58,53 @@ lio_checks() {
     test "$after" -lt "$((before / 2))"
   check "detach the LIO LUN" "$LB" detach "$dev"
   dev=""
+  lio_alua_checks "$url"
   lio_stop
+}
+
+# The state of path N of a device as `status` shows it (active, failed, ...).
+path_state() { "$LB" status "$1" 2>/dev/null | awk -v n="$2" '$1 == n { print $2; exit }'; }
+
+# ALUA: two target port groups on two portals, one path to each; the groups move while
+# fio writes and verifies. Every move must end with I/O on the group that allows it, and
+# fio must see no error (an array's controller failover, seen from the host).
+lio_alua_checks() {
+  local url1=$1 url2 fpid rc
+  if ! url2=$(lio_alua_two_groups 0 2 2>"$T/lio-alua.err"); then
+    notok "LIO: two ALUA port groups on two portals ($(tr '\n' ' ' <"$T/lio-alua.err"))"
+    return
+  fi
+  ok "LIO: two ALUA port groups on two portals (lb_a optimized, lb_b standby)"
+  dev=$(timeout 60 "$LB" attach "$url1" "$url2" --log-file "$T/lio-alua.log" 2>"$T/lio-alua-attach.err")
+  if ! check "attach through both portals (${dev:-no device})" test -b "${dev:-/nonexistent}"; then
+    sed 's/^/# /' "$T/lio-alua-attach.err"
+    dev=""
+    return
+  fi
+  sleep 2
+  check "path 0 active, path 1 (standby group) not carrying I/O ($(path_state "$dev" 0)/$(path_state "$dev" 1))" \
+    bash -c "[ '$(path_state "$dev" 0)' = active ] && [ '$(path_state "$dev" 1)' != active ]"
+  fio --name=alua --filename="$dev" --direct=1 --ioengine=libaio --rw=randwrite --bs=4k --iodepth=8 --size=32m \
+    --time_based --runtime=50 --verify=crc32c --verify_fatal=1 --verify_backlog=256 \
+    --output="$T/fio-alua.txt" >/dev/null 2>&1 &
+  fpid=$!
+  sleep 5
+  lio_alua_set lb_b 0; lio_alua_set lb_a 2; sleep 8
+  check "lb_a standby, lb_b optimized: I/O on path 1 ($(path_state "$dev" 0)/$(path_state "$dev" 1))" \
+    bash -c "[ '$(path_state "$dev" 1)' = active ] && [ '$(path_state "$dev" 0)' != active ]"
+  lio_alua_set lb_a 0; lio_alua_set lb_b 2; sleep 8
+  check "back: I/O on path 0 ($(path_state "$dev" 0)/$(path_state "$dev" 1))" \
+    bash -c "[ '$(path_state "$dev" 0)' = active ] && [ '$(path_state "$dev" 1)' != active ]"
+  lio_alua_set lb_b 0; lio_alua_set lb_a 3; sleep 8
+  check "lb_a unavailable, lb_b optimized: I/O on path 1 ($(path_state "$dev" 0)/$(path_state "$dev" 1))" \
+    bash -c "[ '$(path_state "$dev" 1)' = active ] && [ '$(path_state "$dev" 0)' != active ]"
+  lio_alua_set lb_b 2; sleep 5  # both standby: I/O waits (no-path-retry is 60 s)
+  lio_alua_set lb_a 0
+  wait "$fpid"; rc=$?
+  check "fio verify through every move: exit $rc, $(grep -o 'err= *[0-9]*' "$T/fio-alua.txt" | head -1)" \
+    bash -c "[ $rc -eq 0 ] && grep -q 'err= *0' '$T/fio-alua.txt'"
+  grep -E "WRITE:" "$T/fio-alua.txt" | sed 's/^/# /'
+  check "detach the two-path LIO volume" "$LB" detach "$dev"
+  dev=""
 }
 lio_checks

@@ -73,10 +73,54 @@ lio_stop() {
   local tpg
   tpg=$(lio_tpg)
   [ -d "$tpg" ] || return 0
+  lio_alua_stop
   echo 0 >"$tpg/enable" 2>/dev/null
   rmdir "$tpg/np/"* 2>/dev/null
   rm -f "$tpg/lun/lun_0/lunbridge"
   rmdir "$tpg/lun/lun_0" "$tpg" "$LIO_CFS/iscsi/$LIO_IQN" 2>/dev/null
   rmdir "$LIO_CFS/core/fileio_0/lun0" "$LIO_CFS/core/fileio_0" 2>/dev/null
   rm -f "$LIO_BACKING"
+}
+
+# ALUA: a second TPG (TPG 2, portal 127.0.0.2:$LIO_PORT) for the same LUN, and two
+# implicit ALUA target port groups, lb_a (id 10, TPG 1's port) and lb_b (id 20, TPG 2's).
+# lio_alua_two_groups STATE_A STATE_B, then lio_alua_set GROUP STATE to move them
+# (0 active/optimized, 1 active/non-optimized, 2 standby, 3 unavailable). Prints the
+# second path's URL.
+lio_alua_two_groups() {
+  local so=$LIO_CFS/core/fileio_0/lun0 tpg2=$LIO_CFS/iscsi/$LIO_IQN/tpgt_2 g id
+  for g in lb_a lb_b; do
+    mkdir -p "$so/alua/$g" || return 1
+  done
+  echo 10 >"$so/alua/lb_a/tg_pt_gp_id" && echo 20 >"$so/alua/lb_b/tg_pt_gp_id" || return 1
+  for g in lb_a lb_b; do
+    echo 1 >"$so/alua/$g/alua_access_type" || return 1  # implicit
+  done
+  mkdir -p "$tpg2/lun/lun_0" || return 1
+  ln -s "$so" "$tpg2/lun/lun_0/lunbridge" || return 1
+  mkdir "$tpg2/np/127.0.0.2:$LIO_PORT" || return 1
+  echo 0 >"$tpg2/attrib/authentication"
+  echo 1 >"$tpg2/attrib/generate_node_acls"
+  echo 1 >"$tpg2/attrib/cache_dynamic_acls"
+  echo 0 >"$tpg2/attrib/demo_mode_write_protect"
+  echo lb_a >"$(lio_tpg)/lun/lun_0/alua_tg_pt_gp" || return 1
+  echo lb_b >"$tpg2/lun/lun_0/alua_tg_pt_gp" || return 1
+  lio_alua_set lb_a "$1" && lio_alua_set lb_b "$2" || return 1
+  echo 1 >"$tpg2/enable" || return 1
+  echo "iscsi://127.0.0.2:$LIO_PORT/$LIO_IQN/0"
+}
+
+lio_alua_set() {
+  echo "$2" >"$LIO_CFS/core/fileio_0/lun0/alua/$1/alua_access_state"
+}
+
+lio_alua_stop() {
+  local so=$LIO_CFS/core/fileio_0/lun0 tpg2=$LIO_CFS/iscsi/$LIO_IQN/tpgt_2
+  [ -d "$tpg2" ] || return 0
+  echo 0 >"$tpg2/enable" 2>/dev/null
+  rmdir "$tpg2/np/"* 2>/dev/null
+  rm -f "$tpg2/lun/lun_0/lunbridge"
+  rmdir "$tpg2/lun/lun_0" "$tpg2" 2>/dev/null
+  echo default_tg_pt_gp >"$(lio_tpg)/lun/lun_0/alua_tg_pt_gp" 2>/dev/null
+  rmdir "$so/alua/lb_a" "$so/alua/lb_b" 2>/dev/null
 }
