@@ -395,16 +395,7 @@ public struct MultipathStateMachine<Clock: MultipathClock, Payload> {
   public mutating func completed(
     _ io: IOToken, path: PathID, latency: Duration, success: Bool, into actions: inout [Action]
   ) -> Entry? {
-    guard let record = self.paths[path], let index = self.ios.index(forKey: io.id) else { return nil }
-    switch self.ios.values[index].place {
-    case .path(path):
-      record.statistics.outstandingIOs -= 1
-      record.statistics.outstandingBytes -= io.bytes
-    case .fenced(path):
-      record.fenced -= 1
-    default:
-      return nil
-    }
+    guard let (record, index) = self.leave(io, path: path) else { return nil }
     let entry = self.ios.remove(at: index).value
     record.statistics.ios += 1
     if success {
@@ -426,7 +417,19 @@ public struct MultipathStateMachine<Clock: MultipathClock, Payload> {
   /// without a fence, since no copy of it can land later. A read already re-sent
   /// elsewhere is stale (nothing happens). Fail the path first if it should take no more.
   public mutating func rejected(_ io: IOToken, path: PathID) -> [Action] {
-    guard let record = self.paths[path], let index = self.ios.index(forKey: io.id) else { return [] }
+    guard let (record, _) = self.leave(io, path: path) else { return [] }
+    record.statistics.errors += 1
+    let before = self.states()
+    var actions: [Action] = []
+    self.place(io.id, &actions)
+    self.forgetIfSettled(path)
+    return self.finish(before, subject: path, reason: "\(io) refused by the target, placed again", &actions)
+  }
+
+  /// Takes an I/O that is on `path` (dispatched or fenced there) off the path's counts;
+  /// nil when it is not there (stale: already elsewhere or gone).
+  private func leave(_ io: IOToken, path: PathID) -> (PathRecord, Dictionary<UInt64, Entry>.Index)? {
+    guard let record = self.paths[path], let index = self.ios.index(forKey: io.id) else { return nil }
     switch self.ios.values[index].place {
     case .path(path):
       record.statistics.outstandingIOs -= 1
@@ -434,14 +437,9 @@ public struct MultipathStateMachine<Clock: MultipathClock, Payload> {
     case .fenced(path):
       record.fenced -= 1
     default:
-      return []
+      return nil
     }
-    record.statistics.errors += 1
-    let before = self.states()
-    var actions: [Action] = []
-    self.place(io.id, &actions)
-    self.forgetIfSettled(path)
-    return self.finish(before, subject: path, reason: "\(io) refused by the target, placed again", &actions)
+    return (record, index)
   }
 
   /// `completed` returning the actions only.
