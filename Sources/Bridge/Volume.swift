@@ -577,12 +577,10 @@ public final class Volume: @unchecked Sendable {
     guard let entry = machine[io: id], entry.payload.path == pathID, entry.payload.attempt == attempt else { return }
     let now = NIODeadline.now()
     let latency = Duration.nanoseconds((now - entry.payload.dispatched).nanoseconds)
-    var actions: [MultipathStateMachine<ContinuousClock, PendingIO>.Action] = []
     switch result {
     case .success(let data):
       observer?(.completed(io: id, success: true))
-      _ = machine.completed(entry.token, path: pathID, latency: latency, success: true, into: &actions)
-      run(actions)
+      run(machine.completed(entry.token, path: pathID, latency: latency, success: true))
       entry.payload.reply(.success(data), now)
     case .failure(let error)
     where Volume.isPathError(error)
@@ -597,15 +595,14 @@ public final class Volume: @unchecked Sendable {
         // which the target did not carry out, goes elsewhere at once, a write without a
         // fence; and every failed path is probed now, which re-reads its group's state.
         failPath(pathID, PathFailure(.targetReported, context: describeError(error)))
-        if let token = machine[io: id]?.token { run(machine.rejected(token, path: pathID)) }
+        run(machine.rejected(entry.token, path: pathID))
         probeFailedPathsNow(except: pathID)
       } else {
         failPath(pathID, PathFailure(.connectionLost, context: describeError(error)))
       }
     case .failure(let error):
       observer?(.completed(io: id, success: false))
-      _ = machine.completed(entry.token, path: pathID, latency: latency, success: false, into: &actions)
-      run(actions)
+      run(machine.completed(entry.token, path: pathID, latency: latency, success: false))
       entry.payload.reply(.failure(error), now)
     }
   }
@@ -780,8 +777,6 @@ public final class Volume: @unchecked Sendable {
     }
   }
 
-  /// Reconnect (a login with the same ISID), open the LU if it never was, check it is the
-  /// same LU, TEST UNIT READY.
   /// Probes every failed path at once (their probes re-read ALUA states).
   private func probeFailedPathsNow(except skipped: PathID) {
     for id in order where id != skipped {
@@ -790,6 +785,9 @@ public final class Volume: @unchecked Sendable {
     }
   }
 
+  /// Reconnect (a login with the same ISID), open the LU if it never was, check it is the
+  /// same LU; then, with ALUA, the port group's state (REPORT TARGET PORT GROUPS) places
+  /// the path and says whether it may carry I/O; without, TEST UNIT READY.
   private func probe(_ id: PathID) {
     guard let path = paths[id], !path.probing, !path.removed, !closed else { return }
     path.probing = true
@@ -810,10 +808,6 @@ public final class Volume: @unchecked Sendable {
           throw BridgeError(problem)
         }
         path.unit = unit
-        if let alua = Volume.aluaPlacement(unit.info) {
-          run(machine.updatePath(id, group: alua.group, priority: alua.priority))
-          if !alua.usable { throw BridgeError("ALUA state \(unit.info.accessState ?? "?")") }
-        }
         return unit
       }.nonisolated()
     }.flatMap { unit in
