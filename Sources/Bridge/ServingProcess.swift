@@ -39,11 +39,21 @@ public enum ServingProcess {
   ///   into I/O on the filesystems it serves.
   /// Memory is locked only with CAP_IPC_LOCK or an unlimited RLIMIT_MEMLOCK: with a small
   /// limit a later allocation past it would fail. Returns what was done, for the log.
-  public static func protectFromMemoryPressure(logger: Logger) {
+  /// Also sizes the allocator for I/O buffers: a block of 128 KiB or more (a large
+  /// request's data, a read's reply) is mapped on its own and given back to the kernel when
+  /// freed. glibc's default raises that threshold as large blocks are freed (up to 32 MiB),
+  /// after which every 1 MiB request comes from a heap that never shrinks, and one burst of
+  /// large requests stays resident for the life of the process.
+  /// Returns whether memory is locked (for `releaseStartupCode`).
+  @discardableResult
+  public static func protectFromMemoryPressure(logger: Logger) -> Bool {
+    _ = glibcMallopt(-3, 128 << 10)  // M_MMAP_THRESHOLD (<malloc.h>); a fixed value
     var done: [String] = []
+    var locked = false
     if canLockAllMemory() {
       // MCL_CURRENT 1, MCL_FUTURE 2, MCL_ONFAULT 4 (<sys/mman.h>).
       if mlockall(1 | 2 | 4) == 0 || (errno == EINVAL && mlockall(1 | 2) == 0) {
+        locked = true
         done.append("memory locked")
       } else {
         logger.notice("could not lock memory (mlockall: \(String(cString: strerror(errno))))")
@@ -59,6 +69,125 @@ public enum ServingProcess {
       logger.info("PR_SET_IO_FLUSHER not set: \(String(cString: strerror(errno)))")
     }
     if !done.isEmpty { logger.info("protected from memory pressure: \(done.joined(separator: ", "))") }
+    return locked
+  }
+
+  /// Called once the device is served: unmaps the pages of the executable's code that were
+  /// touched while starting (argument parsing, configuration, discovery, login, the
+  /// kernel handshake), so the resident size is what serving uses: about 14 MiB instead of
+  /// 20 at rest. Code that runs again later (a reconnect, a reload) maps its pages back from
+  /// the page cache when it runs, and they are locked again as they are (when `locked`).
+  ///
+  /// Not done when re-reading the executable could need the device this process serves:
+  /// when it lives on an NBD device, on a device built on one (device-mapper, md,
+  /// partitions), on a loop device, or on a filesystem whose device cannot be told
+  /// (btrfs, overlayfs, NFS...). An executable in tmpfs or ramfs (the initramfs) is
+  /// always in memory and is released.
+  public static func releaseStartupCode(locked: Bool, logger: Logger) {
+    var st = stat()
+    guard stat("/proc/self/exe", &st) == 0 else { return }
+    let mountinfo = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+    guard executableCanBeReread(filesystemType: filesystemType(device: st.st_dev, mountinfo: mountinfo), device: st.st_dev)
+    else {
+      logger.debug("start-up code kept resident: the executable's filesystem may depend on a device this process serves")
+      return
+    }
+    guard let maps = try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8) else { return }
+    var released = 0
+    for range in executableCodeRanges(maps: maps, device: st.st_dev, inode: UInt64(st.st_ino)) {
+      let start = UnsafeMutableRawPointer(bitPattern: range.lowerBound)
+      let length = Int(range.upperBound - range.lowerBound)
+      _ = munlock(start, length)  // MADV_DONTNEED refuses locked pages
+      if madvise(start, length, 4) == 0 { released += length }  // MADV_DONTNEED
+      if locked { _ = glibcMlock2(start, length, 1) }  // MLOCK_ONFAULT: locked again as used
+    }
+    if released > 0 { logger.debug("released the executable's start-up code pages (\(released >> 20) MiB mapped)") }
+  }
+
+  /// Whether a file on this filesystem can be read back without the devices this process
+  /// serves: in memory (tmpfs, ramfs), or on a block device with no NBD device under it.
+  static func executableCanBeReread(filesystemType: String?, device: UInt, sysDevBlock: String = "/sys/dev/block")
+    -> Bool
+  {
+    // The initramfs is "rootfs" (a ramfs or tmpfs).
+    if let t = filesystemType, ["tmpfs", "ramfs", "rootfs"].contains(t) { return true }
+    let (major, minor) = deviceNumbers(device)
+    guard major != 0 else { return false }  // no block device of its own: cannot tell
+    return !blockDeviceDependsOnNBD("\(sysDevBlock)/\(major):\(minor)", depth: 0)
+  }
+
+  /// Whether the block device at this sysfs directory is an NBD or loop device, or is built
+  /// on one (its partition parent, device-mapper or md slaves, recursively). An unreadable
+  /// directory counts as depending on one.
+  static func blockDeviceDependsOnNBD(_ directory: String, depth: Int) -> Bool {
+    guard depth < 16, let resolved = resolvedPath(directory) else { return true }
+    let name = resolved.split(separator: "/").last.map(String.init) ?? ""
+    if name.hasPrefix("nbd") || name.hasPrefix("loop") { return true }
+    if access("\(resolved)/partition", F_OK) == 0 {
+      let parent = String(resolved[..<(resolved.lastIndex(of: "/") ?? resolved.endIndex)])
+      if blockDeviceDependsOnNBD(parent, depth: depth + 1) { return true }
+    }
+    for slave in directoryEntries("\(resolved)/slaves")
+    where blockDeviceDependsOnNBD("\(resolved)/slaves/\(slave)", depth: depth + 1) {
+      return true
+    }
+    return false
+  }
+
+  /// The executable mappings (`r-xp`) of the file with this device and inode in a
+  /// /proc/PID/maps text: matched by inode, not path, so an executable replaced on disk
+  /// while running (" (deleted)") is still found.
+  static func executableCodeRanges(maps: String, device: UInt, inode: UInt64) -> [Range<UInt>] {
+    let (major, minor) = deviceNumbers(device)
+    var ranges: [Range<UInt>] = []
+    for line in maps.split(separator: "\n") {
+      let f = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
+      guard f.count >= 5, f[1] == "r-xp", UInt64(f[4]) == inode else { continue }
+      let dev = f[3].split(separator: ":")
+      guard dev.count == 2, UInt(dev[0], radix: 16) == major, UInt(dev[1], radix: 16) == minor else { continue }
+      let bounds = f[0].split(separator: "-")
+      guard bounds.count == 2, let lo = UInt(bounds[0], radix: 16), let hi = UInt(bounds[1], radix: 16), lo < hi
+      else { continue }
+      ranges.append(lo..<hi)
+    }
+    return ranges
+  }
+
+  /// The type of the filesystem mounted from this device, from a /proc/PID/mountinfo text
+  /// (`ID PARENT MAJOR:MINOR ROOT MOUNTPOINT OPTIONS [TAGS...] - TYPE SOURCE OPTIONS`).
+  static func filesystemType(device: UInt, mountinfo: String) -> String? {
+    let (major, minor) = deviceNumbers(device)
+    for line in mountinfo.split(separator: "\n") {
+      let f = line.split(separator: " ", omittingEmptySubsequences: true)
+      guard f.count > 3, f[2] == "\(major):\(minor)", let dash = f.firstIndex(of: "-"), dash + 1 < f.count
+      else { continue }
+      return String(f[dash + 1])
+    }
+    return nil
+  }
+
+  /// glibc's gnu_dev_major and gnu_dev_minor.
+  static func deviceNumbers(_ device: UInt) -> (major: UInt, minor: UInt) {
+    ((device >> 8) & 0xfff | (device >> 32) & ~UInt(0xfff), device & 0xff | (device >> 12) & ~UInt(0xff))
+  }
+
+  static func resolvedPath(_ path: String) -> String? {
+    guard let p = realpath(path, nil) else { return nil }
+    defer { free(p) }
+    return String(cString: p)
+  }
+
+  static func directoryEntries(_ path: String) -> [String] {
+    guard let dir = opendir(path) else { return [] }
+    defer { closedir(dir) }
+    var names: [String] = []
+    while let entry = readdir(dir) {
+      let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+        String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+      }
+      if name != "." && name != ".." { names.append(name) }
+    }
+    return names
   }
 
   static func canLockAllMemory() -> Bool {
@@ -77,3 +206,7 @@ public enum ServingProcess {
     return value & (1 << UInt64(cap)) != 0
   }
 }
+
+// Not in Swift's Glibc module.
+@_silgen_name("mallopt") private func glibcMallopt(_ parameter: Int32, _ value: Int32) -> Int32
+@_silgen_name("mlock2") private func glibcMlock2(_ address: UnsafeRawPointer?, _ length: Int, _ flags: UInt32) -> Int32

@@ -509,7 +509,7 @@ struct Serve: AsyncParsableCommand {
       throw BridgeError("--max-inflight-mib must be at least 33 (one 32 MiB request and room for others)")
     }
     ServingProcess.raiseDescriptorLimit()
-    ServingProcess.protectFromMemoryPressure(logger: logger)
+    let memoryLocked = ServingProcess.protectFromMemoryPressure(logger: logger)
     let url = urls[0]
     let volume = try await openVolume(
       urls: urls, options: options, paths: paths, name: name ?? "serve-\(getpid())", readOnly: readOnly,
@@ -534,6 +534,7 @@ struct Serve: AsyncParsableCommand {
       await volume.close()
       throw error
     }
+    ServingProcess.releaseStartupCode(locked: memoryLocked, logger: logger)
     LogOutput.writeStandardError("lunbridge: serving \(url) at \(shown.uri(tls: tls != nil))\n")
     let sig = await waitForTerminationSignal()
     logger.notice("stopping", metadata: ["signal": "\(sig)"])
@@ -626,7 +627,7 @@ struct Attach: AsyncParsableCommand {
     guard getuid() == 0 else { throw BridgeError("attach needs root (CAP_SYS_ADMIN) to configure NBD devices") }
     guard isNBDModuleLoaded() else { throw BridgeError("the nbd kernel module is not loaded: run modprobe nbd") }
     ServingProcess.raiseDescriptorLimit()
-    ServingProcess.protectFromMemoryPressure(logger: logger)
+    let memoryLocked = ServingProcess.protectFromMemoryPressure(logger: logger)
     let urls = volumeFile.map { $0.paths.map(\.description) } ?? targets
     let url = urls[0]
     var attachOptions = AttachOptions(
@@ -693,6 +694,7 @@ struct Attach: AsyncParsableCommand {
       }
     }
     hangup.resume()
+    ServingProcess.releaseStartupCode(locked: memoryLocked, logger: logger)
     // Whichever comes first: a signal (we disconnect the device) or a detach (the kernel
     // closed our sockets or reports the device disconnected).
     let stop = volume.eventLoop.makePromise(of: Void.self)

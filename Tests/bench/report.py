@@ -166,7 +166,7 @@ for w in WORKLOADS:
     target(f"CPU/GiB ≤ 0.8× qemu-nbd, {w}", r, r is not None and r <= 0.8,
            f"{rfmt(r)} (paired {rfmt(P[w][2])})")
 mib = hwm["lunbridge"] / 1024
-target("lunbridge peak RSS ≤ 64 MiB", mib, mib <= 64, f"{mib:.1f} MiB")
+target("lunbridge peak RSS ≤ 24 MiB", mib, mib <= 24, f"{mib:.1f} MiB")
 p("")
 p(f"Total wall time: {wall} s.")
 print("\n".join(out))
