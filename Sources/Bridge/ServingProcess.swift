@@ -38,16 +38,10 @@ public enum ServingProcess {
   /// - PR_SET_IO_FLUSHER (Linux 5.6): allocations it makes while serving do not recurse
   ///   into I/O on the filesystems it serves.
   /// Memory is locked only with CAP_IPC_LOCK or an unlimited RLIMIT_MEMLOCK: with a small
-  /// limit a later allocation past it would fail. Returns what was done, for the log.
-  /// Also sizes the allocator for I/O buffers: a block of 128 KiB or more (a large
-  /// request's data, a read's reply) is mapped on its own and given back to the kernel when
-  /// freed. glibc's default raises that threshold as large blocks are freed (up to 32 MiB),
-  /// after which every 1 MiB request comes from a heap that never shrinks, and one burst of
-  /// large requests stays resident for the life of the process.
-  /// Returns whether memory is locked (for `releaseStartupCode`).
+  /// limit a later allocation past it would fail. Logs what was done; returns whether
+  /// memory is locked (for `releaseStartupCode`).
   @discardableResult
   public static func protectFromMemoryPressure(logger: Logger) -> Bool {
-    _ = glibcMallopt(-3, 128 << 10)  // M_MMAP_THRESHOLD (<malloc.h>); a fixed value
     var done: [String] = []
     var locked = false
     if canLockAllMemory() {
@@ -208,5 +202,4 @@ public enum ServingProcess {
 }
 
 // Not in Swift's Glibc module.
-@_silgen_name("mallopt") private func glibcMallopt(_ parameter: Int32, _ value: Int32) -> Int32
 @_silgen_name("mlock2") private func glibcMlock2(_ address: UnsafeRawPointer?, _ length: Int, _ flags: UInt32) -> Int32
