@@ -46,7 +46,11 @@ public enum StatusFormatter {
     guard !r.paths.isEmpty else { return out + "  (no paths)\n" }
     let rows = r.paths.map { p -> [String] in
       var state = p.state
-      if let reason = p.reason, !reason.isEmpty { state += " (\(reason))" }
+      if let reason = p.reason, !reason.isEmpty {
+        state += " (\(reason))"
+      } else if let alua = p.alua {
+        state += " (ALUA \(alua)\(p.portGroup.map { ", port group \($0)" } ?? ""))"
+      }
       return [
         String(p.id),
         state,

@@ -274,20 +274,13 @@ public final class Volume: @unchecked Sendable {
       eventLoop: eventLoop, info: reference.info, targetName: specs[firstIndex].url.targetName,
       lun: specs[firstIndex].url.lun, options: options, logger: logger)
     try await eventLoop.submit {
+      volume.machine.setALUAMode(reference.info.aluaSupported ? ALUAMode(tpgs: reference.info.tpgs) : nil)
       for (i, spec) in specs.enumerated() {
-        var placed = spec
-        var unusable: String? = nil
-        if case .success(let unit) = results[i], let alua = Volume.aluaPlacement(unit.info) {
-          placed.group = alua.group
-          placed.priority = alua.priority
-          if !alua.usable { unusable = "ALUA state \(unit.info.accessState ?? "?")" }
-        }
-        let path = Path(id: PathID(UInt32(i)), spec: placed, session: sessions[i])
+        let path = Path(id: PathID(UInt32(i)), spec: spec, session: sessions[i])
         if case .success(let unit) = results[i] { path.unit = unit }
-        volume.add(path)
-        if let unusable {
-          volume.run(volume.machine.pathFailed(path.id, reason: PathFailure(.targetReported, context: unusable)))
-        }
+        // With ALUA the port group's state places the path; a standby or unavailable one
+        // stays logged in and carries no I/O until its group becomes active.
+        volume.add(path, alua: path.unit?.info)
         if case .failure(let error) = results[i] {
           volume.logger.warning(
             "path could not log in; probing it later",
@@ -301,28 +294,6 @@ public final class Volume: @unchecked Sendable {
       }
     }.get()
     return volume
-  }
-
-  /// Where ALUA puts a path: its target port group becomes its group (for `failover`),
-  /// and its access state its priority: active/optimized 50 (+1 in a preferred group),
-  /// active/non-optimized 10, standby 1, anything else 0. Only the active states are
-  /// `usable`: a standby, unavailable, offline or transitioning port refuses READ and
-  /// WRITE (SPC-4 5.16.2.4). nil without ALUA: the URL order decides.
-  public static func aluaPlacement(_ info: LUNInfo) -> (group: Int, priority: Int, usable: Bool)? {
-    guard let group = info.targetPortGroup, let state = info.accessStateCode else { return nil }
-    return aluaPlacement(group: group, state: state, preferred: info.preferredPortGroup == true)
-  }
-
-  public static func aluaPlacement(group: UInt16, state: UInt8, preferred: Bool) -> (
-    group: Int, priority: Int, usable: Bool
-  ) {
-    let bonus = preferred ? 1 : 0
-    switch state {
-    case 0x0: return (Int(group), 50 + bonus, true)
-    case 0x1: return (Int(group), 10 + bonus, true)
-    case 0x2: return (Int(group), 1, false)
-    default: return (Int(group), 0, false)
-    }
   }
 
   /// nil when `other` is the same LU as `reference`; otherwise why not, naming both.
@@ -344,14 +315,25 @@ public final class Volume: @unchecked Sendable {
     return nil
   }
 
-  private func add(_ path: Path) {
+  private func add(_ path: Path, alua info: LUNInfo? = nil) {
     paths[path.id] = path
     order.append(path.id)
     let id = path.id
     path.session.onConnectionLost = { [weak self] reason in
       self?.connectionLost(id, reason: reason)
     }
-    run(machine.addPath(id, group: path.spec.group, priority: path.spec.priority))
+    path.session.onAnnouncement = { [weak self] sense in
+      self?.announced(sense, on: id)
+    }
+    if let info, let group = info.targetPortGroup, let code = info.accessStateCode, let access = PortAccess(code: code) {
+      run(
+        machine.addPath(
+          id, group: path.spec.group, priority: path.spec.priority, portGroup: group, access: access,
+          preferred: info.preferredPortGroup == true))
+    } else {
+      run(machine.addPath(id, group: path.spec.group, priority: path.spec.priority))
+      if let group = info?.targetPortGroup { machine.assignPortGroup(id, group) }
+    }
   }
 
   /// Flushes nothing; logs out of every session (in-flight I/O gets `timeout` to finish).
@@ -589,14 +571,21 @@ public final class Volume: @unchecked Sendable {
       // The path is down: the scheduler re-sends reads now and fences writes first. An I/O
       // the target answered with broken PDUs is sent again too, a bounded number of times.
       if Volume.isProtocolViolation(error) { machine.updatePayload(of: id) { $0.violations += 1 } }
-      if error is SCSIOperationError {
-        // The target refused it on this port (ALUA standby, unavailable, a transition that
-        // did not settle, states changed): the port groups moved. The path stops; this I/O,
-        // which the target did not carry out, goes elsewhere at once, a write without a
-        // fence; and every failed path is probed now, which re-reads its group's state.
-        failPath(pathID, PathFailure(.targetReported, context: describeError(error)))
-        run(machine.rejected(entry.token, path: pathID))
-        probeFailedPathsNow(except: pathID)
+      if let e = error as? SCSIOperationError {
+        // The target refused it on this port, so it did not carry it out: the I/O is placed
+        // again at once, a write too, without a fence.
+        let access = e.sense.flatMap { PortAccess(notReadyASC: $0.asc, ascq: $0.ascq) }
+        if machine.portGroup(of: pathID) != nil, access != nil || SCSIOutcome.isAccessStateChange(e.sense) {
+          // ALUA: the port's group is standby, unavailable or transitioning (or the states
+          // just changed): the scheduler regroups the port and re-reads the port groups;
+          // the path stays logged in and is not failed.
+          run(machine.rejected(entry.token, path: pathID, access: access))
+        } else {
+          // Without ALUA the path stops, and every failed path is probed now.
+          failPath(pathID, PathFailure(.targetReported, context: describeError(error)))
+          run(machine.rejected(entry.token, path: pathID))
+          probeFailedPathsNow(except: pathID)
+        }
       } else {
         failPath(pathID, PathFailure(.connectionLost, context: describeError(error)))
       }
@@ -627,7 +616,7 @@ public final class Volume: @unchecked Sendable {
   private func failPath(_ id: PathID, _ failure: PathFailure) {
     guard let state = machine.state(of: id) else { return }
     switch state {
-    case .active, .standby:
+    case .active, .standby, .unavailable, .transitioning:
       paths[id]?.failures += 1
       observer?(.pathFailed(path: id.rawValue))
       run(machine.pathFailed(id, reason: failure))
@@ -660,6 +649,125 @@ public final class Volume: @unchecked Sendable {
         probe(path)
       case .log(let event):
         log(event)
+      case .readPortGroups(let via):
+        readPortGroups(via: via)
+      case .activatePortGroup(let group, let via):
+        activatePortGroup(group, via: via)
+      }
+    }
+  }
+
+  // MARK: - ALUA and announcements
+
+  /// REPORT TARGET PORT GROUPS through the path, for the scheduler.
+  private func readPortGroups(via id: PathID) {
+    guard let unit = paths[id]?.unit, !closed else {
+      run(machine.portGroupsReadFailed(via: id))
+      return
+    }
+    logger.debug("reading the port groups (REPORT TARGET PORT GROUPS)", metadata: ["path": "\(id)"])
+    unit.portGroups().whenComplete { [self] result in
+      guard !closed else { return }
+      switch result {
+      case .success(let report):
+        let groups = report.groups.map { "\($0.groupID) \($0.asymmetricAccessState)" }.joined(separator: ", ")
+        logger.debug("port groups: \(groups)", metadata: ["path": "\(id)"])
+        run(machine.portGroupsRead(Volume.portGroupReport(report), via: id))
+      case .failure(let error):
+        logger.info("reading the port groups failed", metadata: ["path": "\(id)", "error": "\(describeError(error))"])
+        run(machine.portGroupsReadFailed(via: id))
+      }
+    }
+  }
+
+  /// SET TARGET PORT GROUPS through the path (explicit ALUA), for the scheduler.
+  private func activatePortGroup(_ group: UInt16, via id: PathID) {
+    guard let unit = paths[id]?.unit, !closed else {
+      run(machine.portGroupActivated(via: id, success: false))
+      return
+    }
+    logger.notice(
+      "no port group carries I/O: activating port group \(group) (SET TARGET PORT GROUPS)", metadata: ["path": "\(id)"])
+    unit.activatePortGroup(group).whenComplete { [self] result in
+      guard !closed else { return }
+      if case .failure(let error) = result {
+        logger.warning(
+          "activating port group \(group) failed", metadata: ["path": "\(id)", "error": "\(describeError(error))"])
+      }
+      run(machine.portGroupActivated(via: id, success: (try? result.get()) != nil))
+    }
+  }
+
+  static func portGroupReport(_ r: ReportTargetPortGroups) -> PortGroupReport {
+    var groups: [UInt16: PortGroupReport.Group] = [:]
+    for g in r.groups {
+      guard let access = PortAccess(code: g.asymmetricAccessState.rawValue) else { continue }
+      groups[g.groupID] = PortGroupReport.Group(access: access, preferred: g.preferred)
+    }
+    let transition: Duration? =
+      r.extendedHeader && r.implicitTransitionTime > 0 ? .seconds(Int(r.implicitTransitionTime)) : nil
+    return PortGroupReport(groups: groups, transitionTimeout: transition)
+  }
+
+  /// The target told a session something about the LU (the command that carried it is
+  /// retried or ended by the session as usual).
+  private func announced(_ sense: SenseData, on id: PathID) {
+    guard !closed else { return }
+    switch (sense.asc, sense.ascq) {
+    case (0x2A, 0x06), (0x2A, 0x07), (0x04, _):
+      // Access states changed, an implicit transition failed, or a port refused I/O
+      // because of its state: re-read the port groups (nothing without ALUA).
+      run(machine.accessMayHaveChanged())
+    case (0x2A, 0x09):
+      capacityChanged(on: id)
+    case (0x3F, 0x03), (0x3F, 0x0E):
+      recheckIdentity(of: id, because: sense.description)
+    default:
+      logger.info("the target reported: \(sense)", metadata: ["path": "\(id)"])
+    }
+  }
+
+  /// UNIT ATTENTION 2A/09: the LU's capacity changed on the target. Read and logged; the
+  /// device keeps the size it was attached with.
+  private func capacityChanged(on id: PathID) {
+    guard let unit = paths[id]?.unit else { return }
+    unit.capacityBytes().whenComplete { [self] result in
+      switch result {
+      case .success(let capacity):
+        logger.notice(
+          "the target reports a new capacity: \(capacity) bytes (was \(info.sizeBytes)); the device keeps \(info.sizeBytes) bytes until it is attached again",
+          metadata: ["path": "\(id)"])
+      case .failure(let error):
+        logger.warning(
+          "the target reports a capacity change, but reading it failed", metadata: ["path": "\(id)", "error": "\(describeError(error))"])
+      }
+    }
+  }
+
+  /// UNIT ATTENTION 3F/03 (inquiry data changed) or 3F/0E (reported LUNs changed): the
+  /// LU is opened again on that path and must still be the volume's; otherwise the path
+  /// fails, and its probes keep refusing it until it is.
+  private func recheckIdentity(of id: PathID, because why: String) {
+    guard let path = paths[id], !path.probing else { return }
+    let session = path.session
+    let lun = path.spec.url.lun
+    logger.notice("re-checking the logical unit's identity: \(why)", metadata: ["path": "\(id)"])
+    let promise = eventLoop.makePromise(of: LogicalUnit.self)
+    promise.completeWithTask { try await LogicalUnit.open(session: session, lun: lun) }
+    promise.futureResult.whenComplete { [self] result in
+      guard !closed, let path = paths[id] else { return }
+      switch result {
+      case .success(let unit):
+        if let problem = Volume.identityProblem(
+          reference: info, referenceURL: path.spec.url, other: unit.info, otherURL: path.spec.url)
+        {
+          path.unit = nil
+          failPath(id, PathFailure(.targetReported, context: problem))
+        } else {
+          path.unit = unit
+        }
+      case .failure(let error):
+        logger.info("re-checking the logical unit failed", metadata: ["path": "\(id)", "error": "\(describeError(error))"])
       }
     }
   }
@@ -687,6 +795,8 @@ public final class Volume: @unchecked Sendable {
     case .standby?: what = "path standby"
     case .probing?: what = "probing path"
     case .disabled?: what = "path disabled"
+    case .unavailable?: what = "path unavailable"
+    case .transitioning?: what = "path transitioning"
     case nil: what = "path removed"
     }
     if case .probing? = event.to {
@@ -696,7 +806,7 @@ public final class Volume: @unchecked Sendable {
     }
     // Back from failed or probing to working (serving or standing by): reinstated.
     if let from = event.from?.name, from == "failed" || from == "probing",
-      let to = event.to?.name, to == "active" || to == "standby"
+      let to = event.to?.name, ["active", "standby", "unavailable", "transitioning"].contains(to)
     {
       paths[event.path]?.reinstatements += 1
     }
@@ -811,15 +921,13 @@ public final class Volume: @unchecked Sendable {
         return unit
       }.nonisolated()
     }.flatMap { unit in
-      // With ALUA, the port group's state decides (standby and unavailable ports refuse
-      // TEST UNIT READY by design); without, TEST UNIT READY.
-      guard unit.info.aluaSupported, unit.info.targetPortGroup != nil else { return unit.testUnitReady() }
-      return unit.portGroupState().assumeIsolated().flatMapThrowing { [self] group in
-        guard let group else { return }
-        let placement = Volume.aluaPlacement(
-          group: group.groupID, state: group.asymmetricAccessState.rawValue, preferred: group.preferred)
-        run(machine.updatePath(id, group: placement.group, priority: placement.priority))
-        if !placement.usable { throw BridgeError("ALUA state \(group.asymmetricAccessState)") }
+      // With ALUA, REPORT TARGET PORT GROUPS answers (standby and unavailable ports refuse
+      // TEST UNIT READY by design), and its states go to the scheduler, which places the
+      // path by its group's state; without, TEST UNIT READY.
+      guard unit.info.aluaSupported, let group = unit.info.targetPortGroup else { return unit.testUnitReady() }
+      return unit.portGroups().assumeIsolated().map { [self] report in
+        machine.assignPortGroup(id, group)
+        run(machine.portGroupsRead(Volume.portGroupReport(report), via: id))
       }.nonisolated()
     }.whenComplete { [self] result in
       path.probing = false
@@ -929,7 +1037,7 @@ public final class Volume: @unchecked Sendable {
         default: break
         }
         let config = path.spec.configuration
-        reports.append(
+        var report =
           PathReport(
             id: row.path.rawValue, url: path.spec.url.description, portal: "\(path.spec.url.portal)",
             interface: config.interface, source: config.sourceAddress, state: state, reason: reason,
@@ -939,7 +1047,10 @@ public final class Volume: @unchecked Sendable {
             ios: row.statistics.ios, bytes: row.statistics.bytes, errors: row.statistics.errors,
             failovers: row.statistics.failovers, failures: path.failures, reinstatements: path.reinstatements,
             outstandingIOs: row.statistics.outstandingIOs, iops: iops, megabytesPerSecond: mbps,
-            latency: Volume.latencyReport(row.statistics.latency)))
+            latency: Volume.latencyReport(row.statistics.latency))
+        report.portGroup = row.portGroup
+        report.alua = row.access?.description
+        reports.append(report)
       }
       return VolumeStatusReport(
         name: options.name, device: device, export: exportURI, targetName: targetName, lun: lun,

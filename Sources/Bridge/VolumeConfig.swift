@@ -54,6 +54,8 @@ public struct VolumeConfig: Equatable, Sendable {
   public var deadConnTimeout: Int = 120
   /// Seconds to queue I/O while every path is down before failing it (nil: default).
   public var noPathRetry: Int?
+  /// With ALUA: seconds between re-reads of the port groups' states (nil: default 10).
+  public var aluaCheckInterval: Int?
   /// nil: the kernel picks a free device.
   public var device: UInt32?
   public var readOnly: Bool = false
@@ -75,7 +77,7 @@ public struct VolumeConfig: Equatable, Sendable {
     "paths", "initiator_name", "chap_user", "chap_secret_file", "mutual_user", "mutual_secret_file",
     "chap_algorithms", "header_digest", "data_digest", "policy", "keepalive_interval", "keepalive_timeout",
     "login_timeout", "timeout", "dead_conn_timeout", "no_path_retry", "device", "read_only", "connections",
-    "sessions_per_path", "failback", "command_timeout", "metrics",
+    "sessions_per_path", "failback", "command_timeout", "metrics", "alua_check_interval",
   ]
 
   /// Keys people write from habit (command-line spellings are caught by the edit distance).
@@ -295,6 +297,7 @@ public struct VolumeConfig: Equatable, Sendable {
       case "timeout": timeout = try d.seconds(entry, min: 1)
       case "dead_conn_timeout": deadConnTimeout = try d.seconds(entry, min: 0)
       case "no_path_retry": noPathRetry = try d.seconds(entry, min: 0)
+      case "alua_check_interval": aluaCheckInterval = try d.seconds(entry, min: 1)
       case "device": device = try d.device(entry)
       case "read_only": readOnly = try d.boolean(entry)
       case "connections":
@@ -422,6 +425,7 @@ public struct VolumeConfig: Equatable, Sendable {
     out.append("timeout = \(timeout)")
     out.append("dead_conn_timeout = \(deadConnTimeout)")
     if let noPathRetry { out.append("no_path_retry = \(noPathRetry)") }
+    if let aluaCheckInterval { out.append("alua_check_interval = \(aluaCheckInterval)") }
     if let device { out.append("device = \"/dev/nbd\(device)\"") }
     out.append("read_only = \(readOnly)")
     if let connections { out.append("connections = \(connections)") }

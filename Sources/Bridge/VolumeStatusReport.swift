@@ -38,7 +38,7 @@ public struct PathReport: Codable, Hashable, Sendable {
   public var interface: String?
   /// The source address the path is bound to (`?source=`), if any.
   public var source: String?
-  /// active, standby, failed, probing or disabled.
+  /// active, standby, failed, probing, disabled, unavailable or transitioning.
   public var state: String
   /// Why the path failed (when state is failed or probing).
   public var reason: String?
@@ -62,6 +62,10 @@ public struct PathReport: Codable, Hashable, Sendable {
   public var iops: Double
   public var megabytesPerSecond: Double
   public var latency: LatencyReport
+  /// With ALUA: the path's target port group and its asymmetric access state as last
+  /// read (active/optimized, active/non-optimized, standby, unavailable, transitioning, ...).
+  public var portGroup: UInt16? = nil
+  public var alua: String? = nil
 
   public init(
     id: UInt32, url: String, portal: String, interface: String?, source: String?, state: String, reason: String?,

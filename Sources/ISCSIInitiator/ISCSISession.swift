@@ -126,6 +126,10 @@ public final class ISCSISession: @unchecked Sendable {
   /// Multipath: called on the event loop when the connection is lost (with the reason);
   /// the session's unfinished commands have failed with `ISCSIError.pathDown` by then.
   public var onConnectionLost: ((String) -> Void)?
+  /// Called on the event loop when the target announces something about the LU (a unit
+  /// attention, an ALUA NOT READY, an asynchronous event's sense); the command that
+  /// carried it is retried or ended as usual meanwhile.
+  public var onAnnouncement: ((SenseData) -> Void)?
 
   private var machine: SessionStateMachine
   /// Actions to carry out; events raised while they run (a completion callback submitting
@@ -272,6 +276,8 @@ public final class ISCSISession: @unchecked Sendable {
       promise?.succeed(())
     case .failExchanges(let error):
       finishText(.failure(error))
+    case .announced(let sense):
+      onAnnouncement?(sense)
     case .log(let level, let message):
       switch level {
       case .debug: logger.debug("\(message)")

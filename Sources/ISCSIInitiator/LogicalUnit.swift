@@ -29,6 +29,8 @@ public struct LUNInfo: Codable, Sendable, Equatable {
   public var readOnly: Bool
   public var rotational: Bool?
   public var aluaSupported: Bool
+  /// TPGS from the standard INQUIRY data: 1 implicit ALUA only, 2 explicit only, 3 both.
+  public var tpgs: UInt8 = 0
   /// ALUA, as seen through this session's port: its target port group (VPD 0x83) and that
   /// group's asymmetric access state and PREF bit (REPORT TARGET PORT GROUPS). nil
   /// without ALUA.
@@ -251,17 +253,43 @@ public final class LogicalUnit: Sendable {
     return EventLoopFuture.andAllSucceed(futures, on: session.eventLoop)
   }
 
-  /// This path's target port group as REPORT TARGET PORT GROUPS tells it now (nil when
-  /// the LU has no ALUA or the report does not list the group). A port in standby or
-  /// unavailable state answers it, where it refuses TEST UNIT READY.
-  public func portGroupState() -> EventLoopFuture<ReportTargetPortGroups.Group?> {
-    guard info.aluaSupported, let group = info.targetPortGroup else {
-      return session.eventLoop.makeSucceededFuture(nil)
+  /// The LU's capacity in bytes as the target reports it now (READ CAPACITY(16), or (10)
+  /// where the LU was opened with it).
+  public func capacityBytes() -> EventLoopFuture<UInt64> {
+    if use16 {
+      let command = SCSICommand(lun: lun, cdb: CDB.readCapacity16(), direction: .read(32))
+      return run(command, "READ CAPACITY(16)").flatMapThrowing { c in
+        let rc = try ReadCapacity16(Array(c.data.readableBytesView))
+        return (rc.lastLBA + 1) * UInt64(rc.blockLength)
+      }
     }
+    let command = SCSICommand(lun: lun, cdb: CDB.readCapacity10(), direction: .read(8))
+    return run(command, "READ CAPACITY(10)").flatMapThrowing { c in
+      let rc = try ReadCapacity10(Array(c.data.readableBytesView))
+      return (UInt64(rc.lastLBA) + 1) * UInt64(rc.blockLength)
+    }
+  }
+
+  /// Every target port group of the LU and its state, as REPORT TARGET PORT GROUPS tells
+  /// them now. The length-only format: LIO (Linux 6.1) answers the extended one with its
+  /// last 4 bytes cut off, so the implicit transition time it would carry comes from the
+  /// configuration instead.
+  public func portGroups() -> EventLoopFuture<ReportTargetPortGroups> {
     let command = SCSICommand(lun: lun, cdb: CDB.reportTargetPortGroups(allocationLength: 4096), direction: .read(4096))
     return run(command, "REPORT TARGET PORT GROUPS").flatMapThrowing { c in
-      try ReportTargetPortGroups(Array(c.data.readableBytesView)).groups.first { $0.groupID == group }
+      try ReportTargetPortGroups(Array(c.data.readableBytesView))
     }
+  }
+
+  /// Asks the target to make `group` active/optimized (SET TARGET PORT GROUPS, explicit
+  /// ALUA).
+  public func activatePortGroup(_ group: UInt16) -> EventLoopFuture<Void> {
+    let list = CDB.setTargetPortGroupsParameterList(groups: [(group, ReportTargetPortGroups.AccessState.activeOptimized.rawValue)])
+    var buffer = ByteBufferAllocator().buffer(capacity: list.count)
+    buffer.writeBytes(list)
+    let command = SCSICommand(
+      lun: lun, cdb: CDB.setTargetPortGroups(parameterListLength: UInt32(list.count)), direction: .write(buffer))
+    return run(command, "SET TARGET PORT GROUPS").map { _ in }
   }
 
   public func testUnitReady() -> EventLoopFuture<Void> {
@@ -431,6 +459,7 @@ struct Probe {
       maxWriteSameBlocks: limits?.maximumWriteSameLength ?? 0,
       writeCache: writeCache, fua: dpofua, readOnly: writeProtect,
       rotational: characteristics?.isRotational, aluaSupported: inquiry.supportsALUA)
+    info.tpgs = inquiry.tpgs
     if let alua {
       info.targetPortGroup = alua.group
       info.accessState = alua.state.description

@@ -83,6 +83,11 @@ public struct SessionStateMachine {
     /// Fail the text exchange in progress, if any.
     case failExchanges(Error)
     case log(LogLevel, String)
+    /// The target told something about the LU that its owner should act on, while the
+    /// command itself is retried or ended as usual: a unit attention (access states,
+    /// capacity, inquiry or LUN data changed, a reset), an ALUA NOT READY (04/0A-0C), or
+    /// the sense of a SCSI asynchronous event.
+    case announced(SenseData)
   }
 
   /// Command window, numbering and tasks of the current connection.
@@ -370,7 +375,7 @@ public struct SessionStateMachine {
       out.append(.logoutDone)
     case .asyncMessage:
       connection!.advanceStatSN(h.statSN)
-      receiveAsync(h, into: &out)
+      receiveAsync(pdu, into: &out)
     case .reject:
       connection!.advanceStatSN(h.statSN)
       receiveReject(pdu, into: &out)
@@ -390,6 +395,7 @@ public struct SessionStateMachine {
 
   private mutating func finish(_ entry: InFlight, _ completion: SCSICompletion, into out: inout [Action]) {
     let sense = completion.sense.isEmpty ? nil : try? SenseData(completion.sense)
+    if let sense, SessionStateMachine.concernsOwner(sense) { out.append(.announced(sense)) }
     let outcome = SCSIOutcome(
       status: completion.status, sense: sense, retries: entry.command.retries, maxRetries: timeouts.maxRetries)
     let delay: Int
@@ -418,6 +424,12 @@ public struct SessionStateMachine {
     out.append(.succeed(entry.command, completion))
   }
 
+  /// A unit attention, or NOT READY because of the port's ALUA state (04/0A-0C, 04/12).
+  static func concernsOwner(_ sense: SenseData) -> Bool {
+    sense.senseKey == .unitAttention
+      || (sense.senseKey == .notReady && sense.asc == 0x04 && [0x0A, 0x0B, 0x0C, 0x12].contains(sense.ascq))
+  }
+
   private mutating func receiveNopIn(_ pdu: ISCSIPDU, into out: inout [Action]) {
     let h = pdu.header
     if h.initiatorTaskTag != reservedTag {
@@ -439,10 +451,21 @@ public struct SessionStateMachine {
     out.append(.flush)
   }
 
-  private mutating func receiveAsync(_ h: BasicHeaderSegment, into out: inout [Action]) {
+  private mutating func receiveAsync(_ pdu: ISCSIPDU, into out: inout [Action]) {
+    let h = pdu.header
     switch h.asyncEvent {
     case 0:
-      out.append(.log(.info, "target reported a SCSI asynchronous event"))
+      // SCSI asynchronous event: the data segment is the sense data with a 2-byte length
+      // before it (RFC 7143 section 11.9.4); a unit attention in it is handled as one
+      // answered to a command.
+      let bytes = Array(pdu.data.readableBytesView)
+      let length = bytes.count >= 2 ? Int(bytes[0]) << 8 | Int(bytes[1]) : 0
+      if length > 0, bytes.count >= 2 + length, let sense = try? SenseData(Array(bytes[2..<(2 + length)])) {
+        out.append(.log(.info, "target reported a SCSI asynchronous event: \(sense)"))
+        if SessionStateMachine.concernsOwner(sense) { out.append(.announced(sense)) }
+      } else {
+        out.append(.log(.info, "target reported a SCSI asynchronous event"))
+      }
     case 1:
       // The target asks for a logout within Parameter3 seconds (RFC 7143 section 11.9.1):
       // log out and log in again, which moves our commands to the new connection.

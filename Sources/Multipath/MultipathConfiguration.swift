@@ -93,16 +93,27 @@ public struct MultipathConfiguration: Hashable, Sendable {
   /// Zero fails it at once.
   public var noPathRetry: Duration
   public var probeBackoff: ProbeBackoff
+  /// With ALUA: how often the port groups' states are re-read (REPORT TARGET PORT GROUPS),
+  /// as dm-multipath's path checker and prioritizer poll; also after every unit attention
+  /// that announces a change. While a group is transitioning, every second.
+  public var portGroupCheckInterval: Duration
+  /// How long a group may stay transitioning before it is taken as unavailable, when the
+  /// target reports no implicit transition time (scsi_dh_alua waits 60 s too).
+  public var transitionTimeout: Duration
 
   public init(
     policy: SelectorPolicy = .serviceTime,
     failback: FailbackPolicy = .immediate,
     noPathRetry: Duration = .seconds(60),
-    probeBackoff: ProbeBackoff = ProbeBackoff()
+    probeBackoff: ProbeBackoff = ProbeBackoff(),
+    portGroupCheckInterval: Duration = .seconds(10),
+    transitionTimeout: Duration = .seconds(60)
   ) {
     self.policy = policy
     self.failback = failback
     self.noPathRetry = noPathRetry
     self.probeBackoff = probeBackoff
+    self.portGroupCheckInterval = portGroupCheckInterval
+    self.transitionTimeout = transitionTimeout
   }
 }

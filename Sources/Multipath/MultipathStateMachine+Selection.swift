@@ -33,7 +33,7 @@ extension MultipathStateMachine {
   }
 
   func isUsable(_ record: PathRecord) -> Bool {
-    record.health == .up && !record.held && !record.removing
+    record.health == .up && !record.held && !record.removing && record.access?.allowsIO != false
   }
 
   /// The level I/O goes to now: the best one that has a usable path.
@@ -47,7 +47,11 @@ extension MultipathStateMachine {
     case .probing: return .probing
     case .disabled: return .disabled
     case .up:
-      return self.isUsable(record) && self.level(of: record) == serving ? .active : .standby
+      switch record.access {
+      case .unavailable?, .offline?: return .unavailable
+      case .transitioning?: return .transitioning
+      default: return self.isUsable(record) && self.level(of: record) == serving ? .active : .standby
+      }
     }
   }
 

@@ -43,6 +43,12 @@ public struct MultipathStateMachine<Clock: MultipathClock, Payload> {
     case startProbe(PathID)
     /// A path changed state.
     case log(PathEvent)
+    /// Read the LU's port groups (REPORT TARGET PORT GROUPS) through the path, then call
+    /// `portGroupsRead(_:via:)` or `portGroupsReadFailed(via:)`.
+    case readPortGroups(via: PathID)
+    /// Make the port group active/optimized (SET TARGET PORT GROUPS) through the path, then
+    /// call `portGroupActivated(via:success:)`.
+    case activatePortGroup(UInt16, via: PathID)
   }
 
   enum Health: Hashable {
@@ -73,6 +79,10 @@ public struct MultipathStateMachine<Clock: MultipathClock, Payload> {
     /// `statistics.outstandingIOs`).
     var fenced = 0
     var statistics = PathStatistics()
+    /// With ALUA: the path's target port group, its state and PREF bit as last known.
+    var portGroup: UInt16?
+    var access: PortAccess?
+    var preferred = false
 
     init(id: PathID, group: Int, priority: Int, relativeThroughput: Int) {
       self.id = id
@@ -119,6 +129,18 @@ public struct MultipathStateMachine<Clock: MultipathClock, Payload> {
   var roundRobinCurrent: PathID?
   var roundRobinRemaining = 0
 
+  /// ALUA: who may change states (nil: the LU has no ALUA), the read of the port groups in
+  /// progress and through which path, whether another read was asked for meanwhile, the
+  /// activation (SET TARGET PORT GROUPS) in progress, since when each group transitions,
+  /// the target's own transition time, and when the next periodic read is due.
+  var aluaMode: ALUAMode?
+  var portGroupRead: PathID?
+  var portGroupRereadWanted = false
+  var activation: PathID?
+  var transitionStarted: [UInt16: Instant] = [:]
+  var targetTransitionTimeout: Duration?
+  var portGroupCheckDeadline: Instant?
+
   public init(
     configuration: MultipathConfiguration = MultipathConfiguration(),
     clock: Clock,
@@ -134,16 +156,31 @@ public struct MultipathStateMachine<Clock: MultipathClock, Payload> {
   /// A new path. `group` and `priority` come from the caller, e.g. from REPORT TARGET PORT
   /// GROUPS: give active/optimized ports a higher priority than active/non-optimized ones.
   /// `relativeThroughput` (>= 1) weighs the path in `service-time` (as dm's table argument).
-  public mutating func addPath(_ id: PathID, group: Int, priority: Int, relativeThroughput: Int = 1)
-    -> [Action]
-  {
+  /// With ALUA, give the path's target port group and its state (and PREF bit): the port
+  /// group becomes its group and the state its priority (`PortAccess.priority`), the path
+  /// carries I/O only in an active state, and the port groups are re-read periodically.
+  public mutating func addPath(
+    _ id: PathID, group: Int, priority: Int, relativeThroughput: Int = 1, portGroup: UInt16? = nil,
+    access: PortAccess? = nil, preferred: Bool = false
+  ) -> [Action] {
     precondition(self.paths[id] == nil, "\(id) added twice")
     let before = self.states()
     self.order.append(id)
-    self.paths[id] = PathRecord(
-      id: id, group: group, priority: priority, relativeThroughput: max(relativeThroughput, 1))
+    let record = PathRecord(id: id, group: group, priority: priority, relativeThroughput: max(relativeThroughput, 1))
+    var reason = "added (group \(group), priority \(priority))"
     var actions: [Action] = []
-    return self.finish(before, subject: id, reason: "added (group \(group), priority \(priority))", &actions)
+    if let portGroup, let access {
+      record.portGroup = portGroup
+      record.access = access
+      record.preferred = preferred
+      record.group = Int(portGroup)
+      record.priority = access.priority(preferred: preferred)
+      reason = "added (port group \(portGroup), \(access)\(preferred ? ", preferred" : ""))"
+      if access == .transitioning { self.transitionStarted[portGroup] = self.transitionStarted[portGroup] ?? self.clock.now }
+    }
+    self.paths[id] = record
+    if record.access != nil { self.armPortGroupCheck(&actions) }
+    return self.finish(before, subject: id, reason: reason, &actions)
   }
 
   /// Takes the path away. Its reads are re-sent at once; its writes are fenced as on a
@@ -416,14 +453,27 @@ public struct MultipathStateMachine<Clock: MultipathClock, Payload> {
   /// such as an ALUA standby port's NOT READY): it is placed again now, a write too, and
   /// without a fence, since no copy of it can land later. A read already re-sent
   /// elsewhere is stale (nothing happens). Fail the path first if it should take no more.
-  public mutating func rejected(_ io: IOToken, path: PathID) -> [Action] {
+  ///
+  /// With ALUA, `access` is what the refusal said of the port (NOT READY 04/0B: standby,
+  /// 04/0C: unavailable, 04/0A: transitioning): every path of its port group takes that
+  /// state before the I/O is placed again, and the port groups are re-read. nil (a unit
+  /// attention "access state changed"): only the re-read.
+  public mutating func rejected(_ io: IOToken, path: PathID, access: PortAccess? = nil) -> [Action] {
     guard let (record, _) = self.leave(io, path: path) else { return [] }
     record.statistics.errors += 1
     let before = self.states()
+    let servingBefore = self.servingLevel()
     var actions: [Action] = []
+    var reason = "\(io) refused by the target, placed again"
+    if let access, let group = record.portGroup, record.access != access {
+      self.setAccess(access, preferred: record.preferred, ofGroup: group)
+      reason = "\(io) refused: port group \(group) \(access); placed again"
+    }
+    self.releaseHeldIfServingChanged(from: servingBefore, &actions)
     self.place(io.id, &actions)
     self.forgetIfSettled(path)
-    return self.finish(before, subject: path, reason: "\(io) refused by the target, placed again", &actions)
+    if record.portGroup != nil { self.requestPortGroupRead(&actions) }
+    return self.finish(before, subject: path, reason: reason, &actions)
   }
 
   /// Takes an I/O that is on `path` (dispatched or fenced there) off the path's counts;
@@ -476,6 +526,14 @@ public struct MultipathStateMachine<Clock: MultipathClock, Payload> {
       actions.append(.startProbe(path))
       return self.finish(before, subject: path, reason: "probe \(record.probeAttempt + 1)", &actions)
 
+    case .portGroupCheck:
+      guard let deadline = self.portGroupCheckDeadline, deadline <= now else { return [] }
+      self.portGroupCheckDeadline = nil
+      var actions: [Action] = []
+      self.requestPortGroupRead(&actions)
+      if self.portGroupRead == nil { self.armPortGroupCheck(&actions) }  // no path to read through now
+      return actions
+
     case .failback(let path):
       guard let record = self.paths[path], record.held, let deadline = record.failbackDeadline,
         deadline <= now
@@ -498,7 +556,8 @@ public struct MultipathStateMachine<Clock: MultipathClock, Payload> {
       return PathStatus(
         path: id, group: record.group, priority: record.priority,
         state: self.state(of: record, serving: serving),
-        fencedWrites: record.fenced, statistics: record.statistics)
+        fencedWrites: record.fenced, statistics: record.statistics, portGroup: record.portGroup,
+        access: record.access)
     }
   }
 
@@ -614,7 +673,7 @@ public struct MultipathStateMachine<Clock: MultipathClock, Payload> {
 
   /// Paths waiting for failback only wait while the paths they would replace are serving:
   /// once those are gone, the best paths take over whatever the failback policy.
-  private mutating func releaseHeldIfServingChanged(from before: Level?, _ actions: inout [Action]) {
+  mutating func releaseHeldIfServingChanged(from before: Level?, _ actions: inout [Action]) {
     if self.servingLevel() != before {
       self.releaseAllHeld(&actions)
     }
@@ -628,14 +687,14 @@ public struct MultipathStateMachine<Clock: MultipathClock, Payload> {
     if self.roundRobinCurrent == id { self.roundRobinCurrent = nil }
   }
 
-  private func states() -> [(PathID, PathState)] {
+  func states() -> [(PathID, PathState)] {
     let serving = self.servingLevel()
     return self.order.map { ($0, self.state(of: self.paths[$0]!, serving: serving)) }
   }
 
   /// Ends an event: sends queued I/O if a path became usable, and puts a `.log` first for
   /// every path whose state changed.
-  private mutating func finish(
+  mutating func finish(
     _ before: [(PathID, PathState)], subject: PathID?, reason: String, _ actions: inout [Action]
   ) -> [Action] {
     self.drainQueue(&actions)

@@ -88,6 +88,9 @@ public struct PathStatus: Hashable, Sendable {
   /// Writes taken off the failed path and waiting for `pathFenced` before being re-sent.
   public var fencedWrites: Int
   public var statistics: PathStatistics
+  /// With ALUA: the path's target port group and its access state as last read.
+  public var portGroup: UInt16? = nil
+  public var access: PortAccess? = nil
 
   public var p50: Duration? { self.statistics.latency.quantile(0.50) }
   public var p99: Duration? { self.statistics.latency.quantile(0.99) }

@@ -77,8 +77,14 @@ public enum PathState: Hashable, Sendable, CustomStringConvertible {
   case standby
   /// Taken out by the administrator; never probed, never selected.
   case disabled
+  /// Working, but the target says its port group carries no I/O now (ALUA unavailable or
+  /// offline); re-read with the port groups, never probed.
+  case unavailable
+  /// Working, but its port group is changing state (ALUA transitioning); I/O waits for it.
+  case transitioning
 
-  /// The state without its reason: active, failed, probing, standby or disabled.
+  /// The state without its reason: active, failed, probing, standby, disabled,
+  /// unavailable or transitioning.
   public var name: String {
     switch self {
     case .active: return "active"
@@ -86,6 +92,8 @@ public enum PathState: Hashable, Sendable, CustomStringConvertible {
     case .probing: return "probing"
     case .standby: return "standby"
     case .disabled: return "disabled"
+    case .unavailable: return "unavailable"
+    case .transitioning: return "transitioning"
     }
   }
 
@@ -96,6 +104,8 @@ public enum PathState: Hashable, Sendable, CustomStringConvertible {
     case .probing: return "probing"
     case .standby: return "standby"
     case .disabled: return "disabled"
+    case .unavailable: return "unavailable"
+    case .transitioning: return "transitioning"
     }
   }
 }
@@ -155,4 +165,6 @@ public enum TimerID: Hashable, Sendable {
   case probe(PathID)
   /// `.deferred` failback of a reinstated path is due.
   case failback(PathID)
+  /// Time to re-read the ALUA port groups' states.
+  case portGroupCheck
 }

@@ -22,12 +22,14 @@ public enum CDB {
     public static let serviceActionIn16: UInt8 = 0x9E  // SPC-4 Annex D.3.2
     public static let reportLuns: UInt8 = 0xA0  // SPC-4 6.33
     public static let maintenanceIn: UInt8 = 0xA3  // SPC-4 Annex D.3.2
+    public static let maintenanceOut: UInt8 = 0xA4  // SPC-4 Annex D.3.2
   }
 
   /// Service actions (SPC-4 Annex D, Table D.4 / D.5).
   public enum ServiceAction {
     public static let readCapacity16: UInt8 = 0x10  // SERVICE ACTION IN(16), SBC-3 5.16
     public static let reportTargetPortGroups: UInt8 = 0x0A  // MAINTENANCE IN, SPC-4 6.36
+    public static let setTargetPortGroups: UInt8 = 0x0A  // MAINTENANCE OUT, SPC-4 6.44
   }
 
   /// FUA bit: byte 1 bit 3 of READ/WRITE(10) and (16) (SBC-3 Tables 40, 42, 95, 97).
@@ -91,13 +93,35 @@ public enum CDB {
 
   /// REPORT TARGET PORT GROUPS (SPC-4 6.36, Table 203): MAINTENANCE IN (0xA3)
   /// with SERVICE ACTION 0x0A in byte 1 bits 4-0; PARAMETER DATA FORMAT (byte 1
-  /// bits 7-5) = 000b (length-only header); ALLOCATION LENGTH bytes 6-9.
-  public static func reportTargetPortGroups(allocationLength: UInt32) -> [UInt8] {
+  /// bits 7-5) = 000b (length-only header) or 001b (extended header, which carries the
+  /// implicit transition time); ALLOCATION LENGTH bytes 6-9.
+  public static func reportTargetPortGroups(allocationLength: UInt32, extendedHeader: Bool = false) -> [UInt8] {
     var c = [UInt8](repeating: 0, count: 12)
     c[0] = Opcode.maintenanceIn
-    c[1] = ServiceAction.reportTargetPortGroups
+    c[1] = ServiceAction.reportTargetPortGroups | (extendedHeader ? 0x20 : 0)
     put32(&c, 6, allocationLength)
     return c
+  }
+
+  /// SET TARGET PORT GROUPS (SPC-4 6.44): MAINTENANCE OUT, service action 0Ah, parameter
+  /// list length in bytes 6-9.
+  public static func setTargetPortGroups(parameterListLength: UInt32) -> [UInt8] {
+    var c = [UInt8](repeating: 0, count: 12)
+    c[0] = Opcode.maintenanceOut
+    c[1] = ServiceAction.setTargetPortGroups
+    put32(&c, 6, parameterListLength)
+    return c
+  }
+
+  /// SET TARGET PORT GROUPS parameter list: 4 reserved bytes, then one 4-byte descriptor
+  /// per group (byte 0: the asymmetric access state asked for in its low 4 bits; bytes 2-3:
+  /// the target port group).
+  public static func setTargetPortGroupsParameterList(groups: [(group: UInt16, state: UInt8)]) -> [UInt8] {
+    var list = [UInt8](repeating: 0, count: 4)
+    for g in groups {
+      list += [g.state & 0x0F, 0, UInt8(g.group >> 8), UInt8(g.group & 0xFF)]
+    }
+    return list
   }
 
   // MARK: SBC-3 capacity

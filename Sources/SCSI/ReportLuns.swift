@@ -166,6 +166,26 @@ public struct ReportTargetPortGroups: Sendable, Equatable {
       extendedHeader = false
       implicitTransitionTime = 0
     }
+    var parsed = ReportTargetPortGroups.descriptors(bytes, from: start, total: total)
+    // With the extended header some targets (LIO) count only the descriptors in RETURN
+    // DATA LENGTH, not the 4 header bytes after it, as the kernel's scsi_dh_alua also
+    // tolerates: read the descriptors to 8 + length when they fit there exactly.
+    if extendedHeader, parsed.truncated, bytes.count >= total + 4 {
+      let alternative = ReportTargetPortGroups.descriptors(bytes, from: start, total: total + 4)
+      if !alternative.truncated { parsed = alternative }
+    }
+    // A partial descriptor inside a buffer that was *not* cut short means the
+    // lengths disagree: that is garbage, not truncation.
+    if parsed.truncated && bytes.count >= total {
+      throw SCSIError(.invalidField, "REPORT TARGET PORT GROUPS: descriptor overruns return data length")
+    }
+    groups = parsed.list
+    isTruncated = parsed.truncated
+  }
+
+  /// The descriptors from `start` up to `total` (or the buffer's end); `truncated` when one
+  /// does not fit.
+  static func descriptors(_ bytes: [UInt8], from start: Int, total: Int) -> (list: [Group], truncated: Bool) {
     let end = min(total, bytes.count)
     var truncated = bytes.count < total
     var list: [Group] = []
@@ -184,12 +204,6 @@ public struct ReportTargetPortGroups: Sendable, Equatable {
           relativeTargetPortIDs: ports))
       o += size
     }
-    // A partial descriptor inside a buffer that was *not* cut short means the
-    // lengths disagree: that is garbage, not truncation.
-    if truncated && bytes.count >= total {
-      throw SCSIError(.invalidField, "REPORT TARGET PORT GROUPS: descriptor overruns return data length")
-    }
-    groups = list
-    isTruncated = truncated
+    return (list, truncated)
   }
 }

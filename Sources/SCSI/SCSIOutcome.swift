@@ -76,7 +76,7 @@ public enum SCSIOutcome: Sendable, Hashable, CustomStringConvertible {
   }
 
   /// 2A/06 or 2A/07: the target port groups' access states changed (or failed to).
-  static func isAccessStateChange(_ sense: SenseData?) -> Bool {
+  public static func isAccessStateChange(_ sense: SenseData?) -> Bool {
     guard let sense, sense.asc == 0x2A else { return false }
     return sense.ascq == 0x06 || sense.ascq == 0x07
   }

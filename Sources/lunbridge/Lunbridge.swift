@@ -265,6 +265,9 @@ struct PathOptions: ParsableArguments {
   @Option(help: "Seconds I/O waits while every path is down before it fails with EIO (default 60; 0 fails at once).")
   var noPathRetry: Int?
 
+  @Option(help: "With ALUA: seconds between re-reads of the target port groups' states (default 10; also after every state-change unit attention).")
+  var aluaCheckInterval: Int?
+
   @Option(help: "iSCSI sessions per URL (default 1).")
   var sessionsPerPath: Int?
 
@@ -285,6 +288,9 @@ struct PathOptions: ParsableArguments {
       throw ValidationError("--sessions-per-path must be between 1 and 16")
     }
     if let n = noPathRetry, n < 0 { throw ValidationError("--no-path-retry must be 0 or more seconds") }
+    if let n = aluaCheckInterval, !(1...3600).contains(n) {
+      throw ValidationError("--alua-check-interval must be between 1 and 3600 seconds")
+    }
     for (name, value) in [("keepalive-interval", keepaliveInterval), ("keepalive-timeout", keepaliveTimeout),
                           ("command-timeout", commandTimeout)] {
       if let v = value, !(1...3600).contains(v) { throw ValidationError("--\(name) must be between 1 and 3600 seconds") }
@@ -324,6 +330,7 @@ struct PathOptions: ParsableArguments {
     o.multipath.policy = try selectorPolicy(volume: volume)
     o.multipath.failback = try failbackPolicy(volume: volume)
     o.multipath.noPathRetry = .seconds(Int64(noPathRetry ?? volume?.noPathRetry ?? 60))
+    o.multipath.portGroupCheckInterval = .seconds(Int64(aluaCheckInterval ?? volume?.aluaCheckInterval ?? 10))
     return o
   }
 }

@@ -597,23 +597,3 @@ struct ToolMissing: Error, CustomStringConvertible {
   var message: String
   var description: String { message }
 }
-
-final class ALUAPlacementTests: XCTestCase {
-  func testAccessStatesBecomePriorities() {
-    let optimized = Volume.aluaPlacement(group: 1, state: 0x0, preferred: false)
-    let preferred = Volume.aluaPlacement(group: 1, state: 0x0, preferred: true)
-    let nonOptimized = Volume.aluaPlacement(group: 2, state: 0x1, preferred: false)
-    let standby = Volume.aluaPlacement(group: 3, state: 0x2, preferred: false)
-    let unavailable = Volume.aluaPlacement(group: 4, state: 0x3, preferred: false)
-    let transitioning = Volume.aluaPlacement(group: 4, state: 0xF, preferred: true)
-    XCTAssertGreaterThan(preferred.priority, optimized.priority)
-    XCTAssertGreaterThan(optimized.priority, nonOptimized.priority)
-    XCTAssertGreaterThan(nonOptimized.priority, standby.priority)
-    XCTAssertEqual(nonOptimized.group, 2)
-    XCTAssertFalse(standby.usable, "a standby port refuses READ and WRITE")
-    XCTAssertTrue(optimized.usable)
-    XCTAssertTrue(nonOptimized.usable)
-    XCTAssertFalse(unavailable.usable)
-    XCTAssertFalse(transitioning.usable)
-  }
-}

@@ -62,6 +62,8 @@ final class SessionStateMachineTests: XCTestCase {
         case .textResponse: lines.append("text response")
         case .logoutDone, .failExchanges: break
         case .log(let level, let message): logs.append("\(level): \(message)")
+        case .announced(let sense):
+          lines.append("announce \(String(sense.asc, radix: 16))/\(String(sense.ascq, radix: 16))")
         }
       }
       return lines
@@ -297,6 +299,41 @@ final class SessionStateMachineTests: XCTestCase {
     XCTAssertTrue(h.logs.contains("warning: reconnect failed: connection refused"))
   }
 
+  func testALUAAnnouncementsReachTheOwnerWhileTheCommandIsRetriedOrEnded() {
+    var h = Harness()
+    _ = h.login()
+    XCTAssertEqual(h.submit(), ["send command itt=3 cmdSN=1"])
+    // Access states changed: retried (spaced a little), and the owner re-reads them.
+    XCTAssertEqual(
+      h.response(itt: 3, status: 2, sense: (0x6, 0x2A, 0x06)), ["announce 2a/6", "retry #1 in 10 ms"])
+    XCTAssertEqual(h.submit(), ["send command itt=4 cmdSN=2"])
+    // A standby port: the command ends (the owner places it elsewhere), announced too.
+    XCTAssertEqual(h.response(itt: 4, status: 2, sense: (0x2, 0x04, 0x0B)), ["announce 4/b", "complete #2 status=2"])
+    // Another NOT READY (becoming ready) is no announcement.
+    XCTAssertEqual(h.submit(), ["send command itt=5 cmdSN=3"])
+    XCTAssertEqual(h.response(itt: 5, status: 2, sense: (0x2, 0x04, 0x01)), ["retry #3 in 10 ms"])
+  }
+
+  func testASCSIAsynchronousEventsSenseIsAnnounced() {
+    var h = Harness()
+    _ = h.login()
+    var header = BasicHeaderSegment(opcode: .asyncMessage, flags: finalFlag)
+    header.initiatorTaskTag = reservedTag
+    header.word9 = 0  // AsyncEvent 0: SCSI asynchronous event
+    var sense = [UInt8](repeating: 0, count: 18)
+    sense[0] = 0x70
+    sense[2] = 0x6
+    sense[7] = 10
+    sense[12] = 0x2A
+    sense[13] = 0x06
+    var data = ByteBuffer()
+    data.writeInteger(UInt16(sense.count))
+    data.writeBytes(sense)
+    XCTAssertEqual(h.receive(header, data: data), ["announce 2a/6"])
+    // Without sense data: logged only.
+    XCTAssertEqual(h.receive(header), [])
+  }
+
   func testUnitAttentionAfterReloginIsRetried() {
     var h = Harness()
     _ = h.login()
@@ -304,7 +341,9 @@ final class SessionStateMachineTests: XCTestCase {
     _ = h.lose()
     XCTAssertEqual(h.login(), ["tick every 500 ms", "send command itt=5 cmdSN=2"])
     // The new I_T nexus reports the reset of the old one (SPC-4 29/07: I_T nexus loss).
-    XCTAssertEqual(h.response(itt: 5, status: 2, sense: (0x6, 0x29, 0x07)), ["send command itt=6 cmdSN=3"])
+    // It is retried, and told to the owner.
+    XCTAssertEqual(
+      h.response(itt: 5, status: 2, sense: (0x6, 0x29, 0x07)), ["announce 29/7", "send command itt=6 cmdSN=3"])
     XCTAssertEqual(h.dataIn(itt: 6), ["complete #1 status=0"])
     XCTAssertEqual(h.machine.commandsRetried, 2)  // once for the reinstatement, once for the UA
   }

@@ -145,5 +145,16 @@ final class CDBTests: XCTestCase {
     XCTAssertEqual(
       CDB.reportTargetPortGroups(allocationLength: 0x0001_0000),
       [0xA3, 0x0A, 0, 0, 0, 0, 0x00, 0x01, 0x00, 0x00, 0, 0])
+    // PARAMETER DATA FORMAT 001b (extended header) in byte 1 bits 7-5.
+    XCTAssertEqual(CDB.reportTargetPortGroups(allocationLength: 4096, extendedHeader: true)[1], 0x2A)
+  }
+
+  func testSetTargetPortGroups() {
+    // SPC-4 6.44: 0xA4, service action 0x0A, parameter list length bytes 6-9; the list:
+    // 4 reserved bytes, then (state, reserved, group) per descriptor.
+    XCTAssertEqual(
+      CDB.setTargetPortGroups(parameterListLength: 8), [0xA4, 0x0A, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0])
+    XCTAssertEqual(
+      CDB.setTargetPortGroupsParameterList(groups: [(group: 0x0114, state: 0)]), [0, 0, 0, 0, 0, 0, 0x01, 0x14])
   }
 }

@@ -220,6 +220,20 @@ final class ResponseTests: XCTestCase {
     XCTAssertEqual(ReportTargetPortGroups.AccessState(rawValue: 0x2).description, "standby")
   }
 
+  func testRTPGExtendedHeaderWhoseLengthCountsOnlyTheDescriptors() throws {
+    // LIO: RETURN DATA LENGTH 28 = two descriptors of 12 and 16 bytes... minus the 4 header
+    // bytes after it; the descriptors end at 8 + 28.
+    let a: [UInt8] = [0x02, 0x0F, 0x00, 10, 0, 0, 0, 1, 0, 0, 0, 1]
+    let b: [UInt8] = [0x80, 0x0F, 0x00, 20, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 3]
+    let r = try ReportTargetPortGroups([0, 0, 0, 28, 0x10, 0, 0, 0] + a + b)
+    XCTAssertEqual(r.groups.map(\.groupID), [10, 20])
+    XCTAssertEqual(r.groups.map(\.asymmetricAccessState), [.standby, .activeOptimized])
+    XCTAssertEqual(r.groups.last?.preferred, true)
+    XCTAssertFalse(r.isTruncated)
+    // The same counted the standard way (32) reads the same.
+    XCTAssertEqual(try ReportTargetPortGroups([0, 0, 0, 32, 0x10, 0, 0, 0] + a + b).groups.count, 2)
+  }
+
   func testRTPGTruncatedAndGarbled() throws {
     let data = [0, 0, 0, 28] + groupA + groupB
     let cut = try ReportTargetPortGroups(Array(data.prefix(24)))

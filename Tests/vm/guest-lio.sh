@@ -62,14 +62,65 @@ lio_checks() {
   lio_stop
 }
 
-# The state of path N of a device as `status` shows it (active, failed, ...).
-path_state() { "$LB" status "$1" 2>/dev/null | awk -v n="$2" '$1 == n { print $2; exit }'; }
+# The state of path N of a device as `status` shows it (active, standby, unavailable, ...).
+path_state() { timeout 5 "$LB" status "$1" 2>/dev/null | awk -v n="$2" '$1 == n { print $2; exit }'; }
+# Completed I/Os of path N (status --json); empty when status does not answer.
+path_ios() {
+  timeout 20 "$LB" status "$1" --json 2>/dev/null |
+    python3 -c 'import json,sys; v=json.load(sys.stdin); v=v[0] if isinstance(v,list) else v; print([p["ios"] for p in v["paths"] if p["id"]==int(sys.argv[1])][0])' "$2" 2>/dev/null
+}
+# Waits up to $3 seconds (default 15: the 10 s check interval and a margin) for path 0
+# and path 1 to show the states in $1 and $2. Prints what they showed and when; the
+# caller checks the printed line ("... ok") rather than asking twice, so a passing state
+# (transitioning) is caught when it is seen.
+wait_states() {
+  local want0=$1 want1=$2 limit=${3:-15} s0 s1 start=$SECONDS
+  while :; do
+    s0=$(path_state "$dev" 0); s1=$(path_state "$dev" 1)
+    [ "$s0" = "$want0" ] && [ "$s1" = "$want1" ] && break
+    [ $((SECONDS - start)) -ge "$limit" ] && break
+    sleep 0.5
+  done
+  if [ "$s0" = "$want0" ] && [ "$s1" = "$want1" ]; then
+    echo "$s0/$s1 after $((SECONDS - start)) s: ok"
+  else
+    echo "$s0/$s1 after $((SECONDS - start)) s, wanted $want0/$want1"
+  fi
+}
+seen() { [[ $1 == *": ok" ]]; }
+# I/O has moved to path N: within 40 s (a command the target holds through its
+# transition can stall fio until the command timeout) path N completes 50 more I/Os while
+# path M completes at most 8 (what it may still have had in flight, fio's depth).
+io_moves_to() {
+  local n=$1 m=$2 a0 b0 a1 b1 i
+  a0=$(path_ios "$dev" "$n"); b0=$(path_ios "$dev" "$m")
+  for ((i = 0; i < 40; i++)); do
+    sleep 1
+    a1=$(path_ios "$dev" "$n"); b1=$(path_ios "$dev" "$m")
+    [ -n "$a0" ] && [ -n "$a1" ] && [ "$a1" -ge $((a0 + 50)) ] && break
+  done
+  echo "path $n: $a0 -> $a1 I/Os, path $m: $b0 -> $b1 in $((i + 1)) s"
+  [ -n "$a0" ] && [ -n "$b0" ] && [ -n "$a1" ] && [ -n "$b1" ] &&
+    [ "$a1" -ge $((a0 + 50)) ] && [ "$b1" -le $((b0 + 8)) ]
+}
+# check WHAT LINE: passes when LINE (from wait_states) ends in ": ok".
+check_seen() { check "$1 ($2)" seen "$2"; }
+# check WHAT for io_moves_to N M, with its figures in the line.
+check_moves() {
+  local out rc
+  out=$(io_moves_to "$2" "$3"); rc=$?
+  if [ $rc -eq 0 ]; then ok "$1 ($out)"; else notok "$1 ($out)"; fi
+}
 
 # ALUA: two target port groups on two portals, one path to each; the groups move while
-# fio writes and verifies. Every move must end with I/O on the group that allows it, and
-# fio must see no error (an array's controller failover, seen from the host).
+# fio writes and verifies: optimized <-> standby, optimized -> unavailable with the other
+# optimized, standby -> transitioning -> optimized, both standby for less than
+# no-path-retry (implicit ALUA: lunbridge waits), and both standby with explicit ALUA
+# allowed (lunbridge activates a group with SET TARGET PORT GROUPS). Every move must end
+# with I/O on the group that allows it within the check interval, and fio must see no
+# error (an array's controller failover, seen from the host).
 lio_alua_checks() {
-  local url1=$1 url2 fpid rc
+  local url1=$1 url2 fpid rc out
   if ! url2=$(lio_alua_two_groups 0 2 2>"$T/lio-alua.err"); then
     notok "LIO: two ALUA port groups on two portals ($(tr '\n' ' ' <"$T/lio-alua.err"))"
     return
@@ -81,30 +132,90 @@ lio_alua_checks() {
     dev=""
     return
   fi
-  sleep 2
-  check "path 0 active, path 1 (standby group) not carrying I/O ($(path_state "$dev" 0)/$(path_state "$dev" 1))" \
-    bash -c "[ '$(path_state "$dev" 0)' = active ] && [ '$(path_state "$dev" 1)' != active ]"
-  fio --name=alua --filename="$dev" --direct=1 --ioengine=libaio --rw=randwrite --bs=4k --iodepth=8 --size=32m \
-    --time_based --runtime=50 --verify=crc32c --verify_fatal=1 --verify_backlog=256 \
-    --output="$T/fio-alua.txt" >/dev/null 2>&1 &
+  check_seen "at attach: path 0 active, path 1 standby, logged in and not failed" "$(wait_states active standby 5)"
+  "$LB" status "$dev" | sed 's/^/# /'
+  # fio verify in 20 s rounds until the moves are done: each round must exit 0 with no
+  # error (an interrupted fio exits 128, so it is never stopped by a signal).
+  rm -f "$T/fio-alua.stop" "$T/fio-alua.rcs"
+  (
+    r=0
+    while [ ! -e "$T/fio-alua.stop" ]; do
+      r=$((r + 1))
+      fio --name=alua --filename="$dev" --direct=1 --ioengine=libaio --rw=randwrite --bs=4k --iodepth=8 --size=32m \
+        --time_based --runtime=20 --verify=crc32c --verify_fatal=1 --verify_backlog=256 \
+        --output="$T/fio-alua-$r.txt" >/dev/null 2>&1
+      echo "$r $? $(grep -o 'err= *[0-9]*' "$T/fio-alua-$r.txt" | head -1 | tr -d ' ')" >>"$T/fio-alua.rcs"
+    done
+  ) &
   fpid=$!
-  sleep 5
-  lio_alua_set lb_b 0; lio_alua_set lb_a 2; sleep 8
-  check "lb_a standby, lb_b optimized: I/O on path 1 ($(path_state "$dev" 0)/$(path_state "$dev" 1))" \
-    bash -c "[ '$(path_state "$dev" 1)' = active ] && [ '$(path_state "$dev" 0)' != active ]"
-  lio_alua_set lb_a 0; lio_alua_set lb_b 2; sleep 8
-  check "back: I/O on path 0 ($(path_state "$dev" 0)/$(path_state "$dev" 1))" \
-    bash -c "[ '$(path_state "$dev" 0)' = active ] && [ '$(path_state "$dev" 1)' != active ]"
-  lio_alua_set lb_b 0; lio_alua_set lb_a 3; sleep 8
-  check "lb_a unavailable, lb_b optimized: I/O on path 1 ($(path_state "$dev" 0)/$(path_state "$dev" 1))" \
-    bash -c "[ '$(path_state "$dev" 1)' = active ] && [ '$(path_state "$dev" 0)' != active ]"
-  lio_alua_set lb_b 2; sleep 5  # both standby: I/O waits (no-path-retry is 60 s)
+  sleep 3
+  check_moves "I/O on path 0 only" 0 1
+  lio_alua_set lb_b 0; lio_alua_set lb_a 2
+  check_seen "lb_a standby, lb_b optimized: status shows it" "$(wait_states standby active)"
+  check_moves "I/O moved to path 1" 1 0
+  lio_alua_set lb_a 0; lio_alua_set lb_b 2
+  check_seen "back: lb_a optimized, lb_b standby" "$(wait_states active standby)"
+  check_moves "I/O back on path 0" 0 1
+  lio_alua_set lb_b 0; lio_alua_set lb_a 3
+  check_seen "lb_a unavailable, lb_b optimized: status shows it" "$(wait_states unavailable active 45)"
+  check_moves "I/O on path 1 while lb_a is unavailable" 1 0
+  # lb_a comes back through a 16 s transition (LIO's trans_delay_msecs: the group reports
+  # transitioning meanwhile, longer than the 10 s check interval; the configfs write
+  # returns at its end).
+  local tpid
+  echo 16000 >"$LIO_CFS/core/fileio_0/lun0/alua/lb_a/trans_delay_msecs"
+  lio_alua_set lb_a 0 &
+  tpid=$!
+  check_seen "lb_a transitioning: status shows it" "$(wait_states transitioning active 15)"
+  wait "$tpid"
+  echo 0 >"$LIO_CFS/core/fileio_0/lun0/alua/lb_a/trans_delay_msecs"
+  lio_alua_set lb_b 2
+  check_seen "lb_a optimized after its transition, lb_b standby" "$(wait_states active standby)"
+  check_moves "I/O on path 0 after the transition" 0 1
+  # Both standby for 6 s (no-path-retry is 60 s): implicit ALUA, so lunbridge only waits.
+  lio_alua_set lb_a 2
+  check_seen "both groups standby: both paths standby, none failed" "$(wait_states standby standby 15)"
+  sleep 4
   lio_alua_set lb_a 0
-  wait "$fpid"; rc=$?
-  check "fio verify through every move: exit $rc, $(grep -o 'err= *[0-9]*' "$T/fio-alua.txt" | head -1)" \
-    bash -c "[ $rc -eq 0 ] && grep -q 'err= *0' '$T/fio-alua.txt'"
-  grep -E "WRITE:" "$T/fio-alua.txt" | sed 's/^/# /'
+  check_seen "lb_a optimized again" "$(wait_states active standby)"
+  check_moves "I/O resumes on path 0" 0 1
+  check "implicit-only ALUA: no SET TARGET PORT GROUPS sent" bash -c "! grep -q 'activating port group' '$T/lio-alua.log'"
+  touch "$T/fio-alua.stop"
+  wait "$fpid"
+  out=$(tr '\n' ';' <"$T/fio-alua.rcs")
+  check "fio verify through every move, every round exit 0 and err=0 (round rc err: $out)" \
+    bash -c "[ -s '$T/fio-alua.rcs' ] && awk '\$2 != 0 || \$3 != \"err=0\" { bad = 1 } END { exit bad }' '$T/fio-alua.rcs'"
   check "detach the two-path LIO volume" "$LB" detach "$dev"
+  dev=""
+
+  # Explicit ALUA allowed (alua_access_type 3: implicit and explicit): both groups
+  # standby under fio; lunbridge activates one with SET TARGET PORT GROUPS.
+  local so=$LIO_CFS/core/fileio_0/lun0
+  echo 3 >"$so/alua/lb_a/alua_access_type"; echo 3 >"$so/alua/lb_b/alua_access_type"
+  dev=$(timeout 60 "$LB" attach "$url1" "$url2" --log-file "$T/lio-alua2.log" 2>"$T/lio-alua2-attach.err")
+  if ! check "attach with explicit ALUA allowed (${dev:-no device})" test -b "${dev:-/nonexistent}"; then
+    sed 's/^/# /' "$T/lio-alua2-attach.err"
+    dev=""
+    return
+  fi
+  fio --name=alua2 --filename="$dev" --direct=1 --ioengine=libaio --rw=randwrite --bs=4k --iodepth=8 --size=32m \
+    --time_based --runtime=20 --verify=crc32c --verify_fatal=1 --verify_backlog=256 \
+    --output="$T/fio-alua2.txt" >/dev/null 2>&1 &
+  fpid=$!
+  sleep 3
+  lio_alua_set lb_a 2
+  local i s0 s1
+  for ((i = 0; i < 30; i++)); do
+    s0=$(path_state "$dev" 0); s1=$(path_state "$dev" 1)
+    { [ "$s0" = active ] || [ "$s1" = active ]; } && grep -q 'activating port group' "$T/lio-alua2.log" && break
+    sleep 0.5
+  done
+  check "both groups standby: lunbridge activates one with SET TARGET PORT GROUPS ($s0/$s1 after $((i / 2)) s; $(grep -o 'activating port group [0-9]*' "$T/lio-alua2.log" | head -1))" \
+    bash -c "{ [ '$s0' = active ] || [ '$s1' = active ]; } && grep -q 'activating port group' '$T/lio-alua2.log'"
+  wait "$fpid"; rc=$?
+  check "fio verify through the activation: exit $rc, $(grep -o 'err= *[0-9]*' "$T/fio-alua2.txt" | head -1)" \
+    bash -c "[ $rc -eq 0 ] && grep -q 'err= *0' '$T/fio-alua2.txt'"
+  check "detach" "$LB" detach "$dev"
   dev=""
 }
 lio_checks
