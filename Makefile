@@ -13,7 +13,7 @@ DESTDIR ?=
 RELEASE_FLAGS := -Xswiftc -enforce-exclusivity=unchecked
 DEB_PACKAGES := libnl-3-dev libnl-genl-3-dev tgt libiscsi-bin qemu-utils qemu-block-extra fio libnbd-bin python3-libnbd procps iproute2 nftables openssl
 
-.PHONY: all deps build debug test vm-test boot-test multipath-test multipath-bench bench bench-failover unit-test integration-test demo bench-codec fuzz fuzz-build fuzz-test install uninstall clean
+.PHONY: all deps build debug test vm-test boot-test multipath-test multipath-bench bench bench-failover bench-alua bench-initiators unit-test integration-test demo bench-codec fuzz fuzz-build fuzz-test install uninstall clean
 
 all: build
 
@@ -118,6 +118,7 @@ bench: deps build
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq open-iscsi >/dev/null
 	Tests/bench/vm-bench.sh "$$(pwd)/.build/release/lunbridge" "$$(pwd)/.build/bench-vm"
 	@$(MAKE) --no-print-directory bench-failover
+	@$(MAKE) --no-print-directory bench-alua
 
 # Two paths vs one under a 200 Mbit/s tbf per NIC, and the failover stall distribution
 # (network namespaces, needs root); report in bench-results/multipath/multipath-bench.md.
@@ -130,12 +131,20 @@ multipath-bench: deps build
 # installed here only (not in DEB_PACKAGES): the guest runs this host's binaries. The
 # install enables multipathd on this host (and in every --systemd VM, which boots this
 # host's units): that is undone, the bench starts its own multipathd in the guest.
-bench-failover: deps build
+bench-failover: deps build bench-initiators
+	Tests/bench/vm-failover.sh "$$(pwd)/.build/release/lunbridge" "$$(pwd)/.build/bench-failover"
+
+# ALUA moves in the VM: lunbridge attach vs open-iscsi + dm-multipath (scsi_dh_alua, their
+# defaults) on a LIO LUN whose two port groups are swapped, made unavailable, transitioning
+# and both standby during fio; about 6 min. Report in .build/bench-alua/vm-alua.md.
+bench-alua: deps build bench-initiators
+	Tests/bench/vm-alua.sh "$$(pwd)/.build/release/lunbridge" "$$(pwd)/.build/bench-alua"
+
+bench-initiators:
 	@missing=""; for p in open-iscsi multipath-tools; do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; [ -z "$$missing" ] || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null && \
 	  case "$$missing" in *multipath-tools*) systemctl disable -q multipathd.service multipathd.socket 2>/dev/null || true ;; esac; }
-	Tests/bench/vm-failover.sh "$$(pwd)/.build/release/lunbridge" "$$(pwd)/.build/bench-failover"
 
 bench-codec:
 	$(SWIFT) run -c release lunbridge-codec-bench

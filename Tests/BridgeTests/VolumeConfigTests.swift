@@ -156,6 +156,13 @@ final class VolumeConfigTests: XCTestCase {
     XCTAssertEqual(c.keepaliveInterval, 2)
     XCTAssertEqual(c.commandTimeout, 30)
     XCTAssertEqual(c.noPathRetry, 60)
+    XCTAssertEqual(c.aluaCheckInterval, 10)
+  }
+
+  func testALUACheckIntervalIsChecked() {
+    XCTAssertTrue(
+      (error("paths = [\"iscsi://h/iqn.x:t/0\"]\nalua_check_interval = 0\n")?.description ?? "").contains(
+        "alua_check_interval"))
   }
 
   func testMultipathKeysAreChecked() {

@@ -126,7 +126,7 @@ lio_alua_checks() {
     return
   fi
   ok "LIO: two ALUA port groups on two portals (lb_a optimized, lb_b standby)"
-  dev=$(timeout 60 "$LB" attach "$url1" "$url2" --log-file "$T/lio-alua.log" 2>"$T/lio-alua-attach.err")
+  dev=$(timeout 60 "$LB" attach "$url1" "$url2" --alua-check-interval 3 --log-file "$T/lio-alua.log" 2>"$T/lio-alua-attach.err")
   if ! check "attach through both portals (${dev:-no device})" test -b "${dev:-/nonexistent}"; then
     sed 's/^/# /' "$T/lio-alua-attach.err"
     dev=""
@@ -159,14 +159,14 @@ lio_alua_checks() {
   lio_alua_set lb_b 0; lio_alua_set lb_a 3
   check_seen "lb_a unavailable, lb_b optimized: status shows it" "$(wait_states unavailable active 45)"
   check_moves "I/O on path 1 while lb_a is unavailable" 1 0
-  # lb_a comes back through a 16 s transition (LIO's trans_delay_msecs: the group reports
-  # transitioning meanwhile, longer than the 10 s check interval; the configfs write
-  # returns at its end).
+  # lb_a comes back through an 8 s transition (LIO's trans_delay_msecs: the group reports
+  # transitioning meanwhile, seen by the 3 s checks of this volume; the configfs write
+  # returns at its end). (A 16 s one made LIO drop every connection as it ended.)
   local tpid
-  echo 16000 >"$LIO_CFS/core/fileio_0/lun0/alua/lb_a/trans_delay_msecs"
+  echo 8000 >"$LIO_CFS/core/fileio_0/lun0/alua/lb_a/trans_delay_msecs"
   lio_alua_set lb_a 0 &
   tpid=$!
-  check_seen "lb_a transitioning: status shows it" "$(wait_states transitioning active 15)"
+  check_seen "lb_a transitioning: status shows it" "$(wait_states transitioning active 8)"
   wait "$tpid"
   echo 0 >"$LIO_CFS/core/fileio_0/lun0/alua/lb_a/trans_delay_msecs"
   lio_alua_set lb_b 2
