@@ -168,12 +168,15 @@ extension MultipathStateMachine {
   }
 
   /// Arms the next periodic read: in `portGroupCheckInterval`, or in a second while a group
-  /// transitions or is being activated.
+  /// transitions or is being activated, or while I/O waits because no group carries any
+  /// (a group the target brings back from standby is announced to no one: no command
+  /// reaches a port to carry the unit attention).
   mutating func armPortGroupCheck(_ actions: inout [Action]) {
     guard self.paths.values.contains(where: { $0.portGroup != nil }) else { return }
     let busy =
       self.activation != nil
       || self.paths.values.contains { $0.access == .transitioning && !$0.removing }
+      || (self.queuedIOs > 0 && self.servingLevel() == nil)
     let interval = busy ? min(self.configuration.portGroupCheckInterval, .seconds(1)) : self.configuration.portGroupCheckInterval
     let deadline = self.clock.now.advanced(by: interval)
     if let armed = self.portGroupCheckDeadline, armed <= deadline { return }
