@@ -334,6 +334,48 @@ final class SessionStateMachineTests: XCTestCase {
     XCTAssertEqual(h.receive(header), [])
   }
 
+  /// RFC 7143 section 11.9.1: AsyncEvent 1 (logout requested), 2 and 3 (the target will
+  /// drop the connection or the session), 4 (renegotiate), 255 (vendor-specific).
+  func asyncMessage(_ event: UInt8, parameter3: UInt16 = 0) -> BasicHeaderSegment {
+    var header = BasicHeaderSegment(opcode: .asyncMessage, flags: finalFlag)
+    header.initiatorTaskTag = reservedTag
+    header.word9 = UInt32(event) << 24
+    header.word10 = UInt32(parameter3)
+    return header
+  }
+
+  func testALogoutTheTargetAsksForLogsOutAndLogsInAgainWithoutFailingIO() {
+    var h = Harness()
+    _ = h.login()
+    XCTAssertEqual(h.submit(), ["send command itt=3 cmdSN=1"])
+    // Logout requested within 5 s: at once, then the target's answer and its close.
+    XCTAssertEqual(h.receive(asyncMessage(1, parameter3: 5)), ["logout"])
+    XCTAssertEqual(h.receive(BasicHeaderSegment(opcode: .logoutResponse, flags: finalFlag)), [])
+    let lost = h.lose()
+    XCTAssertFalse(lost.contains { $0.hasPrefix("fail") }, "\(lost)")
+    // The command in flight is sent again on the new connection and completes.
+    let relogin = h.login()
+    let resent = relogin.filter { $0.hasPrefix("send command") }
+    XCTAssertEqual(resent.count, 1, "\(relogin)")
+    let itt = UInt32(resent[0].split(separator: " ")[2].dropFirst("itt=".count))!
+    XCTAssertEqual(h.dataIn(itt: itt), ["complete #1 status=0"])
+  }
+
+  func testDroppedConnectionOrSessionAnnouncedRenegotiationAndVendorEvents() {
+    var h = Harness()
+    _ = h.login()
+    _ = h.submit()
+    // 2 and 3: the target will drop the connection / session; nothing fails meanwhile,
+    // and its loss is recovered like any other.
+    XCTAssertEqual(h.receive(asyncMessage(2)), [])
+    XCTAssertEqual(h.receive(asyncMessage(3)), [])
+    XCTAssertFalse(h.lose().contains { $0.hasPrefix("fail") })
+    XCTAssertEqual(h.login().filter { $0.hasPrefix("send command") }.count, 1)
+    // 4: renegotiate: a logout, then a new login. 255: ignored.
+    XCTAssertEqual(h.receive(asyncMessage(4)), ["logout"])
+    XCTAssertEqual(h.receive(asyncMessage(255)), [])
+  }
+
   func testUnitAttentionAfterReloginIsRetried() {
     var h = Harness()
     _ = h.login()
