@@ -109,6 +109,9 @@ public struct MultipathStateMachine<Clock: MultipathClock, Payload> {
     public let token: IOToken
     public var payload: Payload
     var place: Place
+    /// When the target first refused it (NOT READY, ALUA): refusals never restart its
+    /// no-path-retry, so a target that keeps refusing on every path ends it with an error.
+    var refusedSince: Instant? = nil
   }
 
   struct QueuedIO {
@@ -459,8 +462,11 @@ public struct MultipathStateMachine<Clock: MultipathClock, Payload> {
   /// state before the I/O is placed again, and the port groups are re-read. nil (a unit
   /// attention "access state changed"): only the re-read.
   public mutating func rejected(_ io: IOToken, path: PathID, access: PortAccess? = nil) -> [Action] {
-    guard let (record, _) = self.leave(io, path: path) else { return [] }
+    guard let (record, index) = self.leave(io, path: path) else { return [] }
     record.statistics.errors += 1
+    let now = self.clock.now
+    let since = self.ios.values[index].refusedSince ?? now
+    self.ios.values[index].refusedSince = since
     let before = self.states()
     let servingBefore = self.servingLevel()
     var actions: [Action] = []
@@ -470,7 +476,12 @@ public struct MultipathStateMachine<Clock: MultipathClock, Payload> {
       reason = "\(io) refused: port group \(group) \(access); placed again"
     }
     self.releaseHeldIfServingChanged(from: servingBefore, &actions)
-    self.place(io.id, &actions)
+    if since.duration(to: now) >= self.configuration.noPathRetry {
+      self.fail(io.id, .refused, &actions)
+      reason = "\(io) refused by the target on every try for \(self.configuration.noPathRetry.components.seconds) s"
+    } else {
+      self.place(io.id, &actions)
+    }
     self.forgetIfSettled(path)
     if record.portGroup != nil { self.requestPortGroupRead(&actions) }
     return self.finish(before, subject: path, reason: reason, &actions)
@@ -581,12 +592,13 @@ public struct MultipathStateMachine<Clock: MultipathClock, Payload> {
       self.fail(id, .noPath, &actions)
       return
     }
-    let deadline = self.clock.now.advanced(by: self.configuration.noPathRetry)
-    if self.queue.isEmpty {
+    let deadline = (self.ios[id]!.refusedSince ?? self.clock.now).advanced(by: self.configuration.noPathRetry)
+    let position = self.queue.firstIndex { $0.deadline > deadline } ?? self.queue.endIndex
+    if position == self.queue.startIndex {
       actions.append(.scheduleTimer(.noPathRetry, deadline))
     }
     self.ios[id]!.place = .queued
-    self.queue.append(QueuedIO(id: id, deadline: deadline))
+    self.queue.insert(QueuedIO(id: id, deadline: deadline), at: position)
   }
 
   private mutating func dispatch(_ io: IOToken, on path: PathID, _ actions: inout [Action]) {

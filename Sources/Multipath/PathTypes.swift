@@ -118,6 +118,7 @@ public struct MultipathError: Error, Hashable, Sendable, CustomStringConvertible
     public var description: String { self.name }
 
     public static let noPath = Code("no-path")
+    public static let refused = Code("refused")
   }
 
   public var code: Code
@@ -130,6 +131,9 @@ public struct MultipathError: Error, Hashable, Sendable, CustomStringConvertible
 
   /// No usable path came back within `noPathRetry`.
   public static let noPath = MultipathError(.noPath, context: "no usable path within no-path-retry")
+  /// Every path the I/O was placed on refused it (NOT READY) for `noPathRetry`.
+  public static let refused = MultipathError(
+    .refused, context: "the target refused it on every path within no-path-retry")
 
   public var description: String { "\(self.code): \(self.context)" }
 }

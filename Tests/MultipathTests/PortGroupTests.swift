@@ -140,6 +140,56 @@ final class PortGroupTests: XCTestCase {
       ])
   }
 
+  func testATargetThatKeepsRefusingWhileItReportsTheGroupOptimizedEndsTheIOAtNoPathRetry() {
+    // A broken target: REPORT TARGET PORT GROUPS says group 1 is optimized, every command
+    // on it comes back NOT READY 04/0B. The I/O goes back and forth between the refusal
+    // and the re-read, but its no-path-retry runs from the first refusal and is never
+    // restarted, so it ends with an error instead of ping-ponging forever.
+    var machine = makeMachine(noPathRetry: .seconds(30))
+    _ = machine.submit(read(1))
+    XCTAssertEqual(
+      machine.rejected(read(1), path: p1, access: .standby),
+      [
+        log(p1, .active, .standby, "read#1(4096B) refused: port group 1 standby; placed again"),
+        .scheduleTimer(.noPathRetry, at(.seconds(30))),
+        .cancelTimer(.portGroupCheck),
+        .readPortGroups(via: p1),
+      ])
+    clock.advance(to: .seconds(20))
+    XCTAssertEqual(
+      machine.portGroupsRead(report(.activeOptimized, .standby), via: p1),
+      [
+        log(p1, .standby, .active, "port groups re-read: port group 1 active/optimized"),
+        .scheduleTimer(.portGroupCheck, at(.seconds(30))),
+        .dispatch(read(1), p1),
+        .cancelTimer(.noPathRetry),
+      ])
+    // Refused again 20 s after the first time: it waits again, for the 10 s that are left.
+    XCTAssertEqual(
+      machine.rejected(read(1), path: p1, access: .standby),
+      [
+        log(p1, .active, .standby, "read#1(4096B) refused: port group 1 standby; placed again"),
+        .scheduleTimer(.noPathRetry, at(.seconds(30))),
+        .cancelTimer(.portGroupCheck),
+        .readPortGroups(via: p1),
+      ])
+    clock.advance(to: .seconds(29))
+    _ = machine.portGroupsRead(report(.activeOptimized, .standby), via: p1)
+    XCTAssertEqual(machine.status().map(\.statistics.outstandingIOs), [1, 0])
+    // The third refusal comes after 30 s: the I/O fails (EIO to the client), the path stays.
+    clock.advance(to: .seconds(31))
+    XCTAssertEqual(
+      machine.rejected(read(1), path: p1, access: .standby),
+      [
+        log(p1, .active, .standby, "read#1(4096B) refused by the target on every try for 30 s"),
+        .fail(read(1), .refused),
+        .cancelTimer(.portGroupCheck),
+        .readPortGroups(via: p1),
+      ])
+    XCTAssertEqual(machine.queuedIOs, 0)
+    XCTAssertEqual(states(machine), ["standby", "standby"])
+  }
+
   func testATransitionIsWaitedOutReadEverySecondAndBoundedByTheTargetsTransitionTime() {
     var machine = makeMachine(p2Access: .standby)
     _ = machine.submit(read(1))
