@@ -574,7 +574,7 @@ public final class Volume: @unchecked Sendable {
       if let e = error as? SCSIOperationError {
         // The target refused it on this port, so it did not carry it out: the I/O is placed
         // again at once, a write too, without a fence.
-        let access = e.sense.flatMap { PortAccess(notReadyASC: $0.asc, ascq: $0.ascq) }
+        let access = e.sense?.portAccessState.flatMap { PortAccess(code: $0.rawValue) }
         if machine.portGroup(of: pathID) != nil, access != nil || SCSIOutcome.isAccessStateChange(e.sense) {
           // ALUA: the port's group is standby, unavailable or transitioning (or the states
           // just changed): the scheduler regroups the port and re-reads the port groups;

@@ -426,8 +426,7 @@ public struct SessionStateMachine {
 
   /// A unit attention, or NOT READY because of the port's ALUA state (04/0A-0C, 04/12).
   static func concernsOwner(_ sense: SenseData) -> Bool {
-    sense.senseKey == .unitAttention
-      || (sense.senseKey == .notReady && sense.asc == 0x04 && [0x0A, 0x0B, 0x0C, 0x12].contains(sense.ascq))
+    sense.senseKey == .unitAttention || sense.portAccessState != nil
   }
 
   private mutating func receiveNopIn(_ pdu: ISCSIPDU, into out: inout [Action]) {

@@ -41,19 +41,6 @@ public enum PortAccess: Hashable, Sendable, CustomStringConvertible {
     }
   }
 
-  /// The state a NOT READY sense says this port is in (04/0A, 04/0B, 04/0C, 04/12); nil
-  /// for any other sense.
-  public init?(notReadyASC asc: UInt8, ascq: UInt8) {
-    guard asc == 0x04 else { return nil }
-    switch ascq {
-    case 0x0A: self = .transitioning
-    case 0x0B: self = .standby
-    case 0x0C: self = .unavailable
-    case 0x12: self = .offline
-    default: return nil
-    }
-  }
-
   /// READ and WRITE go through a port in this state.
   public var allowsIO: Bool {
     switch self {

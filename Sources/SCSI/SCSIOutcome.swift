@@ -62,7 +62,7 @@ public enum SCSIOutcome: Sendable, Hashable, CustomStringConvertible {
     case .path:
       // 04/0A (transitioning) may settle on this very path: re-check it; 04/0B standby and
       // 04/0C unavailable send the command to another path (SPC-4 5.15.2.4).
-      if let sense, sense.asc == 0x04, sense.ascq == 0x0A, mayRetry {
+      if sense?.portAccessState == .transitioning, mayRetry {
         self = .recheckPath
       } else {
         self = .failPath

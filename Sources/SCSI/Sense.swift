@@ -192,6 +192,21 @@ public struct SenseData: Sendable, Equatable, CustomStringConvertible {
     return try SenseData(Array(bytes[2..<(2 + length)]))
   }
 
+  /// The ALUA access state of the port a NOT READY sense reports (SPC-4 5.16.2): 04/0A
+  /// transitioning, 04/0B standby, 04/0C unavailable, 04/12 offline; nil for any other
+  /// sense. The one table of these codes: classification, the session and the scheduler
+  /// read it from here.
+  public var portAccessState: ReportTargetPortGroups.AccessState? {
+    guard senseKey == .notReady, asc == 0x04 else { return nil }
+    switch ascq {
+    case 0x0A: return .transitioning
+    case 0x0B: return .standby
+    case 0x0C: return .unavailable
+    case 0x12: return .offline
+    default: return nil
+    }
+  }
+
   /// e.g. "MEDIUM ERROR (asc 0x11 ascq 0x00: unrecovered read error)".
   public var description: String {
     var s = "\(senseKey) (asc 0x\(hexString([asc])) ascq 0x\(hexString([ascq]))"
@@ -322,11 +337,10 @@ func classify(sense: SenseData) -> SCSIErrorClass? {
       (0x04, 0x07),  // operation in progress
       (0x04, 0x08):  // long write in progress
       return .retryable
-    case (0x04, 0x0A),  // ALUA state transition
-      (0x04, 0x0B),  // target port in standby state
-      (0x04, 0x0C):  // target port in unavailable state
-      return .path
     default:
+      // A port that is transitioning, standby or unavailable: another path may carry it.
+      // Offline (04/12) is left to the LU's own NOT READY: without ALUA it means the LU.
+      if let state = sense.portAccessState, state != .offline { return .path }
       return .notReady
     }
   case .mediumError, .blankCheck:

@@ -281,11 +281,7 @@ final class PortGroupTests: XCTestCase {
       [true, true, true, false, false, false, false], "only the active states carry READ and WRITE")
   }
 
-  func testAccessStatesFromSenseAndCodes() {
-    XCTAssertEqual(PortAccess(notReadyASC: 0x04, ascq: 0x0B), .standby)
-    XCTAssertEqual(PortAccess(notReadyASC: 0x04, ascq: 0x0C), .unavailable)
-    XCTAssertEqual(PortAccess(notReadyASC: 0x04, ascq: 0x0A), .transitioning)
-    XCTAssertNil(PortAccess(notReadyASC: 0x04, ascq: 0x01))
+  func testAccessStatesFromCodes() {
     XCTAssertEqual(PortAccess(code: 0x0F), .transitioning)
     XCTAssertNil(PortAccess(code: 0x05))
     XCTAssertEqual(ALUAMode(tpgs: 2), .explicit)

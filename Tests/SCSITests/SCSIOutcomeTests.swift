@@ -15,6 +15,20 @@ final class SCSIOutcomeTests: XCTestCase {
     return try! SenseData(b)
   }
 
+  func testTheNotReadyCodesOfAPortsAccessStateAreOneTable() {
+    XCTAssertEqual(sense(0x02, 0x04, 0x0A).portAccessState, .transitioning)
+    XCTAssertEqual(sense(0x02, 0x04, 0x0B).portAccessState, .standby)
+    XCTAssertEqual(sense(0x02, 0x04, 0x0C).portAccessState, .unavailable)
+    XCTAssertEqual(sense(0x02, 0x04, 0x12).portAccessState, .offline)
+    XCTAssertNil(sense(0x02, 0x04, 0x01).portAccessState, "becoming ready is not a port state")
+    XCTAssertNil(sense(0x06, 0x04, 0x0B).portAccessState, "only with NOT READY")
+    // Standby and unavailable send the command to another path; offline is the LU's.
+    XCTAssertEqual(outcome(0x02, sense(0x02, 0x04, 0x0B)), .failPath)
+    XCTAssertEqual(outcome(0x02, sense(0x02, 0x04, 0x0C)), .failPath)
+    XCTAssertEqual(outcome(0x02, sense(0x02, 0x04, 0x0A)), .recheckPath)
+    XCTAssertEqual(outcome(0x02, sense(0x02, 0x04, 0x12)), .fail(errno: SCSICommandError(status: 0x02, sense: sense(0x02, 0x04, 0x12))!.errnoValue))
+  }
+
   private func outcome(_ status: UInt8, _ s: SenseData? = nil, retries: Int = 0) -> SCSIOutcome {
     SCSIOutcome(status: status, sense: s, retries: retries, maxRetries: 8)
   }
