@@ -75,6 +75,16 @@ public final class ControlServer: Sendable {
     return path
   }
 
+  /// Throws when another lunbridge answers on volume `name`'s control socket. Checked
+  /// before logging in: the sessions of a volume have stable ISIDs, so a second process
+  /// logging in as the same volume would take the running one's sessions over.
+  public static func refuseIfServed(name: String, directory: String = ControlServer.defaultDirectory) throws {
+    guard let path = try? socketPath(name: name, directory: directory), FileIdentity(path: path)?.isSocket == true,
+      isListening(unixPath: path)
+    else { return }
+    throw BridgeError("volume \(name) is already served by another lunbridge (socket \(path))")
+  }
+
   /// The socket's path.
   public let path: String
   private let channel: Channel

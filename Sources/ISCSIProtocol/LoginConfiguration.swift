@@ -1,3 +1,5 @@
+import Crypto
+
 /// HeaderDigest / DataDigest values (RFC 7143 section 13.1).
 public enum Digest: String, Sendable, CaseIterable {
   case none = "None"
@@ -95,6 +97,17 @@ public struct LoginConfiguration: Sendable {
   public static func randomISID(randomBytes: RandomBytes = systemRandomBytes) -> UInt64 {
     var v: UInt64 = 0x80
     for b in randomBytes(5).prefix(5) { v = v << 8 | UInt64(b) }
+    return v
+  }
+
+  /// The same type of ISID, its 40 qualifier bits taken from a hash of `identity`: a
+  /// volume's path logs in with the same ISID after every restart, so the target sees the
+  /// same I_T nexus (its persistent reservation registrations stay valid) and a login with
+  /// TSIH 0 reinstates the session the previous process left, ending its tasks first
+  /// (RFC 7143 sections 6.3.5 and 11.12.6).
+  public static func stableISID(identity: String) -> UInt64 {
+    var v: UInt64 = 0x80
+    for b in SHA256.hash(data: Array(identity.utf8)).prefix(5) { v = v << 8 | UInt64(b) }
     return v
   }
 }

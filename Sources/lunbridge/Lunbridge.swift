@@ -337,8 +337,13 @@ struct PathOptions: ParsableArguments {
 
 /// Builds one `PathSpec` per URL and session: the URL's `?iface=`/`?source=` bind it to a
 /// NIC or address; URLs in the order given form the failover groups (first = preferred).
+///
+/// `identity` (the volume's name, or its device) makes each session's ISID stable across
+/// restarts; without one (a serve with no --name) ISIDs are random, so two such processes
+/// on one LU never take each other's sessions over.
 func pathSpecs(
-  urls texts: [String], options: LoginOptions, paths: PathOptions, volume: VolumeConfig?, logger: Logger
+  urls texts: [String], options: LoginOptions, paths: PathOptions, volume: VolumeConfig?, identity: String?,
+  logger: Logger
 ) async throws -> [PathSpec] {
   var urls: [ISCSIURL] = []
   for text in texts {
@@ -354,9 +359,18 @@ func pathSpecs(
   }
   var specs: [PathSpec] = []
   for (index, url) in urls.enumerated() {
-    for _ in 0..<(paths.sessionsPerPath ?? volume?.sessionsPerPath ?? 1) {
+    for session in 0..<(paths.sessionsPerPath ?? volume?.sessionsPerPath ?? 1) {
       var config = try options.sessionConfiguration(
         portal: url.portal, targetName: url.targetName, urlUser: url.user, urlPassword: url.password, volume: volume)
+      if let identity, !identity.isEmpty {
+        // The path is its portal, LU and NIC, not its place in the list: reordering the
+        // URLs keeps every ISID.
+        let key = [
+          identity, config.login.initiatorName, url.targetName, "\(url.portal)", "\(url.lun)",
+          url.query["iface"] ?? "", url.query["source"] ?? "", "\(session)",
+        ]
+        config.login.isid = LoginConfiguration.stableISID(identity: key.joined(separator: "\u{0}"))
+      }
       config.interface = url.query["iface"]
       config.sourceAddress = url.query["source"]
       config.keepaliveInterval = .seconds(Int64(paths.keepaliveInterval ?? volume?.keepaliveInterval ?? 2))
@@ -390,10 +404,11 @@ func discoveredPortals(for url: ISCSIURL, known: [ISCSIURL], options: LoginOptio
 
 /// Logs in on every path and opens the volume: what serve and attach share.
 func openVolume(
-  urls: [String], options: LoginOptions, paths: PathOptions, name: String, readOnly: Bool, logger: Logger,
-  volume: VolumeConfig? = nil, maxInflightBytes: Int? = nil
+  urls: [String], options: LoginOptions, paths: PathOptions, name: String, identity: String?, readOnly: Bool,
+  logger: Logger, volume: VolumeConfig? = nil, maxInflightBytes: Int? = nil
 ) async throws -> Volume {
-  let specs = try await pathSpecs(urls: urls, options: options, paths: paths, volume: volume, logger: logger)
+  let specs = try await pathSpecs(
+    urls: urls, options: options, paths: paths, volume: volume, identity: identity, logger: logger)
   var volumeOptions = try paths.volumeOptions(name: name, readOnly: readOnly, volume: volume)
   if let maxInflightBytes { volumeOptions.maxBytesInFlight = maxInflightBytes }
   return try await Volume.open(paths: specs, options: volumeOptions, logger: logger)
@@ -518,8 +533,9 @@ struct Serve: AsyncParsableCommand {
     ServingProcess.raiseDescriptorLimit()
     let memoryLocked = ServingProcess.protectFromMemoryPressure(logger: logger)
     let url = urls[0]
+    if let name { try ControlServer.refuseIfServed(name: name) }
     let volume = try await openVolume(
-      urls: urls, options: options, paths: paths, name: name ?? "serve-\(getpid())", readOnly: readOnly,
+      urls: urls, options: options, paths: paths, name: name ?? "serve-\(getpid())", identity: name, readOnly: readOnly,
       logger: logger, maxInflightBytes: maxInflightMib.map { $0 << 20 })
     let server: NBDExportServer
     let observability: Observability
@@ -642,9 +658,11 @@ struct Attach: AsyncParsableCommand {
     attachOptions.timeoutSeconds = timeout ?? volumeFile.map { UInt64($0.timeout) } ?? 30
     attachOptions.deadConnectionTimeoutSeconds = deadConnTimeout ?? volumeFile.map { UInt64($0.deadConnTimeout) } ?? 120
     if let device { attachOptions.index = try parseDeviceIndex(device) } else { attachOptions.index = volumeFile?.device }
+    let identity = volumeFile?.name ?? attachOptions.index.map { "nbd\($0)" }
+    if let identity { try ControlServer.refuseIfServed(name: identity) }
     let volume = try await openVolume(
       urls: urls, options: options, paths: paths, name: volumeFile?.name ?? "",
-      readOnly: readOnly || (volumeFile?.readOnly ?? false), logger: logger, volume: volumeFile)
+      identity: identity, readOnly: readOnly || (volumeFile?.readOnly ?? false), logger: logger, volume: volumeFile)
     let attachment: KernelAttachment
     do {
       attachment = try await KernelAttachment.attach(volume: volume, options: attachOptions, logger: logger)
@@ -750,7 +768,8 @@ struct Attach: AsyncParsableCommand {
       }
       let config = try VolumeConfig.check(path: file)
       let specs = try await pathSpecs(
-        urls: config.paths.map(\.description), options: options, paths: paths, volume: config, logger: logger)
+        urls: config.paths.map(\.description), options: options, paths: paths, volume: config, identity: config.name,
+        logger: logger)
       let o = try paths.volumeOptions(name: config.name, readOnly: readOnly || config.readOnly, volume: config)
       let summary = try await volume.reconfigure(paths: specs, multipath: o.multipath).get()
       SystemdNotify.send("STATUS=\(summary)")
