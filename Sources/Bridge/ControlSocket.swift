@@ -7,10 +7,11 @@ import NIOPosix
 // The control socket of one served volume: `DIR/NAME.sock` (DIR is /run/lunbridge unless
 // LUNBRIDGE_RUN_DIR says otherwise), a Unix stream socket only root may connect to.
 //
-// Protocol: the client sends one line, `status`, `reload` or `failback`; the server answers one line of
-// JSON and closes the connection.
+// Protocol: the client sends one line, `status`, `reload`, `failback` or `pr JSON`; the
+// server answers one line of JSON and closes the connection.
 //   status  -> the VolumeStatusReport (keys sorted)
 //   reload  -> {"ok":true,"message":"..."} or {"ok":false,"error":"..."}
+//   pr JSON -> a PRRequest in, a PRReply out (persistent reservations)
 //   other   -> {"ok":false,"error":"unknown command '...'"}
 // A request line longer than 4 KiB, or one that does not arrive within a few seconds, ends
 // the connection.
@@ -107,6 +108,7 @@ public final class ControlServer: Sendable {
     report: @escaping @Sendable () -> EventLoopFuture<VolumeStatusReport>,
     reload: (@Sendable () -> EventLoopFuture<String>)? = nil,
     failback: (@Sendable () -> EventLoopFuture<String>)? = nil,
+    reservation: (@Sendable (PRRequest) -> EventLoopFuture<PRReply>)? = nil,
     requestTimeout: TimeAmount = .seconds(5),
     logger: Logger
   ) async throws -> ControlServer {
@@ -142,7 +144,8 @@ public final class ControlServer: Sendable {
     }
 
     let commands = ControlCommands(
-      report: report, reload: reload, failback: failback, timeout: requestTimeout, logger: logger)
+      report: report, reload: reload, failback: failback, reservation: reservation, timeout: requestTimeout,
+      logger: logger)
     let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
       .childChannelOption(.allowRemoteHalfClosure, value: true)
       .childChannelInitializer { child in
@@ -183,6 +186,9 @@ struct ControlCommands: Sendable {
   let reload: (@Sendable () -> EventLoopFuture<String>)?
   /// `failback`: paths waiting for a manual failback take I/O again.
   var failback: (@Sendable () -> EventLoopFuture<String>)? = nil
+  /// `pr JSON`: one persistent reservation operation.
+  var reservation: (@Sendable (PRRequest) -> EventLoopFuture<PRReply>)? = nil
+  /// How long a request line may take to arrive (the answer may take longer).
   let timeout: TimeAmount
   let logger: Logger
 }
@@ -262,8 +268,26 @@ final class ControlConnectionHandler: ChannelInboundHandler {
   private func answer(_ line: String, context: ChannelHandlerContext) {
     answered = true
     request = nil
+    deadline?.cancel()
+    deadline = nil
     let command = line.trimmingWhitespace()
     let reply: EventLoopFuture<Data>
+    if command.hasPrefix("pr ") {
+      guard let reservation = commands.reservation else {
+        return send(Self.encode(ControlReply(ok: false, error: "this volume has no persistent reservations")), context: context)
+      }
+      guard let request = try? ControlJSON.decoder().decode(PRRequest.self, from: Data(command.dropFirst(3).utf8)) else {
+        return send(Self.encode(ControlReply(ok: false, error: "pr: the request is not valid JSON")), context: context)
+      }
+      reply = reservation(request).flatMapThrowing { try ControlJSON.encoder().encode($0) }
+      reply.hop(to: context.eventLoop).assumeIsolated().whenComplete { result in
+        switch result {
+        case .success(let data): self.send(data, context: context)
+        case .failure(let error): self.send(Self.encode(ControlReply(ok: false, error: "\(error)")), context: context)
+        }
+      }
+      return
+    }
     switch command {
     case "status":
       reply = commands.report().flatMapThrowing { try ControlJSON.encoder().encode($0) }
@@ -392,6 +416,18 @@ public enum ControlClient {
     }
     guard reply.ok else { throw BridgeError(reply.error ?? "\(command) failed") }
     return reply.message ?? "done"
+  }
+
+  /// Sends one persistent reservation operation (`pr JSON`) and returns the reply; a
+  /// volume that does not know the command answers with a `ControlReply`, thrown here.
+  public static func reservation(_ request: PRRequest, socket path: String, timeout: Double = 120) throws -> PRReply {
+    let body = String(decoding: try ControlJSON.encoder().encode(request), as: UTF8.self)
+    let data = try self.request("pr \(body)", socket: path, timeout: timeout)
+    if let reply = try? ControlJSON.decoder().decode(PRReply.self, from: data) { return reply }
+    if let reply = try? ControlJSON.decoder().decode(ControlReply.self, from: data) {
+      throw BridgeError(reply.error ?? "pr failed")
+    }
+    throw BridgeError("\(path) answered something that is not a pr reply")
   }
 
   private static func waitFor(_ fd: Int32, events: Int16, until deadline: Date, path: String) throws {

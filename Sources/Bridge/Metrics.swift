@@ -100,6 +100,12 @@ public enum PrometheusText {
     ) { r, l, f in
       f.add(l, String(r.noPathFailures))
     }
+    volumeFamily(
+      "lunbridge_reservation_conflicts_total", "counter",
+      "Requests the target refused with RESERVATION CONFLICT (another initiator holds the reservation)."
+    ) { r, l, f in
+      f.add(l, String(r.reservationConflicts ?? 0))
+    }
     let flowCounters: [(String, String, KeyPath<FlowCounts, UInt64>)] = [
       ("lunbridge_export_refused_connections_total", "Export connections refused over the connection caps.",
         \.refusedConnections),

@@ -42,6 +42,9 @@ public enum StatusFormatter {
         "refused-connections=\(f.refusedConnections) handshake-timeouts=\(f.handshakeTimeouts) paused=\(f.paused) cancelled=\(f.cancelled)"
       )
     }
+    if r.reservationKey != nil || (r.reservationConflicts ?? 0) > 0 {
+      facts.append("reservation-key=\(r.reservationKey ?? "-") reservation-conflicts=\(r.reservationConflicts ?? 0)")
+    }
     out += facts.joined(separator: " ") + "\n"
     guard !r.paths.isEmpty else { return out + "  (no paths)\n" }
     let rows = r.paths.map { p -> [String] in

@@ -84,6 +84,9 @@ public struct VolumeOptions: Sendable {
   public var maxRequestsPerConnection = 128
   public var maxBytesPerConnection = 64 << 20
   public var maxBytesInFlight = 256 << 20
+  /// `reservation_key`: registered on every path at open (REGISTER AND IGNORE EXISTING
+  /// KEY) and on every path that is added or reinstated later while it is still registered.
+  public var reservationKey: UInt64?
 
   public init() {}
 }
@@ -201,6 +204,11 @@ public final class Volume: @unchecked Sendable {
   let budget: IOBudget
   private var noPathFailures: UInt64 = 0
   private var latency = LatencyHistogram()
+  /// The persistent reservation key this volume keeps registered on its paths (from
+  /// `reservation_key`, or the last `lunbridge pr --register`); nil: none.
+  private var registrationKey: UInt64?
+  /// Requests the target answered with RESERVATION CONFLICT.
+  private var reservationConflicts: UInt64 = 0
 
   private init(
     eventLoop: EventLoop, info: LUNInfo, targetName: String, lun: UInt16, options: VolumeOptions, logger: Logger
@@ -222,6 +230,7 @@ public final class Volume: @unchecked Sendable {
     self.validator = NBDRequestValidator(export: export)
     self.machine = MultipathStateMachine(configuration: options.multipath, clock: ContinuousClock())
     self.fencer = FenceStateMachine(clock: ContinuousClock(), bound: options.multipath.noPathRetry)
+    self.registrationKey = options.reservationKey
   }
 
   // MARK: - Opening and closing
@@ -293,6 +302,14 @@ public final class Volume: @unchecked Sendable {
         volume.sample()
       }
     }.get()
+    if let key = options.reservationKey {
+      do {
+        try await volume.registerAtOpen(key)
+      } catch {
+        await volume.close()
+        throw error
+      }
+    }
     return volume
   }
 
@@ -430,7 +447,18 @@ public final class Volume: @unchecked Sendable {
       case .failure(let error):
         if error is CancelledByClient { return reply(.failure(.eio)) }  // nobody to reply to
         counts.errors += 1
-        logger.warning("NBD request failed", metadata: ["type": "\(type)", "error": "\(describeError(error))"])
+        if (error as? SCSIOperationError)?.isReservationConflict == true {
+          // Another initiator holds the reservation: the I/O fails, no path does. Logged
+          // the first time and then every thousandth (a fenced node may keep writing).
+          reservationConflicts += 1
+          if reservationConflicts % 1000 == 1 {
+            logger.warning(
+              "reservation conflict: the target refused the request (another initiator holds the reservation)",
+              metadata: ["type": "\(type)", "conflicts": "\(reservationConflicts)"])
+          }
+        } else {
+          logger.warning("NBD request failed", metadata: ["type": "\(type)", "error": "\(describeError(error))"])
+        }
         reply(.failure(Volume.errno(for: error)))
       }
     }
@@ -452,6 +480,7 @@ public final class Volume: @unchecked Sendable {
     // the rest become EIO.
     switch errno {
     case 1, 30: return .eperm  // EROFS: a write-protected LU, as before
+    case 52: return .eperm  // EBADE: RESERVATION CONFLICT, not permitted for this initiator
     case 22: return .einval
     case 28: return .enospc
     case 95: return .enotsup
@@ -920,6 +949,10 @@ public final class Volume: @unchecked Sendable {
         path.unit = unit
         return unit
       }.nonisolated()
+    }.flatMap { [self] unit in
+      // A registered volume registers the path before it carries I/O (its I_T nexus may be
+      // new, or the target may have lost it), unless the key is gone from the LU.
+      keepRegistered(unit, path: id).map { unit }
     }.flatMap { unit in
       // With ALUA, REPORT TARGET PORT GROUPS answers (standby and unavailable ports refuse
       // TEST UNIT READY by design), and its states go to the scheduler, which places the
@@ -941,6 +974,170 @@ public final class Volume: @unchecked Sendable {
         run(machine.probeFailed(id, reason: PathFailure(.probeFailed, context: describeError(error))))
       }
     }
+  }
+
+  // MARK: - Persistent reservations
+
+  /// The paths that can carry a command now (logged in, LU open, not failed), the ones
+  /// serving I/O first.
+  private func workingPaths() -> [Path] {
+    let working = order.compactMap { id -> Path? in
+      guard let p = paths[id], !p.removed, p.unit != nil, let state = machine.state(of: id) else { return nil }
+      switch state {
+      case .failed, .probing, .disabled: return nil
+      default: return p
+      }
+    }
+    return working.filter { machine.state(of: $0.id) == .active } + working.filter { machine.state(of: $0.id) != .active }
+  }
+
+  /// `reservation_key` at open: REGISTER AND IGNORE EXISTING KEY on every path that logged
+  /// in. A path that cannot register is failed (its probe registers it later); none
+  /// registering is an error.
+  func registerAtOpen(_ key: UInt64) async throws {
+    let units = try await eventLoop.submit { self.workingPaths().map { ($0.id, $0.unit!) } }.get()
+    var firstError: Error?
+    var registered = 0
+    for (id, unit) in units {
+      do {
+        try await unit.persistentReserveOut(
+          .registerAndIgnoreExistingKey, type: nil, parameters: PROutParameters(serviceActionKey: key)
+        ).get()
+        registered += 1
+      } catch {
+        firstError = firstError ?? error
+        logger.warning(
+          "path could not register the reservation key; probing it later",
+          metadata: ["path": "\(id)", "key": "\(PRReply.hex(key))", "error": "\(describeError(error))"])
+        try await eventLoop.submit {
+          self.failPath(id, PathFailure(.probeFailed, context: "reservation key not registered"))
+        }.get()
+      }
+    }
+    if registered == 0, let firstError {
+      throw BridgeError("cannot register reservation key \(PRReply.hex(key)): \(describeError(firstError))")
+    }
+    logger.notice("reservation key registered", metadata: ["key": "\(PRReply.hex(key))", "paths": "\(registered)"])
+  }
+
+  /// Before a path added or reinstated later carries I/O: if the volume keeps a key
+  /// registered and the LU still lists it (registered through another of its paths, or
+  /// this nexus before), the path registers it too (REGISTER AND IGNORE EXISTING KEY). A key
+  /// the LU no longer lists was preempted or cleared by another node: the path is not
+  /// registered, so a fenced node does not let itself back in (multipathd's rule).
+  private func keepRegistered(_ unit: LogicalUnit, path id: PathID) -> EventLoopFuture<Void> {
+    guard let key = registrationKey else { return eventLoop.makeSucceededVoidFuture() }
+    return unit.persistentReserveIn(.readKeys).flatMapThrowing { try PRKeys($0) }.flatMap { [self] listed in
+      guard listed.keys.contains(key) else {
+        logger.warning(
+          "reservation key no longer registered on the LU (preempted or cleared): the path is not registered",
+          metadata: ["path": "\(id)", "key": "\(PRReply.hex(key))"])
+        return eventLoop.makeSucceededVoidFuture()
+      }
+      return unit.persistentReserveOut(
+        .registerAndIgnoreExistingKey, type: nil, parameters: PROutParameters(serviceActionKey: key))
+    }
+  }
+
+  /// One `lunbridge pr` operation. PR IN and the LU-wide PR OUT (reserve, release, clear,
+  /// preempt) go through one working path, the next one if a path fails; registration
+  /// goes through every working path, and the key is kept for paths that come later.
+  public func persistentReservation(_ request: PRRequest) -> EventLoopFuture<PRReply> {
+    let promise = eventLoop.makePromise(of: PRReply.self)
+    eventLoop.execute { [self] in
+      if let problem = request.problem { return promise.succeed(PRReply(ok: false, error: problem)) }
+      let working = workingPaths()
+      guard !working.isEmpty else {
+        return promise.succeed(PRReply(ok: false, error: "no path of volume \(options.name) can carry a command now"))
+      }
+      let type = request.type.flatMap { PRType(rawValue: $0) }
+      let parameters = PROutParameters(
+        key: request.key, serviceActionKey: request.serviceActionKey, allTargetPorts: request.allTargetPorts,
+        persistThroughPowerLoss: request.persistThroughPowerLoss)
+      let targets = working
+      var results: [PRReply.PathResult] = []
+      var conflicts = 0
+      var inReply: PRReply?
+      // Through the paths one after another: all of them for a registration, else until one
+      // answers (a path problem tries the next; a SCSI answer is the answer).
+      func step(_ index: Int) {
+        guard index < targets.count else { return finish() }
+        let path = targets[index]
+        let unit = path.unit!
+        let work: EventLoopFuture<[UInt8]?>
+        if let action = request.operation.inAction {
+          work = unit.persistentReserveIn(action).map { Optional($0) }
+        } else {
+          work = unit.persistentReserveOut(request.operation.outAction!, type: type, parameters: parameters).map { nil }
+        }
+        work.assumeIsolated().whenComplete { [self] result in
+          var r = PRReply.PathResult(
+            path: path.id.rawValue, url: "\(path.spec.url)", isid: hex12(path.session.configuration.login.isid))
+          switch result {
+          case .success(let bytes):
+            if let bytes, let action = request.operation.inAction {
+              do {
+                inReply = try PRReply.decoded(action, bytes)
+              } catch {
+                r.error = "\(error)"
+              }
+            }
+          case .failure(let error):
+            r.error = describeError(error)
+            if (error as? SCSIOperationError)?.isReservationConflict == true { conflicts += 1 }
+          }
+          results.append(r)
+          let answered = r.error == nil || !Volume.isPathError(error: result)
+          if request.operation.outAction?.isRegistration == true || !answered {
+            step(index + 1)
+          } else {
+            finish()
+          }
+        }
+      }
+      func finish() {
+        let failed = results.filter { $0.error != nil }
+        let succeeded = results.count - failed.count
+        var reply = inReply ?? PRReply(ok: true)
+        reply.paths = results
+        if succeeded == 0 || (request.operation.outAction?.isRegistration == true && !failed.isEmpty) {
+          reply.ok = false
+          reply.conflict = conflicts > 0 && conflicts == failed.count
+          reply.error =
+            reply.conflict
+            ? "reservation conflict"
+            : failed.map { "path \($0.path): \($0.error!)" }.joined(separator: "; ")
+        }
+        if succeeded > 0 {
+          switch request.operation {
+          case .register, .registerIgnore:
+            registrationKey = request.serviceActionKey == 0 ? nil : request.serviceActionKey
+          case .clear:
+            registrationKey = nil
+          default:
+            break
+          }
+        }
+        reply.registeredKey = registrationKey.map(PRReply.hex)
+        if request.operation.outAction != nil {
+          logger.notice(
+            "persistent reservation: \(request.operation.rawValue) \(reply.ok ? "done" : "failed")",
+            metadata: [
+              "paths": "\(results.map { "\($0.path)" }.joined(separator: ","))",
+              "error": "\(reply.error ?? "-")",
+            ])
+        }
+        promise.succeed(reply)
+      }
+      step(0)
+    }
+    return promise.futureResult
+  }
+
+  /// A failure that is the path's (try the next path), not the target's answer.
+  static func isPathError(error result: Result<[UInt8]?, Error>) -> Bool {
+    guard case .failure(let error) = result else { return false }
+    return isPathError(error) || !(error is SCSIOperationError)
   }
 
   // MARK: - Reload
@@ -1052,7 +1249,7 @@ public final class Volume: @unchecked Sendable {
         report.alua = row.access?.description
         reports.append(report)
       }
-      return VolumeStatusReport(
+      var report = VolumeStatusReport(
         name: options.name, device: device, export: exportURI, targetName: targetName, lun: lun,
         deviceIdentifier: info.deviceIdentifier, sizeBytes: info.sizeBytes, blockSize: info.blockSize,
         readOnly: readOnly, policy: "\(machine.configuration.policy)",
@@ -1060,6 +1257,9 @@ public final class Volume: @unchecked Sendable {
         noPathRetrySeconds: Int(machine.configuration.noPathRetry.components.seconds), queuedIOs: machine.queuedIOs,
         noPathFailures: noPathFailures, requests: counts, latency: Volume.latencyReport(latency), paths: reports,
         uptimeSeconds: Double((now - opened).nanoseconds) / 1e9, flow: currentFlow)
+      report.reservationKey = registrationKey.map(PRReply.hex)
+      report.reservationConflicts = reservationConflicts
+      return report
     }
   }
 

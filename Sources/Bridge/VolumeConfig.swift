@@ -56,6 +56,9 @@ public struct VolumeConfig: Equatable, Sendable {
   public var noPathRetry: Int?
   /// With ALUA: seconds between re-reads of the port groups' states (nil: default 10).
   public var aluaCheckInterval: Int?
+  /// `reservation_key`: "0xHEX", or "file:PATH" naming a file that holds one (as
+  /// multipath.conf's reservation_key); nil: the volume registers nothing by itself.
+  public var reservationKey: String?
   /// nil: the kernel picks a free device.
   public var device: UInt32?
   public var readOnly: Bool = false
@@ -78,6 +81,7 @@ public struct VolumeConfig: Equatable, Sendable {
     "chap_algorithms", "header_digest", "data_digest", "policy", "keepalive_interval", "keepalive_timeout",
     "login_timeout", "timeout", "dead_conn_timeout", "no_path_retry", "device", "read_only", "connections",
     "sessions_per_path", "failback", "command_timeout", "metrics", "alua_check_interval",
+    "reservation_key",
   ]
 
   /// Keys people write from habit (command-line spellings are caught by the edit distance).
@@ -203,6 +207,7 @@ public struct VolumeConfig: Equatable, Sendable {
   /// is not writable by group or others. Reads no secret.
   public func validate() throws {
     try checkVolumeFileMode()
+    _ = try resolvedReservationKey()
     for (key, path) in [("chap_secret_file", chapSecretFile), ("mutual_secret_file", mutualSecretFile)] {
       guard let path else { continue }
       try checkSecretFile(key: key, path: path)
@@ -231,6 +236,32 @@ public struct VolumeConfig: Equatable, Sendable {
       if text.contains("not readable by this user") { text += "; lunbridge@.service runs as root" }
       throw VolumeConfigError(.secretFile, file: file, line: lines[key], key: key, message: "key '\(key)': \(text)")
     }
+  }
+
+  /// "0x1a2b" or "1a2b" (hexadecimal, as mpathpersist takes keys); nil if not a non-zero key.
+  public static func parseReservationKey(_ text: String) -> UInt64? {
+    var t = text.trimmingWhitespace()
+    if t.hasPrefix("0x") || t.hasPrefix("0X") { t.removeFirst(2) }
+    guard !t.isEmpty, t.count <= 16, let v = UInt64(t, radix: 16), v != 0 else { return nil }
+    return v
+  }
+
+  /// The reservation key, read from its file for "file:PATH"; nil when none is set.
+  public func resolvedReservationKey() throws -> UInt64? {
+    guard let reservationKey else { return nil }
+    guard reservationKey.hasPrefix("file:") else { return VolumeConfig.parseReservationKey(reservationKey) }
+    let path = String(reservationKey.dropFirst(5))
+    guard let data = FileManager.default.contents(atPath: path) else {
+      throw VolumeConfigError(
+        .invalidValue, file: file, line: lines["reservation_key"], key: "reservation_key",
+        message: "key 'reservation_key': cannot read \(path)")
+    }
+    guard let key = VolumeConfig.parseReservationKey(String(decoding: data, as: UTF8.self)) else {
+      throw VolumeConfigError(
+        .invalidValue, file: file, line: lines["reservation_key"], key: "reservation_key",
+        message: "key 'reservation_key': \(path) does not hold a key (up to 16 hexadecimal digits)")
+    }
+    return key
   }
 
   // MARK: parsing
@@ -298,6 +329,18 @@ public struct VolumeConfig: Equatable, Sendable {
       case "dead_conn_timeout": deadConnTimeout = try d.seconds(entry, min: 0)
       case "no_path_retry": noPathRetry = try d.seconds(entry, min: 0)
       case "alua_check_interval": aluaCheckInterval = try d.seconds(entry, min: 1)
+      case "reservation_key":
+        let v = try d.string(entry)
+        if v.hasPrefix("file:") {
+          guard v.dropFirst(5).hasPrefix("/") else {
+            throw d.error(.invalidValue, entry, "key 'reservation_key' file must be an absolute path (file:/etc/...), got '\(v)'")
+          }
+        } else if VolumeConfig.parseReservationKey(v) == nil {
+          throw d.error(
+            .invalidValue, entry,
+            "key 'reservation_key' must be a non-zero key of up to 16 hexadecimal digits (\"0x1a2b\") or \"file:PATH\", got '\(v)'")
+        }
+        reservationKey = v
       case "device": device = try d.device(entry)
       case "read_only": readOnly = try d.boolean(entry)
       case "connections":
@@ -426,6 +469,7 @@ public struct VolumeConfig: Equatable, Sendable {
     out.append("dead_conn_timeout = \(deadConnTimeout)")
     if let noPathRetry { out.append("no_path_retry = \(noPathRetry)") }
     if let aluaCheckInterval { out.append("alua_check_interval = \(aluaCheckInterval)") }
+    if let reservationKey { out.append("reservation_key = \"\(reservationKey)\"") }
     if let device { out.append("device = \"/dev/nbd\(device)\"") }
     out.append("read_only = \(readOnly)")
     if let connections { out.append("connections = \(connections)") }

@@ -143,6 +143,10 @@ public struct VolumeStatusReport: Codable, Hashable, Sendable {
   public var uptimeSeconds: Double
   /// Flow control and export admission (absent in reports of older versions).
   public var flow: FlowCounts?
+  /// The persistent reservation key the volume keeps registered on its paths ("0x...").
+  public var reservationKey: String?
+  /// Requests the target refused with RESERVATION CONFLICT (absent in older reports).
+  public var reservationConflicts: UInt64?
 
   public init(
     name: String, device: String?, export: String?, targetName: String, lun: UInt16, deviceIdentifier: String?,

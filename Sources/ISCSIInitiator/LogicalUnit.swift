@@ -82,6 +82,9 @@ func humanSize(_ bytes: UInt64) -> String {
 /// (retry elsewhere, fail the I/O, ...), the message names the sense.
 public struct SCSIOperationError: Error, CustomStringConvertible, Sendable {
   public var errorClass: SCSIErrorClass
+  /// RESERVATION CONFLICT: another initiator holds a persistent reservation that excludes
+  /// this one. Not a path problem: every path of this initiator would get the same answer.
+  public var isReservationConflict: Bool { status == SCSIStatus.reservationConflict.rawValue }
   public var status: UInt8
   public var sense: SenseData?
   public var operation: String
@@ -90,7 +93,7 @@ public struct SCSIOperationError: Error, CustomStringConvertible, Sendable {
   public var outcome: SCSIOutcome
 
   public var description: String {
-    let what = sense.map { $0.description } ?? "status 0x\(String(status, radix: 16))"
+    let what = sense.map { $0.description } ?? "\(SCSIStatus(status))".lowercased()
     return "\(operation) failed: \(what)"
   }
 }
@@ -290,6 +293,28 @@ public final class LogicalUnit: Sendable {
     let command = SCSICommand(
       lun: lun, cdb: CDB.setTargetPortGroups(parameterListLength: UInt32(list.count)), direction: .write(buffer))
     return run(command, "SET TARGET PORT GROUPS").map { _ in }
+  }
+
+  /// PERSISTENT RESERVE IN through this session's I_T nexus: the parameter data as the
+  /// target returned it (8 KiB at most: 1,000 keys).
+  public func persistentReserveIn(_ action: PRInAction) -> EventLoopFuture<[UInt8]> {
+    let length = 8192
+    let command = SCSICommand(
+      lun: lun, cdb: CDB.persistentReserveIn(action, allocationLength: UInt16(length)), direction: .read(length))
+    return run(command, "PERSISTENT RESERVE IN").map { c in Array(c.data.readableBytesView) }
+  }
+
+  /// PERSISTENT RESERVE OUT through this session's I_T nexus (its registration is this
+  /// nexus's own). A RESERVATION CONFLICT comes back as `SCSIOperationError` with that status.
+  public func persistentReserveOut(_ action: PROutAction, type: PRType?, parameters: PROutParameters)
+    -> EventLoopFuture<Void>
+  {
+    let list = parameters.bytes
+    var buffer = ByteBufferAllocator().buffer(capacity: list.count)
+    buffer.writeBytes(list)
+    let command = SCSICommand(
+      lun: lun, cdb: CDB.persistentReserveOut(action, type: action.usesType ? type : nil), direction: .write(buffer))
+    return run(command, "PERSISTENT RESERVE OUT").map { _ in }
   }
 
   public func testUnitReady() -> EventLoopFuture<Void> {

@@ -271,6 +271,9 @@ struct PathOptions: ParsableArguments {
   @Option(help: "iSCSI sessions per URL (default 1).")
   var sessionsPerPath: Int?
 
+  @Option(help: "Persistent reservation key (hexadecimal) to register on every path at start and keep registered, as multipath.conf's reservation_key.")
+  var reservationKey: String?
+
   @Option(help: "Seconds between NOP-Out pings on a quiet connection (default 2).")
   var keepaliveInterval: Int?
 
@@ -297,6 +300,9 @@ struct PathOptions: ParsableArguments {
     }
     _ = try selectorPolicy(volume: nil)
     _ = try failbackPolicy(volume: nil)
+    if let reservationKey, VolumeConfig.parseReservationKey(reservationKey) == nil {
+      throw ValidationError("--reservation-key '\(reservationKey)' is not a non-zero key of up to 16 hexadecimal digits")
+    }
   }
 
   func selectorPolicy(volume: VolumeConfig?) throws -> SelectorPolicy {
@@ -331,6 +337,7 @@ struct PathOptions: ParsableArguments {
     o.multipath.failback = try failbackPolicy(volume: volume)
     o.multipath.noPathRetry = .seconds(Int64(noPathRetry ?? volume?.noPathRetry ?? 60))
     o.multipath.portGroupCheckInterval = .seconds(Int64(aluaCheckInterval ?? volume?.aluaCheckInterval ?? 10))
+    o.reservationKey = try reservationKey.flatMap(VolumeConfig.parseReservationKey) ?? volume?.resolvedReservationKey()
     return o
   }
 }
@@ -431,7 +438,8 @@ struct Observability {
     }
     do {
       o.control = try await ControlServer.start(
-        name: name, report: report, reload: reload, failback: { volume.failback() }, logger: logger)
+        name: name, report: report, reload: reload, failback: { volume.failback() },
+        reservation: { volume.persistentReservation($0) }, logger: logger)
     } catch {
       logger.warning("no control socket, so no `lunbridge status` for this volume: \(error)")
     }
@@ -979,7 +987,7 @@ struct Lunbridge: AsyncParsableCommand {
     commandName: "lunbridge",
     abstract: "A user-space iSCSI initiator that serves LUNs as NBD devices.",
     subcommands: [
-      Discover.self, Info.self, Serve.self, Attach.self, Detach.self, List.self, Status.self, Reload.self, Failback.self,
+      Discover.self, Info.self, Serve.self, Attach.self, Detach.self, List.self, Status.self, Reload.self, Failback.self, PersistentReserve.self,
       ConfigCommand.self,
     ])
 

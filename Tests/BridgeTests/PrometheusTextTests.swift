@@ -213,6 +213,7 @@ final class PrometheusTextTests: XCTestCase {
       "lunbridge_requests_total": "counter", "lunbridge_bytes_total": "counter",
       "lunbridge_request_errors_total": "counter", "lunbridge_request_latency_seconds": "histogram",
       "lunbridge_queued_ios": "gauge", "lunbridge_no_path_failures_total": "counter",
+      "lunbridge_reservation_conflicts_total": "counter",
       "lunbridge_export_refused_connections_total": "counter", "lunbridge_export_handshake_timeouts_total": "counter",
       "lunbridge_flow_paused_total": "counter", "lunbridge_cancelled_requests_total": "counter",
       "lunbridge_inflight_bytes": "gauge",
@@ -298,7 +299,7 @@ final class PrometheusTextTests: XCTestCase {
 
   func testNoVolumesStillGivesHelpAndTypeForEveryFamily() throws {
     let parsed = try Exposition(parsing: PrometheusText.render([]))
-    XCTAssertEqual(parsed.families.count, 23)
+    XCTAssertEqual(parsed.families.count, 24)
     XCTAssertTrue(parsed.families.allSatisfy { $0.samples.isEmpty })
   }
 
