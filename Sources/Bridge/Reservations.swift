@@ -141,6 +141,9 @@ public struct PRReply: Codable, Hashable, Sendable {
   public var paths: [PathResult]?
   /// The key the volume keeps registered on its paths after this operation (nil: none).
   public var registeredKey: String?
+  /// read-full-status from a target without READ FULL STATUS: built from READ KEYS and
+  /// READ RESERVATION (one entry per key, the holder marked, no initiator or port).
+  public var fromKeys: Bool?
 
   public init(ok: Bool, error: String? = nil, conflict: Bool = false) {
     self.ok = ok
@@ -185,6 +188,24 @@ public struct PRReply: Codable, Hashable, Sendable {
     return reply
   }
 
+  /// READ FULL STATUS as far as READ KEYS and READ RESERVATION tell it: each registered
+  /// key, the first one equal to the reservation's key marked as the holder.
+  public static func fullStatus(keys: PRKeys, reservation: PRReservation) -> PRReply {
+    var reply = PRReply(ok: true)
+    reply.generation = keys.generation
+    reply.fromKeys = true
+    var holderMarked = false
+    reply.registrations = keys.keys.map { key in
+      let holder = !holderMarked && reservation.reservation?.key == key
+      if holder { holderMarked = true }
+      let r = holder ? reservation.reservation : nil
+      return Registration(
+        key: hex(key), holder: holder, allTargetPorts: false, relativeTargetPort: 0, initiator: nil,
+        scope: r.map { Int($0.scope) }, type: r.map { Int($0.rawType) }, typeName: r.map { typeName($0.rawType) })
+    }
+    return reply
+  }
+
   public static func hex(_ key: UInt64) -> String { "0x" + String(key, radix: 16) }
 
   static func typeName(_ raw: UInt8) -> String {
@@ -215,6 +236,9 @@ public struct PRReply: Codable, Hashable, Sendable {
       }
     case .readFullStatus:
       lines.append("  \(generation)")
+      if fromKeys == true {
+        lines.append("  (the target has no READ FULL STATUS: from READ KEYS and READ RESERVATION)")
+      }
       for r in registrations ?? [] {
         lines.append("    Key = \(r.key)")
         lines.append(r.allTargetPorts ? "      All target ports bit set" : "      All target ports bit clear")

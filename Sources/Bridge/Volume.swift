@@ -1064,9 +1064,9 @@ public final class Volume: @unchecked Sendable {
         guard index < targets.count else { return finish() }
         let path = targets[index]
         let unit = path.unit!
-        let work: EventLoopFuture<[UInt8]?>
+        let work: EventLoopFuture<PRReply?>
         if let action = request.operation.inAction {
-          work = unit.persistentReserveIn(action).map { Optional($0) }
+          work = Volume.persistentReserveIn(action, on: unit).map { Optional($0) }
         } else {
           work = unit.persistentReserveOut(request.operation.outAction!, type: type, parameters: parameters).map { nil }
         }
@@ -1074,14 +1074,8 @@ public final class Volume: @unchecked Sendable {
           var r = PRReply.PathResult(
             path: path.id.rawValue, url: "\(path.spec.url)", isid: hex12(path.session.configuration.login.isid))
           switch result {
-          case .success(let bytes):
-            if let bytes, let action = request.operation.inAction {
-              do {
-                inReply = try PRReply.decoded(action, bytes)
-              } catch {
-                r.error = "\(error)"
-              }
-            }
+          case .success(let answer):
+            if let answer { inReply = answer }
           case .failure(let error):
             r.error = describeError(error)
             if (error as? SCSIOperationError)?.isReservationConflict == true { conflicts += 1 }
@@ -1134,8 +1128,24 @@ public final class Volume: @unchecked Sendable {
     return promise.futureResult
   }
 
+  /// PERSISTENT RESERVE IN through `unit`, decoded. A target without READ FULL STATUS
+  /// (tgtd answers ILLEGAL REQUEST) gets READ KEYS and READ RESERVATION instead, and the
+  /// reply says it was built from them (no initiator names then).
+  static func persistentReserveIn(_ action: PRInAction, on unit: LogicalUnit) -> EventLoopFuture<PRReply> {
+    let answer = unit.persistentReserveIn(action).flatMapThrowing { try PRReply.decoded(action, $0) }
+    guard action == .readFullStatus else { return answer }
+    return answer.flatMapError { error in
+      guard let e = error as? SCSIOperationError, e.errorClass == .illegalRequest else {
+        return unit.session.eventLoop.makeFailedFuture(error)
+      }
+      return unit.persistentReserveIn(.readKeys).and(unit.persistentReserveIn(.readReservation)).flatMapThrowing {
+        try PRReply.fullStatus(keys: PRKeys($0.0), reservation: PRReservation($0.1))
+      }
+    }
+  }
+
   /// A failure that is the path's (try the next path), not the target's answer.
-  static func isPathError(error result: Result<[UInt8]?, Error>) -> Bool {
+  static func isPathError(error result: Result<PRReply?, Error>) -> Bool {
     guard case .failure(let error) = result else { return false }
     return isPathError(error) || !(error is SCSIOperationError)
   }
