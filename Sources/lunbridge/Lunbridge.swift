@@ -666,8 +666,12 @@ struct Attach: AsyncParsableCommand {
     attachOptions.timeoutSeconds = timeout ?? volumeFile.map { UInt64($0.timeout) } ?? 30
     attachOptions.deadConnectionTimeoutSeconds = deadConnTimeout ?? volumeFile.map { UInt64($0.deadConnTimeout) } ?? 120
     if let device { attachOptions.index = try parseDeviceIndex(device) } else { attachOptions.index = volumeFile?.device }
-    let identity = volumeFile?.name ?? attachOptions.index.map { "nbd\($0)" }
-    if let identity { try ControlServer.refuseIfServed(name: identity) }
+    // The ISIDs' identity: the volume's name, else its device, else its URL (one device
+    // per URL: a second attach of a URL that is served is refused below, before login).
+    let shownURL = try ISCSIURL(parsing: url).description
+    let identity = volumeFile?.name ?? attachOptions.index.map { "nbd\($0)" } ?? "url:\(shownURL)"
+    if volumeFile != nil || attachOptions.index != nil { try ControlServer.refuseIfServed(name: identity) }
+    try refuseIfAttached(url: shownURL)
     let volume = try await openVolume(
       urls: urls, options: options, paths: paths, name: volumeFile?.name ?? "",
       identity: identity, readOnly: readOnly || (volumeFile?.readOnly ?? false), logger: logger, volume: volumeFile)
@@ -841,6 +845,19 @@ func recordURL(_ url: String, index: UInt32) -> String? {
     return path
   } catch {
     return nil
+  }
+}
+
+/// Throws when a live lunbridge serves `url` on some /dev/nbdN already (its URL record and
+/// the device's server pid say so): checked before logging in, since a second login with
+/// the volume's ISIDs would take the running process's sessions over.
+func refuseIfAttached(url: String) throws {
+  guard let names = try? FileManager.default.contentsOfDirectory(atPath: runDirectory) else { return }
+  for name in names where name.hasPrefix("nbd") && name.hasSuffix(".url") {
+    guard let index = UInt32(name.dropFirst(3).dropLast(4)), recordedURL(index: index) == url,
+      let pid = NBDNetlink.pid(index: index), pid > 0, pid != getpid(), kill(pid, 0) == 0
+    else { continue }
+    throw BridgeError("\(url) is already attached as /dev/nbd\(index) by process \(pid)")
   }
 }
 

@@ -78,10 +78,23 @@ fio --name=survive --filename="$dev" --ioengine=libaio --direct=1 --rw=randwrite
   --output="$T/fio-survive.txt" &
 fio_pid=$!
 sleep 6
+isids() { timeout 5 "$LB" status "$dev" --json 2>/dev/null | grep '"isid"' | tr -d ' ",' | sort | tr '\n' ' '; }
+isids_before=$(isids)
 check "kill -9 the serving process (pid ${pid:-none}) during fio" kill -9 "${pid:-none}"
 sleep 2
 dev2=$(timeout 60 "$LB" attach "$url" --verbose --connections 2 --timeout 30 --dead-conn-timeout 60 2>"$T/attach2.err")
 check "restarted attach took over $dev (got '$dev2': $(cat "$T/attach2.err"))" test "$dev2" = "$dev"
+# The restarted process logs in with the same ISIDs (TSIH 0: the target ends the old
+# session's tasks before it answers), and only then takes the device over, after which
+# the kernel re-sends what was in flight.
+check "the same ISIDs after the restart (${isids_before:-none} -> $(isids))" \
+  bash -c '[ -n "$1" ] && [ "$1" = "$2" ]' _ "$isids_before" "$(isids)"
+sessions=$(timeout 10 tgtadm -C "$(cat "$T/cp")" --lld iscsi --op show --mode conn --tid 1 | grep -c '^Session:')
+check "tgtd has one session for the one path: the old one ended ($sessions)" test "$sessions" -eq 1
+login_line=$(grep -n 'logged in' "$T/attach2.err" | head -1 | cut -d: -f1)
+takeover_line=$(grep -n 'reattached an existing device' "$T/attach2.err" | head -1 | cut -d: -f1)
+check "login (line ${login_line:-none}) before the device is taken over (line ${takeover_line:-none})" \
+  bash -c '[ -n "$1" ] && [ -n "$2" ] && [ "$1" -lt "$2" ]' _ "$login_line" "$takeover_line"
 wait $fio_pid
 fio_rc=$?
 check "fio verify survived kill -9 and restart (rc $fio_rc)" test $fio_rc -eq 0

@@ -58,8 +58,82 @@ lio_checks() {
     test "$after" -lt "$((before / 2))"
   check "detach the LIO LUN" "$LB" detach "$dev"
   dev=""
+  lio_pr_checks "$url"
   lio_alua_checks "$url"
   lio_stop
+}
+
+# SCSI-3 persistent reservations between two cluster nodes on one LIO LUN: node A is
+# /dev/nbdN (attach, the kernel's EIO), node B an export of `serve` (libnbd, EPERM), each
+# with two sessions, so two I_T nexuses. LIO keys a registration by the initiator port
+# (name + ISID), so a restarted node with the same ISIDs is still registered.
+lio_pr_checks() {
+  local url=$1 da bpid out rc sock=$T/pr-b.sock
+  local node_a=iqn.2026-11.org.lunbridge:node-a node_b=iqn.2026-11.org.lunbridge:node-b
+  da=$(timeout 60 "$LB" attach "$url" --initiator-name "$node_a" --sessions-per-path 2 --log-file "$T/pr-a.log" 2>"$T/pr-a.err")
+  if ! check "PR: node A attached with two sessions (${da:-no device})" test -b "${da:-/nonexistent}"; then
+    sed 's/^/# /' "$T/pr-a.err"; da=""; return
+  fi
+  dev=$da
+  pr_serve_b() {
+    rm -f "$sock"
+    "$LB" serve "$url" --name pr-b --initiator-name "$node_b" --sessions-per-path 2 --listen "unix:$sock" \
+      >>"$T/pr-b.log" 2>&1 &
+    bpid=$!
+    for _ in $(seq 1 100); do [ -S "$sock" ] && timeout 5 "$LB" status pr-b >/dev/null 2>&1 && return 0; sleep 0.2; done
+    return 1
+  }
+  check "PR: node B serves the same LUN with two sessions" pr_serve_b
+  b_write() { /usr/bin/python3 -c 'import nbd,sys; h=nbd.NBD(); h.connect_uri(sys.argv[1]); h.pwrite(b"B"*4096, 8192)' "nbd+unix:///?socket=$sock" 2>&1; }
+  b_read() { /usr/bin/python3 -c 'import nbd,sys; h=nbd.NBD(); h.connect_uri(sys.argv[1]); assert len(h.pread(4096, 8192)) == 4096' "nbd+unix:///?socket=$sock" 2>&1; }
+  a_write() { dd if=/dev/urandom of="$da" bs=4k count=4 seek=100 oflag=direct status=none 2>&1; }
+
+  check "PR: A registers 0xa11ce (on both its paths)" "$LB" pr "$da" --register --param-sark 0xa11ce
+  out=$("$LB" pr "$da" --read-keys)
+  check "PR: read-keys lists A's key once per I_T nexus ($(tr '\n' ' ' <<<"$out"))" test "$(grep -c '0xa11ce' <<<"$out")" -eq 2
+  check "PR: A reserves Write Exclusive, registrants only" "$LB" pr "$da" --reserve --param-rk 0xa11ce --prout-type 5
+  out=$("$LB" pr pr-b --read-full-status)
+  check "PR: read-full-status names A's initiator ports and marks the holder" \
+    bash -c 'grep -q "node-a,i,0x" <<<"$1" && grep -q "Reservation holder" <<<"$1" && grep -q "Write Exclusive, registrants only" <<<"$1"' _ "$out"
+  echo "$out" | sed 's/^/# /'
+  out=$(b_write); rc=$?
+  check "PR: unregistered B cannot write: reservation conflict ($(tail -1 <<<"$out"))" \
+    bash -c '[ $1 -ne 0 ] && grep -q "Operation not permitted" <<<"$2"' _ $rc "$out"
+  check "PR: B can read" b_read
+  check "PR: B's log says reservation conflict, and its paths stay active" \
+    bash -c 'grep -q "reservation conflict" "$1" && [ "$("$2" status pr-b | grep -c " active ")" -eq 2 ]' _ "$T/pr-b.log" "$LB"
+  check "PR: A writes through /dev/nbd" a_write
+
+  check "PR: B registers 0xb0b" "$LB" pr pr-b --register --param-sark 0xb0b
+  check "PR: B preempts A and aborts its commands" \
+    "$LB" pr pr-b --preempt-abort --param-rk 0xb0b --param-sark 0xa11ce --prout-type 5
+  out=$(a_write); rc=$?
+  check "PR: A's write now fails with EIO ($(tail -1 <<<"$out"))" \
+    bash -c '[ $1 -ne 0 ] && grep -q "Input/output error" <<<"$2"' _ $rc "$out"
+  check "PR: B writes" b_write
+  out=$("$LB" pr "$da" --read-reservation)
+  check "PR: the reservation is B's ($(tr '\n' ' ' <<<"$out"))" grep -q "Key = 0xb0b" <<<"$out"
+  out=$("$LB" pr "$da" --read-full-status --json)
+  check "PR: read-full-status --json: B's two nexuses, one the holder, A gone" \
+    /usr/bin/python3 -c 'import json,sys; r=json.loads(sys.argv[1])["registrations"]; assert len(r)==2 and sum(x["holder"] for x in r)==1 and all("node-b,i,0x" in x["initiator"] for x in r), r' "$out"
+
+  # B is killed and restarted: the same ISIDs, so LIO still has it registered and holding.
+  local isids0 isids1
+  isids0=$(timeout 5 "$LB" status pr-b --json | grep '"isid"' | tr -d ' ",' | sort | tr '\n' ' ')
+  kill -9 "$bpid"; wait "$bpid" 2>/dev/null
+  check "PR: node B restarted after kill -9" pr_serve_b
+  isids1=$(timeout 5 "$LB" status pr-b --json | grep '"isid"' | tr -d ' ",' | sort | tr '\n' ' ')
+  check "PR: the same ISIDs after the restart ($isids0-> $isids1)" bash -c '[ -n "$1" ] && [ "$1" = "$2" ]' _ "$isids0" "$isids1"
+  out=$("$LB" pr pr-b --read-keys)
+  check "PR: still registered after the restart, no new nexus ($(tr '\n' ' ' <<<"$out"))" test "$(grep -c '0xb0b' <<<"$out")" -eq 2
+  check "PR: the restarted B writes (it still holds the reservation)" b_write
+  check "PR: B clears every registration" "$LB" pr pr-b --clear --param-rk 0xb0b
+  out=$("$LB" pr pr-b --read-reservation)
+  check "PR: no reservation after clear ($out)" grep -q "there is NO reservation held" <<<"$out"
+  check "PR: A writes again" a_write
+  kill "$bpid" 2>/dev/null; wait "$bpid" 2>/dev/null
+  check "PR: detach node A" "$LB" detach "$da"
+  dev=""
 }
 
 # The state of path N of a device as `status` shows it (active, standby, unavailable, ...).
