@@ -102,6 +102,23 @@ final class VolumeConfigTests: XCTestCase {
     XCTAssertEqual(c.lines["connections"], 23)
   }
 
+  func testReservationKeyInlineOrFromAFile() throws {
+    let paths = "paths = [\"iscsi://10.0.0.1/iqn.2026-11.org.example:t/1\"]\n"
+    XCTAssertEqual(try parse(paths + "reservation_key = \"0x1A2b\"").resolvedReservationKey(), 0x1a2b)
+    XCTAssertEqual(try parse(paths + "reservation_key = \"1a2b\"").resolvedReservationKey(), 0x1a2b)
+    XCTAssertNil(try parse(paths).resolvedReservationKey())
+    XCTAssertEqual(error(paths + "reservation_key = \"0xZZ\"")?.key, "reservation_key")
+    XCTAssertEqual(error(paths + "reservation_key = \"0x0\"")?.key, "reservation_key", "0 is no key")
+    XCTAssertEqual(error(paths + "reservation_key = \"0x11112222333344445\"")?.key, "reservation_key", "17 digits")
+    XCTAssertEqual(error(paths + "reservation_key = \"file:relative\"")?.key, "reservation_key")
+    let keyFile = tmp + "/db.prkey"
+    try "0xc0ffee\n".write(toFile: keyFile, atomically: true, encoding: .utf8)
+    XCTAssertEqual(try parse(paths + "reservation_key = \"file:\(keyFile)\"").resolvedReservationKey(), 0xc0ffee)
+    try "not a key".write(toFile: keyFile, atomically: true, encoding: .utf8)
+    XCTAssertThrowsError(try parse(paths + "reservation_key = \"file:\(keyFile)\"").resolvedReservationKey())
+    XCTAssertThrowsError(try parse(paths + "reservation_key = \"file:\(tmp!)/missing\"").resolvedReservationKey())
+  }
+
   func testDefaults() throws {
     let c = try parse("paths = [\"iscsi://h/iqn.2003-01.org.example:t/1\"]\n")
     XCTAssertEqual(c.paths.count, 1)

@@ -87,11 +87,17 @@ lio_pr_checks() {
   b_write() { /usr/bin/python3 -c 'import nbd,sys; h=nbd.NBD(); h.connect_uri(sys.argv[1]); h.pwrite(b"B"*4096, 8192)' "nbd+unix:///?socket=$sock" 2>&1; }
   b_read() { /usr/bin/python3 -c 'import nbd,sys; h=nbd.NBD(); h.connect_uri(sys.argv[1]); assert len(h.pread(4096, 8192)) == 4096' "nbd+unix:///?socket=$sock" 2>&1; }
   a_write() { dd if=/dev/urandom of="$da" bs=4k count=4 seek=100 oflag=direct status=none 2>&1; }
+  # check_pr WHAT PR-ARGS...: `lunbridge pr` exits 0; its output shows in the line if not.
+  check_pr() {
+    local what=$1 o r; shift
+    o=$("$LB" pr "$@" 2>&1); r=$?
+    if [ $r -eq 0 ]; then ok "$what"; else notok "$what (rc $r: $(tr '\n' ' ' <<<"$o"))"; fi
+  }
 
-  check "PR: A registers 0xa11ce (on both its paths)" "$LB" pr "$da" --register --param-sark 0xa11ce
+  check_pr "PR: A registers 0xa11ce (on both its paths)" "$da" --register --param-sark 0xa11ce
   out=$("$LB" pr "$da" --read-keys)
   check "PR: read-keys lists A's key once per I_T nexus ($(tr '\n' ' ' <<<"$out"))" test "$(grep -c '0xa11ce' <<<"$out")" -eq 2
-  check "PR: A reserves Write Exclusive, registrants only" "$LB" pr "$da" --reserve --param-rk 0xa11ce --prout-type 5
+  check_pr "PR: A reserves Write Exclusive, registrants only" "$da" --reserve --param-rk 0xa11ce --prout-type 5
   out=$("$LB" pr pr-b --read-full-status)
   check "PR: read-full-status names A's initiator ports and marks the holder" \
     bash -c 'grep -q "node-a,i,0x" <<<"$1" && grep -q "Reservation holder" <<<"$1" && grep -q "Write Exclusive, registrants only" <<<"$1"' _ "$out"
@@ -104,9 +110,9 @@ lio_pr_checks() {
     bash -c 'grep -q "reservation conflict" "$1" && [ "$("$2" status pr-b | grep -c " active ")" -eq 2 ]' _ "$T/pr-b.log" "$LB"
   check "PR: A writes through /dev/nbd" a_write
 
-  check "PR: B registers 0xb0b" "$LB" pr pr-b --register --param-sark 0xb0b
-  check "PR: B preempts A and aborts its commands" \
-    "$LB" pr pr-b --preempt-abort --param-rk 0xb0b --param-sark 0xa11ce --prout-type 5
+  check_pr "PR: B registers 0xb0b" pr-b --register --param-sark 0xb0b
+  check_pr "PR: B preempts A and aborts its commands" \
+    pr-b --preempt-abort --param-rk 0xb0b --param-sark 0xa11ce --prout-type 5
   out=$(a_write); rc=$?
   check "PR: A's write now fails with EIO ($(tail -1 <<<"$out"))" \
     bash -c '[ $1 -ne 0 ] && grep -q "Input/output error" <<<"$2"' _ $rc "$out"
@@ -127,7 +133,7 @@ lio_pr_checks() {
   out=$("$LB" pr pr-b --read-keys)
   check "PR: still registered after the restart, no new nexus ($(tr '\n' ' ' <<<"$out"))" test "$(grep -c '0xb0b' <<<"$out")" -eq 2
   check "PR: the restarted B writes (it still holds the reservation)" b_write
-  check "PR: B clears every registration" "$LB" pr pr-b --clear --param-rk 0xb0b
+  check_pr "PR: B clears every registration" pr-b --clear --param-rk 0xb0b
   out=$("$LB" pr pr-b --read-reservation)
   check "PR: no reservation after clear ($out)" grep -q "there is NO reservation held" <<<"$out"
   check "PR: A writes again" a_write

@@ -22,6 +22,7 @@ LIO_IQN=${LIO_IQN:-iqn.2026-11.org.lunbridge:lio}
 LIO_PORT=${LIO_PORT:-3260}
 LIO_CFS=/sys/kernel/config/target
 LIO_BACKING=${LIO_BACKING:-/dev/shm/lunbridge-lio.img}
+LIO_DBROOT=${LIO_DBROOT:-/dev/shm/lunbridge-lio-db}
 
 lio_tpg() { echo "$LIO_CFS/iscsi/$LIO_IQN/tpgt_1"; }
 
@@ -30,6 +31,11 @@ lio_start() {
   modprobe configfs 2>/dev/null
   mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config || return 1
   modprobe target_core_mod && modprobe target_core_file && modprobe iscsi_target_mod || return 1
+  # Where LIO writes persistent reservation state (DB_ROOT/pr/aptpl_*): it writes there on
+  # every REGISTER, APTPL or not, and answers NOT READY 08/00 when it cannot (the guest's
+  # /var/target does not exist). Settable only while no backstore is configured.
+  mkdir -p "$LIO_DBROOT/pr" || return 1
+  [ "$(cat "$LIO_CFS/dbroot" 2>/dev/null)" = "$LIO_DBROOT" ] || echo "$LIO_DBROOT" >"$LIO_CFS/dbroot" || return 1
   ip link set lo up
   local so=$LIO_CFS/core/fileio_0/lun0
   mkdir -p "$so" || return 1
