@@ -16,18 +16,13 @@ final class ClusterReservationTests: XCTestCase {
   var tgtd: TGTD!
   var scratch: String!
   var processes: [String: Process] = [:]
-  let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../..").standardized
-  var lunbridge: String { repo.appendingPathComponent(".build/debug/lunbridge").path }
-  let python = "/usr/bin/python3"
+  var repo: URL { CommandLineTools.repo }
+  var lunbridge: String { CommandLineTools.lunbridge }
+  let python = CommandLineTools.python
   var runDirectory: String { scratch + "/run" }
 
   override func setUp() async throws {
-    guard FileManager.default.isExecutableFile(atPath: lunbridge) else {
-      throw TGTDError("\(lunbridge) is missing: build it first (swift build, as make test does)")
-    }
-    guard (try? Command.run(python, ["-c", "import nbd"]))?.status == 0 else {
-      throw TGTDError("Debian's /usr/bin/python3 with the nbd module is needed: install python3-libnbd (make deps)")
-    }
+    try CommandLineTools.require()
     tgtd = try TGTD()
     try tgtd.addTarget(tid: 1, iqn: Self.iqn)
     _ = try tgtd.addLUN(tid: 1, lun: 1, sizeMiB: 32)

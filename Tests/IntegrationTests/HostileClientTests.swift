@@ -14,18 +14,13 @@ final class HostileClientTests: XCTestCase {
   var volumeName: String!
   var socket: String { scratch + "/nbd.sock" }
   var uri: String { "nbd+unix:///?socket=\(socket)" }
-  let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../..").standardized
-  var lunbridge: String { repo.appendingPathComponent(".build/debug/lunbridge").path }
+  var repo: URL { CommandLineTools.repo }
+  var lunbridge: String { CommandLineTools.lunbridge }
   var script: String { repo.appendingPathComponent("Tests/scripts/nbd-hostile-client.py").path }
-  let python = "/usr/bin/python3"
+  let python = CommandLineTools.python
 
   override func setUp() async throws {
-    guard FileManager.default.isExecutableFile(atPath: lunbridge) else {
-      throw TGTDError("\(lunbridge) is missing: build it first (swift build, as make test does)")
-    }
-    guard (try? Command.run(python, ["-c", "import nbd"]))?.status == 0 else {
-      throw TGTDError("Debian's /usr/bin/python3 with the nbd module is needed: install python3-libnbd (make deps)")
-    }
+    try CommandLineTools.require()
     tgtd = try TGTD()
     try tgtd.addTarget(tid: 1, iqn: Self.iqn)
     _ = try tgtd.addLUN(tid: 1, lun: 1, sizeMiB: 64)

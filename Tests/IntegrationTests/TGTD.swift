@@ -651,3 +651,22 @@ final class TGTD: @unchecked Sendable {
     return fl.l_type != Int16(F_UNLCK)
   }
 }
+
+/// The built `lunbridge` binary and Debian's Python with libnbd, for the tests that drive
+/// the command line and an NBD client; a missing one fails the test saying what to do.
+enum CommandLineTools {
+  static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../..")
+    .standardized
+  static var lunbridge: String { repo.appendingPathComponent(".build/debug/lunbridge").path }
+  /// Debian's python3: the first one on PATH may lack the nbd module.
+  static let python = "/usr/bin/python3"
+
+  static func require() throws {
+    guard FileManager.default.isExecutableFile(atPath: lunbridge) else {
+      throw TGTDError("\(lunbridge) is missing: build it first (swift build, as make test does)")
+    }
+    guard (try? Command.run(python, ["-c", "import nbd"]))?.status == 0 else {
+      throw TGTDError("Debian's /usr/bin/python3 with the nbd module is needed: install python3-libnbd (make deps)")
+    }
+  }
+}
