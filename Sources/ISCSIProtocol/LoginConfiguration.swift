@@ -61,7 +61,7 @@ public struct LoginConfiguration: Sendable {
     initiatorName: String, targetName: String?, sessionType: SessionType? = nil, isid: UInt64? = nil,
     tsih: UInt16 = 0, cid: UInt16 = 0, chap: CHAPConfiguration? = nil,
     headerDigest: [Digest] = [.none], dataDigest: [Digest] = [.none],
-    maxRecvDataSegmentLength: Int = 262_144, maxBurstLength: Int = 1_048_576,
+    maxRecvDataSegmentLength: Int = 1_048_576, maxBurstLength: Int = 1_048_576,
     firstBurstLength: Int = 262_144, initialR2T: Bool = false, immediateData: Bool = true,
     maxOutstandingR2T: Int = 1, maxConnections: Int = 1, defaultTime2Wait: Int = 2,
     defaultTime2Retain: Int = 20, errorRecoveryLevel: Int = 0, dataPDUInOrder: Bool = true,

@@ -56,7 +56,7 @@ final class LoginStateMachineTests: XCTestCase {
     XCTAssertEqual(r2.header.cmdSN, 55)  // unchanged during login
     XCTAssertEqual(r2.header.expStatSN, 101)
     let offers = try dict(r2)
-    XCTAssertEqual(offers["MaxRecvDataSegmentLength"], "262144")
+    XCTAssertEqual(offers["MaxRecvDataSegmentLength"], "1048576")
     XCTAssertEqual(offers["ImmediateData"], "Yes")
     XCTAssertNil(offers["AuthMethod"])
 

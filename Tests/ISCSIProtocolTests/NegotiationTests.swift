@@ -22,7 +22,7 @@ final class NegotiationTests: XCTestCase {
     var n = OperationalNegotiation(configuration: config())
     let first = n.nextKeys(includeOffers: true)
     XCTAssertEqual(Set(first.map(\.key)).count, first.count)
-    XCTAssertTrue(first.contains(TextKeyValue("MaxRecvDataSegmentLength", "262144")))
+    XCTAssertTrue(first.contains(TextKeyValue("MaxRecvDataSegmentLength", "1048576")))
     XCTAssertTrue(first.contains(TextKeyValue("InitialR2T", "No")))
     XCTAssertTrue(first.contains(TextKeyValue("IFMarker", "No")))
     XCTAssertEqual(n.nextKeys(includeOffers: true), [])
@@ -88,7 +88,7 @@ final class NegotiationTests: XCTestCase {
   func testDefaultsWhenNotAnswered() throws {
     let p = try negotiate([:])
     XCTAssertEqual(p.maxSendDataSegmentLength, 8192)
-    XCTAssertEqual(p.maxRecvDataSegmentLength, 262144)
+    XCTAssertEqual(p.maxRecvDataSegmentLength, 1_048_576)
     XCTAssertEqual(p.maxBurstLength, 262144)
     XCTAssertEqual(p.firstBurstLength, 65536)
     XCTAssertTrue(p.initialR2T)
@@ -114,7 +114,7 @@ final class NegotiationTests: XCTestCase {
   func testTargetDeclaredMaxRecvIsOurSendLimit() throws {
     let p = try negotiate(["MaxRecvDataSegmentLength": "65536"])
     XCTAssertEqual(p.maxSendDataSegmentLength, 65536)
-    XCTAssertEqual(p.maxRecvDataSegmentLength, 262144)
+    XCTAssertEqual(p.maxRecvDataSegmentLength, 1_048_576)
   }
 
   func testDigestSelection() throws {

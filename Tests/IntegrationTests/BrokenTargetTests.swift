@@ -47,7 +47,9 @@ final class BrokenTargetTests: XCTestCase {
 
     let login = LoginConfiguration(
       initiatorName: "iqn.2026-11.org.lunbridge.test:broken-init", targetName: Self.iqn,
-      headerDigest: digests ? [.crc32c] : [.none], dataDigest: digests ? [.crc32c] : [.none])
+      headerDigest: digests ? [.crc32c] : [.none], dataDigest: digests ? [.crc32c] : [.none],
+      // 256 KiB Data-In segments: a 1 MiB read comes as four PDUs for the proxy to break.
+      maxRecvDataSegmentLength: 262_144)
     let config = SessionConfiguration(portal: Portal(host: "127.0.0.1", port: proxy.port), login: login)
     let lines = LogLines()
     let logger = Logger(label: "broken-target") { _ in CapturingLogHandler(lines) }
