@@ -123,9 +123,7 @@ public final class ControlServer: Sendable {
       guard existing.isSocket else {
         throw BridgeError("\(path) exists and is not a socket; remove it if no lunbridge uses it")
       }
-      if isListening(unixPath: path) {
-        throw BridgeError("volume \(name) is already served by another lunbridge (socket \(path))")
-      }
+      try refuseIfServed(name: name, directory: directory)
       // Stale: the rename below replaces it.
     }
 

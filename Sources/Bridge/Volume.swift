@@ -1054,15 +1054,14 @@ public final class Volume: @unchecked Sendable {
       let parameters = PROutParameters(
         key: request.key, serviceActionKey: request.serviceActionKey, allTargetPorts: request.allTargetPorts,
         persistThroughPowerLoss: request.persistThroughPowerLoss)
-      let targets = working
       var results: [PRReply.PathResult] = []
       var conflicts = 0
       var inReply: PRReply?
       // Through the paths one after another: all of them for a registration, else until one
       // answers (a path problem tries the next; a SCSI answer is the answer).
       func step(_ index: Int) {
-        guard index < targets.count else { return finish() }
-        let path = targets[index]
+        guard index < working.count else { return finish() }
+        let path = working[index]
         let unit = path.unit!
         let work: EventLoopFuture<PRReply?>
         if let action = request.operation.inAction {

@@ -684,7 +684,7 @@ struct Attach: AsyncParsableCommand {
     }
     attachment.startWatching()
     attachment.raiseRequestSize()
-    let urlFile = recordURL(try ISCSIURL(parsing: url).description, index: attachment.index)
+    let urlFile = recordURL(shownURL, index: attachment.index)
     if let volumeFile {
       // udev names /dev/lunbridge/NAME from this record (systemd/99-lunbridge.rules).
       try? VolumeNameRecord.write(
@@ -692,7 +692,7 @@ struct Attach: AsyncParsableCommand {
     }
     print(attachment.devicePath)
     fflush(nil)  // all streams (stdout is a C global Swift 6 will not touch)
-    SystemdNotify.send("READY=1\nSTATUS=\(attachment.devicePath) attached to \(try ISCSIURL(parsing: url).description)")
+    SystemdNotify.send("READY=1\nSTATUS=\(attachment.devicePath) attached to \(shownURL)")
     if ProcessInfo.processInfo.environment["LUNBRIDGE_DAEMON_CHILD"] == "1" {
       // The parent has what it waited for. In the background nothing of the caller's may
       // be written to (its terminal or pipe can go away at any time): stdin, stdout and
