@@ -219,17 +219,25 @@ final class NBDConnectionHandler: ChannelInboundHandler {
     let handle = event.request.handle
     volume.handle(event.request, payload: event.payload, owner: id) { [self] result in
       guard context.channel.isActive else { return released(1, bytes, context: context) }
-      var header = context.channel.allocator.buffer(capacity: NBDLimits.simpleReplyHeaderSize)
+      var out = replies ?? context.channel.allocator.buffer(capacity: NBDConnectionHandler.repliesCapacity)
+      replies = nil
       switch result {
       case .success(let data):
-        NBDReplyEncoder.writeSimpleReply(handle: handle, error: nil, into: &header)
-        context.write(wrapOutboundOut(header), promise: nil)
-        for segment in data {
-          context.write(wrapOutboundOut(segment), promise: nil)
+        NBDReplyEncoder.writeSimpleReply(handle: handle, error: nil, into: &out)
+        if data.count == 1, data[0].readableBytes <= NBDConnectionHandler.copiedReplyData {
+          // A small read is copied in behind its header: cheaper than a write of its own.
+          var segment = data[0]
+          out.writeBuffer(&segment)
+          replies = out
+        } else {
+          context.write(wrapOutboundOut(out), promise: nil)
+          for segment in data {
+            context.write(wrapOutboundOut(segment), promise: nil)
+          }
         }
       case .failure(let errno):
-        NBDReplyEncoder.writeSimpleReply(handle: handle, error: errno, into: &header)
-        context.write(wrapOutboundOut(header), promise: nil)
+        NBDReplyEncoder.writeSimpleReply(handle: handle, error: errno, into: &out)
+        replies = out
       }
       // The reply's memory is the socket's once written; a client that does not read
       // keeps it here, and so keeps its room taken. Released per flush batch (below).
@@ -239,23 +247,32 @@ final class NBDConnectionHandler: ChannelInboundHandler {
     }
   }
 
+  /// Reply headers, and the data of small reads, completed since the last flush: one
+  /// write of the channel for the batch (each write costs the channel's bookkeeping).
+  private var replies: ByteBuffer?
+  static let repliesCapacity = 16 * 1024
+  /// Reads of at most this many bytes are copied into `replies`; larger ones are written
+  /// as the target's Data-In segments, without a copy.
+  static let copiedReplyData = 4096
+
   /// Replies completed while the event loop handles one round of socket events (several
   /// Data-In read together) go out in one write system call.
-  /// One promise per batch, on an empty write after the batch's replies: writes complete
-  /// in order, so when it completes every reply of the batch has been written.
+  /// One promise per batch, on the write of `replies` (the batch's last bytes): writes
+  /// complete in order, so when it completes every reply of the batch has been written.
   private func scheduleFlush(context: ChannelHandlerContext) {
     guard !flushScheduled else { return }
     flushScheduled = true
     context.eventLoop.assumeIsolated().execute { [self] in
       flushScheduled = false
-      let (replies, bytes) = (batchReplies, batchBytes)
+      let (count, bytes) = (batchReplies, batchBytes)
       batchReplies = 0
       batchBytes = 0
-      guard replies > 0 else { return }
+      guard count > 0 else { return }
       let written = context.eventLoop.makePromise(of: Void.self)
-      context.write(wrapOutboundOut(ByteBuffer()), promise: written)
+      context.write(wrapOutboundOut(replies ?? ByteBuffer()), promise: written)
+      replies = nil
       context.flush()
-      written.futureResult.assumeIsolated().whenComplete { [self] _ in released(replies, bytes, context: context) }
+      written.futureResult.assumeIsolated().whenComplete { [self] _ in released(count, bytes, context: context) }
     }
   }
   private var flushScheduled = false

@@ -585,18 +585,25 @@ public final class Volume: @unchecked Sendable {
 
   private func finished(_ id: UInt64, on pathID: PathID, attempt: Int, _ result: Result<[ByteBuffer], Error>) {
     // Only the latest attempt counts: a read already sent elsewhere is stale here.
-    guard let entry = machine[io: id], entry.payload.path == pathID, entry.payload.attempt == attempt else { return }
+    // Read in place: the record (its reply closure, a write's data) is not copied.
+    guard
+      let (dispatched, violations) = machine.updatePayload(
+        of: id, { p in p.path == pathID && p.attempt == attempt ? (p.dispatched, p.violations) : nil }) ?? nil,
+      let token = machine.token(of: id)
+    else { return }
     let now = NIODeadline.now()
-    let latency = Duration.nanoseconds((now - entry.payload.dispatched).nanoseconds)
+    let latency = Duration.nanoseconds((now - dispatched).nanoseconds)
     switch result {
     case .success(let data):
       observer?(.completed(io: id, success: true))
-      run(machine.completed(entry.token, path: pathID, latency: latency, success: true))
-      entry.payload.reply(.success(data), now)
+      var actions: [MultipathStateMachine<ContinuousClock, PendingIO>.Action] = []
+      let entry = machine.completed(token, path: pathID, latency: latency, success: true, into: &actions)
+      run(actions)
+      entry?.payload.reply(.success(data), now)
     case .failure(let error)
     where Volume.isPathError(error)
       && !(Volume.isProtocolViolation(error)
-        && entry.payload.violations + 1 >= ISCSISession.maxProtocolViolationsPerCommand):
+        && violations + 1 >= ISCSISession.maxProtocolViolationsPerCommand):
       // The path is down: the scheduler re-sends reads now and fences writes first. An I/O
       // the target answered with broken PDUs is sent again too, a bounded number of times.
       if Volume.isProtocolViolation(error) { machine.updatePayload(of: id) { $0.violations += 1 } }
@@ -608,11 +615,11 @@ public final class Volume: @unchecked Sendable {
           // ALUA: the port's group is standby, unavailable or transitioning (or the states
           // just changed): the scheduler regroups the port and re-reads the port groups;
           // the path stays logged in and is not failed.
-          run(machine.rejected(entry.token, path: pathID, access: access))
+          run(machine.rejected(token, path: pathID, access: access))
         } else {
           // Without ALUA the path stops, and every failed path is probed now.
           failPath(pathID, PathFailure(.targetReported, context: describeError(error)))
-          run(machine.rejected(entry.token, path: pathID))
+          run(machine.rejected(token, path: pathID))
           probeFailedPathsNow(except: pathID)
         }
       } else {
@@ -620,8 +627,10 @@ public final class Volume: @unchecked Sendable {
       }
     case .failure(let error):
       observer?(.completed(io: id, success: false))
-      run(machine.completed(entry.token, path: pathID, latency: latency, success: false))
-      entry.payload.reply(.failure(error), now)
+      var actions: [MultipathStateMachine<ContinuousClock, PendingIO>.Action] = []
+      let entry = machine.completed(token, path: pathID, latency: latency, success: false, into: &actions)
+      run(actions)
+      entry?.payload.reply(.failure(error), now)
     }
   }
 

@@ -222,7 +222,9 @@ public final class ISCSISession: @unchecked Sendable {
     running = true
     var i = 0
     while i < actions.count {
-      let action = actions[i]
+      // Moved out, not copied: no retain of the PDU's buffers or the command's closure.
+      var action = SessionStateMachine.Action.flush
+      swap(&action, &actions[i])
       i += 1
       run(action)
     }

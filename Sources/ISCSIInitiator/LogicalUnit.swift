@@ -160,19 +160,29 @@ public final class LogicalUnit: Sendable {
   /// `done` is called on the session's event loop with the Data-In segments.
   public func readOne(lba: UInt64, blocks: UInt32, _ done: @escaping (Result<[ByteBuffer], Error>) -> Void) {
     let length = Int(blocks) * info.blockSize
-    let command = SCSICommand(lun: lun, cdb: CDB.read(lba: lba, blocks: blocks, prefer16: use16), direction: .read(length))
-    run(command, "READ") { result in
-      done(
-        result.flatMap { c in
-          guard c.dataLength == length else {
-            return .failure(
+    let command = SCSICommand(
+      lun: lun, cdb: CDBBytes.read(lba: lba, blocks: blocks, prefer16: use16), direction: .read(length))
+    // One closure from the session to the caller (this runs for every read).
+    session.execute(command) { result in
+      switch result {
+      case .success(let c):
+        do {
+          try checkStatus(c, operation: "READ")
+        } catch {
+          return done(.failure(error))
+        }
+        guard c.dataLength == length else {
+          return done(
+            .failure(
               SCSIOperationError(
                 errorClass: .other, status: c.status, sense: nil,
                 operation: "READ of \(blocks) blocks at LBA \(lba) returned \(c.dataLength) bytes",
-                outcome: .fail(errno: 5)))
-          }
-          return .success(c.segments)
-        })
+                outcome: .fail(errno: 5))))
+        }
+        done(.success(c.segments))
+      case .failure(let error):
+        done(.failure(error))
+      }
     }
   }
 
@@ -180,8 +190,20 @@ public final class LogicalUnit: Sendable {
   /// when the LUN has DPOFUA; no future.
   public func writeOne(lba: UInt64, data: ByteBuffer, fua: Bool, _ done: @escaping (Result<Void, Error>) -> Void) {
     let blocks = UInt32(data.readableBytes / info.blockSize)
-    let cdb = CDB.write(lba: lba, blocks: blocks, fua: fua && info.fua, prefer16: use16)
-    run(SCSICommand(lun: lun, cdb: cdb, direction: .write(data)), "WRITE") { done($0.map { _ in }) }
+    let cdb = CDBBytes.write(lba: lba, blocks: blocks, fua: fua && info.fua, prefer16: use16)
+    session.execute(SCSICommand(lun: lun, cdb: cdb, direction: .write(data))) { result in
+      switch result {
+      case .success(let c):
+        do {
+          try checkStatus(c, operation: "WRITE")
+          done(.success(()))
+        } catch {
+          done(.failure(error))
+        }
+      case .failure(let error):
+        done(.failure(error))
+      }
+    }
   }
 
   public func write(lba: UInt64, data: ByteBuffer, fua: Bool = false) async throws {

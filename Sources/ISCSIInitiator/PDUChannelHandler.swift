@@ -21,7 +21,10 @@ final class PDUChannelHandler: ChannelDuplexHandler {
   private var context: ChannelHandlerContext?
 
   func handlerAdded(context: ChannelHandlerContext) { self.context = context }
-  func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+  func handlerRemoved(context: ChannelHandlerContext) {
+    self.context = nil
+    gathered = nil
+  }
 
   /// Writes a PDU (no flush), as a write through the pipeline would. On the event loop.
   func send(_ pdu: ISCSIPDU) {
@@ -29,7 +32,17 @@ final class PDUChannelHandler: ChannelDuplexHandler {
     encode(pdu, context: context, promise: nil)
   }
 
-  func flush() { context?.flush() }
+  /// Hands what is gathered to the channel and flushes.
+  func flush() {
+    guard let context else { return }
+    writeGathered(context: context)
+    context.flush()
+  }
+
+  func flush(context: ChannelHandlerContext) {
+    writeGathered(context: context)
+    context.flush()
+  }
 
   /// Changes digests and segment limits; takes effect for the next byte in each direction.
   func apply(_ parameters: FramingParameters) {
@@ -67,31 +80,48 @@ final class PDUChannelHandler: ChannelDuplexHandler {
     encode(unwrapOutboundIn(data), context: context, promise: promise)
   }
 
+  /// Headers and small segments of the PDUs written since the last flush, in one buffer:
+  /// the commands that several NBD requests read together produce leave as one write of
+  /// the channel (each write costs the channel's bookkeeping), not one per PDU.
+  private var gathered: ByteBuffer?
+
+  private func writeGathered(context: ChannelHandlerContext) {
+    guard let buffer = gathered else { return }
+    gathered = nil
+    context.write(wrapOutboundOut(buffer), promise: nil)
+  }
+
   private func encode(_ pdu: ISCSIPDU, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
-    var head = context.channel.allocator.buffer(capacity: 48 + 8 + (pdu.ahs?.readableBytes ?? 0))
+    let length = pdu.data.readableBytes
+    var head =
+      gathered ?? context.channel.allocator.buffer(capacity: max(1024, 48 + 8 + (pdu.ahs?.readableBytes ?? 0)))
+    gathered = nil
     encoder.writeHeader(pdu, into: &head)
-    guard pdu.data.readableBytes > 0 else {
-      context.write(wrapOutboundOut(head), promise: promise)
-      return
-    }
-    if pdu.data.readableBytes <= 1024 {
-      // Small segments: one buffer is cheaper than a gathered write.
+    if length > 0 && length <= 1024 {
+      // Small segments: copied in, cheaper than a gathered write.
       var data = pdu.data
       head.writeBuffer(&data)
       encoder.writeTrailer(for: pdu.data, into: &head)
+    } else if length > 0 {
+      // Large segments go to the socket as they are: what is gathered first, then the
+      // segment, then the padding and data digest when there are any (most Data-Out
+      // segments are multiples of 4 without digests, and need no third buffer).
+      context.write(wrapOutboundOut(head), promise: nil)
+      guard length % 4 != 0 || encoder.parameters.dataDigest else {
+        context.write(wrapOutboundOut(pdu.data), promise: promise)
+        return
+      }
+      var trailer = context.channel.allocator.buffer(capacity: 8)
+      encoder.writeTrailer(for: pdu.data, into: &trailer)
+      context.write(wrapOutboundOut(pdu.data), promise: nil)
+      context.write(wrapOutboundOut(trailer), promise: promise)
+      return
+    }
+    if let promise {
+      // A caller waits for this PDU: it goes to the channel now, with its promise.
       context.write(wrapOutboundOut(head), promise: promise)
-      return
+    } else {
+      gathered = head
     }
-    context.write(wrapOutboundOut(head), promise: nil)
-    // Padding and data digest only when there are any: most Data-Out segments are
-    // multiples of 4 without digests, and need no third buffer.
-    guard pdu.data.readableBytes % 4 != 0 || encoder.parameters.dataDigest else {
-      context.write(wrapOutboundOut(pdu.data), promise: promise)
-      return
-    }
-    var trailer = context.channel.allocator.buffer(capacity: 8)
-    encoder.writeTrailer(for: pdu.data, into: &trailer)
-    context.write(wrapOutboundOut(pdu.data), promise: nil)
-    context.write(wrapOutboundOut(trailer), promise: promise)
   }
 }

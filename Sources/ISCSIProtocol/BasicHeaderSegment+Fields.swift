@@ -58,6 +58,12 @@ extension BasicHeaderSegment {
     set { word11 = newValue }
   }
 
+  /// SCSI Command: the CDB field (words 8...11) as `CDBBytes` keeps it.
+  public var cdbWords: (UInt32, UInt32, UInt32, UInt32) {
+    get { (word8, word9, word10, word11) }
+    set { (word8, word9, word10, word11) = newValue }
+  }
+
   /// SCSI Command: the 16-byte CDB in words 8...11.
   public var cdb: [UInt8] {
     get {

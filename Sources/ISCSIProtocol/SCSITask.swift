@@ -1,4 +1,5 @@
 import NIOCore
+import SCSI
 
 /// The negotiated values that decide how a command's data moves (RFC 7143 section 13).
 public struct DataTransferLimits: Sendable, Equatable {
@@ -45,13 +46,23 @@ public struct SCSICommand: Sendable {
   }
 
   public var lun: UInt16
-  public var cdb: [UInt8]
+  /// Held inline (no array per command); `cdb` shows it as bytes.
+  public var cdbBytes: CDBBytes
   public var direction: Direction
 
   public init(lun: UInt16, cdb: [UInt8], direction: Direction = .none) {
+    self.init(lun: lun, cdb: CDBBytes(cdb), direction: direction)
+  }
+
+  public init(lun: UInt16, cdb: CDBBytes, direction: Direction = .none) {
     self.lun = lun
-    self.cdb = cdb
+    self.cdbBytes = cdb
     self.direction = direction
+  }
+
+  public var cdb: [UInt8] {
+    get { cdbBytes.array }
+    set { cdbBytes = CDBBytes(newValue) }
   }
 
   public var expectedLength: Int {
@@ -124,9 +135,9 @@ public struct SCSITask: Sendable {
     header.lun = LUNEncoding.encode(command.lun)
     header.initiatorTaskTag = itt
     header.expectedDataTransferLength = UInt32(command.expectedLength)
-    header.cdb = command.cdb
+    header.cdbWords = command.cdbBytes.words
     var flags = SCSICommandFlags.simple
-    var pdu = ISCSIPDU(header: header)
+    var immediate: ByteBuffer? = nil
     var unsolicited: [ISCSIPDU] = []
 
     // A command that moves no data (TEST UNIT READY, SYNCHRONIZE CACHE, a zero-length
@@ -146,7 +157,7 @@ public struct SCSITask: Sendable {
       var sent = 0
       if limits.immediateData {
         let n = min(burst, limits.maxSendDataSegmentLength)
-        pdu.data = data.getSlice(at: data.readerIndex, length: n)!
+        immediate = data.getSlice(at: data.readerIndex, length: n)!
         sent = n
       }
       if !limits.initialR2T {
@@ -161,8 +172,10 @@ public struct SCSITask: Sendable {
       }
     }
     if unsolicited.isEmpty { flags |= SCSICommandFlags.final }
-    pdu.header.flags = flags
-    return (pdu, unsolicited)
+    header.flags = flags
+    // Built once, at the end: the PDU (and its data's storage) is not copied on the way.
+    if let immediate { return (ISCSIPDU(header: header, data: immediate), unsolicited) }
+    return (ISCSIPDU(header: header), unsolicited)
   }
 
   private func dataOut(data: ByteBuffer, offset: Int, length: Int, ttt: UInt32, dataSN: UInt32, final: Bool)
@@ -342,14 +355,14 @@ public struct SCSITask: Sendable {
     case .write:
       // Parameter lists (UNMAP, MODE SELECT, PERSISTENT RESERVE OUT) may legitimately be
       // taken in part (tgtd reports a residual for UNMAP); data for the medium may not.
-      guard residual == 0 || !Self.writesMedium(command.cdb) else {
+      guard residual == 0 || !Self.writesMedium(command.cdbBytes.opcode) else {
         throw ISCSIError(
           .protocolViolation,
           "target ended write task 0x\(hex(itt)) with a residual of \(residual) bytes: not all the data was written")
       }
     case .read(let expected):
       let due = expected - max(residual, 0)
-      let medium = Self.readsMedium(command.cdb)
+      let medium = Self.readsMedium(command.cdbBytes.opcode)
       guard received == due || (!medium && residual == 0 && received < due) else {
         throw ISCSIError(
           .protocolViolation,
@@ -366,15 +379,17 @@ public struct SCSITask: Sendable {
   }
 
   /// READ(6), READ(10), READ(12), READ(16) (SBC-3): the data of the medium itself.
-  static func readsMedium(_ cdb: [UInt8]) -> Bool {
-    guard let op = cdb.first else { return false }
+  static func readsMedium(_ opcode: UInt8?) -> Bool {
+    guard let op = opcode else { return false }
     return op == 0x08 || op == 0x28 || op == 0xa8 || op == 0x88
   }
 
   /// WRITE(6/10/12/16), WRITE AND VERIFY(10/12/16), WRITE SAME(10/16) (SBC-3).
-  static func writesMedium(_ cdb: [UInt8]) -> Bool {
-    guard let op = cdb.first else { return false }
-    return [0x0a, 0x2a, 0xaa, 0x8a, 0x2e, 0xae, 0x8e, 0x41, 0x93].contains(op)
+  static func writesMedium(_ opcode: UInt8?) -> Bool {
+    switch opcode {
+    case 0x0a, 0x2a, 0xaa, 0x8a, 0x2e, 0xae, 0x8e, 0x41, 0x93: return true
+    default: return false
+    }
   }
 
   /// The sense key of fixed (0x70/0x71) or descriptor (0x72/0x73) sense data (SPC-4 4.5).

@@ -188,12 +188,11 @@ public struct SessionStateMachine {
   }
 
   /// A command given back by `.retryLater`: it goes to the front of the queue.
-  public mutating func retryDue(_ c: Command, into out: inout [Action]) {
+  public mutating func retryDue(_ c: consuming Command, into out: inout [Action]) {
     enqueue(c, first: true, into: &out)
   }
 
-  private mutating func enqueue(_ c: Command, first: Bool, into out: inout [Action]) {
-    var c = c
+  private mutating func enqueue(_ c: consuming Command, first: Bool, into out: inout [Action]) {
     switch state {
     case .closing, .closed, .idle:
       return out.append(.fail(c, ISCSIError(.sessionFailed, "the iSCSI session to \(portal) is closed")))
@@ -202,7 +201,11 @@ public struct SessionStateMachine {
       if timeouts.failFast { return out.append(.fail(c, ISCSIError(.pathDown, "the path to \(portal) is down"))) }
       if c.troubleSince == nil { c.troubleSince = now }
     case .fullFeature:
-      break
+      if queue.isEmpty && connection?.window.isOpen == true {
+        // Nothing waits before it: sent at once, without a trip through the queue.
+        send(c, into: &out)
+        return out.append(.flush)
+      }
     }
     if first { queue.prepend(c) } else { queue.append(c) }
     pump(into: &out)
@@ -213,23 +216,27 @@ public struct SessionStateMachine {
     guard state == .fullFeature, connection != nil, !queue.isEmpty else { return }
     var wrote = false
     while !queue.isEmpty && connection!.window.isOpen {
-      let c = queue.removeFirst()
-      let itt = allocateTag()
-      let task = SCSITask(itt: itt, command: c.command, limits: connection!.limits)
-      var (pdu, unsolicited) = task.makeCommandPDUs()
-      let cmdSN = connection!.window.take()
-      let expStatSN = connection!.expStatSN
-      pdu.header.cmdSN = cmdSN
-      pdu.header.expStatSN = expStatSN
-      connection!.inFlight[itt] = InFlight(command: c, task: task, cmdSN: cmdSN, sentAt: now)
-      out.append(.write(pdu))
-      for var data in unsolicited {
-        data.header.expStatSN = expStatSN
-        out.append(.write(data))
-      }
+      send(queue.removeFirst(), into: &out)
       wrote = true
     }
     if wrote { out.append(.flush) }
+  }
+
+  /// Sends one command (full feature phase, window open); the caller adds the flush.
+  private mutating func send(_ c: consuming Command, into out: inout [Action]) {
+    let itt = allocateTag()
+    let task = SCSITask(itt: itt, command: c.command, limits: connection!.limits)
+    var (pdu, unsolicited) = task.makeCommandPDUs()
+    let cmdSN = connection!.window.take()
+    let expStatSN = connection!.expStatSN
+    pdu.header.cmdSN = cmdSN
+    pdu.header.expStatSN = expStatSN
+    out.append(.write(consume pdu))
+    connection!.inFlight[itt] = InFlight(command: c, task: consume task, cmdSN: cmdSN, sentAt: now)
+    for var data in unsolicited {
+      data.header.expStatSN = expStatSN
+      out.append(.write(data))
+    }
   }
 
   // MARK: - Logging in
@@ -331,19 +338,19 @@ public struct SessionStateMachine {
       }
     case .scsiResponse:
       connection!.advanceStatSN(h.statSN)
-      guard let entry = connection!.inFlight[itt] else {
+      // Moved out of the table (not copied); put back only when the response is broken.
+      guard let entry = connection!.inFlight.removeValue(forKey: itt) else {
         return violation("target sent a SCSI Response for unknown task 0x\(hex(itt))", culprit: nil, into: &out)
       }
       do {
         let completion = try entry.task.handleResponse(pdu)
-        connection!.inFlight[itt] = nil
         finish(entry, completion, into: &out)
       } catch let error as ISCSIError where error.code == .protocolViolation {
         // Data that disagrees with the status: the command stays in flight, so dropping the
         // connection sends it again (or hands it back to multipath); never completed.
+        connection!.inFlight[itt] = entry
         return violation(error, culprit: itt, into: &out)
       } catch {
-        connection!.inFlight[itt] = nil
         out.append(.fail(entry.command, error))
       }
     case .readyToTransfer:
@@ -393,7 +400,7 @@ public struct SessionStateMachine {
     connectionLost(reason: "\(error)", culprit: culprit, now: now, into: &out)
   }
 
-  private mutating func finish(_ entry: InFlight, _ completion: SCSICompletion, into out: inout [Action]) {
+  private mutating func finish(_ entry: consuming InFlight, _ completion: SCSICompletion, into out: inout [Action]) {
     let sense = completion.sense.isEmpty ? nil : try? SenseData(completion.sense)
     if let sense, SessionStateMachine.concernsOwner(sense) { out.append(.announced(sense)) }
     let outcome = SCSIOutcome(
@@ -406,8 +413,8 @@ public struct SessionStateMachine {
     case .recheckPath: delay = min(100, 10 * (entry.command.retries + 1))
     case .done, .failPath, .fail: delay = -1
     }
+    var c = entry.command
     if delay >= 0 {
-      var c = entry.command
       c.retries += 1
       commandsRetried += 1
       out.append(.log(.debug, "retrying a command (status 0x\(hex8(completion.status)), retry \(c.retries))"))
@@ -421,7 +428,7 @@ public struct SessionStateMachine {
     // A command answered on this connection: it works, so the next loss starts the
     // backoff afresh (a target that fails right after each login keeps backing off).
     recoveryAttempt = 0
-    out.append(.succeed(entry.command, completion))
+    out.append(.succeed(c, completion))
   }
 
   /// A unit attention, or NOT READY because of the port's ALUA state (04/0A-0C, 04/12).

@@ -399,6 +399,12 @@ public struct MultipathStateMachine<Clock: MultipathClock, Payload> {
     self.ios[id]
   }
 
+  /// The token of an I/O the machine holds.
+  public mutating func token(of id: UInt64) -> IOToken? {
+    guard let index = self.ios.index(forKey: id) else { return nil }
+    return inPlace(&self.ios.values[index]) { $0.token }
+  }
+
   /// Changes the caller's payload of an I/O in place (nil: no such I/O).
   @discardableResult
   public mutating func updatePayload<R>(of id: UInt64, _ body: (inout Payload) -> R) -> R? {
@@ -489,9 +495,9 @@ public struct MultipathStateMachine<Clock: MultipathClock, Payload> {
 
   /// Takes an I/O that is on `path` (dispatched or fenced there) off the path's counts;
   /// nil when it is not there (stale: already elsewhere or gone).
-  private func leave(_ io: IOToken, path: PathID) -> (PathRecord, Dictionary<UInt64, Entry>.Index)? {
+  private mutating func leave(_ io: IOToken, path: PathID) -> (PathRecord, Dictionary<UInt64, Entry>.Index)? {
     guard let record = self.paths[path], let index = self.ios.index(forKey: io.id) else { return nil }
-    switch self.ios.values[index].place {
+    switch inPlace(&self.ios.values[index], { $0.place }) {
     case .path(path):
       record.statistics.outstandingIOs -= 1
       record.statistics.outstandingBytes -= io.bytes
@@ -737,4 +743,12 @@ extension MultipathStateMachine where Payload == Void {
   public mutating func submit(_ io: IOToken) -> [Action] {
     self.submit(io, ())
   }
+}
+
+/// Reads a field of a dictionary's value through its modify accessor: reading
+/// `dictionary.values[index].field` directly copies the whole value first (retaining every
+/// reference in it), which the I/O path cannot afford for every request.
+@inline(__always)
+func inPlace<T, R>(_ value: inout T, _ read: (inout T) -> R) -> R {
+  read(&value)
 }

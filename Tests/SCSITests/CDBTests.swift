@@ -158,3 +158,37 @@ final class CDBTests: XCTestCase {
       CDB.setTargetPortGroupsParameterList(groups: [(group: 0x0114, state: 0)]), [0, 0, 0, 0, 0, 0, 0x01, 0x14])
   }
 }
+
+/// The inline CDBs of the I/O path carry the same bytes as the array builders.
+final class CDBBytesTests: XCTestCase {
+  func testReadAndWriteMatchTheArrayBuilders() {
+    let cases: [(UInt64, UInt32, Bool, Bool)] = [
+      (0, 1, false, false), (0x1234_5678, 0xabcd, true, false), (UInt64(UInt32.max), 0xffff, false, false),
+      (UInt64(UInt32.max) + 1, 8, false, false), (0x0102_0304_0506_0708, 0x0a0b_0c0d, true, false),
+      (7, 0x1_0000, false, false), (42, 8, true, true), (0xffff_ffff_ffff_fffe, 1, false, false),
+    ]
+    for (lba, blocks, fua, prefer16) in cases {
+      let r = CDBBytes.read(lba: lba, blocks: blocks, fua: fua, prefer16: prefer16)
+      XCTAssertEqual(r.array, CDB.read(lba: lba, blocks: blocks, fua: fua, prefer16: prefer16), "READ \(lba) \(blocks)")
+      let w = CDBBytes.write(lba: lba, blocks: blocks, fua: fua, prefer16: prefer16)
+      XCTAssertEqual(w.array, CDB.write(lba: lba, blocks: blocks, fua: fua, prefer16: prefer16), "WRITE \(lba) \(blocks)")
+    }
+  }
+
+  func testBytesRoundTripAndPadWithZeros() {
+    let bytes: [UInt8] = [0x12, 0x01, 0x83, 0x00, 0xff, 0x00]
+    let c = CDBBytes(bytes)
+    XCTAssertEqual(c.count, 6)
+    XCTAssertEqual(c.array, bytes)
+    XCTAssertEqual(c.opcode, 0x12)
+    XCTAssertEqual(c.words.0, 0x1201_8300)
+    XCTAssertEqual(c.words.1, 0xff00_0000)
+    XCTAssertEqual(c.words.2, 0)
+    XCTAssertEqual(CDBBytes(count: 0).opcode, nil)
+    var d = CDBBytes(count: 16)
+    d[15] = 0xaa
+    d[0] = 0x88
+    XCTAssertEqual(d.words.3, 0xaa)
+    XCTAssertEqual(d, CDBBytes([0x88] + [UInt8](repeating: 0, count: 14) + [0xaa]))
+  }
+}
