@@ -84,6 +84,8 @@ final class PDUChannelHandler: ChannelDuplexHandler {
   /// the commands that several NBD requests read together produce leave as one write of
   /// the channel (each write costs the channel's bookkeeping), not one per PDU.
   private var gathered: ByteBuffer?
+  /// Data segments of at most this many bytes are copied into `gathered`.
+  static let copiedSegment = 4096
 
   private func writeGathered(context: ChannelHandlerContext) {
     guard let buffer = gathered else { return }
@@ -94,11 +96,14 @@ final class PDUChannelHandler: ChannelDuplexHandler {
   private func encode(_ pdu: ISCSIPDU, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
     let length = pdu.data.readableBytes
     var head =
-      gathered ?? context.channel.allocator.buffer(capacity: max(1024, 48 + 8 + (pdu.ahs?.readableBytes ?? 0)))
+      gathered
+      ?? context.channel.allocator.buffer(
+        capacity: max(4096, 48 + 8 + (pdu.ahs?.readableBytes ?? 0) + (length <= PDUChannelHandler.copiedSegment ? length : 0)))
     gathered = nil
     encoder.writeHeader(pdu, into: &head)
-    if length > 0 && length <= 1024 {
-      // Small segments: copied in, cheaper than a gathered write.
+    if length > 0 && length <= PDUChannelHandler.copiedSegment {
+      // Small segments (a 4 KiB write's immediate data): copied in, cheaper than a write
+      // of their own.
       var data = pdu.data
       head.writeBuffer(&data)
       encoder.writeTrailer(for: pdu.data, into: &head)
