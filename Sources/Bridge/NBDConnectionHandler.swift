@@ -224,12 +224,11 @@ final class NBDConnectionHandler: ChannelInboundHandler {
       switch result {
       case .success(let data):
         NBDReplyEncoder.writeSimpleReply(handle: handle, error: nil, into: &out)
-        if data.count == 1, data[0].readableBytes <= NBDConnectionHandler.copiedReplyData {
-          // A small read is copied in behind its header: cheaper than a write of its own.
-          var segment = data[0]
-          out.writeBuffer(&segment)
+        if data.isEmpty {
           replies = out
         } else {
+          // A read's data goes out as the target's Data-In segments, not copied (a copy
+          // costs about what a write of its own does, and more as the batch grows).
           context.write(wrapOutboundOut(out), promise: nil)
           for segment in data {
             context.write(wrapOutboundOut(segment), promise: nil)
@@ -247,13 +246,10 @@ final class NBDConnectionHandler: ChannelInboundHandler {
     }
   }
 
-  /// Reply headers, and the data of small reads, completed since the last flush: one
-  /// write of the channel for the batch (each write costs the channel's bookkeeping).
+  /// Reply headers completed since the last flush (of writes, flushes, errors; a read's
+  /// header goes out just before its data): one write of the channel for them.
   private var replies: ByteBuffer?
-  static let repliesCapacity = 16 * 1024
-  /// Reads of at most this many bytes are copied into `replies`; larger ones are written
-  /// as the target's Data-In segments, without a copy.
-  static let copiedReplyData = 4096
+  static let repliesCapacity = 1024
 
   /// Replies completed while the event loop handles one round of socket events (several
   /// Data-In read together) go out in one write system call.

@@ -85,7 +85,7 @@ final class PDUChannelHandler: ChannelDuplexHandler {
   /// the channel (each write costs the channel's bookkeeping), not one per PDU.
   private var gathered: ByteBuffer?
   /// Data segments of at most this many bytes are copied into `gathered`.
-  static let copiedSegment = 4096
+  static let copiedSegment = 1024
 
   private func writeGathered(context: ChannelHandlerContext) {
     guard let buffer = gathered else { return }
@@ -98,12 +98,13 @@ final class PDUChannelHandler: ChannelDuplexHandler {
     var head =
       gathered
       ?? context.channel.allocator.buffer(
-        capacity: max(4096, 48 + 8 + (pdu.ahs?.readableBytes ?? 0) + (length <= PDUChannelHandler.copiedSegment ? length : 0)))
+        capacity: max(1024, 48 + 8 + (pdu.ahs?.readableBytes ?? 0) + (length <= PDUChannelHandler.copiedSegment ? length : 0)))
     gathered = nil
     encoder.writeHeader(pdu, into: &head)
     if length > 0 && length <= PDUChannelHandler.copiedSegment {
-      // Small segments (a 4 KiB write's immediate data): copied in, cheaper than a write
-      // of their own.
+      // Small segments (text, NOP-Out data): copied in. Larger ones (a 4 KiB write's
+      // immediate data) are not: a copy costs about what a write of its own does, and
+      // more as the batch grows.
       var data = pdu.data
       head.writeBuffer(&data)
       encoder.writeTrailer(for: pdu.data, into: &head)
