@@ -20,6 +20,8 @@ let package = Package(
     .target(name: "CCRC32C"),
     // Pure: SCSI command descriptor blocks, sense data, VPD pages.
     .target(name: "SCSI"),
+    // The commit of the build, for --version (written by the Makefile into .build).
+    .target(name: "CBuildInfo"),
     // Pure: iSCSI PDUs, digests, text keys, login negotiation, CHAP, serial numbers, and the
     // session's full-feature phase (SessionStateMachine).
     .target(
@@ -72,7 +74,7 @@ let package = Package(
     .executableTarget(
       name: "lunbridge",
       dependencies: [
-        "ISCSIInitiator", "ISCSIProtocol", "SCSI", "Bridge", "NBDKernel", "Multipath",
+        "ISCSIInitiator", "ISCSIProtocol", "SCSI", "Bridge", "NBDKernel", "Multipath", "CBuildInfo",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         .product(name: "Logging", package: "swift-log"),
@@ -140,7 +142,7 @@ let package = Package(
 // event loop, and debug builds, which run the tests, keep the checks.
 for target in package.targets where target.type != .system && target.type != .binary {
   guard target.name != "CCRC32C", target.name != "CNetlink", target.name != "CFuzzDriver",
-    target.name != "CAllocationCounter"
+    target.name != "CAllocationCounter", target.name != "CBuildInfo"
   else { continue }
   target.swiftSettings =
     (target.swiftSettings ?? []) + [.unsafeFlags(["-cross-module-optimization", "-enforce-exclusivity=unchecked"], .when(configuration: .release))]

@@ -36,6 +36,8 @@ public struct ControlDirectory: Sendable {
     public var failures: [String] = []
     /// How many sockets were asked.
     public var asked = 0
+    /// How many refused us for lack of permission (not root).
+    public var denied = 0
   }
 
   /// The reports of every volume (`selector` nil), of the volume NAME, or of the volumes
@@ -56,12 +58,23 @@ public struct ControlDirectory: Sendable {
         let report = try ControlClient.status(socket: socket, timeout: timeout)
         if let device, socket != "\(directory)/\(device).sock", report.device != "/dev/\(device)" { continue }
         answers.reports.append(report)
+      } catch let e as BridgeError where e.kind == .notFound {
+        // A socket left by a lunbridge that was killed: removed (when we may), so the
+        // next look does not trip on it, and said once.
+        if unlink(socket) == 0 {
+          answers.failures.append("removed \(socket): its lunbridge is gone")
+        } else {
+          answers.failures.append("\(e)")
+        }
+      } catch let e as BridgeError where e.kind == .permission {
+        answers.denied += 1
+        answers.failures.append("\(e)")
       } catch {
         answers.failures.append("\(error)")
       }
     }
     if let device, answers.reports.isEmpty {
-      throw BridgeError("/dev/\(device) is not served by a running lunbridge (no answer from \(directory))")
+      throw BridgeError("/dev/\(device) is not served by a running lunbridge (no answer from \(directory))", kind: .notFound)
     }
     return answers
   }
@@ -78,15 +91,15 @@ public struct ControlDirectory: Sendable {
         return socket
       }
     }
-    throw BridgeError("/dev/\(device) is not served by a running lunbridge (no answer from \(directory))")
+    throw BridgeError("/dev/\(device) is not served by a running lunbridge (no answer from \(directory))", kind: .notFound)
   }
 
   func socket(named name: String) throws -> String {
     guard let path = try? ControlServer.socketPath(name: name, directory: directory) else {
-      throw BridgeError("'\(name)' is neither a volume name nor an NBD device (/dev/nbdN)")
+      throw BridgeError("'\(name)' is neither a volume name nor an NBD device (/dev/nbdN)", kind: .usage)
     }
     guard FileManager.default.fileExists(atPath: path) else {
-      throw BridgeError("no running volume named '\(name)' (no \(path))")
+      throw BridgeError("no running volume named '\(name)' (no \(path))", kind: .notFound)
     }
     return path
   }

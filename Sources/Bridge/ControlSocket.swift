@@ -83,7 +83,7 @@ public final class ControlServer: Sendable {
     guard let path = try? socketPath(name: name, directory: directory), FileIdentity(path: path)?.isSocket == true,
       isListening(unixPath: path)
     else { return }
-    throw BridgeError("volume \(name) is already served by another lunbridge (socket \(path))")
+    throw BridgeError("volume \(name) is already served by another lunbridge (socket \(path))", kind: .alreadyRunning)
   }
 
   /// The socket's path.
@@ -121,7 +121,7 @@ public final class ControlServer: Sendable {
     }
     if let existing = FileIdentity(path: path) {
       guard existing.isSocket else {
-        throw BridgeError("\(path) exists and is not a socket; remove it if no lunbridge uses it")
+        throw BridgeError("\(path) exists and is not a socket; remove it if no lunbridge uses it", kind: .busy)
       }
       try refuseIfServed(name: name, directory: directory)
       // Stale: the rename below replaces it.
@@ -352,7 +352,15 @@ public enum ControlClient {
       }
     }
     guard connected == 0 else {
-      throw BridgeError("cannot connect to \(path): \(String(cString: strerror(errno)))")
+      switch errno {
+      case ECONNREFUSED:
+        // The file is there and nobody listens: the process that made it is gone.
+        throw BridgeError("\(path) is a stale socket: the lunbridge that served it is gone", kind: .notFound)
+      case EACCES, EPERM:
+        throw BridgeError("cannot connect to \(path): permission denied (the control sockets are root's)", kind: .permission)
+      case let code:
+        throw BridgeError("cannot connect to \(path): \(String(cString: strerror(code)).lowercased())")
+      }
     }
     let deadline = Date().addingTimeInterval(timeout)
 

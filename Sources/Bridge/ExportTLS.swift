@@ -16,7 +16,7 @@ public struct ExportTLS: Sendable {
     func file(_ name: String) throws -> String {
       let path = FilePath.join(directory, name)
       guard FileManager.default.isReadableFile(atPath: path) else {
-        throw BridgeError("--tls-certificates \(directory): \(name) is missing or not readable")
+        throw BridgeError("--tls-certificates \(directory): \(name) is missing or not readable", kind: .config)
       }
       return path
     }

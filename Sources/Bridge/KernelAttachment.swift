@@ -75,7 +75,7 @@ public final class KernelAttachment: Sendable {
     if let devices = try? netlink.status() {
       for d in devices where NBDNetlink.backendIdentifier(index: d.index) == identifier {
         if let pid = NBDNetlink.pid(index: d.index), pid > 0, kill(pid, 0) == 0, pid != getpid() {
-          throw BridgeError("\(identifier) is already attached as /dev/nbd\(d.index) by process \(pid)")
+          throw BridgeError("\(identifier) is already attached as /dev/nbd\(d.index) by process \(pid)", kind: .alreadyRunning)
         }
         if options.index == nil || options.index == d.index { reuse = d.index }
       }

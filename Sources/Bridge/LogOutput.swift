@@ -34,7 +34,7 @@ public enum LogOutput {
   public static func useFile(_ path: String) throws {
     let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0o640)
     guard fd >= 0 else {
-      throw BridgeError("cannot open log file \(path): \(String(cString: strerror(errno)))")
+      throw BridgeError("cannot open log file \(path): \(String(cString: strerror(errno)).lowercased())")
     }
     lock.withLock { current = .file(fd) }
   }

@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Glibc
+import ISCSIInitiator
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -260,13 +261,13 @@ public final class MetricsServer: Sendable {
   /// `[::1]:PORT`, port 0 picks a free port.
   public static func parseAddress(_ text: String) throws -> (host: String, port: Int) {
     if text.hasPrefix("unix:") {
-      throw BridgeError("metrics address '\(text)': metrics are served over TCP: expected tcp:[HOST:]PORT")
+      throw BridgeError("metrics address '\(text)': metrics are served over TCP: expected tcp:[HOST:]PORT", kind: .usage)
     }
     let rest = text.hasPrefix("tcp:") ? String(text.dropFirst(4)) : text
     let (host, portText) = try splitHostPort(rest, what: "metrics address '\(text)'")
-    guard !host.isEmpty else { throw BridgeError("metrics address '\(text)': empty host") }
+    guard !host.isEmpty else { throw BridgeError("metrics address '\(text)': empty host", kind: .usage) }
     guard let port = Int(portText), (0...65535).contains(port) else {
-      throw BridgeError("metrics address '\(text)': '\(portText)' is not a port number")
+      throw BridgeError("metrics address '\(text)': '\(portText)' is not a port number", kind: .usage)
     }
     return (host, port)
   }
@@ -289,7 +290,7 @@ public final class MetricsServer: Sendable {
     do {
       channel = try await bootstrap.bind(host: host, port: port).get()
     } catch {
-      throw BridgeError("cannot serve metrics on \(listen): \(error)")
+      throw BridgeError("cannot serve metrics on \(listen): \(plainDescription(of: error))", kind: listenFailureKind(error))
     }
     logger.debug(
       "metrics endpoint ready", metadata: ["address": "\(host):\(channel.localAddress?.port ?? port)"])

@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Glibc
+import ISCSIInitiator
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -12,14 +13,14 @@ import NIOPosix
 func splitHostPort(_ rest: String, what: String) throws -> (host: String, portText: String) {
   if rest.hasPrefix("[") {
     guard let close = rest.firstIndex(of: "]"), rest[rest.index(after: close)...].hasPrefix(":") else {
-      throw BridgeError("\(what): expected tcp:[ADDR]:PORT for IPv6")
+      throw BridgeError("\(what): expected tcp:[ADDR]:PORT for IPv6", kind: .usage)
     }
     return (String(rest[rest.index(after: rest.startIndex)..<close]), String(rest[rest.index(close, offsetBy: 2)...]))
   }
   guard let colon = rest.lastIndex(of: ":") else { return ("127.0.0.1", rest) }
   let host = String(rest[..<colon])
   if host.contains(":") {
-    throw BridgeError("\(what): write an IPv6 address in brackets, as tcp:[::1]:9100")
+    throw BridgeError("\(what): write an IPv6 address in brackets, as tcp:[::1]:9100", kind: .usage)
   }
   return (host, String(rest[rest.index(after: colon)...]))
 }
@@ -31,16 +32,16 @@ public enum ListenAddress: Equatable, CustomStringConvertible, Sendable {
   public init(parsing text: String) throws {
     if text.hasPrefix("unix:") {
       let path = String(text.dropFirst(5))
-      guard !path.isEmpty else { throw BridgeError("--listen unix: needs a socket path, as in unix:/run/lb.sock") }
+      guard !path.isEmpty else { throw BridgeError("--listen unix: needs a socket path, as in unix:/run/lb.sock", kind: .usage) }
       self = .unix(path)
       return
     }
     guard text.hasPrefix("tcp:") else {
-      throw BridgeError("--listen '\(text)': expected unix:PATH or tcp:[HOST:]PORT")
+      throw BridgeError("--listen '\(text)': expected unix:PATH or tcp:[HOST:]PORT", kind: .usage)
     }
     let (host, portText) = try splitHostPort(String(text.dropFirst(4)), what: "--listen '\(text)'")
     guard let port = Int(portText), (1...65535).contains(port) else {
-      throw BridgeError("--listen '\(text)': '\(portText)' is not a port number")
+      throw BridgeError("--listen '\(text)': '\(portText)' is not a port number", kind: .usage)
     }
     self = .tcp(host: host, port: port)
   }
@@ -68,8 +69,31 @@ public enum ListenAddress: Equatable, CustomStringConvertible, Sendable {
 
 /// A user-facing error of the bridge layer (bad option, busy socket path, ...).
 public struct BridgeError: Error, CustomStringConvertible {
+  /// What kind of failure, for the command line's exit status.
+  public enum Kind: Sendable {
+    case other
+    /// A wrong argument or option value.
+    case usage
+    /// The volume, device or LUN asked for does not exist or is not served.
+    case notFound
+    /// The volume or URL is already attached or served.
+    case alreadyRunning
+    /// A device, socket or address is in use by someone else.
+    case busy
+    /// Root (CAP_SYS_ADMIN) is needed.
+    case permission
+    /// The nbd kernel module is not loaded.
+    case nbdMissing
+    /// A file the configuration names is missing or wrong.
+    case config
+  }
+
   public var description: String
-  public init(_ description: String) { self.description = description }
+  public var kind: Kind
+  public init(_ description: String, kind: Kind = .other) {
+    self.description = description
+    self.kind = kind
+  }
 }
 
 /// The volume as a standard NBD export on a socket (fixed-newstyle handshake, simple
@@ -125,12 +149,9 @@ public final class NBDExportServer: Sendable {
     do {
       switch address {
       case .unix(let path):
-        if FileManager.default.fileExists(atPath: path) {
+        if try address.checkAvailable() {
           // A socket left by a process that is gone may be replaced; a live one may not.
-          if isListening(unixPath: path) {
-            throw BridgeError("\(path) is in use by another process")
-          }
-          try? FileManager.default.removeItem(atPath: path)
+          unlink(path)
         }
         channel = try await bootstrap.bind(unixDomainSocketPath: path).get()
       case .tcp(let host, let port):
@@ -139,7 +160,7 @@ public final class NBDExportServer: Sendable {
     } catch let e as BridgeError {
       throw e
     } catch {
-      throw BridgeError("cannot listen on \(address): \(error)")
+      throw BridgeError("cannot listen on \(address): \(plainDescription(of: error))", kind: listenFailureKind(error))
     }
     return NBDExportServer(volume: volume, address: address, channel: channel, registry: holder, logger: logger)
   }
@@ -208,6 +229,51 @@ final class ConnectionRegistry: Sendable {
 }
 
 /// True when something accepts connections on the Unix socket at `path`.
+extension ListenAddress {
+  /// Throws (busy) when the address is taken: a Unix socket a live process listens on, a
+  /// path that is something other than a socket (never removed), a TCP port bound by
+  /// someone else. `serve` asks before it logs in, so a wrong address costs no login.
+  /// True when a stale socket (its process gone) is there, to be replaced.
+  @discardableResult
+  public func checkAvailable() throws -> Bool {
+    switch self {
+    case .unix(let path):
+      var st = stat()
+      guard lstat(path, &st) == 0 else { return false }
+      guard st.st_mode & S_IFMT == S_IFSOCK else {
+        throw BridgeError("cannot listen on \(self): \(path) exists and is not a socket", kind: .busy)
+      }
+      if isListening(unixPath: path) {
+        throw BridgeError("\(path) is in use by another process", kind: .busy)
+      }
+      return true
+    case .tcp(let host, let port):
+      let address: SocketAddress
+      do {
+        address = try SocketAddress.makeAddressResolvingHost(host, port: port)
+      } catch {
+        throw BridgeError("cannot listen on \(self): \(plainDescription(of: error))", kind: .usage)
+      }
+      let family: Int32 = address.protocol == .inet6 ? AF_INET6 : AF_INET
+      let fd = socket(family, Int32(SOCK_STREAM.rawValue), 0)
+      guard fd >= 0 else { return false }
+      defer { close(fd) }
+      // As the server will bind: with SO_REUSEADDR (NIO's default), so a port in
+      // TIME_WAIT is not taken for busy.
+      var one: Int32 = 1
+      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+      let rc = address.withSockAddr { bind(fd, $0, socklen_t($1)) }
+      if rc != 0 {
+        let code = errno
+        throw BridgeError(
+          "cannot listen on \(self): \(String(cString: strerror(code)).lowercased())",
+          kind: code == EADDRINUSE ? .busy : .other)
+      }
+      return false
+    }
+  }
+}
+
 func isListening(unixPath path: String) -> Bool {
   let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
   guard fd >= 0 else { return false }
@@ -223,4 +289,9 @@ func isListening(unixPath path: String) -> Bool {
     $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
   }
   return rc == 0
+}
+
+/// An address in use is busy (exit status 28); anything else is a plain failure.
+func listenFailureKind(_ error: Error) -> BridgeError.Kind {
+  (error as? IOError)?.errnoCode == EADDRINUSE ? .busy : .other
 }

@@ -5,20 +5,47 @@
 public enum StatusFormatter {
   /// Column titles of the path table, in order.
   public static let pathColumns = [
-    "PATH", "STATE", "NIC", "PORTAL", "SESSION", "IOPS", "MB/s", "P50", "P99", "ERRORS", "FAILOVERS",
+    "PATH", "STATE", "NIC", "PORTAL", "SESSION", "IOPS", "MB/s", "P50", "P99", "ERRORS", "FAILOVERS", "REASON",
   ]
+
+  /// A failure reason longer than this is cut in the table (`--json` has it whole).
+  public static let reasonWidth = 48
 
   /// Every volume in the order given, separated by a blank line; ends with a newline.
   ///
   ///     db /dev/nbd0 -> iqn.2003-01.org.example:disk1 LUN 1
   ///     size=10.0 GiB id=naa.6001405abc policy=service-time failback=immediate queued=0 ...
-  ///       PATH  STATE   NIC   PORTAL         SESSION         IOPS  MB/s  P50    P99    ERRORS  FAILOVERS
-  ///       0     active  eth0  10.0.0.1:3260  400001370000/1  1523   5.9  180µs  1.2ms       0          0
-  public static func renderStatusTable(_ reports: [VolumeStatusReport]) -> String {
-    reports.map(renderVolume).joined(separator: "\n")
+  ///       PATH  STATE   NIC   PORTAL         SESSION         IOPS  MB/s  P50    P99    ERRORS  FAILOVERS  REASON
+  ///       0     active  eth0  10.0.0.1:3260  400001370000/1  1523   5.9  180µs  1.2ms       0          0  -
+  public static func renderStatusTable(_ reports: [VolumeStatusReport], sessions: Bool = false) -> String {
+    reports.map { renderVolume($0, sessions: sessions) }.joined(separator: "\n")
   }
 
-  static func renderVolume(_ r: VolumeStatusReport) -> String {
+  /// One path's session in two lines (`status --sessions`): what the login negotiated,
+  /// then the timeouts in force, the command window and the queue.
+  public static func renderSession(_ p: PathReport) -> String {
+    guard let s = p.session else { return "  path \(p.id): not logged in\n" }
+    func yn(_ b: Bool) -> String { b ? "Yes" : "No" }
+    func secs(_ v: Double) -> String { v == v.rounded() ? "\(Int(v)) s" : "\(v) s" }
+    var out = "  path \(p.id): HeaderDigest=\(s.headerDigest) DataDigest=\(s.dataDigest)"
+    out += " MaxRecvDataSegmentLength=\(s.maxRecvDataSegmentLength)/\(s.targetMaxRecvDataSegmentLength) (ours/target's)"
+    out += " FirstBurstLength=\(s.firstBurstLength) MaxBurstLength=\(s.maxBurstLength)"
+    out += " InitialR2T=\(yn(s.initialR2T)) ImmediateData=\(yn(s.immediateData))"
+    out += " MaxOutstandingR2T=\(s.maxOutstandingR2T) ErrorRecoveryLevel=\(s.errorRecoveryLevel)"
+    out += " TPGT=\(s.targetPortalGroupTag.map(String.init) ?? "-")\n"
+    out += "    timeouts: login \(secs(s.loginTimeoutSeconds)), keepalive every \(secs(s.keepaliveIntervalSeconds))"
+    out += " (answer within \(secs(s.keepaliveTimeoutSeconds))), command \(secs(s.commandTimeoutSeconds)),"
+    out += " recovery \(secs(s.recoveryTimeoutSeconds));"
+    if let exp = s.expCmdSN, let max = s.maxCmdSN, let available = s.windowAvailable {
+      out += " window \(available) (ExpCmdSN \(exp), MaxCmdSN \(max));"
+    } else {
+      out += " window -;"
+    }
+    out += " in flight \(s.inFlight), queued \(s.queued)\n"
+    return out
+  }
+
+  static func renderVolume(_ r: VolumeStatusReport, sessions: Bool = false) -> String {
     let location = r.device ?? r.export ?? "-"
     var out = "\(r.name) \(location) -> \(r.targetName) LUN \(r.lun)\n"
     var facts = [
@@ -48,12 +75,14 @@ public enum StatusFormatter {
     out += facts.joined(separator: " ") + "\n"
     guard !r.paths.isEmpty else { return out + "  (no paths)\n" }
     let rows = r.paths.map { p -> [String] in
+      // The state alone (with its ALUA state); the reason in the last column, cut to a
+      // width, so a long one never pushes the other columns apart.
       var state = p.state
-      if let reason = p.reason, !reason.isEmpty {
-        state += " (\(reason))"
-      } else if let alua = p.alua {
+      if let alua = p.alua, p.reason?.isEmpty ?? true {
         state += " (ALUA \(alua)\(p.portGroup.map { ", port group \($0)" } ?? ""))"
       }
+      var reason = p.reason.flatMap { $0.isEmpty ? nil : $0 } ?? "-"
+      if reason.count > reasonWidth { reason = String(reason.prefix(reasonWidth - 1)) + "…" }
       return [
         String(p.id),
         state,
@@ -66,11 +95,13 @@ public enum StatusFormatter {
         formatDuration(p.latency.p99Seconds),
         String(p.errors),
         String(p.failovers),
+        reason,
       ]
     }
     // Numbers right-aligned, text left-aligned.
     let rightAligned: Set<Int> = [5, 6, 7, 8, 9, 10]
     out += table(header: pathColumns, rows: rows, rightAligned: rightAligned, indent: "  ")
+    if sessions { out += r.paths.map(renderSession).joined() }
     return out
   }
 

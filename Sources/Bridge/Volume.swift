@@ -133,6 +133,7 @@ public final class Volume: @unchecked Sendable {
     var probing = false
     var failures: UInt64 = 0
     var reinstatements: UInt64 = 0
+    var deadLog = DeadPathLog()
     /// (time, ios, bytes) once a second, for IOPS and MB/s over the last seconds.
     var samples: [(NIODeadline, UInt64, UInt64)] = []
     init(id: PathID, spec: PathSpec, session: ISCSISession) {
@@ -289,13 +290,16 @@ public final class Volume: @unchecked Sendable {
         if case .success(let unit) = results[i] { path.unit = unit }
         // With ALUA the port group's state places the path; a standby or unavailable one
         // stays logged in and carries no I/O until its group becomes active.
-        volume.add(path, alua: path.unit?.info)
         if case .failure(let error) = results[i] {
-          volume.logger.warning(
-            "path could not log in; probing it later",
-            metadata: ["path": "\(path.id)", "url": "\(spec.url)", "error": "\(describeError(error))"])
+          // Never logged in: its first line says so ("path failed"), not "path active".
+          volume.add(path, alua: nil, quiet: true)
           path.failures += 1
-          volume.run(volume.machine.pathFailed(path.id, reason: PathFailure(.probeFailed, context: describeError(error))))
+          volume.run(
+            volume.machine.pathFailed(
+              path.id,
+              reason: PathFailure(.probeFailed, context: "could not log in; probing it later: \(describeError(error))")))
+        } else {
+          volume.add(path, alua: path.unit?.info)
         }
       }
       volume.sampler = eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
@@ -332,7 +336,8 @@ public final class Volume: @unchecked Sendable {
     return nil
   }
 
-  private func add(_ path: Path, alua info: LUNInfo? = nil) {
+  /// `quiet`: the scheduler's "added" line is not logged (a path that never logged in).
+  private func add(_ path: Path, alua info: LUNInfo? = nil, quiet: Bool = false) {
     paths[path.id] = path
     order.append(path.id)
     let id = path.id
@@ -342,13 +347,16 @@ public final class Volume: @unchecked Sendable {
     path.session.onAnnouncement = { [weak self] sense in
       self?.announced(sense, on: id)
     }
+    func carryOut(_ actions: [MultipathStateMachine<ContinuousClock, PendingIO>.Action]) {
+      run(quiet ? actions.filter { if case .log = $0 { return false } else { return true } } : actions)
+    }
     if let info, let group = info.targetPortGroup, let code = info.accessStateCode, let access = PortAccess(code: code) {
-      run(
+      carryOut(
         machine.addPath(
           id, group: path.spec.group, priority: path.spec.priority, portGroup: group, access: access,
           preferred: info.preferredPortGroup == true))
     } else {
-      run(machine.addPath(id, group: path.spec.group, priority: path.spec.priority))
+      carryOut(machine.addPath(id, group: path.spec.group, priority: path.spec.priority))
       if let group = info?.targetPortGroup { machine.assignPortGroup(id, group) }
     }
   }
@@ -471,6 +479,26 @@ public final class Volume: @unchecked Sendable {
       self.submit(.flush, bytes: 0, at: .now()) { result, _ in promise.completeWith(result.map { _ in }) }
       return promise.futureResult
     }
+  }
+
+  /// The session part of a path's status: negotiated keys, timeouts, window, queue.
+  /// On the event loop.
+  static func sessionReport(_ session: ISCSISession) -> SessionReport? {
+    guard let p = session.parameters else { return nil }
+    let c = session.configuration
+    func seconds(_ t: TimeAmount) -> Double { Double(t.nanoseconds) / 1e9 }
+    let window = session.commandWindow
+    let depth = session.queueDepth
+    return SessionReport(
+      headerDigest: p.headerDigest ? "CRC32C" : "None", dataDigest: p.dataDigest ? "CRC32C" : "None",
+      maxRecvDataSegmentLength: p.maxRecvDataSegmentLength, targetMaxRecvDataSegmentLength: p.maxSendDataSegmentLength,
+      firstBurstLength: p.firstBurstLength, maxBurstLength: p.maxBurstLength, initialR2T: p.initialR2T,
+      immediateData: p.immediateData, maxOutstandingR2T: p.maxOutstandingR2T, errorRecoveryLevel: p.errorRecoveryLevel,
+      targetPortalGroupTag: p.targetPortalGroupTag, loginTimeoutSeconds: seconds(c.loginTimeout),
+      keepaliveIntervalSeconds: seconds(c.keepaliveInterval), keepaliveTimeoutSeconds: seconds(c.keepaliveTimeout),
+      commandTimeoutSeconds: seconds(c.commandTimeout), recoveryTimeoutSeconds: seconds(c.recoveryTimeout),
+      expCmdSN: window?.expCmdSN, maxCmdSN: window?.maxCmdSN, windowAvailable: window?.available,
+      inFlight: depth.inFlight, queued: depth.queued)
   }
 
   /// The errno an NBD client sees for a failed operation.
@@ -837,11 +865,32 @@ public final class Volume: @unchecked Sendable {
     case .transitioning?: what = "path transitioning"
     case nil: what = "path removed"
     }
-    if case .probing? = event.to {
-      logger.info("\(what): \(event.reason)", metadata: metadata)
-    } else {
-      logger.notice("\(what): \(event.reason)", metadata: metadata)
+    // A path that stays down is said once, then reminded at a low rate (DeadPathLog).
+    var level: Logger.Level = .notice
+    var text = "\(what): \(event.reason)"
+    let now = NIODeadline.now()
+    switch (event.from, event.to) {
+    case (_, .probing?):
+      level = .debug
+    case (.probing?, .failed?):
+      if let path = paths[event.path] {
+        let (l, reminder) = path.deadLog.probeFailed(now: now)
+        level = l
+        if reminder, let since = path.deadLog.downSince {
+          text =
+            "path still failed after \(path.deadLog.failedProbes) probes (\(Int((now - since).nanoseconds / 1_000_000_000)) s): \(event.reason)"
+        }
+      }
+    case (_, .failed?):
+      level = paths[event.path]?.deadLog.failed(now: now) ?? .notice
+    case (.failed?, _), (.probing?, _):
+      if let path = paths[event.path], let down = path.deadLog.recovered(now: now) {
+        text += " (down \(Int(down.nanoseconds / 1_000_000_000)) s)"
+      }
+    default:
+      break
     }
+    logger.log(level: level, "\(text)", metadata: metadata)
     // Back from failed or probing to working (serving or standing by): reinstated.
     if let from = event.from?.name, from == "failed" || from == "probing",
       let to = event.to?.name, ["active", "standby", "unavailable", "transitioning"].contains(to)
@@ -1265,6 +1314,7 @@ public final class Volume: @unchecked Sendable {
             latency: Volume.latencyReport(row.statistics.latency))
         report.portGroup = row.portGroup
         report.alua = row.access?.description
+        report.session = Volume.sessionReport(path.session)
         reports.append(report)
       }
       var report = VolumeStatusReport(
@@ -1330,11 +1380,11 @@ extension Duration {
 }
 
 /// A short description of an error for logs and status.
-func describeError(_ error: Error) -> String {
+public func describeError(_ error: Error) -> String {
   if let e = error as? ISCSIError { return e.message }
   if let e = error as? BridgeError { return "\(e)" }
   if let e = error as? CocoaError { return describeFileError(e) }
-  return "\(error)"
+  return plainDescription(of: error)
 }
 
 /// A file operation's error as one line: the path and the system's reason

@@ -120,7 +120,9 @@ public struct VolumeConfig: Equatable, Sendable {
     guard FileManager.default.fileExists(atPath: path) else {
       throw VolumeConfigError(
         .volumeFile, file: path,
-        message: "no such volume file (volumes are \(directory)/NAME.\(fileExtension); see lunbridge's example.toml)")
+        message:
+          "no such volume file (volumes are \(directory)/NAME.\(fileExtension); `make install` puts an example in \(directory)/example.toml.sample)"
+      )
     }
     guard let data = FileManager.default.contents(atPath: path) else {
       throw VolumeConfigError(.volumeFile, file: path, message: "cannot read the volume file (permissions?)")

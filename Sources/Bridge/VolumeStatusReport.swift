@@ -26,6 +26,67 @@ public struct LatencyReport: Codable, Hashable, Sendable {
   public var total: UInt64 { counts.reduce(0, +) }
 }
 
+/// A path's iSCSI session: what the login negotiated (RFC 7143 section 13 keys; the
+/// target's MaxRecvDataSegmentLength is what we may send in one PDU), the timeouts in
+/// force, and the command window and queue right now.
+public struct SessionReport: Codable, Hashable, Sendable {
+  public var headerDigest: String
+  public var dataDigest: String
+  public var maxRecvDataSegmentLength: Int
+  public var targetMaxRecvDataSegmentLength: Int
+  public var firstBurstLength: Int
+  public var maxBurstLength: Int
+  public var initialR2T: Bool
+  public var immediateData: Bool
+  public var maxOutstandingR2T: Int
+  public var errorRecoveryLevel: Int
+  public var targetPortalGroupTag: Int?
+  public var loginTimeoutSeconds: Double
+  public var keepaliveIntervalSeconds: Double
+  public var keepaliveTimeoutSeconds: Double
+  public var commandTimeoutSeconds: Double
+  public var recoveryTimeoutSeconds: Double
+  /// ExpCmdSN and MaxCmdSN as last sent by the target, and how many more commands the
+  /// window takes (nil while not connected).
+  public var expCmdSN: UInt32?
+  public var maxCmdSN: UInt32?
+  public var windowAvailable: Int?
+  /// Commands sent and not yet answered, and commands waiting (window or login).
+  public var inFlight: Int
+  public var queued: Int
+
+  public init(
+    headerDigest: String, dataDigest: String, maxRecvDataSegmentLength: Int, targetMaxRecvDataSegmentLength: Int,
+    firstBurstLength: Int, maxBurstLength: Int, initialR2T: Bool, immediateData: Bool, maxOutstandingR2T: Int,
+    errorRecoveryLevel: Int, targetPortalGroupTag: Int?, loginTimeoutSeconds: Double,
+    keepaliveIntervalSeconds: Double, keepaliveTimeoutSeconds: Double, commandTimeoutSeconds: Double,
+    recoveryTimeoutSeconds: Double, expCmdSN: UInt32?, maxCmdSN: UInt32?, windowAvailable: Int?, inFlight: Int,
+    queued: Int
+  ) {
+    self.headerDigest = headerDigest
+    self.dataDigest = dataDigest
+    self.maxRecvDataSegmentLength = maxRecvDataSegmentLength
+    self.targetMaxRecvDataSegmentLength = targetMaxRecvDataSegmentLength
+    self.firstBurstLength = firstBurstLength
+    self.maxBurstLength = maxBurstLength
+    self.initialR2T = initialR2T
+    self.immediateData = immediateData
+    self.maxOutstandingR2T = maxOutstandingR2T
+    self.errorRecoveryLevel = errorRecoveryLevel
+    self.targetPortalGroupTag = targetPortalGroupTag
+    self.loginTimeoutSeconds = loginTimeoutSeconds
+    self.keepaliveIntervalSeconds = keepaliveIntervalSeconds
+    self.keepaliveTimeoutSeconds = keepaliveTimeoutSeconds
+    self.commandTimeoutSeconds = commandTimeoutSeconds
+    self.recoveryTimeoutSeconds = recoveryTimeoutSeconds
+    self.expCmdSN = expCmdSN
+    self.maxCmdSN = maxCmdSN
+    self.windowAvailable = windowAvailable
+    self.inFlight = inFlight
+    self.queued = queued
+  }
+}
+
 /// One path (one iSCSI session) of a volume.
 public struct PathReport: Codable, Hashable, Sendable {
   /// Stable number of the path within the volume (0, 1, ...).
@@ -66,6 +127,8 @@ public struct PathReport: Codable, Hashable, Sendable {
   /// read (active/optimized, active/non-optimized, standby, unavailable, transitioning, ...).
   public var portGroup: UInt16? = nil
   public var alua: String? = nil
+  /// The session as negotiated and as it runs (nil before its first login).
+  public var session: SessionReport? = nil
 
   public init(
     id: UInt32, url: String, portal: String, interface: String?, source: String?, state: String, reason: String?,

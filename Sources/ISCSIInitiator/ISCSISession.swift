@@ -97,6 +97,16 @@ public final class ISCSISession: @unchecked Sendable {
     eventLoop.assertInEventLoop()
     return machine.commandsRetried
   }
+  /// The command window of the connection (nil while there is none).
+  public var commandWindow: (expCmdSN: UInt32, maxCmdSN: UInt32, available: Int)? {
+    eventLoop.assertInEventLoop()
+    return machine.commandWindow
+  }
+  /// Commands sent and not answered, and commands waiting for the window or a login.
+  public var queueDepth: (inFlight: Int, queued: Int) {
+    eventLoop.assertInEventLoop()
+    return (machine.inFlightCount, machine.queuedCount)
+  }
   /// Why the last connection ended or the last reconnect failed: named when queued
   /// commands give up, so the user sees the cause and not only the timeout.
   public var lastError: String? {
@@ -330,7 +340,7 @@ public final class ISCSISession: @unchecked Sendable {
     redirects = 0
     let promise = eventLoop.makePromise(of: Void.self)
     loginTimer = eventLoop.scheduleTask(in: configuration.loginTimeout) { [self] in
-      failLogin(ISCSIError(.timeout, "login to \(portal) timed out after \(seconds(configuration.loginTimeout)) s"))
+      failLogin(ISCSIError(.unreachable, "login to \(portal) timed out after \(seconds(configuration.loginTimeout)) s"))
     }
     loginPromise = promise
     connectAndLogin(portal)
@@ -369,7 +379,7 @@ public final class ISCSISession: @unchecked Sendable {
       [self] result in
       switch result {
       case .failure(let error):
-        failLogin(ISCSIError(.connectionClosed, "cannot connect to portal \(portal): \(describe(error))"))
+        failLogin(ISCSIError(.unreachable, "cannot connect to portal \(portal): \(describe(error))"))
       case .success(let channel):
         guard loginPromise != nil else {
           channel.close(promise: nil)
@@ -572,7 +582,11 @@ public final class ISCSISession: @unchecked Sendable {
   fileprivate func connectionFailed(_ error: Error, channel: Channel, culprit: UInt32? = nil) {
     guard channel === self.channel else { return }
     if state == .loggingIn {
-      failLogin(error)
+      // A socket error (a reset) in plain words with the portal, not NIO's system call.
+      let portal = _connectedPortal.map { "\($0)" } ?? "the portal"
+      failLogin(
+        error as? ISCSIError
+          ?? ISCSIError(.unreachable, "connection to \(portal) lost during login: \(describe(error))"))
       return
     }
     let code = (error as? ISCSIError)?.code ?? .connectionClosed
@@ -755,11 +769,35 @@ private final class SessionInboundHandler: ChannelInboundHandler {
 
 /// A short reason for a socket error: "connection refused", not NIO's nested dump.
 func describe(_ error: Error) -> String {
-  if let e = error as? NIOConnectionError, let first = e.connectionErrors.first {
-    return describe(first.error)
+  plainDescription(of: error)
+}
+
+/// An error of the system or of SwiftNIO in plain words, as a person reads them after
+/// "cannot connect to ...: ": "connection reset by peer", "unknown host 'x'", "address
+/// already in use"; no system call signature or errno dump. Other errors as they describe
+/// themselves.
+public func plainDescription(of error: Error) -> String {
+  if let e = error as? NIOConnectionError {
+    if let first = e.connectionErrors.first { return plainDescription(of: first.error) }
+    if e.dnsAError != nil || e.dnsAAAAError != nil { return "unknown host '\(e.host)'" }
+    return "cannot connect to \(e.host):\(e.port)"
   }
   if let e = error as? IOError { return String(cString: strerror(e.errnoCode)).lowercased() }
-  if error is ChannelError, case ChannelError.connectTimeout = error as! ChannelError { return "connection timed out" }
+  if let e = error as? SocketAddressError.UnknownHost { return "unknown host '\(e.host)'" }
+  if let e = error as? SocketAddressError {
+    switch e {
+    case .unixDomainSocketPathTooLong: return "Unix socket path too long"
+    case .failedToParseIPString(let text): return "'\(text)' is not an IP address"
+    default: return "unknown host or unsupported address"
+    }
+  }
+  if let e = error as? ChannelError {
+    switch e {
+    case .connectTimeout: return "connection timed out"
+    case .ioOnClosedChannel, .alreadyClosed, .eof, .outputClosed, .inputClosed: return "connection closed"
+    default: return "\(e)"
+    }
+  }
   return "\(error)"
 }
 

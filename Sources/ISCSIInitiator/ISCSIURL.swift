@@ -1,3 +1,5 @@
+import ISCSIProtocol
+
 /// An iSCSI URL as libiscsi and QEMU write it:
 /// `iscsi://[user[%password]@]host[:port]/TARGET-IQN/LUN`, IPv6 hosts as `[::1]`.
 /// A password in the URL is accepted for compatibility; `passwordInURL` lets the command
@@ -60,7 +62,8 @@ public struct ISCSIURL: Equatable, Sendable, CustomStringConvertible {
     guard let target = parts.first, !target.isEmpty else {
       throw ISCSIURLError("'\(text)' names no target: expected iscsi://HOST[:PORT]/TARGET-IQN/LUN")
     }
-    targetName = String(target)
+    // iSCSI names are case-insensitive and compared in lower case (RFC 3722).
+    targetName = ISCSIName.normalized(String(target))
     switch parts.count {
     case 1:
       throw ISCSIURLError("'\(text)' names no LUN: expected iscsi://HOST[:PORT]/TARGET-IQN/LUN")

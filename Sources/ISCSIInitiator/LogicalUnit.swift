@@ -66,7 +66,7 @@ public struct LUNInfo: Codable, Sendable, Equatable {
   }
 }
 
-func humanSize(_ bytes: UInt64) -> String {
+public func humanSize(_ bytes: UInt64) -> String {
   let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
   var v = Double(bytes)
   var i = 0
@@ -120,6 +120,21 @@ public final class LogicalUnit: Sendable {
     self.maxBlocksPerCommand = UInt32(max(1, limit))
     self.splitter = TransferSplitter(maxBlocksPerCommand: maxBlocksPerCommand)
     self.use16 = info.blockCount > UInt64(UInt32.max)
+  }
+
+  /// The LUNs the session's target has (REPORT LUNS, SPC-4 6.33, sent to LUN 0 as every
+  /// target must answer there), in the target's order; asked again with a larger
+  /// allocation when the first answer was cut short.
+  public static func reportLUNs(session: ISCSISession) async throws -> [UInt16] {
+    let probe = Probe(session: session, lun: 0)
+    var length: UInt32 = 16 * 1024
+    for _ in 0..<2 {
+      let report = try ReportLuns(
+        try await probe.command(CDB.reportLuns(allocationLength: length), read: Int(length), "REPORT LUNS"))
+      guard report.isTruncated, report.requiredAllocationLength > length else { return report.luns }
+      length = min(report.requiredAllocationLength, 1 << 20)
+    }
+    throw ISCSIError(.protocolViolation, "REPORT LUNS: the target's LUN list kept growing")
   }
 
   /// Opens `lun` on `session`: checks it is there and ready, and reads what it can do.

@@ -16,6 +16,8 @@ public struct ISCSIError: Error, CustomStringConvertible, Equatable, Sendable {
     public static let redirectLoop = Code("too many redirects")
     public static let negotiationFailed = Code("negotiation failed")
     public static let connectionClosed = Code("connection closed")
+    /// No connection to the portal: refused, reset, timed out, no route, unknown host.
+    public static let unreachable = Code("unreachable")
     public static let timeout = Code("timeout")
     public static let rejected = Code("rejected")
     public static let invalidArgument = Code("invalid argument")

@@ -377,6 +377,20 @@ public struct LoginStateMachine: Sendable {
       case 0x03, 0x04:
         throw ISCSIError(
           .targetNotFound, "target \(configuration.targetName ?? "(discovery)"): \(name) (status 0x\(code))")
+      case 0x00 where { if case .algorithmsOffered = auth { return true } else { return false } }():
+        // Refused right after our CHAP_A: most likely none of the algorithms we offered.
+        let offered =
+          configuration.chap?.algorithms.map { a -> String in
+            switch a {
+            case .md5: return "md5"
+            case .sha1: return "sha1"
+            case .sha256: return "sha256"
+            }
+          }.joined(separator: ",") ?? ""
+        throw ISCSIError(
+          .authenticationFailed,
+          "login refused by target: \(name) (status 0x\(code)) when offered CHAP algorithms \(offered);"
+            + " the target may support none of them: try --chap-algorithms md5 (chap_algorithms in a volume file)")
       default:
         throw ISCSIError(.loginFailed, "login refused by target: \(name) (status 0x\(code))")
       }

@@ -144,6 +144,13 @@ struct OperationalNegotiation {
     }
   }
 
+  /// What to do when the target will not use the digest we insist on.
+  static func digestHint(_ key: String) -> String {
+    let option = key == "HeaderDigest" ? "header" : "data"
+    return "; to accept a target without digests, offer both: --\(option)-digest crc32c,none"
+      + " (\(option)_digest = [\"crc32c\", \"none\"] in a volume file)"
+  }
+
   private func ourDigests(_ key: String) -> [Digest] {
     key == "HeaderDigest" ? configuration.headerDigest : configuration.dataDigest
   }
@@ -204,7 +211,7 @@ struct OperationalNegotiation {
       // Not understood / irrelevant / rejected: the default stays, unless the default is
       // something we refused to offer (digests).
       if case .digest = kind, !ourDigests(key).contains(.none) {
-        throw failure(key, answer, "but we require \(ours) (RFC 7143 section 13.1)")
+        throw failure(key, answer, "but we require \(ours) (RFC 7143 section 13.1)\(Self.digestHint(key))")
       }
       return
     }
@@ -233,7 +240,7 @@ struct OperationalNegotiation {
       let offeredByTarget = theirs.split(separator: ",").map(String.init)
       guard let pick = ourDigests(key).first(where: { offeredByTarget.contains($0.rawValue) }) else {
         if !ourDigests(key).contains(.none) {
-          throw failure(key, theirs, "has nothing in common with our \(ours) (RFC 7143 section 6.2.1)")
+          throw failure(key, theirs, "has nothing in common with our \(ours) (RFC 7143 section 6.2.1)\(Self.digestHint(key))")
         }
         return SpecialValue.reject
       }
@@ -290,7 +297,9 @@ struct OperationalNegotiation {
     // Keys never answered keep the section 13 defaults (already in `result`), except the
     // digests: the default None is only acceptable if we offered it.
     for key in ["HeaderDigest", "DataDigest"] where !settled.contains(key) && !ourDigests(key).contains(.none) {
-      throw ISCSIError(.negotiationFailed, "target never answered \(key), and we require \(ourValue(key)) (RFC 7143 section 13.1)")
+      throw ISCSIError(
+        .negotiationFailed,
+        "target never answered \(key), and we require \(ourValue(key)) (RFC 7143 section 13.1)\(Self.digestHint(key))")
     }
     // RFC 7143 section 13.14: FirstBurstLength MUST NOT exceed MaxBurstLength.
     if result.firstBurstLength > result.maxBurstLength { result.firstBurstLength = result.maxBurstLength }

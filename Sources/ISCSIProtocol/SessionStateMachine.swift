@@ -166,6 +166,11 @@ public struct SessionStateMachine {
   public var expStatSN: UInt32 { connection?.expStatSN ?? 0 }
   public var immediateCmdSN: UInt32 { connection?.window.immediateCmdSN ?? nextCmdSN }
   public var inFlightCount: Int { connection?.inFlight.count ?? 0 }
+  /// The command window of the current connection: (ExpCmdSN, MaxCmdSN), commands the
+  /// target takes before the window closes.
+  public var commandWindow: (expCmdSN: UInt32, maxCmdSN: UInt32, available: Int)? {
+    connection.map { ($0.window.expCmdSN, $0.window.maxCmdSN, $0.window.available) }
+  }
   public var queuedCount: Int { queue.count }
 
   /// A task tag not in use (never the reserved 0xffffffff, RFC 7143 section 11.2.1.8).

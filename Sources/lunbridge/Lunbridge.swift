@@ -1,5 +1,6 @@
 import ArgumentParser
 import Bridge
+import CBuildInfo
 import FoundationEssentials
 import Dispatch
 import Glibc
@@ -82,7 +83,12 @@ struct LoginOptions: ParsableArguments {
   func sessionConfiguration(
     portal: Portal, targetName: String?, urlUser: String?, urlPassword: String?, volume: VolumeConfig? = nil
   ) throws -> SessionConfiguration {
-    let name = try initiatorName ?? volume?.initiatorName ?? InitiatorName.resolve()
+    let given = try initiatorName ?? volume?.initiatorName ?? InitiatorName.resolve()
+    if let problem = ISCSIName.problem(given) {
+      let source = initiatorName != nil ? "--initiator-name" : volume?.initiatorName != nil ? "initiator_name" : "initiator name"
+      throw BridgeError("\(source): \(problem)", kind: initiatorName == nil && volume?.initiatorName != nil ? .config : .usage)
+    }
+    let name = ISCSIName.normalized(given)
     var chap: CHAPConfiguration? = nil
     let user = chapUser ?? urlUser ?? volume?.chapUser
     let secretFile = chapSecretFile ?? volume?.chapSecretFile
@@ -137,35 +143,150 @@ func makeLogger(verbose: Bool) -> Logger {
 
 func printJSON(_ value: some Encodable) throws {
   let encoder = JSONEncoder()
-  encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+  encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
   print(String(decoding: try encoder.encode(value), as: UTF8.self))
 }
 
 struct Discover: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
-    abstract: "List the targets and portals a portal reports (SendTargets).")
+    abstract: "List the targets and portals a portal reports (SendTargets), and with --luns or --urls their LUNs.")
 
   @Argument(help: "Portal: HOST[:PORT], IPv6 as [ADDR]:PORT.")
   var portal: String
 
   @OptionGroup var options: LoginOptions
 
+  @Flag(help: "Also log in to each target and list its LUNs: number, size, vendor and product, device identifier, URL.")
+  var luns = false
+
+  @Flag(help: "Print only a ready-to-use iscsi:// URL per LUN and portal (logs in to each target, as --luns).")
+  var urls = false
+
   @Flag(help: "Print JSON.")
   var json = false
 
   func run() async throws {
     let logger = makeLogger(verbose: options.verbose)
-    let portal = try Portal(parsing: portal.hasPrefix("iscsi://") ? String(portal.dropFirst(8).prefix { $0 != "/" }) : portal)
-    let config = try options.sessionConfiguration(portal: portal, targetName: nil, urlUser: nil, urlPassword: nil)
+    let asked = try Portal(parsing: portal.hasPrefix("iscsi://") ? String(portal.dropFirst(8).prefix { $0 != "/" }) : portal)
+    let config = try options.sessionConfiguration(portal: asked, targetName: nil, urlUser: nil, urlPassword: nil)
     let group = MultiThreadedEventLoopGroup.singleton
     let targets = try await Discovery.sendTargets(config, on: group.next(), logger: logger)
+    guard luns || urls else {
+      if json {
+        try printJSON(targets)
+      } else {
+        for t in targets {
+          for p in t.portals { print("\(p.address),\(p.portalGroupTag ?? 1) \(t.name)") }
+        }
+      }
+      return
+    }
+    var listings: [DiscoveredTarget] = []
+    var firstFailure: Error?
+    for t in targets {
+      var entry = DiscoveredTarget(name: t.name, portals: t.portals, luns: [], error: nil)
+      do {
+        entry.luns = try await lunsOf(t, asked: asked, logger: logger)
+      } catch {
+        let failure = CommandFailure(error)?.message ?? "\(error)"
+        warn("target \(t.name): cannot list its LUNs: \(failure)")
+        entry.error = failure
+        firstFailure = firstFailure ?? error
+      }
+      listings.append(entry)
+    }
     if json {
-      try printJSON(targets)
+      try printJSON(listings)
+    } else if urls {
+      for t in listings {
+        for l in t.luns where l.error == nil { l.urls.forEach { print($0) } }
+      }
     } else {
-      for t in targets {
+      for t in listings {
         for p in t.portals { print("\(p.address),\(p.portalGroupTag ?? 1) \(t.name)") }
+        for l in t.luns {
+          if let error = l.error {
+            print("    LUN \(l.lun)  \(error)")
+          } else {
+            let size = l.sizeBytes.map(humanSize) ?? "-"
+            let what = [l.vendor, l.product].compactMap { $0 }.joined(separator: " ")
+            print("    LUN \(l.lun)  \(size)  \(what)  \(l.deviceIdentifier ?? "-")  \(l.urls.first ?? "")")
+          }
+        }
       }
     }
+    // Some target could not be asked: the command says so in its status too.
+    if let firstFailure { throw firstFailure }
+  }
+
+  /// Logs in to the target (through the portal asked when the target lists it) and
+  /// reads each LUN it reports.
+  func lunsOf(_ target: TargetListing, asked: Portal, logger: Logger) async throws -> [DiscoveredLUN] {
+    let addresses = target.portals.map(\.address)
+    let via = addresses.contains(asked.description) ? asked : try Portal(parsing: addresses.first ?? asked.description)
+    let config = try options.sessionConfiguration(portal: via, targetName: target.name, urlUser: nil, urlPassword: nil)
+    let session = try await ISCSISession.connect(config, on: MultiThreadedEventLoopGroup.singleton.next(), logger: logger)
+    do {
+      var found: [DiscoveredLUN] = []
+      for lun in try await LogicalUnit.reportLUNs(session: session) {
+        var entry = DiscoveredLUN(lun: lun, urls: addresses.map { "iscsi://\($0)/\(target.name)/\(lun)" })
+        do {
+          let info = try await LogicalUnit.open(session: session, lun: lun).info
+          entry.sizeBytes = info.sizeBytes
+          entry.vendor = info.vendor
+          entry.product = info.product
+          entry.deviceIdentifier = info.deviceIdentifier
+        } catch {
+          // A controller LUN (tgtd's LUN 0) or one that does not answer: listed, not a disk.
+          entry.error = CommandFailure(error)?.message ?? "\(error)"
+        }
+        found.append(entry)
+      }
+      await session.close()
+      return found
+    } catch {
+      await session.close()
+      throw error
+    }
+  }
+}
+
+struct DiscoveredTarget: Encodable {
+  var name: String
+  var portals: [TargetListing.PortalEntry]
+  var luns: [DiscoveredLUN]
+  var error: String?
+
+  enum CodingKeys: String, CodingKey { case name, portals, luns, error }
+  func encode(to encoder: Encoder) throws {
+    var c = encoder.container(keyedBy: CodingKeys.self)
+    try c.encode(name, forKey: .name)
+    try c.encode(portals, forKey: .portals)
+    try c.encode(luns, forKey: .luns)
+    try c.encode(error, forKey: .error)
+  }
+}
+
+struct DiscoveredLUN: Encodable {
+  var lun: UInt16
+  var urls: [String]
+  var sizeBytes: UInt64?
+  var vendor: String?
+  var product: String?
+  var deviceIdentifier: String?
+  /// Why the LUN is not a disk lunbridge can serve (a controller LUN, no answer).
+  var error: String?
+
+  enum CodingKeys: String, CodingKey { case lun, urls, sizeBytes, vendor, product, deviceIdentifier, error }
+  func encode(to encoder: Encoder) throws {
+    var c = encoder.container(keyedBy: CodingKeys.self)
+    try c.encode(lun, forKey: .lun)
+    try c.encode(urls, forKey: .urls)
+    try c.encode(sizeBytes, forKey: .sizeBytes)
+    try c.encode(vendor, forKey: .vendor)
+    try c.encode(product, forKey: .product)
+    try c.encode(deviceIdentifier, forKey: .deviceIdentifier)
+    try c.encode(error, forKey: .error)
   }
 }
 
@@ -183,16 +304,31 @@ struct Info: AsyncParsableCommand {
 
   func run() async throws {
     let logger = makeLogger(verbose: options.verbose)
-    let (url, config) = try options.sessionConfiguration(url: url)
+    let (url, parsed) = try options.sessionConfiguration(url: url)
+    var config = parsed
+    // The URL's ?iface= / ?source= as serve and attach take them: one path can be tried
+    // with info before it is attached.
+    if let problem = PathURLProblem.check(url, first: nil) { throw BridgeError("\(problem)", kind: .usage) }
+    config.interface = url.query["iface"]
+    config.sourceAddress = url.query["source"]
     let group = MultiThreadedEventLoopGroup.singleton
     let session = try await ISCSISession.connect(config, on: group.next(), logger: logger)
     do {
-      let unit = try await LogicalUnit.open(session: session, lun: url.lun)
+      let unit: LogicalUnit
+      do {
+        unit = try await LogicalUnit.open(session: session, lun: url.lun)
+      } catch let e as ISCSIError where e.code == .targetNotFound {
+        // A wrong LUN: say which ones the target has.
+        guard let luns = try? await LogicalUnit.reportLUNs(session: session) else { throw e }
+        let list = luns.isEmpty ? "none" : luns.map(String.init).joined(separator: ", ")
+        throw ISCSIError(.targetNotFound, "\(e.message); the target's LUNs: \(list)")
+      }
       let info = unit.info
-      let negotiated = try await session.snapshot().get().parameters?.summary ?? []
+      let parameters = try await session.snapshot().get().parameters
+      let negotiated = parameters?.summary ?? []
       await session.close()
       if json {
-        try printJSON(InfoReport(url: url.description, lun: info, session: Dictionary(uniqueKeysWithValues: negotiated)))
+        try printJSON(InfoReport(url: url.description, lun: info, session: parameters.map(SessionReport.init)))
       } else {
         print(info.text(url: url.description))
         print("Session:")
@@ -358,7 +494,7 @@ func pathSpecs(
     if url.passwordInURL && !urls.contains(where: \.passwordInURL) {
       warn("the CHAP secret in the URL shows in ps and shell history; use --chap-secret-file")
     }
-    if let problem = PathURLProblem.check(url, first: urls.first) { throw BridgeError("\(problem)") }
+    if let problem = PathURLProblem.check(url, first: urls.first) { throw BridgeError("\(problem)", kind: .usage) }
     urls.append(url)
   }
   if paths.discoverPortals, let first = urls.first {
@@ -468,7 +604,10 @@ struct Serve: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Serve a LUN as an NBD export on a socket until SIGINT or SIGTERM.")
 
-  @Argument(help: "iscsi://[USER@]HOST[:PORT]/TARGET-IQN/LUN[?iface=NIC|?source=ADDR], one per path")
+  @Argument(
+    help:
+      "iscsi://[USER@]HOST[:PORT]/TARGET-IQN/LUN[?iface=NIC|?source=ADDR] (one per path), or the NAME of /etc/lunbridge/volumes/NAME.toml, or a volume file's path"
+  )
   var urls: [String]
 
   @Option(help: "unix:PATH or tcp:[HOST:]PORT (default host 127.0.0.1).")
@@ -507,6 +646,12 @@ struct Serve: AsyncParsableCommand {
   @Flag(help: "Allow --listen on a non-loopback TCP address without TLS (anyone who reaches it can use the LUN).")
   var insecure = false
 
+  @Option(help: "Permissions of a unix: export socket, in octal, e.g. 660 with --socket-group (default: only its owner may connect).")
+  var socketMode: String?
+
+  @Option(help: "Group of a unix: export socket (a name or a number), e.g. kvm or libvirt-qemu for a non-root QEMU.")
+  var socketGroup: String?
+
   @OptionGroup var paths: PathOptions
 
   @OptionGroup var options: LoginOptions
@@ -533,6 +678,7 @@ struct Serve: AsyncParsableCommand {
     let logger = makeLogger(verbose: options.verbose)
     let address = try ListenAddress(parsing: listen)
     try address.checkExposure(tls: tlsCertificates != nil, insecure: insecure)
+    let socketAccess = try SocketAccess(mode: socketMode, group: socketGroup, address: address)
     let tls = try tlsCertificates.map { try ExportTLS(directory: $0) }
     let limits = try exportLimits()
     if let m = maxInflightMib, m < 33 {
@@ -540,11 +686,23 @@ struct Serve: AsyncParsableCommand {
     }
     ServingProcess.raiseDescriptorLimit()
     let memoryLocked = ServingProcess.protectFromMemoryPressure(logger: logger)
+    // A volume NAME (its file's paths and settings, as attach NAME takes them) or URLs.
+    if urls.count > 1, let bad = urls.first(where: { !$0.lowercased().hasPrefix("iscsi://") }) {
+      throw ValidationError("'\(bad)': several paths must all be iscsi:// URLs (a volume NAME stands alone)")
+    }
+    let volumeFile =
+      urls[0].lowercased().hasPrefix("iscsi://")
+      ? nil : urls[0].contains("/") ? try VolumeConfig.check(path: urls[0]) : try VolumeConfig.check(name: urls[0])
+    let urls = volumeFile.map { $0.paths.map(\.description) } ?? urls
+    let name = name ?? volumeFile?.name
     let url = urls[0]
     if let name { try ControlServer.refuseIfServed(name: name) }
+    // Before logging in: a listen address that is taken costs no login.
+    try address.checkAvailable()
     let volume = try await openVolume(
-      urls: urls, options: options, paths: paths, name: name ?? "serve-\(getpid())", identity: name, readOnly: readOnly,
-      logger: logger, maxInflightBytes: maxInflightMib.map { $0 << 20 })
+      urls: urls, options: options, paths: paths, name: name ?? "serve-\(getpid())", identity: name,
+      readOnly: readOnly || (volumeFile?.readOnly ?? false), logger: logger, volume: volumeFile,
+      maxInflightBytes: maxInflightMib.map { $0 << 20 })
     let server: NBDExportServer
     let observability: Observability
     var shown = address
@@ -554,7 +712,8 @@ struct Serve: AsyncParsableCommand {
       if case .tcp(let h, 0) = address, let p = server.boundPort { shown = .tcp(host: h, port: p) }
       do {
         observability = try await Observability.start(
-          name: volume.options.name, volume: volume, device: nil, export: shown.uri(tls: tls != nil), metrics: metrics, reload: nil,
+          name: volume.options.name, volume: volume, device: nil, export: shown.uri(tls: tls != nil),
+          metrics: metrics ?? volumeFile?.metrics, reload: nil,
           logger: logger)
       } catch {
         await server.stop(timeout: .seconds(1))
@@ -566,6 +725,16 @@ struct Serve: AsyncParsableCommand {
       throw error
     }
     ServingProcess.releaseStartupCode(locked: memoryLocked, logger: logger)
+    if let socketAccess, case .unix(let path) = address {
+      do {
+        try socketAccess.apply(to: path)
+      } catch {
+        await observability.stop()
+        await server.stop(timeout: .seconds(1))
+        await volume.close()
+        throw error
+      }
+    }
     LogOutput.writeStandardError("lunbridge: serving \(url) at \(shown.uri(tls: tls != nil))\n")
     let sig = await waitForTerminationSignal()
     logger.notice("stopping", metadata: ["signal": "\(sig)"])
@@ -655,8 +824,8 @@ struct Attach: AsyncParsableCommand {
     }
     if let logFile { try LogOutput.useFile(logFile) }
     let logger = makeLogger(verbose: options.verbose)
-    guard getuid() == 0 else { throw BridgeError("attach needs root (CAP_SYS_ADMIN) to configure NBD devices") }
-    guard isNBDModuleLoaded() else { throw BridgeError("the nbd kernel module is not loaded: run modprobe nbd") }
+    guard getuid() == 0 else { throw BridgeError("attach needs root (CAP_SYS_ADMIN) to configure NBD devices", kind: .permission) }
+    guard isNBDModuleLoaded() else { throw BridgeError("the nbd kernel module is not loaded: run modprobe nbd", kind: .nbdMissing) }
     ServingProcess.raiseDescriptorLimit()
     let memoryLocked = ServingProcess.protectFromMemoryPressure(logger: logger)
     let urls = volumeFile.map { $0.paths.map(\.description) } ?? targets
@@ -776,7 +945,7 @@ struct Attach: AsyncParsableCommand {
     let promise = volume.eventLoop.makePromise(of: String.self)
     promise.completeWithTask {
       guard let file else {
-        throw BridgeError("attached from a URL: there is no volume file to reload")
+        throw BridgeError("attached from a URL: there is no volume file to reload", kind: .usage)
       }
       let config = try VolumeConfig.check(path: file)
       let specs = try await pathSpecs(
@@ -857,7 +1026,7 @@ func refuseIfAttached(url: String) throws {
     guard let index = UInt32(name.dropFirst(3).dropLast(4)), recordedURL(index: index) == url,
       let pid = NBDNetlink.pid(index: index), pid > 0, pid != getpid(), kill(pid, 0) == 0
     else { continue }
-    throw BridgeError("\(url) is already attached as /dev/nbd\(index) by process \(pid)")
+    throw BridgeError("\(url) is already attached as /dev/nbd\(index) by process \(pid)", kind: .alreadyRunning)
   }
 }
 
@@ -897,11 +1066,11 @@ struct Detach: ParsableCommand {
 
   func run() throws {
     let index = try parseDeviceIndex(device)
-    guard isNBDModuleLoaded() else { throw BridgeError("the nbd kernel module is not loaded: run modprobe nbd") }
+    guard isNBDModuleLoaded() else { throw BridgeError("the nbd kernel module is not loaded: run modprobe nbd", kind: .nbdMissing) }
     let netlink = try NBDNetlink()
     let known = try netlink.status(index: index)
     guard let d = known.first(where: { $0.index == index }), d.connected else {
-      throw BridgeError("/dev/nbd\(index) is not attached")
+      throw BridgeError("/dev/nbd\(index) is not attached", kind: .notFound)
     }
     try netlink.disconnect(index: index)
   }
@@ -930,7 +1099,9 @@ struct ConfigCheck: ParsableCommand {
       return
     }
     var failed = 0
-    for (_, result) in try VolumeConfig.checkAll(directory: directory) {
+    let results = try VolumeConfig.checkAll(directory: directory)
+    if results.isEmpty { print("no volume files in \(directory) (NAME.toml)") }
+    for (_, result) in results {
       switch result {
       case .success(let c): print("\(c.file): ok")
       case .failure(let e):
@@ -938,7 +1109,7 @@ struct ConfigCheck: ParsableCommand {
         LogOutput.writeStandardError("lunbridge: error: \(e)\n")
       }
     }
-    if failed > 0 { throw ExitCode(1) }
+    if failed > 0 { throw ExitCode(ExitStatus.config.rawValue) }
   }
 }
 
@@ -957,7 +1128,7 @@ struct List: ParsableCommand {
   var json = false
 
   func run() throws {
-    guard isNBDModuleLoaded() else { throw BridgeError("the nbd kernel module is not loaded: run modprobe nbd") }
+    guard isNBDModuleLoaded() else { throw BridgeError("the nbd kernel module is not loaded: run modprobe nbd", kind: .nbdMissing) }
     let netlink = try NBDNetlink()
     var rows: [DeviceListing] = []
     for d in try netlink.status() {
@@ -982,17 +1153,144 @@ struct List: ParsableCommand {
 struct InfoReport: Encodable {
   var url: String
   var lun: LUNInfo
-  var session: [String: String]
+  var session: SessionReport?
 
-  enum CodingKeys: String, CodingKey { case url, session }
+  enum CodingKeys: String, CodingKey {
+    case url, session
+    case serial, deviceIdentifier, writeCache, rotational, targetPortGroup, accessState, accessStateCode
+    case preferredPortGroup
+  }
 
   func encode(to encoder: Encoder) throws {
     try lun.encode(to: encoder)  // LUN keys at the top level (sizeBytes, blockSize, ...)
     var c = encoder.container(keyedBy: CodingKeys.self)
     try c.encode(url, forKey: .url)
     try c.encode(session, forKey: .session)
+    // What the text shows as "unknown" or "-" is null here, not left out.
+    if lun.serial == nil { try c.encodeNil(forKey: .serial) }
+    if lun.deviceIdentifier == nil { try c.encodeNil(forKey: .deviceIdentifier) }
+    if lun.writeCache == nil { try c.encodeNil(forKey: .writeCache) }
+    if lun.rotational == nil { try c.encodeNil(forKey: .rotational) }
+    if lun.targetPortGroup == nil { try c.encodeNil(forKey: .targetPortGroup) }
+    if lun.accessState == nil { try c.encodeNil(forKey: .accessState) }
+    if lun.accessStateCode == nil { try c.encodeNil(forKey: .accessStateCode) }
+    if lun.preferredPortGroup == nil { try c.encodeNil(forKey: .preferredPortGroup) }
   }
 }
+
+/// The negotiated session parameters as JSON: camelCase keys, numbers and booleans as
+/// such (the text form keeps RFC 7143's key names).
+struct SessionReport: Encodable {
+  var headerDigest: String
+  var dataDigest: String
+  var maxRecvDataSegmentLength: Int
+  var targetMaxRecvDataSegmentLength: Int
+  var maxBurstLength: Int
+  var firstBurstLength: Int
+  var initialR2T: Bool
+  var immediateData: Bool
+  var maxOutstandingR2T: Int
+  var maxConnections: Int
+  var defaultTime2Wait: Int
+  var defaultTime2Retain: Int
+  var errorRecoveryLevel: Int
+  var dataPDUInOrder: Bool
+  var dataSequenceInOrder: Bool
+  var targetPortalGroupTag: Int?
+  var targetAlias: String?
+  var tsih: Int
+
+  init(_ p: NegotiatedParameters) {
+    headerDigest = p.headerDigest ? "CRC32C" : "None"
+    dataDigest = p.dataDigest ? "CRC32C" : "None"
+    maxRecvDataSegmentLength = p.maxRecvDataSegmentLength
+    targetMaxRecvDataSegmentLength = p.maxSendDataSegmentLength
+    maxBurstLength = p.maxBurstLength
+    firstBurstLength = p.firstBurstLength
+    initialR2T = p.initialR2T
+    immediateData = p.immediateData
+    maxOutstandingR2T = p.maxOutstandingR2T
+    maxConnections = p.maxConnections
+    defaultTime2Wait = p.defaultTime2Wait
+    defaultTime2Retain = p.defaultTime2Retain
+    errorRecoveryLevel = p.errorRecoveryLevel
+    dataPDUInOrder = p.dataPDUInOrder
+    dataSequenceInOrder = p.dataSequenceInOrder
+    targetPortalGroupTag = p.targetPortalGroupTag
+    targetAlias = p.targetAlias
+    tsih = Int(p.tsih)
+  }
+
+  enum CodingKeys: String, CodingKey {
+    case headerDigest, dataDigest, maxRecvDataSegmentLength, targetMaxRecvDataSegmentLength, maxBurstLength
+    case firstBurstLength, initialR2T, immediateData, maxOutstandingR2T, maxConnections, defaultTime2Wait
+    case defaultTime2Retain, errorRecoveryLevel, dataPDUInOrder, dataSequenceInOrder, targetPortalGroupTag
+    case targetAlias, tsih
+  }
+
+  func encode(to encoder: Encoder) throws {
+    var c = encoder.container(keyedBy: CodingKeys.self)
+    try c.encode(headerDigest, forKey: .headerDigest)
+    try c.encode(dataDigest, forKey: .dataDigest)
+    try c.encode(maxRecvDataSegmentLength, forKey: .maxRecvDataSegmentLength)
+    try c.encode(targetMaxRecvDataSegmentLength, forKey: .targetMaxRecvDataSegmentLength)
+    try c.encode(maxBurstLength, forKey: .maxBurstLength)
+    try c.encode(firstBurstLength, forKey: .firstBurstLength)
+    try c.encode(initialR2T, forKey: .initialR2T)
+    try c.encode(immediateData, forKey: .immediateData)
+    try c.encode(maxOutstandingR2T, forKey: .maxOutstandingR2T)
+    try c.encode(maxConnections, forKey: .maxConnections)
+    try c.encode(defaultTime2Wait, forKey: .defaultTime2Wait)
+    try c.encode(defaultTime2Retain, forKey: .defaultTime2Retain)
+    try c.encode(errorRecoveryLevel, forKey: .errorRecoveryLevel)
+    try c.encode(dataPDUInOrder, forKey: .dataPDUInOrder)
+    try c.encode(dataSequenceInOrder, forKey: .dataSequenceInOrder)
+    try c.encode(targetPortalGroupTag, forKey: .targetPortalGroupTag)  // null when the target sent none
+    try c.encode(targetAlias, forKey: .targetAlias)
+    try c.encode(tsih, forKey: .tsih)
+  }
+}
+
+/// `serve --socket-mode/--socket-group`: who may use a unix: export socket (a non-root
+/// QEMU or libvirt, through a group), checked before anything logs in.
+struct SocketAccess {
+  var mode: mode_t?
+  var group: gid_t?
+
+  init?(mode: String?, group: String?, address: ListenAddress) throws {
+    guard mode != nil || group != nil else { return nil }
+    guard case .unix = address else {
+      throw BridgeError("--socket-mode and --socket-group apply to a unix: socket, not \(address)", kind: .usage)
+    }
+    if let mode {
+      guard let m = mode_t(mode, radix: 8), m <= 0o777 else {
+        throw BridgeError("--socket-mode '\(mode)': expected an octal mode such as 600 or 660", kind: .usage)
+      }
+      self.mode = m
+    }
+    if let group {
+      if let gid = gid_t(group) {
+        self.group = gid
+      } else if let entry = getgrnam(group) {
+        self.group = entry.pointee.gr_gid
+      } else {
+        throw BridgeError("--socket-group '\(group)': no such group", kind: .usage)
+      }
+    }
+  }
+
+  func apply(to path: String) throws {
+    if let group, chown(path, uid_t.max, group) != 0 {
+      throw BridgeError("cannot give \(path) to group \(group): \(String(cString: strerror(errno)).lowercased())")
+    }
+    if let mode, chmod(path, mode) != 0 {
+      throw BridgeError("cannot set the mode of \(path): \(String(cString: strerror(errno)).lowercased())")
+    }
+  }
+}
+
+/// The release this source is; `--version` adds the commit of the build.
+let lunbridgeVersion = "0.1.0"
 
 func warn(_ message: String) {
   LogOutput.writeStandardError("lunbridge: warning: \(message)\n")
@@ -1003,41 +1301,58 @@ struct Lunbridge: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "lunbridge",
     abstract: "A user-space iSCSI initiator that serves LUNs as NBD devices.",
+    version: "lunbridge \(lunbridgeVersion) (commit \(String(cString: lunbridge_build_commit())))",
     subcommands: [
       Discover.self, Info.self, Serve.self, Attach.self, Detach.self, List.self, Status.self, Reload.self, Failback.self, PersistentReserve.self,
       ConfigCommand.self,
     ])
 
-  /// One line `lunbridge: error: ...` and a non-zero exit for every failure; usage
-  /// errors keep ArgumentParser's help text.
+  /// One line `lunbridge: error: ...` and the exit status of its class for every
+  /// failure (ExitStatus); option mistakes print the failing subcommand's usage.
   static func main() async {
     ServingProcess.ignoreSIGPIPE()
+    let command: ParsableCommand
     do {
-      var command = try parseAsRoot()
+      command = try parseAsRoot()
+    } catch {
+      parserFailure(error, in: Lunbridge.self)
+    }
+    do {
+      var command = command
       if var async = command as? AsyncParsableCommand {
         try await async.run()
       } else {
         try command.run()
       }
-    } catch let error as ISCSIError {
-      fail(error.description)
-    } catch let error as ISCSIURLError {
-      fail(error.description)
-    } catch let error as SCSIOperationError {
-      fail(error.description)
-    } catch let error as BridgeError {
-      fail(error.description)
-    } catch let error as NBDKernelError {
-      fail(error.description)
-    } catch let error as VolumeConfigError {
-      fail(error.description)
     } catch {
-      exit(withError: error)
+      guard let failure = CommandFailure(error) else {
+        // The argument parser's own: a ValidationError from run() shows the usage of the
+        // subcommand that threw it, not the top level's.
+        parserFailure(error, in: type(of: command))
+      }
+      fail(failure.message, status: failure.status)
     }
   }
 
-  static func fail(_ message: String) -> Never {
+  /// An option mistake: `lunbridge: error: ...` as every other failure, then the usage
+  /// of the (sub)command, exit 64. Help and --version print as the argument parser does.
+  static func parserFailure(_ error: Error, in command: ParsableCommand.Type) -> Never {
+    let code = command.exitCode(for: error)
+    guard code != .success else { command.exit(withError: error) }
+    var text = command.fullMessage(for: error)
+    if text.hasPrefix("Error: ") { text = "lunbridge: error: " + text.dropFirst("Error: ".count) }
+    if command != Lunbridge.self {
+      // A subcommand's own usage names it alone ("serve ..."): the full command line.
+      let name = command._commandName
+      text = text.replacing("Usage: \(name) ", with: "Usage: lunbridge \(name) ")
+        .replacing("See '\(name) --help'", with: "See 'lunbridge \(name) --help'")
+    }
+    LogOutput.writeStandardError(text.hasSuffix("\n") ? text : text + "\n")
+    Glibc.exit(code.rawValue)
+  }
+
+  static func fail(_ message: String, status: ExitStatus = .failure) -> Never {
     LogOutput.writeStandardError("lunbridge: error: \(message)\n")
-    Glibc.exit(1)
+    Glibc.exit(status.rawValue)
   }
 }

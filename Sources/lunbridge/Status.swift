@@ -15,6 +15,9 @@ struct Status: ParsableCommand {
   @Flag(help: "Print a JSON array of status reports.")
   var json = false
 
+  @Flag(help: "Also show each path's session: negotiated parameters, timeouts, command window and queue.")
+  var sessions = false
+
   @Option(help: "Seconds to wait for each volume's answer.")
   var timeout: Double = 5
 
@@ -31,11 +34,16 @@ struct Status: ParsableCommand {
       LogOutput.writeStandardError("lunbridge: warning: \(failure)\n")
     }
     guard !answers.reports.isEmpty else {
+      if answers.denied > 0 {
+        throw BridgeError(
+          "status needs root: the control sockets in \(directory.directory) are root's (run it with sudo)", kind: .permission)
+      }
       let why =
         answers.asked == 0
         ? "nothing in \(directory.directory)" : "no socket in \(directory.directory) answered"
       LogOutput.writeStandardError("lunbridge: no attached volumes (\(why))\n")
-      throw ExitCode(1)
+      // As iscsiadm -m session with no sessions: ISCSI_ERR_NO_OBJS_FOUND.
+      throw ExitCode(ExitStatus.notFound.rawValue)
     }
     let reports = answers.reports.sorted { $0.name < $1.name }
     if json {
@@ -45,7 +53,7 @@ struct Status: ParsableCommand {
         positiveInfinity: "+Inf", negativeInfinity: "-Inf", nan: "NaN")
       print(String(decoding: try encoder.encode(reports), as: UTF8.self))
     } else {
-      print(StatusFormatter.renderStatusTable(reports), terminator: "")
+      print(StatusFormatter.renderStatusTable(reports, sessions: sessions), terminator: "")
     }
   }
 }

@@ -21,13 +21,15 @@ final class StatusFormatterTests: XCTestCase {
     XCTAssertEqual(cells(lines[2]), StatusFormatter.pathColumns)
     XCTAssertEqual(
       cells(lines[3]),
-      ["0", "active", "eth0", "10.0.0.1:3260", "400001370000/7", "1523", "5.9", "180µs", "1.2ms", "0", "0"])
-    // The failure reason stays with the state; an unbound path shows its source address;
-    // a session that is not logged in has no TSIH.
-    XCTAssertTrue(lines[4].contains("failed (connection reset by peer)"))
+      ["0", "active", "eth0", "10.0.0.1:3260", "400001370000/7", "1523", "5.9", "180µs", "1.2ms", "0", "0", "-"])
+    // The failure reason has its own last column; an unbound path shows its source
+    // address; a session that is not logged in has no TSIH.
+    let failed = cells(lines[4])
+    XCTAssertEqual(failed[1], "failed")
+    XCTAssertEqual(failed.last, "connection reset by peer")
+    XCTAssertEqual(failed[failed.count - 2], "12")
     XCTAssertTrue(lines[4].contains("10.0.1.5"))
     XCTAssertTrue(lines[4].contains("400001370001/-"))
-    XCTAssertTrue(lines[4].hasSuffix("12"))
   }
 
   func testColumnsAreAligned() throws {
@@ -47,7 +49,44 @@ final class StatusFormatterTests: XCTestCase {
       from: header.startIndex, to: try XCTUnwrap(header.range(of: "ERRORS")).upperBound)
     XCTAssertEqual(Array(rows[1])[errorsEnd - 1], "3")
     for line in lines { XCTAssertFalse(line.hasSuffix(" "), line) }
-    XCTAssertEqual(Set(rows.map(\.count) + [header.count]).count, 1, "all rows as wide as the header")
+    // The reason column starts at its title in every row, however long the reason.
+    let reasonOffset = header.distance(
+      from: header.startIndex, to: try XCTUnwrap(header.range(of: "REASON")).lowerBound)
+    XCTAssertEqual(rows[0].dropFirst(reasonOffset).first, "-")
+    XCTAssertTrue(rows[1].dropFirst(reasonOffset).hasPrefix("connection reset by peer"), rows[1])
+  }
+
+  func testALongReasonIsCutInTheTableAndTheStateColumnStaysNarrow() throws {
+    var r = StatusFixture.attached()
+    r.paths[1].reason = String(repeating: "x", count: 200)
+    let lines = StatusFormatter.renderStatusTable([r]).split(separator: "\n").map(String.init)
+    let row = cells(lines[4])
+    XCTAssertEqual(row[1], "failed")
+    XCTAssertEqual(row.last?.count, StatusFormatter.reasonWidth)
+    XCTAssertEqual(row.last?.last, "…")
+  }
+
+  func testSessionsShowWhatTheLoginNegotiatedTimeoutsWindowAndQueue() {
+    var r = StatusFixture.attached()
+    r.paths[0].session = SessionReport(
+      headerDigest: "CRC32C", dataDigest: "None", maxRecvDataSegmentLength: 1_048_576,
+      targetMaxRecvDataSegmentLength: 262_144, firstBurstLength: 65_536, maxBurstLength: 262_144, initialR2T: false,
+      immediateData: true, maxOutstandingR2T: 1, errorRecoveryLevel: 0, targetPortalGroupTag: 1,
+      loginTimeoutSeconds: 15, keepaliveIntervalSeconds: 5, keepaliveTimeoutSeconds: 5, commandTimeoutSeconds: 30,
+      recoveryTimeoutSeconds: 120, expCmdSN: 1200, maxCmdSN: 1231, windowAvailable: 29, inFlight: 3, queued: 0)
+    XCTAssertFalse(StatusFormatter.renderStatusTable([r]).contains("HeaderDigest"), "only with sessions: true")
+    let text = StatusFormatter.renderStatusTable([r], sessions: true)
+    let lines = text.split(separator: "\n").map(String.init)
+    XCTAssertEqual(
+      lines[5],
+      "  path 0: HeaderDigest=CRC32C DataDigest=None MaxRecvDataSegmentLength=1048576/262144 (ours/target's)"
+        + " FirstBurstLength=65536 MaxBurstLength=262144 InitialR2T=No ImmediateData=Yes MaxOutstandingR2T=1"
+        + " ErrorRecoveryLevel=0 TPGT=1")
+    XCTAssertEqual(
+      lines[6],
+      "    timeouts: login 15 s, keepalive every 5 s (answer within 5 s), command 30 s, recovery 120 s;"
+        + " window 29 (ExpCmdSN 1200, MaxCmdSN 1231); in flight 3, queued 0")
+    XCTAssertEqual(lines[7], "  path 1: not logged in")
   }
 
   func testServedVolumeShowsItsExportAndReadOnly() {

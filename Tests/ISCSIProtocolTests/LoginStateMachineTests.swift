@@ -193,6 +193,25 @@ final class LoginStateMachineTests: XCTestCase {
     }
   }
 
+  func testARefusalRightAfterCHAPAlgorithmsSuggestsAnotherAlgorithm() throws {
+    let chap = CHAPConfiguration(username: "alice", secret: Array("secretsecret".utf8), algorithms: [.sha256])
+    var m = machine(chap: chap)
+    var t = FakeTarget()
+    let r1 = try m.start()
+    let r2 = try XCTUnwrap(try m.receive(t.response(to: r1, transit: false, keys: [TextKeyValue("AuthMethod", "CHAP")])).sentPDU)
+    XCTAssertEqual(try keys(of: r2), [TextKeyValue("CHAP_A", "7")])
+    do {
+      _ = try m.receive(t.response(to: r2, transit: false, statusClass: 2, statusDetail: 0))
+      XCTFail("a refusal must fail the login")
+    } catch let e as ISCSIError {
+      XCTAssertEqual(e.code, .authenticationFailed)
+      XCTAssertEqual(
+        e.message,
+        "login refused by target: initiator error (status 0x0200) when offered CHAP algorithms sha256;"
+          + " the target may support none of them: try --chap-algorithms md5 (chap_algorithms in a volume file)")
+    }
+  }
+
   func testTargetDemandsCHAPWithoutCredentials() throws {
     var m = machine()
     var t = FakeTarget()

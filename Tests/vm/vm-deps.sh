@@ -42,8 +42,8 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "vm-deps: installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq || die "apt-get update failed"
-  apt-get install -y -q "${missing[@]}" ||
+  apt-get -o DPkg::Lock::Timeout=600 update -qq || die "apt-get update failed"
+  apt-get -o DPkg::Lock::Timeout=600 install -y -q "${missing[@]}" ||
     die "apt-get install ${missing[*]} failed"
 fi
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing after install"
