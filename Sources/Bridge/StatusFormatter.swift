@@ -24,7 +24,8 @@ public enum StatusFormatter {
   /// One path's session in two lines (`status --sessions`): what the login negotiated,
   /// then the timeouts in force, the command window and the queue.
   public static func renderSession(_ p: PathReport) -> String {
-    guard let s = p.session else { return "  path \(p.id): not logged in\n" }
+    guard let session = p.session else { return "  path \(p.id): not logged in\n" }
+    let s = session.negotiated
     func yn(_ b: Bool) -> String { b ? "Yes" : "No" }
     func secs(_ v: Double) -> String { v == v.rounded() ? "\(Int(v)) s" : "\(v) s" }
     var out = "  path \(p.id): HeaderDigest=\(s.headerDigest) DataDigest=\(s.dataDigest)"
@@ -33,15 +34,15 @@ public enum StatusFormatter {
     out += " InitialR2T=\(yn(s.initialR2T)) ImmediateData=\(yn(s.immediateData))"
     out += " MaxOutstandingR2T=\(s.maxOutstandingR2T) ErrorRecoveryLevel=\(s.errorRecoveryLevel)"
     out += " TPGT=\(s.targetPortalGroupTag.map(String.init) ?? "-")\n"
-    out += "    timeouts: login \(secs(s.loginTimeoutSeconds)), keepalive every \(secs(s.keepaliveIntervalSeconds))"
-    out += " (answer within \(secs(s.keepaliveTimeoutSeconds))), command \(secs(s.commandTimeoutSeconds)),"
-    out += " recovery \(secs(s.recoveryTimeoutSeconds));"
-    if let exp = s.expCmdSN, let max = s.maxCmdSN, let available = s.windowAvailable {
+    out += "    timeouts: login \(secs(session.loginTimeoutSeconds)), keepalive every \(secs(session.keepaliveIntervalSeconds))"
+    out += " (answer within \(secs(session.keepaliveTimeoutSeconds))), command \(secs(session.commandTimeoutSeconds)),"
+    out += " recovery \(secs(session.recoveryTimeoutSeconds));"
+    if let exp = session.expCmdSN, let max = session.maxCmdSN, let available = session.windowAvailable {
       out += " window \(available) (ExpCmdSN \(exp), MaxCmdSN \(max));"
     } else {
       out += " window -;"
     }
-    out += " in flight \(s.inFlight), queued \(s.queued)\n"
+    out += " in flight \(session.inFlight), queued \(session.queued)\n"
     return out
   }
 

@@ -490,11 +490,7 @@ public final class Volume: @unchecked Sendable {
     let window = session.commandWindow
     let depth = session.queueDepth
     return SessionReport(
-      headerDigest: p.headerDigest ? "CRC32C" : "None", dataDigest: p.dataDigest ? "CRC32C" : "None",
-      maxRecvDataSegmentLength: p.maxRecvDataSegmentLength, targetMaxRecvDataSegmentLength: p.maxSendDataSegmentLength,
-      firstBurstLength: p.firstBurstLength, maxBurstLength: p.maxBurstLength, initialR2T: p.initialR2T,
-      immediateData: p.immediateData, maxOutstandingR2T: p.maxOutstandingR2T, errorRecoveryLevel: p.errorRecoveryLevel,
-      targetPortalGroupTag: p.targetPortalGroupTag, loginTimeoutSeconds: seconds(c.loginTimeout),
+      negotiated: NegotiatedReport(p), loginTimeoutSeconds: seconds(c.loginTimeout),
       keepaliveIntervalSeconds: seconds(c.keepaliveInterval), keepaliveTimeoutSeconds: seconds(c.keepaliveTimeout),
       commandTimeoutSeconds: seconds(c.commandTimeout), recoveryTimeoutSeconds: seconds(c.recoveryTimeout),
       expCmdSN: window?.expCmdSN, maxCmdSN: window?.maxCmdSN, windowAvailable: window?.available,

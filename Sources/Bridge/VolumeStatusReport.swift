@@ -1,3 +1,5 @@
+import ISCSIProtocol
+
 // What `lunbridge status`, the control socket and the metrics endpoint report about one
 // volume: a plain Codable snapshot taken on the volume's event loop.
 
@@ -26,10 +28,11 @@ public struct LatencyReport: Codable, Hashable, Sendable {
   public var total: UInt64 { counts.reduce(0, +) }
 }
 
-/// A path's iSCSI session: what the login negotiated (RFC 7143 section 13 keys; the
-/// target's MaxRecvDataSegmentLength is what we may send in one PDU), the timeouts in
-/// force, and the command window and queue right now.
-public struct SessionReport: Codable, Hashable, Sendable {
+/// What a login negotiated (RFC 7143 section 13 keys) in JSON's terms: camelCase keys,
+/// numbers and booleans as such, null for what the target did not send. The target's
+/// MaxRecvDataSegmentLength is what we may send in one PDU. `info --json` shows it as its
+/// `session`, `status --json` inside each path's `session`.
+public struct NegotiatedReport: Codable, Hashable, Sendable {
   public var headerDigest: String
   public var dataDigest: String
   public var maxRecvDataSegmentLength: Int
@@ -39,8 +42,72 @@ public struct SessionReport: Codable, Hashable, Sendable {
   public var initialR2T: Bool
   public var immediateData: Bool
   public var maxOutstandingR2T: Int
+  public var maxConnections: Int
+  public var defaultTime2Wait: Int
+  public var defaultTime2Retain: Int
   public var errorRecoveryLevel: Int
+  public var dataPDUInOrder: Bool
+  public var dataSequenceInOrder: Bool
   public var targetPortalGroupTag: Int?
+  public var targetAlias: String?
+  public var tsih: Int
+
+  public init(_ p: NegotiatedParameters) {
+    headerDigest = p.headerDigest ? "CRC32C" : "None"
+    dataDigest = p.dataDigest ? "CRC32C" : "None"
+    maxRecvDataSegmentLength = p.maxRecvDataSegmentLength
+    targetMaxRecvDataSegmentLength = p.maxSendDataSegmentLength
+    firstBurstLength = p.firstBurstLength
+    maxBurstLength = p.maxBurstLength
+    initialR2T = p.initialR2T
+    immediateData = p.immediateData
+    maxOutstandingR2T = p.maxOutstandingR2T
+    maxConnections = p.maxConnections
+    defaultTime2Wait = p.defaultTime2Wait
+    defaultTime2Retain = p.defaultTime2Retain
+    errorRecoveryLevel = p.errorRecoveryLevel
+    dataPDUInOrder = p.dataPDUInOrder
+    dataSequenceInOrder = p.dataSequenceInOrder
+    targetPortalGroupTag = p.targetPortalGroupTag
+    targetAlias = p.targetAlias
+    tsih = Int(p.tsih)
+  }
+
+  enum CodingKeys: String, CodingKey {
+    case headerDigest, dataDigest, maxRecvDataSegmentLength, targetMaxRecvDataSegmentLength, firstBurstLength
+    case maxBurstLength, initialR2T, immediateData, maxOutstandingR2T, maxConnections, defaultTime2Wait
+    case defaultTime2Retain, errorRecoveryLevel, dataPDUInOrder, dataSequenceInOrder, targetPortalGroupTag
+    case targetAlias, tsih
+  }
+
+  public func encode(to encoder: Encoder) throws {
+    var c = encoder.container(keyedBy: CodingKeys.self)
+    try c.encode(headerDigest, forKey: .headerDigest)
+    try c.encode(dataDigest, forKey: .dataDigest)
+    try c.encode(maxRecvDataSegmentLength, forKey: .maxRecvDataSegmentLength)
+    try c.encode(targetMaxRecvDataSegmentLength, forKey: .targetMaxRecvDataSegmentLength)
+    try c.encode(firstBurstLength, forKey: .firstBurstLength)
+    try c.encode(maxBurstLength, forKey: .maxBurstLength)
+    try c.encode(initialR2T, forKey: .initialR2T)
+    try c.encode(immediateData, forKey: .immediateData)
+    try c.encode(maxOutstandingR2T, forKey: .maxOutstandingR2T)
+    try c.encode(maxConnections, forKey: .maxConnections)
+    try c.encode(defaultTime2Wait, forKey: .defaultTime2Wait)
+    try c.encode(defaultTime2Retain, forKey: .defaultTime2Retain)
+    try c.encode(errorRecoveryLevel, forKey: .errorRecoveryLevel)
+    try c.encode(dataPDUInOrder, forKey: .dataPDUInOrder)
+    try c.encode(dataSequenceInOrder, forKey: .dataSequenceInOrder)
+    try c.encode(targetPortalGroupTag, forKey: .targetPortalGroupTag)  // null, not left out
+    try c.encode(targetAlias, forKey: .targetAlias)
+    try c.encode(tsih, forKey: .tsih)
+  }
+}
+
+/// A path's iSCSI session in `status`: what the login negotiated (the keys of
+/// `NegotiatedReport`, at the same level in JSON), the timeouts in force, and the command
+/// window and queue right now.
+public struct SessionReport: Codable, Hashable, Sendable {
+  public var negotiated: NegotiatedReport
   public var loginTimeoutSeconds: Double
   public var keepaliveIntervalSeconds: Double
   public var keepaliveTimeoutSeconds: Double
@@ -56,24 +123,11 @@ public struct SessionReport: Codable, Hashable, Sendable {
   public var queued: Int
 
   public init(
-    headerDigest: String, dataDigest: String, maxRecvDataSegmentLength: Int, targetMaxRecvDataSegmentLength: Int,
-    firstBurstLength: Int, maxBurstLength: Int, initialR2T: Bool, immediateData: Bool, maxOutstandingR2T: Int,
-    errorRecoveryLevel: Int, targetPortalGroupTag: Int?, loginTimeoutSeconds: Double,
-    keepaliveIntervalSeconds: Double, keepaliveTimeoutSeconds: Double, commandTimeoutSeconds: Double,
-    recoveryTimeoutSeconds: Double, expCmdSN: UInt32?, maxCmdSN: UInt32?, windowAvailable: Int?, inFlight: Int,
-    queued: Int
+    negotiated: NegotiatedReport, loginTimeoutSeconds: Double, keepaliveIntervalSeconds: Double,
+    keepaliveTimeoutSeconds: Double, commandTimeoutSeconds: Double, recoveryTimeoutSeconds: Double,
+    expCmdSN: UInt32?, maxCmdSN: UInt32?, windowAvailable: Int?, inFlight: Int, queued: Int
   ) {
-    self.headerDigest = headerDigest
-    self.dataDigest = dataDigest
-    self.maxRecvDataSegmentLength = maxRecvDataSegmentLength
-    self.targetMaxRecvDataSegmentLength = targetMaxRecvDataSegmentLength
-    self.firstBurstLength = firstBurstLength
-    self.maxBurstLength = maxBurstLength
-    self.initialR2T = initialR2T
-    self.immediateData = immediateData
-    self.maxOutstandingR2T = maxOutstandingR2T
-    self.errorRecoveryLevel = errorRecoveryLevel
-    self.targetPortalGroupTag = targetPortalGroupTag
+    self.negotiated = negotiated
     self.loginTimeoutSeconds = loginTimeoutSeconds
     self.keepaliveIntervalSeconds = keepaliveIntervalSeconds
     self.keepaliveTimeoutSeconds = keepaliveTimeoutSeconds
@@ -84,6 +138,41 @@ public struct SessionReport: Codable, Hashable, Sendable {
     self.windowAvailable = windowAvailable
     self.inFlight = inFlight
     self.queued = queued
+  }
+
+  enum CodingKeys: String, CodingKey {
+    case loginTimeoutSeconds, keepaliveIntervalSeconds, keepaliveTimeoutSeconds, commandTimeoutSeconds
+    case recoveryTimeoutSeconds, expCmdSN, maxCmdSN, windowAvailable, inFlight, queued
+  }
+
+  public init(from decoder: Decoder) throws {
+    negotiated = try NegotiatedReport(from: decoder)
+    let c = try decoder.container(keyedBy: CodingKeys.self)
+    loginTimeoutSeconds = try c.decode(Double.self, forKey: .loginTimeoutSeconds)
+    keepaliveIntervalSeconds = try c.decode(Double.self, forKey: .keepaliveIntervalSeconds)
+    keepaliveTimeoutSeconds = try c.decode(Double.self, forKey: .keepaliveTimeoutSeconds)
+    commandTimeoutSeconds = try c.decode(Double.self, forKey: .commandTimeoutSeconds)
+    recoveryTimeoutSeconds = try c.decode(Double.self, forKey: .recoveryTimeoutSeconds)
+    expCmdSN = try c.decodeIfPresent(UInt32.self, forKey: .expCmdSN)
+    maxCmdSN = try c.decodeIfPresent(UInt32.self, forKey: .maxCmdSN)
+    windowAvailable = try c.decodeIfPresent(Int.self, forKey: .windowAvailable)
+    inFlight = try c.decode(Int.self, forKey: .inFlight)
+    queued = try c.decode(Int.self, forKey: .queued)
+  }
+
+  public func encode(to encoder: Encoder) throws {
+    try negotiated.encode(to: encoder)
+    var c = encoder.container(keyedBy: CodingKeys.self)
+    try c.encode(loginTimeoutSeconds, forKey: .loginTimeoutSeconds)
+    try c.encode(keepaliveIntervalSeconds, forKey: .keepaliveIntervalSeconds)
+    try c.encode(keepaliveTimeoutSeconds, forKey: .keepaliveTimeoutSeconds)
+    try c.encode(commandTimeoutSeconds, forKey: .commandTimeoutSeconds)
+    try c.encode(recoveryTimeoutSeconds, forKey: .recoveryTimeoutSeconds)
+    try c.encode(expCmdSN, forKey: .expCmdSN)
+    try c.encode(maxCmdSN, forKey: .maxCmdSN)
+    try c.encode(windowAvailable, forKey: .windowAvailable)
+    try c.encode(inFlight, forKey: .inFlight)
+    try c.encode(queued, forKey: .queued)
   }
 }
 

@@ -328,7 +328,7 @@ struct Info: AsyncParsableCommand {
       let negotiated = parameters?.summary ?? []
       await session.close()
       if json {
-        try printJSON(InfoReport(url: url.description, lun: info, session: parameters.map(SessionReport.init)))
+        try printJSON(InfoReport(url: url.description, lun: info, session: parameters.map(NegotiatedReport.init)))
       } else {
         print(info.text(url: url.description))
         print("Session:")
@@ -1153,7 +1153,7 @@ struct List: ParsableCommand {
 struct InfoReport: Encodable {
   var url: String
   var lun: LUNInfo
-  var session: SessionReport?
+  var session: NegotiatedReport?
 
   enum CodingKeys: String, CodingKey {
     case url, session
@@ -1175,79 +1175,6 @@ struct InfoReport: Encodable {
     if lun.accessState == nil { try c.encodeNil(forKey: .accessState) }
     if lun.accessStateCode == nil { try c.encodeNil(forKey: .accessStateCode) }
     if lun.preferredPortGroup == nil { try c.encodeNil(forKey: .preferredPortGroup) }
-  }
-}
-
-/// The negotiated session parameters as JSON: camelCase keys, numbers and booleans as
-/// such (the text form keeps RFC 7143's key names).
-struct SessionReport: Encodable {
-  var headerDigest: String
-  var dataDigest: String
-  var maxRecvDataSegmentLength: Int
-  var targetMaxRecvDataSegmentLength: Int
-  var maxBurstLength: Int
-  var firstBurstLength: Int
-  var initialR2T: Bool
-  var immediateData: Bool
-  var maxOutstandingR2T: Int
-  var maxConnections: Int
-  var defaultTime2Wait: Int
-  var defaultTime2Retain: Int
-  var errorRecoveryLevel: Int
-  var dataPDUInOrder: Bool
-  var dataSequenceInOrder: Bool
-  var targetPortalGroupTag: Int?
-  var targetAlias: String?
-  var tsih: Int
-
-  init(_ p: NegotiatedParameters) {
-    headerDigest = p.headerDigest ? "CRC32C" : "None"
-    dataDigest = p.dataDigest ? "CRC32C" : "None"
-    maxRecvDataSegmentLength = p.maxRecvDataSegmentLength
-    targetMaxRecvDataSegmentLength = p.maxSendDataSegmentLength
-    maxBurstLength = p.maxBurstLength
-    firstBurstLength = p.firstBurstLength
-    initialR2T = p.initialR2T
-    immediateData = p.immediateData
-    maxOutstandingR2T = p.maxOutstandingR2T
-    maxConnections = p.maxConnections
-    defaultTime2Wait = p.defaultTime2Wait
-    defaultTime2Retain = p.defaultTime2Retain
-    errorRecoveryLevel = p.errorRecoveryLevel
-    dataPDUInOrder = p.dataPDUInOrder
-    dataSequenceInOrder = p.dataSequenceInOrder
-    targetPortalGroupTag = p.targetPortalGroupTag
-    targetAlias = p.targetAlias
-    tsih = Int(p.tsih)
-  }
-
-  enum CodingKeys: String, CodingKey {
-    case headerDigest, dataDigest, maxRecvDataSegmentLength, targetMaxRecvDataSegmentLength, maxBurstLength
-    case firstBurstLength, initialR2T, immediateData, maxOutstandingR2T, maxConnections, defaultTime2Wait
-    case defaultTime2Retain, errorRecoveryLevel, dataPDUInOrder, dataSequenceInOrder, targetPortalGroupTag
-    case targetAlias, tsih
-  }
-
-  func encode(to encoder: Encoder) throws {
-    var c = encoder.container(keyedBy: CodingKeys.self)
-    try c.encode(headerDigest, forKey: .headerDigest)
-    try c.encode(dataDigest, forKey: .dataDigest)
-    try c.encode(maxRecvDataSegmentLength, forKey: .maxRecvDataSegmentLength)
-    try c.encode(targetMaxRecvDataSegmentLength, forKey: .targetMaxRecvDataSegmentLength)
-    try c.encode(maxBurstLength, forKey: .maxBurstLength)
-    try c.encode(firstBurstLength, forKey: .firstBurstLength)
-    try c.encode(initialR2T, forKey: .initialR2T)
-    try c.encode(immediateData, forKey: .immediateData)
-    try c.encode(maxOutstandingR2T, forKey: .maxOutstandingR2T)
-    try c.encode(maxConnections, forKey: .maxConnections)
-    try c.encode(defaultTime2Wait, forKey: .defaultTime2Wait)
-    try c.encode(defaultTime2Retain, forKey: .defaultTime2Retain)
-    try c.encode(errorRecoveryLevel, forKey: .errorRecoveryLevel)
-    try c.encode(dataPDUInOrder, forKey: .dataPDUInOrder)
-    try c.encode(dataSequenceInOrder, forKey: .dataSequenceInOrder)
-    try c.encode(targetPortalGroupTag, forKey: .targetPortalGroupTag)  // null when the target sent none
-    try c.encode(targetAlias, forKey: .targetAlias)
-    try c.encode(tsih, forKey: .tsih)
   }
 }
 

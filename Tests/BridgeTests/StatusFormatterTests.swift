@@ -1,4 +1,6 @@
 import Bridge
+import Foundation
+import ISCSIProtocol
 import XCTest
 
 final class StatusFormatterTests: XCTestCase {
@@ -66,14 +68,29 @@ final class StatusFormatterTests: XCTestCase {
     XCTAssertEqual(row.last?.last, "…")
   }
 
-  func testSessionsShowWhatTheLoginNegotiatedTimeoutsWindowAndQueue() {
+  func testSessionsShowWhatTheLoginNegotiatedTimeoutsWindowAndQueue() throws {
     var r = StatusFixture.attached()
+    var n = NegotiatedParameters()
+    n.headerDigest = true
+    n.maxRecvDataSegmentLength = 1_048_576
+    n.maxSendDataSegmentLength = 262_144
+    n.firstBurstLength = 65_536
+    n.maxBurstLength = 262_144
+    n.initialR2T = false
+    n.immediateData = true
+    n.targetPortalGroupTag = 1
     r.paths[0].session = SessionReport(
-      headerDigest: "CRC32C", dataDigest: "None", maxRecvDataSegmentLength: 1_048_576,
-      targetMaxRecvDataSegmentLength: 262_144, firstBurstLength: 65_536, maxBurstLength: 262_144, initialR2T: false,
-      immediateData: true, maxOutstandingR2T: 1, errorRecoveryLevel: 0, targetPortalGroupTag: 1,
-      loginTimeoutSeconds: 15, keepaliveIntervalSeconds: 5, keepaliveTimeoutSeconds: 5, commandTimeoutSeconds: 30,
-      recoveryTimeoutSeconds: 120, expCmdSN: 1200, maxCmdSN: 1231, windowAvailable: 29, inFlight: 3, queued: 0)
+      negotiated: NegotiatedReport(n), loginTimeoutSeconds: 15, keepaliveIntervalSeconds: 5, keepaliveTimeoutSeconds: 5,
+      commandTimeoutSeconds: 30, recoveryTimeoutSeconds: 120, expCmdSN: 1200, maxCmdSN: 1231, windowAvailable: 29,
+      inFlight: 3, queued: 0)
+    // The JSON the control socket sends decodes to the same report (keys flat in `session`).
+    let json = try JSONEncoder().encode(r.paths[0])
+    XCTAssertEqual(try JSONDecoder().decode(PathReport.self, from: json), r.paths[0])
+    let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: json) as? [String: Any])
+    let session = try XCTUnwrap(object["session"] as? [String: Any])
+    XCTAssertEqual(session["maxBurstLength"] as? Int, 262_144)
+    XCTAssertEqual(session["commandTimeoutSeconds"] as? Double, 30)
+    XCTAssertNil(session["negotiated"], "flat, not nested")
     XCTAssertFalse(StatusFormatter.renderStatusTable([r]).contains("HeaderDigest"), "only with sessions: true")
     let text = StatusFormatter.renderStatusTable([r], sessions: true)
     let lines = text.split(separator: "\n").map(String.init)
