@@ -448,6 +448,63 @@ public struct VolumeConfig: Equatable, Sendable {
     return d[a.count][b.count]
   }
 
+  // MARK: effective settings
+
+  /// What a volume uses where its file says nothing (attach and serve take these too).
+  public enum Defaults {
+    public static let keepaliveInterval = 2
+    public static let keepaliveTimeout = 2
+    public static let commandTimeout = 30
+    public static let noPathRetry = 60
+    public static let aluaCheckInterval = 10
+    public static let sessionsPerPath = 1
+    public static let failback = "immediate"
+  }
+
+  /// Every key with the value in effect (the file's, else the default), and the setting of
+  /// open-iscsi, multipath-tools or nbd-client it corresponds to: what `lunbridge config
+  /// show` prints. `initiator` is the name in effect when the file names none;
+  /// `processors` the default number of NBD connections.
+  /// A nil value: not set, and nothing in its place.
+  public func effectiveSettings(initiator: String, processors: Int) -> [(key: String, value: String?, counterpart: String)] {
+    func list(_ items: [String]) -> String { "[" + items.map { "\"\($0)\"" }.joined(separator: ", ") + "]" }
+    func quoted(_ s: String?) -> String? { s.map { "\"\($0)\"" } }
+    func algorithm(_ a: CHAPAlgorithm) -> String {
+      switch a {
+      case .md5: return "md5"
+      case .sha1: return "sha1"
+      case .sha256: return "sha256"
+      }
+    }
+    return [
+      ("paths", list(paths.map(\.description)), "iscsiadm -m node -T TARGET -p PORTAL (one node record per path)"),
+      ("initiator_name", quoted(initiatorName ?? initiator), "InitiatorName in /etc/iscsi/initiatorname.iscsi"),
+      ("chap_user", quoted(chapUser), "node.session.auth.username"),
+      ("chap_secret_file", quoted(chapSecretFile), "node.session.auth.password (here a file, mode 600)"),
+      ("mutual_user", quoted(mutualUser), "node.session.auth.username_in"),
+      ("mutual_secret_file", quoted(mutualSecretFile), "node.session.auth.password_in"),
+      ("chap_algorithms", list(chapAlgorithms.map(algorithm)), "node.session.auth.chap_algs"),
+      ("header_digest", list(headerDigest.map { $0.rawValue.lowercased() }), "node.conn[0].iscsi.HeaderDigest"),
+      ("data_digest", list(dataDigest.map { $0.rawValue.lowercased() }), "node.conn[0].iscsi.DataDigest"),
+      ("login_timeout", "\(loginTimeout)", "node.conn[0].timeo.login_timeout"),
+      ("keepalive_interval", "\(keepaliveInterval ?? Defaults.keepaliveInterval)", "node.conn[0].timeo.noop_out_interval"),
+      ("keepalive_timeout", "\(keepaliveTimeout ?? Defaults.keepaliveTimeout)", "node.conn[0].timeo.noop_out_timeout"),
+      ("command_timeout", "\(commandTimeout ?? Defaults.commandTimeout)", "the SCSI disk's /sys/block/sdX/device/timeout"),
+      ("sessions_per_path", "\(sessionsPerPath ?? Defaults.sessionsPerPath)", "node.session.nr_sessions"),
+      ("policy", quoted(policy.rawValue), "multipath.conf path_selector (and path_grouping_policy)"),
+      ("failback", quoted(failback ?? Defaults.failback), "multipath.conf failback"),
+      ("no_path_retry", "\(noPathRetry ?? Defaults.noPathRetry)", "multipath.conf no_path_retry (here seconds, not checks)"),
+      ("alua_check_interval", "\(aluaCheckInterval ?? Defaults.aluaCheckInterval)", "multipath.conf polling_interval (for ALUA states)"),
+      ("reservation_key", quoted(reservationKey), "multipath.conf reservation_key"),
+      ("device", quoted(device.map { "/dev/nbd\($0)" }), "nbd-client's device argument (not set: the first free one)"),
+      ("connections", "\(connections ?? processors)", "nbd-client -connections"),
+      ("timeout", "\(timeout)", "nbd-client -timeout"),
+      ("dead_conn_timeout", "\(deadConnTimeout)", "the nbd driver's dead_conn_timeout (NBD_ATTR_DEAD_CONN_TIMEOUT)"),
+      ("read_only", "\(readOnly)", "nbd-client -readonly"),
+      ("metrics", quoted(metrics), "(none: a Prometheus endpoint, tcp:[HOST:]PORT)"),
+    ]
+  }
+
   // MARK: summary
 
   /// The settings in effect, one `key = value` a line (secret file paths, never secrets).

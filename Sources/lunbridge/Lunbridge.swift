@@ -471,8 +471,9 @@ struct PathOptions: ParsableArguments {
     o.readOnly = readOnly
     o.multipath.policy = try selectorPolicy(volume: volume)
     o.multipath.failback = try failbackPolicy(volume: volume)
-    o.multipath.noPathRetry = .seconds(Int64(noPathRetry ?? volume?.noPathRetry ?? 60))
-    o.multipath.portGroupCheckInterval = .seconds(Int64(aluaCheckInterval ?? volume?.aluaCheckInterval ?? 10))
+    o.multipath.noPathRetry = .seconds(Int64(noPathRetry ?? volume?.noPathRetry ?? VolumeConfig.Defaults.noPathRetry))
+    o.multipath.portGroupCheckInterval = .seconds(
+      Int64(aluaCheckInterval ?? volume?.aluaCheckInterval ?? VolumeConfig.Defaults.aluaCheckInterval))
     o.reservationKey = try reservationKey.flatMap(VolumeConfig.parseReservationKey) ?? volume?.resolvedReservationKey()
     return o
   }
@@ -502,7 +503,7 @@ func pathSpecs(
   }
   var specs: [PathSpec] = []
   for (index, url) in urls.enumerated() {
-    for session in 0..<(paths.sessionsPerPath ?? volume?.sessionsPerPath ?? 1) {
+    for session in 0..<(paths.sessionsPerPath ?? volume?.sessionsPerPath ?? VolumeConfig.Defaults.sessionsPerPath) {
       var config = try options.sessionConfiguration(
         portal: url.portal, targetName: url.targetName, urlUser: url.user, urlPassword: url.password, volume: volume)
       if let identity, !identity.isEmpty {
@@ -516,9 +517,10 @@ func pathSpecs(
       }
       config.interface = url.query["iface"]
       config.sourceAddress = url.query["source"]
-      config.keepaliveInterval = .seconds(Int64(paths.keepaliveInterval ?? volume?.keepaliveInterval ?? 2))
-      config.keepaliveTimeout = .seconds(Int64(paths.keepaliveTimeout ?? volume?.keepaliveTimeout ?? 2))
-      config.commandTimeout = .seconds(Int64(paths.commandTimeout ?? volume?.commandTimeout ?? 30))
+      typealias D = VolumeConfig.Defaults
+      config.keepaliveInterval = .seconds(Int64(paths.keepaliveInterval ?? volume?.keepaliveInterval ?? D.keepaliveInterval))
+      config.keepaliveTimeout = .seconds(Int64(paths.keepaliveTimeout ?? volume?.keepaliveTimeout ?? D.keepaliveTimeout))
+      config.commandTimeout = .seconds(Int64(paths.commandTimeout ?? volume?.commandTimeout ?? D.commandTimeout))
       specs.append(PathSpec(url: url, configuration: config, group: index, priority: 0))
     }
   }
@@ -1078,7 +1080,44 @@ struct Detach: ParsableCommand {
 
 struct ConfigCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
-    commandName: "config", abstract: "Volume files in /etc/lunbridge/volumes.", subcommands: [ConfigCheck.self])
+    commandName: "config", abstract: "Volume files in /etc/lunbridge/volumes.",
+    subcommands: [ConfigCheck.self, ConfigShow.self])
+}
+
+/// `lunbridge config show NAME|FILE`: every key of a volume with the value in effect.
+struct ConfigShow: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "show",
+    abstract: "Print a volume's effective configuration: every key, defaults filled in, with its open-iscsi, multipath or nbd-client counterpart.")
+
+  @Argument(help: "Volume NAME or a file path.")
+  var name: String
+
+  @Option(help: "Where volume files live.")
+  var directory: String = VolumeConfig.directory
+
+  func run() throws {
+    let config =
+      name.contains("/") ? try VolumeConfig.check(path: name) : try VolumeConfig.check(name: name, directory: directory)
+    // The initiator name attach would use, read without creating one.
+    let initiator =
+      [InitiatorName.openISCSIFile, InitiatorName.lunbridgeFile].lazy.compactMap {
+        (try? String(contentsOfFile: $0, encoding: .utf8)).flatMap(InitiatorName.parse)
+      }.first
+    print("# \(config.file): the settings in effect (the file's, else the defaults)")
+    var settings = config.effectiveSettings(
+      initiator: initiator ?? "", processors: ProcessInfo.processInfo.activeProcessorCount)
+    if initiator == nil, config.initiatorName == nil, let i = settings.firstIndex(where: { $0.key == "initiator_name" }) {
+      settings[i].value = nil
+      settings[i].counterpart += " (none yet: lunbridge makes one at the first attach)"
+    }
+    // Valid TOML: what is not set is a comment, so the output can be a volume file.
+    let lines = settings.map { s in s.value.map { "\(s.key) = \($0)" } ?? "# \(s.key): not set" }
+    let width = lines.map(\.count).max() ?? 0
+    for (line, s) in zip(lines, settings) {
+      print(line + String(repeating: " ", count: width - line.count + 2) + "# " + s.counterpart)
+    }
+  }
 }
 
 struct ConfigCheck: ParsableCommand {

@@ -102,6 +102,34 @@ final class VolumeConfigTests: XCTestCase {
     XCTAssertEqual(c.lines["connections"], 23)
   }
 
+  /// `config show`: every known key once, the file's value or the default, each with
+  /// its open-iscsi / multipath / nbd-client counterpart.
+  func testEffectiveSettingsNameEveryKeyWithDefaultsFilledIn() throws {
+    let c = try parse(
+      "paths = [\"iscsi://10.0.0.1/iqn.2026-11.org.example:t/1\"]\nno_path_retry = 30\nheader_digest = [\"crc32c\", \"none\"]\n")
+    let settings = c.effectiveSettings(initiator: "iqn.2026-11.org.example:host", processors: 4)
+    XCTAssertEqual(settings.map(\.key).sorted(), VolumeConfig.knownKeys.sorted(), "every key, once")
+    let value = Dictionary(uniqueKeysWithValues: settings.map { ($0.key, $0.value) })
+    XCTAssertEqual(value["no_path_retry"], "30", "the file's")
+    XCTAssertEqual(value["header_digest"], "[\"crc32c\", \"none\"]")
+    XCTAssertEqual(value["keepalive_interval"], "2", "default")
+    XCTAssertEqual(value["command_timeout"], "30")
+    XCTAssertEqual(value["alua_check_interval"], "10")
+    XCTAssertEqual(value["connections"], "4", "one per processor")
+    XCTAssertEqual(value["failback"], "\"immediate\"")
+    XCTAssertEqual(value["initiator_name"], "\"iqn.2026-11.org.example:host\"")
+    XCTAssertNil(value["chap_user"] ?? nil, "not set")
+    XCTAssertNil(value["device"] ?? nil, "not set: the first free device")
+    XCTAssertTrue(settings.allSatisfy { !$0.counterpart.isEmpty })
+    XCTAssertEqual(
+      settings.first { $0.key == "keepalive_interval" }?.counterpart, "node.conn[0].timeo.noop_out_interval")
+    // What config show prints is a volume file that reads back to the same settings.
+    let text = settings.map { s in s.value.map { "\(s.key) = \($0)" } ?? "# \(s.key): not set" }.joined(separator: "\n")
+    let again = try parse(text).effectiveSettings(initiator: "iqn.2026-11.org.example:other", processors: 8)
+    XCTAssertEqual(again.map(\.key), settings.map(\.key))
+    XCTAssertEqual(again.map(\.value), settings.map(\.value), text)
+  }
+
   func testReservationKeyInlineOrFromAFile() throws {
     let paths = "paths = [\"iscsi://10.0.0.1/iqn.2026-11.org.example:t/1\"]\n"
     XCTAssertEqual(try parse(paths + "reservation_key = \"0x1A2b\"").resolvedReservationKey(), 0x1a2b)
