@@ -21,11 +21,25 @@ public struct ControlReply: Codable, Hashable, Sendable {
   public var ok: Bool
   public var message: String?
   public var error: String?
+  /// The class of the failure (the command line's exit status), when it has one.
+  public var kind: BridgeError.Kind?
 
-  public init(ok: Bool, message: String? = nil, error: String? = nil) {
+  public init(ok: Bool, message: String? = nil, error: String? = nil, kind: BridgeError.Kind? = nil) {
     self.ok = ok
     self.message = message
     self.error = error
+    self.kind = kind
+  }
+
+  /// A failed command's reply: the error's text and, for errors that have one, its class.
+  public init(failure error: Error) {
+    let kind: BridgeError.Kind?
+    switch error {
+    case let e as BridgeError: kind = e.kind
+    case is VolumeConfigError: kind = .config
+    default: kind = nil
+    }
+    self.init(ok: false, error: "\(error)", kind: kind)
   }
 }
 
@@ -310,7 +324,7 @@ final class ControlConnectionHandler: ChannelInboundHandler {
       case .success(let data):
         self.send(data, context: context)
       case .failure(let error):
-        self.send(Self.encode(ControlReply(ok: false, error: "\(error)")), context: context)
+        self.send(Self.encode(ControlReply(failure: error)), context: context)
       }
     }
   }
@@ -420,7 +434,7 @@ public enum ControlClient {
     guard let reply = try? ControlJSON.decoder().decode(ControlReply.self, from: data) else {
       throw BridgeError("\(path) answered something that is not a \(command) reply")
     }
-    guard reply.ok else { throw BridgeError(reply.error ?? "\(command) failed") }
+    guard reply.ok else { throw BridgeError(reply.error ?? "\(command) failed", kind: reply.kind ?? .other) }
     return reply.message ?? "done"
   }
 

@@ -70,7 +70,7 @@ public enum ListenAddress: Equatable, CustomStringConvertible, Sendable {
 /// A user-facing error of the bridge layer (bad option, busy socket path, ...).
 public struct BridgeError: Error, CustomStringConvertible {
   /// What kind of failure, for the command line's exit status.
-  public enum Kind: Sendable {
+  public enum Kind: String, Sendable, Codable {
     case other
     /// A wrong argument or option value.
     case usage

@@ -1123,7 +1123,7 @@ public final class Volume: @unchecked Sendable {
         } else {
           work = unit.persistentReserveOut(request.operation.outAction!, type: type, parameters: parameters).map { nil }
         }
-        work.assumeIsolated().whenComplete { [self] result in
+        work.assumeIsolated().whenComplete { result in
           var r = PRReply.PathResult(
             path: path.id.rawValue, url: "\(path.spec.url)", isid: hex12(path.session.configuration.login.isid))
           switch result {

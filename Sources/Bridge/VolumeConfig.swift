@@ -16,6 +16,11 @@ public struct VolumeConfig: Equatable, Sendable {
   public static let directory = "/etc/lunbridge/volumes"
   public static let fileExtension = "toml"
 
+  public enum Startup: String, Sendable, CaseIterable {
+    case manual
+    case automatic
+  }
+
   /// Multipath path selector.
   public enum Policy: String, Sendable, CaseIterable {
     case serviceTime = "service-time"
@@ -39,6 +44,13 @@ public struct VolumeConfig: Equatable, Sendable {
   public var chapSecretFile: String?
   public var mutualUser: String?
   public var mutualSecretFile: String?
+  /// The CHAP secrets as systemd credentials (`LoadCredential=NAME:FILE` in the unit): read
+  /// from `$CREDENTIALS_DIRECTORY/NAME` when the volume logs in, instead of a secret file.
+  public var chapSecretCredential: String?
+  public var mutualSecretCredential: String?
+  /// `automatic`: lunbridge's systemd generator starts `lunbridge@NAME` at every boot
+  /// (open-iscsi's node.startup); `manual` (the default): only if the unit is enabled.
+  public var startup: Startup = .manual
   public var chapAlgorithms: [CHAPAlgorithm] = [.md5]
   public var headerDigest: [Digest] = [.none]
   public var dataDigest: [Digest] = [.none]
@@ -78,7 +90,7 @@ public struct VolumeConfig: Equatable, Sendable {
 
   public static let knownKeys: [String] = [
     "paths", "initiator_name", "chap_user", "chap_secret_file", "mutual_user", "mutual_secret_file",
-    "chap_algorithms", "header_digest", "data_digest", "policy", "keepalive_interval", "keepalive_timeout",
+    "chap_secret_credential", "mutual_secret_credential", "startup", "chap_algorithms", "header_digest", "data_digest", "policy", "keepalive_interval", "keepalive_timeout",
     "login_timeout", "timeout", "dead_conn_timeout", "no_path_retry", "device", "read_only", "connections",
     "sessions_per_path", "failback", "command_timeout", "metrics", "alua_check_interval",
     "reservation_key",
@@ -91,7 +103,8 @@ public struct VolumeConfig: Equatable, Sendable {
     "iqn": "initiator_name", "username": "chap_user", "user": "chap_user", "secret_file": "chap_secret_file",
     "password": "chap_secret_file", "secret": "chap_secret_file", "chap_secret": "chap_secret_file",
     "mutual_secret": "mutual_secret_file", "digest": "header_digest", "multipath_policy": "policy",
-    "path_selector": "policy",
+    "path_selector": "policy", "node.startup": "startup", "autostart": "startup", "auto": "startup",
+    "credential": "chap_secret_credential", "chap_credential": "chap_secret_credential",
   ]
 
   // MARK: loading
@@ -214,6 +227,46 @@ public struct VolumeConfig: Equatable, Sendable {
       guard let path else { continue }
       try checkSecretFile(key: key, path: path)
     }
+    // A credential exists only inside the unit that loads it: checked there (attach), and
+    // by `config check` when it runs with $CREDENTIALS_DIRECTORY set.
+    if Self.credentialsDirectory != nil {
+      for key in ["chap_secret_credential", "mutual_secret_credential"] where lines[key] != nil {
+        _ = try secretPath(key)
+      }
+    }
+  }
+
+  /// systemd's `$CREDENTIALS_DIRECTORY` (set for a unit with LoadCredential=), or nil.
+  public static var credentialsDirectory: String? {
+    guard let d = ProcessInfo.processInfo.environment["CREDENTIALS_DIRECTORY"], !d.isEmpty else { return nil }
+    return d
+  }
+
+  /// The file that holds the CHAP secret (`chap_secret_file` or `chap_secret_credential`), or
+  /// the mutual one (`mutual_...`); nil when the volume names none. A credential outside a
+  /// unit that loads it is a configuration error that says what to add.
+  public func secretPath(_ key: String) throws -> String? {
+    let mutual = key.hasPrefix("mutual")
+    if let file = mutual ? mutualSecretFile : chapSecretFile { return file }
+    guard let credential = mutual ? mutualSecretCredential : chapSecretCredential else { return nil }
+    let credentialKey = mutual ? "mutual_secret_credential" : "chap_secret_credential"
+    guard let directory = Self.credentialsDirectory else {
+      throw VolumeConfigError(
+        .secretFile, file: file, line: lines[credentialKey], key: credentialKey,
+        message:
+          "key '\(credentialKey)': $CREDENTIALS_DIRECTORY is not set; run from lunbridge@\(name).service with LoadCredential=\(credential):FILE, or use \(mutual ? "mutual_secret_file" : "chap_secret_file")"
+      )
+    }
+    let path = FilePath.join(directory, credential)
+    guard FileManager.default.fileExists(atPath: path) else {
+      throw VolumeConfigError(
+        .secretFile, file: file, line: lines[credentialKey], key: credentialKey,
+        message:
+          "key '\(credentialKey)': no credential '\(credential)' in \(directory); add LoadCredential=\(credential):FILE to the unit (systemctl edit lunbridge@\(name))"
+      )
+    }
+    try checkSecretFile(key: credentialKey, path: path)
+    return path
   }
 
   private func checkVolumeFileMode() throws {
@@ -298,6 +351,14 @@ public struct VolumeConfig: Equatable, Sendable {
       case "chap_secret_file": chapSecretFile = try d.absolutePath(entry)
       case "mutual_user": mutualUser = try d.nonEmptyString(entry)
       case "mutual_secret_file": mutualSecretFile = try d.absolutePath(entry)
+      case "chap_secret_credential": chapSecretCredential = try d.credentialName(entry)
+      case "mutual_secret_credential": mutualSecretCredential = try d.credentialName(entry)
+      case "startup":
+        let v = try d.string(entry)
+        guard let s = Startup(rawValue: v.lowercased()) else {
+          throw d.error(.invalidValue, entry, "key 'startup' must be \"automatic\" or \"manual\", got '\(v)'")
+        }
+        startup = s
       case "chap_algorithms":
         chapAlgorithms = try d.list(entry, of: "CHAP algorithms", allowed: "md5, sha1, sha256") {
           switch $0.lowercased() {
@@ -396,20 +457,28 @@ public struct VolumeConfig: Equatable, Sendable {
     func error(_ key: String, _ message: String) -> VolumeConfigError {
       VolumeConfigError(.invalidValue, file: file, line: lines[key], key: key, message: message)
     }
+    for (file, credential) in [("chap_secret_file", "chap_secret_credential"), ("mutual_secret_file", "mutual_secret_credential")]
+    where lines[file] != nil && lines[credential] != nil {
+      throw error(credential, "keys '\(file)' and '\(credential)' both name the secret: keep one")
+    }
+    let chapSecret = chapSecretFile != nil || chapSecretCredential != nil
+    let mutualSecret = mutualSecretFile != nil || mutualSecretCredential != nil
     let user = chapUser ?? paths.lazy.compactMap(\.user).first
-    if let user, chapSecretFile == nil {
+    if let user, !chapSecret {
       throw error(
         lines["chap_user"] != nil ? "chap_user" : "paths",
-        "CHAP user '\(user)' has no secret: add chap_secret_file = \"/etc/lunbridge/NAME.secret\" (mode 600)")
+        "CHAP user '\(user)' has no secret: add chap_secret_file = \"/etc/lunbridge/NAME.secret\" (mode 600) or chap_secret_credential = \"NAME\" (LoadCredential=)")
     }
-    if user == nil, chapSecretFile != nil {
-      throw error("chap_secret_file", "key 'chap_secret_file' needs chap_user")
+    if user == nil, chapSecret {
+      let key = chapSecretFile != nil ? "chap_secret_file" : "chap_secret_credential"
+      throw error(key, "key '\(key)' needs chap_user")
     }
-    if mutualUser != nil, mutualSecretFile == nil {
-      throw error("mutual_user", "key 'mutual_user' needs mutual_secret_file")
+    if mutualUser != nil, !mutualSecret {
+      throw error("mutual_user", "key 'mutual_user' needs mutual_secret_file or mutual_secret_credential")
     }
-    if mutualSecretFile != nil, mutualUser == nil {
-      throw error("mutual_secret_file", "key 'mutual_secret_file' needs mutual_user")
+    if mutualSecret, mutualUser == nil {
+      let key = mutualSecretFile != nil ? "mutual_secret_file" : "mutual_secret_credential"
+      throw error(key, "key '\(key)' needs mutual_user")
     }
     if mutualUser != nil, user == nil {
       throw error("mutual_user", "mutual CHAP (key 'mutual_user') needs chap_user as well")
@@ -478,11 +547,14 @@ public struct VolumeConfig: Equatable, Sendable {
     }
     return [
       ("paths", list(paths.map(\.description)), "iscsiadm -m node -T TARGET -p PORTAL (one node record per path)"),
+      ("startup", quoted(startup.rawValue), "node.startup (automatic: started at boot by lunbridge's generator)"),
       ("initiator_name", quoted(initiatorName ?? initiator), "InitiatorName in /etc/iscsi/initiatorname.iscsi"),
       ("chap_user", quoted(chapUser), "node.session.auth.username"),
       ("chap_secret_file", quoted(chapSecretFile), "node.session.auth.password (here a file, mode 600)"),
       ("mutual_user", quoted(mutualUser), "node.session.auth.username_in"),
       ("mutual_secret_file", quoted(mutualSecretFile), "node.session.auth.password_in"),
+      ("chap_secret_credential", quoted(chapSecretCredential), "(none: a systemd credential, LoadCredential=NAME:FILE)"),
+      ("mutual_secret_credential", quoted(mutualSecretCredential), "(none: a systemd credential, LoadCredential=NAME:FILE)"),
       ("chap_algorithms", list(chapAlgorithms.map(algorithm)), "node.session.auth.chap_algs"),
       ("header_digest", list(headerDigest.map { $0.rawValue.lowercased() }), "node.conn[0].iscsi.HeaderDigest"),
       ("data_digest", list(dataDigest.map { $0.rawValue.lowercased() }), "node.conn[0].iscsi.DataDigest"),
@@ -517,6 +589,9 @@ public struct VolumeConfig: Equatable, Sendable {
     if let chapSecretFile { out.append("chap_secret_file = \"\(chapSecretFile)\"") }
     if let mutualUser { out.append("mutual_user = \"\(mutualUser)\"") }
     if let mutualSecretFile { out.append("mutual_secret_file = \"\(mutualSecretFile)\"") }
+    if let chapSecretCredential { out.append("chap_secret_credential = \"\(chapSecretCredential)\"") }
+    if let mutualSecretCredential { out.append("mutual_secret_credential = \"\(mutualSecretCredential)\"") }
+    if startup != .manual { out.append("startup = \"\(startup.rawValue)\"") }
     out.append("chap_algorithms = " + list(chapAlgorithms.map { "\($0)".lowercased() }))
     out.append("header_digest = " + list(headerDigest.map { $0.rawValue.lowercased() }))
     out.append("data_digest = " + list(dataDigest.map { $0.rawValue.lowercased() }))
@@ -566,6 +641,15 @@ private struct Decoder {
     let s = try nonEmptyString(entry)
     guard s.hasPrefix("/") else {
       throw error(.invalidValue, entry, "key '\(entry.key)' must be an absolute path, got '\(s)'")
+    }
+    return s
+  }
+
+  /// A systemd credential name: a file name in $CREDENTIALS_DIRECTORY.
+  func credentialName(_ entry: TOMLEntry) throws -> String {
+    let s = try nonEmptyString(entry)
+    guard !s.contains("/"), s != ".", s != "..", s.count <= 255 else {
+      throw error(.invalidValue, entry, "key '\(entry.key)' must be a credential name (LoadCredential=NAME:FILE), not a path; got '\(s)'")
     }
     return s
   }

@@ -91,9 +91,9 @@ struct LoginOptions: ParsableArguments {
     let name = ISCSIName.normalized(given)
     var chap: CHAPConfiguration? = nil
     let user = chapUser ?? urlUser ?? volume?.chapUser
-    let secretFile = chapSecretFile ?? volume?.chapSecretFile
+    let secretFile = try chapSecretFile ?? volume?.secretPath("chap_secret_file")
     let mutualName = mutualUser ?? volume?.mutualUser
-    let mutualFile = mutualSecretFile ?? volume?.mutualSecretFile
+    let mutualFile = try mutualSecretFile ?? volume?.secretPath("mutual_secret_file")
     if let user {
       let secret: [UInt8]
       if let file = secretFile {
@@ -826,6 +826,11 @@ struct Attach: AsyncParsableCommand {
     }
     if let logFile { try LogOutput.useFile(logFile) }
     let logger = makeLogger(verbose: options.verbose)
+    // WatchdogSec= in the unit: pings from the start (systemd counts from it), sent only
+    // while every event loop turns.
+    let watchdog = SystemdWatchdog.start()
+    if watchdog != nil { logger.debug("systemd watchdog on: WATCHDOG=1 every \(SystemdWatchdog.period().map { "\($0.nanoseconds / 1_000_000) ms" } ?? "-")") }
+    defer { watchdog?.stop() }
     guard getuid() == 0 else { throw BridgeError("attach needs root (CAP_SYS_ADMIN) to configure NBD devices", kind: .permission) }
     guard isNBDModuleLoaded() else { throw BridgeError("the nbd kernel module is not loaded: run modprobe nbd", kind: .nbdMissing) }
     ServingProcess.raiseDescriptorLimit()
@@ -897,9 +902,7 @@ struct Attach: AsyncParsableCommand {
     signal(SIGHUP, SIG_IGN)
     let hangup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: DispatchQueue(label: "lunbridge.sighup"))
     hangup.setEventHandler {
-      reload().whenComplete { result in
-        if case .failure(let error) = result { logger.error("reload failed: \(error)") }
-      }
+      _ = reload()  // logs its outcome
     }
     hangup.resume()
     ServingProcess.releaseStartupCode(locked: memoryLocked, logger: logger)
@@ -945,6 +948,20 @@ struct Attach: AsyncParsableCommand {
   /// without detaching: paths, policy, failback, no-path-retry, timeouts.
   func reloadVolumeFile(_ volume: Volume, file: String?, logger: Logger) -> EventLoopFuture<String> {
     let promise = volume.eventLoop.makePromise(of: String.self)
+    // systemctl reload (ExecReload=lunbridge reload %i) shows the unit as reloading until
+    // READY=1; SIGHUP and `lunbridge reload` by hand get the same.
+    SystemdNotify.send("RELOADING=1")
+    promise.futureResult.whenComplete { result in
+      switch result {
+      case .success(let summary):
+        logger.notice("reloaded \(file ?? "")", metadata: ["summary": "\(summary)"])
+        SystemdNotify.send("READY=1\nSTATUS=reloaded: \(summary)")
+      case .failure(let error):
+        // The volume keeps what it had; the caller (lunbridge reload) gets the reason too.
+        logger.error("reload failed, the volume keeps its settings: \(plainDescription(of: error))")
+        SystemdNotify.send("READY=1\nSTATUS=reload failed: \(plainDescription(of: error))")
+      }
+    }
     promise.completeWithTask {
       guard let file else {
         throw BridgeError("attached from a URL: there is no volume file to reload", kind: .usage)
@@ -954,9 +971,7 @@ struct Attach: AsyncParsableCommand {
         urls: config.paths.map(\.description), options: options, paths: paths, volume: config, identity: config.name,
         logger: logger)
       let o = try paths.volumeOptions(name: config.name, readOnly: readOnly || config.readOnly, volume: config)
-      let summary = try await volume.reconfigure(paths: specs, multipath: o.multipath).get()
-      SystemdNotify.send("STATUS=\(summary)")
-      return summary
+      return try await volume.reconfigure(paths: specs, multipath: o.multipath).get()
     }
     return promise.futureResult
   }
@@ -1120,6 +1135,31 @@ struct ConfigShow: ParsableCommand {
   }
 }
 
+/// `lunbridge systemd-generator NORMAL [EARLY LATE]`, or the binary run as
+/// `lunbridge-generator`: pulls lunbridge@NAME.service into multi-user.target for every
+/// volume with `startup = "automatic"` (SystemdGenerator).
+struct SystemdGeneratorCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "systemd-generator",
+    abstract: "systemd generator: start lunbridge@NAME at boot for volumes with startup = \"automatic\".",
+    shouldDisplay: false)
+
+  @Argument(help: "systemd's generator directories (normal, early, late); links go into the first.")
+  var directories: [String] = []
+
+  @Option(help: "Where volume files live.")
+  var directory: String = VolumeConfig.directory
+
+  func run() throws {
+    guard let normal = directories.first else {
+      throw ValidationError("needs the generator output directory (systemd passes three)")
+    }
+    for line in SystemdGenerator.run(normal: normal, directory: directory) {
+      LogOutput.writeStandardError("lunbridge-generator: \(line)\n")
+    }
+  }
+}
+
 struct ConfigCheck: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "check", abstract: "Check volume files (syntax, keys, URLs, secret files) without connecting.")
@@ -1134,7 +1174,7 @@ struct ConfigCheck: ParsableCommand {
     if let name {
       let config =
         name.contains("/") ? try VolumeConfig.check(path: name) : try VolumeConfig.check(name: name, directory: directory)
-      print("\(config.file): ok")
+      print("\(config.file): ok\(config.startup == .automatic ? " (startup automatic: started at boot)" : "")")
       return
     }
     var failed = 0
@@ -1142,7 +1182,7 @@ struct ConfigCheck: ParsableCommand {
     if results.isEmpty { print("no volume files in \(directory) (NAME.toml)") }
     for (_, result) in results {
       switch result {
-      case .success(let c): print("\(c.file): ok")
+      case .success(let c): print("\(c.file): ok\(c.startup == .automatic ? " (startup automatic: started at boot)" : "")")
       case .failure(let e):
         failed += 1
         LogOutput.writeStandardError("lunbridge: error: \(e)\n")
@@ -1270,7 +1310,7 @@ struct Lunbridge: AsyncParsableCommand {
     version: "lunbridge \(lunbridgeVersion) (commit \(String(cString: lunbridge_build_commit())))",
     subcommands: [
       Discover.self, Info.self, Serve.self, Attach.self, Detach.self, List.self, Status.self, Reload.self, Failback.self, PersistentReserve.self,
-      ConfigCommand.self,
+      ConfigCommand.self, SystemdGeneratorCommand.self,
     ])
 
   /// One line `lunbridge: error: ...` and the exit status of its class for every
@@ -1279,7 +1319,11 @@ struct Lunbridge: AsyncParsableCommand {
     ServingProcess.ignoreSIGPIPE()
     let command: ParsableCommand
     do {
-      command = try parseAsRoot()
+      // As systemd's generator (a link named lunbridge-generator), called with its three
+      // output directories.
+      let arguments = Array(CommandLine.arguments.dropFirst())
+      let invokedAs = FilePath.lastComponent(CommandLine.arguments.first ?? "")
+      command = try parseAsRoot(invokedAs == "lunbridge-generator" ? ["systemd-generator"] + arguments : arguments)
     } catch {
       parserFailure(error, in: Lunbridge.self)
     }

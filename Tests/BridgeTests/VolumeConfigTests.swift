@@ -348,7 +348,7 @@ final class VolumeConfigTests: XCTestCase {
     XCTAssertEqual(noSecret?.line, 2)
     XCTAssertEqual(
       noSecret?.description,
-      "\(file): line 2: CHAP user 'u' has no secret: add chap_secret_file = \"/etc/lunbridge/NAME.secret\" (mode 600)")
+      "\(file): line 2: CHAP user 'u' has no secret: add chap_secret_file = \"/etc/lunbridge/NAME.secret\" (mode 600) or chap_secret_credential = \"NAME\" (LoadCredential=)")
     XCTAssertEqual(error(p + "chap_secret_file = \"/s\"")?.key, "chap_secret_file")
     XCTAssertEqual(
       error(p + "chap_user = \"u\"\nchap_secret_file = \"/s\"\nmutual_user = \"m\"")?.key, "mutual_user")

@@ -61,7 +61,7 @@ final class ClusterReservationTests: XCTestCase {
     environment["LUNBRIDGE_RUN_DIR"] = runDirectory
     p.environment = environment
     let path = "\(scratch!)/\(node).log"
-    if !FileManager.default.fileExists(atPath: path) { FileManager.default.createFile(atPath: path, contents: nil) }
+    if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
     let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
     handle.seekToEndOfFile()
     p.standardOutput = handle

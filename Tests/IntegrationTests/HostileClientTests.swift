@@ -46,7 +46,7 @@ final class HostileClientTests: XCTestCase {
     p.executableURL = URL(fileURLWithPath: lunbridge)
     p.arguments =
       ["serve", "iscsi://127.0.0.1:\(tgtd.port)/\(Self.iqn)/1", "--listen", "unix:\(socket)", "--name", volumeName] + extra
-    FileManager.default.createFile(atPath: scratch + "/serve.log", contents: nil)
+    _ = FileManager.default.createFile(atPath: scratch + "/serve.log", contents: nil)
     let log = try FileHandle(forWritingTo: URL(fileURLWithPath: scratch + "/serve.log"))
     p.standardOutput = log
     p.standardError = log
@@ -84,7 +84,7 @@ final class HostileClientTests: XCTestCase {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: python)
     p.arguments = [script] + args
-    FileManager.default.createFile(atPath: output, contents: nil)
+    _ = FileManager.default.createFile(atPath: output, contents: nil)
     let h = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
     p.standardOutput = h
     p.standardError = h

@@ -12,6 +12,8 @@ BT_URL=iscsi://127.0.0.1:$BT_PORT/$BT_IQN/1
 BT_RESULTS=/run/lunbridge-boot-test       # the host folder (vng --rwdir), mounted over 9p
 BT_TAG=virtme.initmount0                  # its 9p mount tag (vng's first --rwdir)
 BT_FSTAB_LINE="$BT_DEV $BT_MNT ext4 _netdev 0 2"
+BT_CHAP_USER=boothost                     # the target's CHAP account (volumes/bootvol.toml)
+BT_CHAP_SECRET=boot-test-chap-secret      # /etc/lunbridge/bootvol.secret, loaded as a credential
 
 BT_BOOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)   # Tests/vm/boot
 BT_REPO=$(cd "$BT_BOOT/../../.." && pwd)
@@ -31,7 +33,8 @@ bt_param() {
 # Installs lunbridge@.service and the device timeout drop-in from the repository into
 # the unit directory $1 (as `make install` does into /etc/systemd/system), with a drop-in
 # that runs the binary $2 (the shipped unit runs /usr/local/bin/lunbridge, which the test
-# does not touch).
+# does not touch), and the volume's credentials drop-in: the shipped example with NAME =
+# bootvol (LoadCredential=bootvol.chap:/etc/lunbridge/bootvol.secret).
 bt_install_unit() {
   install -D -m 0644 "$BT_REPO/systemd/lunbridge@.service" "$1/lunbridge@.service"
   install -D -m 0644 "$BT_REPO/systemd/lunbridge-device-timeout.conf" \
@@ -45,5 +48,9 @@ RequiresMountsFor=$BT_RESULTS
 [Service]
 ExecStart=
 ExecStart=$2 attach %i --foreground
+ExecReload=
+ExecReload=$2 reload %i
 EOT
+  sed "s/NAME/$BT_VOLUME/g" "$BT_REPO/systemd/credentials.conf.example" \
+    | install -D -m 0644 /dev/stdin "$1/lunbridge@$BT_VOLUME.service.d/credentials.conf"
 }

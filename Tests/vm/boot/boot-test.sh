@@ -101,7 +101,7 @@ boot() { # PHASE: boots, waits for the guest to power off (or kills it); sets bo
   # /.dockerenv for one, and then exit instead of powering off.
   (cd / && HOME="$OUT/home" exec setsid "$VNG" --run "$kernel" --disable-kvm --memory 2G --cpus 2 \
     --systemd --rwdir "$G" --append "container=" --append "SYSTEMD_GENERATOR_PATH=$here/generator:$guest_generator:" \
-    --append "lunbridge_boot.phase=$phase" --append "lunbridge_boot.binary=$guest_bin" \
+    --append "lunbridge_boot.phase=$phase" --append "lunbridge_boot.binary=$guest_bin" --append "lunbridge_boot.host_binary=$BIN" \
     --append systemd.show_status=1) </dev/null >"$OUT/boot$phase-console.log" 2>&1 &
   vpid=$!
   timed_out=0

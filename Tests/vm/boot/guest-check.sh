@@ -102,8 +102,13 @@ if [ "$phase" = 1 ]; then
 fi
 
 # Boot 2: nothing was done by hand; the unit, the fstab line and the target came up at boot.
-en=$(systemctl is-enabled "$BT_UNIT")
-check "$BT_UNIT is $en" bash -c "[[ '$en' == enabled || '$en' == enabled-runtime ]]"
+# The unit is not enabled: lunbridge's generator pulled it in (startup = "automatic").
+en=$(systemctl is-enabled "$BT_UNIT" 2>&1)
+check "$BT_UNIT is not enabled ($en) but pulled in by lunbridge-generator (startup = \"automatic\")" \
+  bash -c "[[ '$en' != enabled && '$en' != enabled-runtime ]] && test -L /run/systemd/generator/multi-user.target.wants/$BT_UNIT"
+bin=$(bt_param binary)
+check "lunbridge config check reports the volume as automatic" \
+  bash -c "'$bin' config check $BT_VOLUME | grep -q 'startup automatic'"
 unit_t=$(since "$BT_UNIT") mount_t=$(since "$BT_MOUNT_UNIT")
 check "$BT_UNIT started at boot (active at ${unit_t} s, before multi-user.target at ${mu} s)" \
   earlier "$unit_t" "$mu"
@@ -132,6 +137,59 @@ fsck_clean() {
 }
 check "fsck at boot ($fsck_unit) found the filesystem clean after boot 1's shutdown" fsck_clean
 check "the data written in boot 1 is intact" bash -c "cd '$BT_MNT' && sha256sum -c --quiet '$R/data.sha256'"
+
+# CHAP from the unit's LoadCredential=: the target refuses a login without it.
+check "the target requires CHAP: a login without a secret exits 24 (authentication failed)" \
+  bash -c "'$bin' info '$BT_URL' >/dev/null 2>'$R/boot2-nochap.txt'; test \$? = 24"
+sed 's/^/# /' "$R/boot2-nochap.txt"
+check "$BT_UNIT logged in with the secret from LoadCredential=bootvol.chap (\$CREDENTIALS_DIRECTORY)" \
+  bash -c "systemctl show -P LoadCredential '$BT_UNIT' | grep -q bootvol.chap && systemctl is-active -q '$BT_UNIT'"
+
+# systemctl reload (ExecReload=lunbridge reload %i) is synchronous: a broken file fails the
+# reload with the reason, and the volume keeps running on its old settings.
+vol=/etc/lunbridge/volumes/$BT_VOLUME.toml
+cp "$vol" /run/bootvol.toml.good
+echo 'timeout = "soon"' >>"$vol"
+t0=$(date '+%Y-%m-%d %H:%M:%S')
+systemctl reload "$BT_UNIT" >"$R/boot2-reload.txt" 2>&1
+rc=$?
+check "systemctl reload with a broken volume file fails (exit $rc)" test "$rc" != 0
+journalctl -u "$BT_UNIT" --since "$t0" -o cat | grep -E 'reload' | head -3 | sed 's/^/# journal: /'
+check "and says why: lunbridge: error: ... key 'timeout' (journal of $BT_UNIT)" \
+  bash -c "journalctl -u '$BT_UNIT' --since '$t0' -o cat | grep -q \"lunbridge: error: .*key 'timeout'\""
+check "the volume kept running: $BT_UNIT active, same process" \
+  test "$(systemctl is-active "$BT_UNIT")/$(systemctl show -P MainPID "$BT_UNIT")" = "active/$pid"
+check "and the filesystem still takes writes (4 MiB, fsync)" \
+  dd if=/dev/urandom of="$BT_MNT/after-reload" bs=1M count=4 conv=fsync status=none
+cp /run/bootvol.toml.good "$vol"
+check "systemctl reload with the file repaired succeeds" systemctl reload "$BT_UNIT"
+
+# The watchdog (WatchdogSec=): a stopped process sends no WATCHDOG=1; systemd aborts and
+# restarts it, and the new process takes the device over under the mount.
+dev=$(nbd_of)
+mount0=$(systemctl show -P ActiveEnterTimestampMonotonic "$BT_MOUNT_UNIT")
+restarts0=$(systemctl show -P NRestarts "$BT_UNIT")
+t0=$(date '+%Y-%m-%d %H:%M:%S')
+kill -STOP "$pid"
+pid1=$pid
+for _ in $(seq 150); do
+  pid1=$(systemctl show -P MainPID "$BT_UNIT")
+  [ "$pid1" != "$pid" ] && [ "$pid1" != 0 ] && [ "$(systemctl is-active "$BT_UNIT")" = active ] && break
+  sleep 1
+done
+check "the watchdog restarted the stopped process (pid $pid -> $pid1, NRestarts $restarts0 -> $(systemctl show -P NRestarts "$BT_UNIT"))" \
+  bash -c "test '$pid1' != '$pid' && journalctl -u '$BT_UNIT' --since '$t0' -o cat | grep -q 'Watchdog timeout'"
+journalctl -u "$BT_UNIT" --since "$t0" -o cat | grep -E 'Watchdog|reattached|Failed' | head -4 | sed 's/^/# journal: /'
+check "the new process took $dev over with RECONFIGURE" \
+  bash -c "journalctl -b -o cat _PID=$pid1 | grep -q 'reattached an existing device'"
+check "$BT_MNT stayed mounted through the watchdog restart" \
+  test "$(systemctl show -P ActiveEnterTimestampMonotonic "$BT_MOUNT_UNIT")" = "$mount0" -a \
+  "$(findmnt -n -o SOURCE "$BT_MNT")" = "$dev"
+check "and takes writes again (4 MiB, fsync), no I/O error in the kernel log" \
+  bash -c "dd if=/dev/urandom of='$BT_MNT/after-watchdog' bs=1M count=4 conv=fsync status=none && sync" && no_io_errors
+rm -f "$BT_MNT/after-reload" "$BT_MNT/after-watchdog"
+check "the data written in boot 1 is still intact" bash -c "cd '$BT_MNT' && sha256sum -c --quiet '$R/data.sha256'"
+
 check "unmount ($BT_MOUNT_UNIT stopped)" systemctl stop "$BT_MOUNT_UNIT"
 check "e2fsck -fn $BT_DEV finds nothing" bash -c "e2fsck -fn '$BT_DEV' >'$R/boot2-e2fsck.txt' 2>&1"
 sed 's/^/# e2fsck: /' "$R/boot2-e2fsck.txt"

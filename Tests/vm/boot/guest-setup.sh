@@ -28,11 +28,8 @@ done
 install -D -m 0644 "$BT_REPO/systemd/99-lunbridge.rules" /etc/udev/rules.d/99-lunbridge.rules
 install -D -m 0644 "$BT_REPO/systemd/lunbridge-modules.conf" /etc/modules-load.d/lunbridge.conf
 install -d -m 0755 /etc/lunbridge/volumes
-cat >/etc/lunbridge/volumes/$BT_VOLUME.toml <<EOF2
-# lunbridge boot test: the LUN of the guest's own tgtd (lunbridge-test-target.service).
-paths = ["$BT_URL"]
-EOF2
-chmod 0644 /etc/lunbridge/volumes/$BT_VOLUME.toml
+install -m 0644 "$BT_BOOT/volumes/$BT_VOLUME.toml" /etc/lunbridge/volumes/$BT_VOLUME.toml
+printf '%s\n' "$BT_CHAP_SECRET" | install -m 0600 /dev/stdin /etc/lunbridge/$BT_VOLUME.secret
 if [ "$phase" = 1 ]; then
   bt_install_unit /etc/systemd/system "$(bt_param binary)"
 fi

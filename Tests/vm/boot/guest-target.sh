@@ -1,6 +1,6 @@
 #!/bin/bash
 # Runs INSIDE the boot test's VM for lunbridge-test-target.service (tgtd on 127.0.0.1).
-#   guest-target.sh configure       wait for tgtd, then target 1 with LUN 1 = lun.img
+#   guest-target.sh configure       wait for tgtd, then target 1 with LUN 1 = lun.img (CHAP)
 #   guest-target.sh stop            delete the target and stop tgtd (it ignores SIGTERM)
 #   guest-target.sh save-journal N  the whole journal of this boot to bootN-journal.txt
 set -uo pipefail
@@ -11,7 +11,9 @@ configure)
   for _ in $(seq 100); do adm --op show --mode target >/dev/null 2>&1 && break; sleep 0.2; done
   adm --op new --mode target --tid 1 -T "$BT_IQN" &&
     adm --op new --mode logicalunit --tid 1 --lun 1 -b "$BT_RESULTS/lun.img" &&
-    adm --op bind --mode target --tid 1 -I ALL
+    adm --op bind --mode target --tid 1 -I ALL &&
+    adm --op new --mode account --user "$BT_CHAP_USER" --password "$BT_CHAP_SECRET" &&
+    adm --op bind --mode account --tid 1 --user "$BT_CHAP_USER"
   ;;
 stop)
   adm --op delete --mode target --tid 1 --force
