@@ -11,9 +11,10 @@ DESTDIR ?=
 # and its thread-local access set were 3 % of the CPU per 4 KiB I/O; debug builds, which
 # run the tests, keep them).
 RELEASE_FLAGS := -Xswiftc -enforce-exclusivity=unchecked
-DEB_PACKAGES := libnl-3-dev libnl-genl-3-dev tgt libiscsi-bin qemu-utils qemu-block-extra fio libnbd-bin python3-libnbd procps iproute2 nftables openssl
+DEB_PACKAGES := libnl-3-dev libnl-genl-3-dev tgt libiscsi-bin qemu-utils qemu-block-extra fio libnbd-bin python3-libnbd procps iproute2 nftables openssl \
+  man-db groff-base mandoc bash-completion zsh fish
 
-.PHONY: all deps build buildinfo debug test vm-test boot-test multipath-test multipath-bench bench bench-failover bench-alua bench-initiators unit-test integration-test demo bench-codec fuzz fuzz-build fuzz-test install uninstall clean
+.PHONY: all deps build buildinfo debug man test vm-test boot-test multipath-test multipath-bench bench bench-failover bench-alua bench-initiators unit-test integration-test demo bench-codec fuzz fuzz-build fuzz-test install uninstall clean
 
 all: build
 
@@ -44,10 +45,31 @@ buildinfo:
 	  line="#define LUNBRIDGE_COMMIT \"$$c\""; \
 	  [ "$$(cat .build/buildinfo.h 2>/dev/null)" = "$$line" ] || echo "$$line" > .build/buildinfo.h
 
+# Manual pages in .build/man: lunbridge(8) from the commands' own help (swift-argument-
+# parser's generate-manual tool, built from the checked-out package) followed by the
+# hand-written Sources/lunbridge/Manual/lunbridge.8.tail, and lunbridge.toml(5).
+# MAN_BIN: the binary whose help is used (install uses the release build).
+MAN_BIN ?= .build/debug/lunbridge
+man:
+	@[ -x "$(MAN_BIN)" ] || { echo "make man: $(MAN_BIN) is missing: build it first" >&2; exit 1; }
+	@[ -d .build/checkouts/swift-argument-parser ] || $(SWIFT) package resolve
+	$(SWIFT) build -q --package-path .build/checkouts/swift-argument-parser --scratch-path .build/manual-tool \
+	  --product generate-manual
+	@rm -rf .build/man; mkdir -p .build/man/generated
+	.build/manual-tool/debug/generate-manual "$(MAN_BIN)" --section 8 \
+	  --date "$$(git log -1 --format=%cs 2>/dev/null || date +%F)" -o .build/man/generated
+	@# Without the hidden systemd-generator command and the generated one-line EXIT STATUS
+	@# (the tail has the real one).
+	awk '/^\.It Em systemd-generator$$/ { skip = 1 } skip && /^\.El$$/ { skip = 0; next } skip { next } \
+	  /^\.Sh "EXIT STATUS"$$/ { exit } { print }' .build/man/generated/lunbridge.8 > .build/man/lunbridge.8
+	cat Sources/lunbridge/Manual/lunbridge.8.tail >> .build/man/lunbridge.8
+	cp Sources/lunbridge/Manual/lunbridge.toml.5 .build/man/
+
 # Integration tests start their own tgtd on loopback ports; they need root (CI is root).
 test: deps buildinfo
 	@[ "$$(id -u)" = 0 ] || { echo "make test: the integration tests drive tgtd and need root" >&2; exit 1; }
 	$(SWIFT) build --build-tests
+	@$(MAKE) --no-print-directory man MAN_BIN=.build/debug/lunbridge
 	@set -o pipefail; $(SWIFT) test --skip-build --disable-swift-testing 2>&1 | tee .build/test.log \
 	  | grep -v -E '^[0-9T:+-]+ (debug|info|notice|warning|error) lunbridge'; rc=$$?; \
 	  $(MAKE) --no-print-directory vm-test || rc=1; \
@@ -159,7 +181,10 @@ bench-codec:
 	$(SWIFT) run -c release lunbridge-codec-bench
 
 install: build
+	@$(MAKE) --no-print-directory man MAN_BIN=.build/release/lunbridge
 	install -D -m 0755 .build/release/lunbridge $(DESTDIR)$(PREFIX)/bin/lunbridge
+	install -D -m 0644 .build/man/lunbridge.8 $(DESTDIR)$(PREFIX)/share/man/man8/lunbridge.8
+	install -D -m 0644 .build/man/lunbridge.toml.5 $(DESTDIR)$(PREFIX)/share/man/man5/lunbridge.toml.5
 	@# The unit runs the binary where PREFIX put it.
 	sed -e 's|/usr/local/bin/lunbridge|$(PREFIX)/bin/lunbridge|g' -e 's|PREFIX/|$(PREFIX)/|g' systemd/lunbridge@.service > .build/lunbridge@.service
 	install -D -m 0644 .build/lunbridge@.service $(DESTDIR)/etc/systemd/system/lunbridge@.service
@@ -188,6 +213,7 @@ uninstall:
 	  $(DESTDIR)/etc/lunbridge/volumes/example.toml.sample
 	-rmdir $(DESTDIR)/etc/systemd/system/dev-lunbridge-.device.d 2>/dev/null
 	rm -rf $(DESTDIR)$(PREFIX)/share/doc/lunbridge
+	rm -f $(DESTDIR)$(PREFIX)/share/man/man8/lunbridge.8 $(DESTDIR)$(PREFIX)/share/man/man5/lunbridge.toml.5
 	rm -f $(DESTDIR)$(PREFIX)/lib/systemd/system-generators/lunbridge-generator
 	rm -f $(DESTDIR)$(PREFIX)/share/bash-completion/completions/lunbridge \
 	  $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_lunbridge $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/lunbridge.fish

@@ -78,7 +78,9 @@ let package = Package(
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         .product(name: "Logging", package: "swift-log"),
-      ]),
+      ],
+      // The manual pages' sources (make man).
+      exclude: ["Manual"]),
     // Fuzz targets for every decoder of peer bytes: `make fuzz` builds them with
     // libFuzzer (-sanitize=fuzzer,address -D FUZZING); without it the binary replays the
     // corpus in Tests/fuzz/corpus.

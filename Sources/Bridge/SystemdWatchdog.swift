@@ -1,4 +1,3 @@
-import Dispatch
 import FoundationEssentials
 import Glibc
 import NIOCore
@@ -8,9 +7,12 @@ import NIOPosix
 /// but only once every event loop of the group has run a task since the last one. A loop
 /// that is stuck (a blocking call, a livelock) stops the pings, so systemd aborts and
 /// restarts the process; the restarted attach takes the device over and the mount stays.
-/// The timer runs on a dispatch queue of its own, so a stuck loop cannot ping for itself.
+/// The timer runs on a thread of its own (a one-thread event loop group), so a stuck loop
+/// cannot ping for itself. (Not a dispatch queue: under the unit's sandbox libdispatch's
+/// worker threads log "Failed to set thread priority" each time one starts.)
 public final class SystemdWatchdog {
-  private let timer: DispatchSourceTimer
+  private let timerGroup: MultiThreadedEventLoopGroup
+  private let task: RepeatedTask
 
   /// Half of `$WATCHDOG_USEC` when systemd watches this process ($WATCHDOG_PID unset or
   /// ours), else nil.
@@ -28,10 +30,8 @@ public final class SystemdWatchdog {
 
   init(group: MultiThreadedEventLoopGroup, period: TimeAmount) {
     let loops = Array(group.makeIterator())
-    timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "lunbridge.watchdog"))
-    let interval = DispatchTimeInterval.nanoseconds(Int(period.nanoseconds))
-    timer.schedule(deadline: .now(), repeating: interval, leeway: .milliseconds(100))
-    timer.setEventHandler {
+    timerGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    task = timerGroup.next().scheduleRepeatedTask(initialDelay: .zero, delay: period) { _ in
       let turns = loops.map { $0.submit {} }
       // Pings when every loop has answered; a loop stuck past the next tick leaves this
       // one pending and every later one too, and systemd's deadline passes.
@@ -39,10 +39,10 @@ public final class SystemdWatchdog {
         SystemdNotify.send("WATCHDOG=1")
       }
     }
-    timer.resume()
   }
 
   public func stop() {
-    timer.cancel()
+    task.cancel()
+    try? timerGroup.syncShutdownGracefully()
   }
 }

@@ -248,6 +248,10 @@ struct TOMLParser {
     if token.isEmpty {
       throw fail("invalid value starting with '\(peek.map { String($0) } ?? "end of file")'")
     }
+    let unsigned = token.first == "+" || token.first == "-" ? token.dropFirst() : Substring(token)
+    if Self.digits(unsigned) && unsigned.first != "0" {
+      throw fail("integer \(token) does not fit in 64 bits")
+    }
     throw fail("invalid value '\(token)' (strings need quotes: \"\(token)\")")
   }
 
@@ -275,6 +279,12 @@ struct TOMLParser {
     return magnitude <= UInt64(Int64.max) ? Int64(magnitude) : nil
   }
 
+  /// One or more decimal digits, '_' only between two of them.
+  private static func digits(_ s: Substring) -> Bool {
+    guard let f = s.first, let l = s.last, f.isASCII, f.isNumber, l.isASCII, l.isNumber else { return false }
+    return !s.contains("__") && s.allSatisfy { ($0.isASCII && $0.isNumber) || $0 == "_" }
+  }
+
   private static func float(_ token: String) -> Double? {
     switch token {
     case "inf", "+inf": return .infinity
@@ -282,8 +292,19 @@ struct TOMLParser {
     case "nan", "+nan", "-nan": return .nan
     default: break
     }
-    guard token.contains(where: { $0 == "." || $0 == "e" || $0 == "E" }),
-      token.allSatisfy({ $0.isNumber || "+-.eE_".contains($0) })
+    // TOML 1.0: [+-] integer-part ( '.' digits | [eE] [+-] digits | both ), the integer
+    // part without leading zeros, '_' only between two digits.
+    var t = Substring(token)
+    if t.first == "+" || t.first == "-" { t = t.dropFirst() }
+    let exponentAt = t.firstIndex { $0 == "e" || $0 == "E" }
+    let mantissa = exponentAt.map { t[..<$0] } ?? t
+    var exponent = exponentAt.map { t[t.index(after: $0)...] }
+    let dot = mantissa.firstIndex(of: ".")
+    let whole = dot.map { mantissa[..<$0] } ?? mantissa
+    let fraction = dot.map { mantissa[mantissa.index(after: $0)...] }
+    if exponent?.first == "+" || exponent?.first == "-" { exponent = exponent?.dropFirst() }
+    guard fraction != nil || exponent != nil, digits(whole), whole.first != "0" || whole.count == 1,
+      fraction.map(digits) ?? true, exponent.map(digits) ?? true
     else { return nil }
     return Double(token.filter { $0 != "_" })
   }

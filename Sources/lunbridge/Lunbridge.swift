@@ -1307,6 +1307,10 @@ struct Lunbridge: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "lunbridge",
     abstract: "A user-space iSCSI initiator that serves LUNs as NBD devices.",
+    discussion: """
+      Manual pages: lunbridge(8) for every command, exit status and file, and \
+      lunbridge.toml(5) for volume files (man lunbridge, man lunbridge.toml).
+      """,
     version: "lunbridge \(lunbridgeVersion) (commit \(String(cString: lunbridge_build_commit())))",
     subcommands: [
       Discover.self, Info.self, Serve.self, Attach.self, Detach.self, List.self, Status.self, Reload.self, Failback.self, PersistentReserve.self,

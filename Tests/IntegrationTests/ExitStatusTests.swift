@@ -47,7 +47,9 @@ final class ExitStatusTests: XCTestCase {
     let port: Int
     var thread: Thread?
 
-    init(reset: Bool) throws {
+    /// `answer`: every connection gets these bytes after its first read, then a close:
+    /// a broken target (FakeBrokenTarget in spirit: no real target sends them).
+    init(reset: Bool, answer: [UInt8]? = nil) throws {
       let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
       self.fd = fd
       var one: Int32 = 1
@@ -63,7 +65,7 @@ final class ExitStatusTests: XCTestCase {
       }
       guard ok else { throw TGTDError("cannot listen on loopback: \(String(cString: strerror(errno)))") }
       port = Int(UInt16(bigEndian: addr.sin_port))
-      guard reset else { return }
+      guard reset || answer != nil else { return }
       let t = Thread {
         while true {
           let c = accept(fd, nil, nil)
@@ -71,6 +73,12 @@ final class ExitStatusTests: XCTestCase {
           // Read the login request, then reset: SO_LINGER 0 makes close send RST.
           var buffer = [UInt8](repeating: 0, count: 4096)
           _ = read(c, &buffer, buffer.count)
+          if let answer {
+            _ = answer.withUnsafeBytes { write(c, $0.baseAddress, $0.count) }
+            usleep(500_000)
+            close(c)
+            continue
+          }
           var l = linger(l_onoff: 1, l_linger: 0)
           setsockopt(c, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
           close(c)
@@ -104,6 +112,38 @@ final class ExitStatusTests: XCTestCase {
     let text = try failure(["info", "iscsi://127.0.0.1:\(listener.port)/\(Self.iqn)/1"], status: 4)
     XCTAssertEqual(
       text, "lunbridge: error: connection to 127.0.0.1:\(listener.port) lost during login: connection reset by peer")
+  }
+
+  func testATargetThatRefusesLoginsIsLoginRefused() throws {
+    // tgtd answers every login to an offline target with a target error (class 3).
+    try tgtd.tgtadm(["--op", "update", "--mode", "target", "--tid", "1", "-n", "state", "-v", "offline"])
+    let text = try failure(["info", "iscsi://127.0.0.1:\(tgtd.port)/\(Self.iqn)/1"], status: 5)
+    XCTAssertTrue(text.hasPrefix("lunbridge: error: login failed: target error (status 0x0300"), text)
+  }
+
+  func testATargetThatBreaksTheProtocolIsAProtocolError() throws {
+    // An answer to the Login Request with an initiator's opcode (0x05, SCSI Data-Out): no
+    // real target sends it, hence a listener of the test's own.
+    var pdu = [UInt8](repeating: 0, count: 48)
+    pdu[0] = 0x05
+    let broken = try Listener(reset: false, answer: pdu)
+    let text = try failure(["info", "iscsi://127.0.0.1:\(broken.port)/\(Self.iqn)/1"], status: 76)
+    XCTAssertTrue(text.contains("opcode") || text.contains("protocol"), text)
+  }
+
+  func testAttachWithoutTheNBDModuleSaysSo() throws {
+    // On a kernel that has nbd loaded, a mount namespace hides it (/sys/module/nbd is
+    // what attach looks at); this machine's own kernel has no nbd at all.
+    let url = "iscsi://127.0.0.1:\(tgtd.port)/\(Self.iqn)/1"
+    let arguments =
+      FileManager.default.fileExists(atPath: "/sys/module/nbd")
+      ? ["/usr/bin/unshare", "--mount", "/bin/sh", "-c", "mount -t tmpfs none /sys/module && exec \"$0\" \"$@\"", lunbridge]
+      : [lunbridge]
+    let r = try Command.run(arguments[0], Array(arguments.dropFirst()) + ["attach", url, "--foreground"], timeout: 60)
+    XCTAssertEqual(r.status, 12, r.stderr)
+    XCTAssertEqual(
+      r.stderr.trimmingCharacters(in: .whitespacesAndNewlines),
+      "lunbridge: error: the nbd kernel module is not loaded: run modprobe nbd")
   }
 
   func testAMissingTargetOrLUNIsNotFound() throws {

@@ -1,0 +1,159 @@
+import Bridge
+import Foundation
+import XCTest
+
+/// The manual pages `make man` builds (lunbridge(8) from the commands' own help plus the
+/// hand-written end, lunbridge.toml(5) by hand) and the shell completions `make install`
+/// generates: each renders without a warning, documents what the code has, and each
+/// completion script loads in its shell and completes a subcommand.
+final class ManualTests: XCTestCase {
+  var repo: String { CommandLineTools.repo.path }
+  var manualDirectory: String { repo + "/.build/man" }
+
+  func tool(_ name: String, package: String) throws -> String {
+    try Command.locate(name, hint: "install the Debian package \(package) (make deps)")
+  }
+
+  func page(_ name: String) throws -> String {
+    let path = manualDirectory + "/" + name
+    guard FileManager.default.fileExists(atPath: path) else {
+      throw TGTDError("\(path) is missing: run make man (make test does)")
+    }
+    return path
+  }
+
+  func testManualPagesRenderWithoutWarnings() throws {
+    let mandoc = try tool("mandoc", package: "mandoc")
+    let groff = try tool("groff", package: "groff-base")
+    let man = try tool("man", package: "man-db")
+    for name in ["lunbridge.8", "lunbridge.toml.5"] {
+      let path = try page(name)
+      let lint = try Command.run(mandoc, ["-T", "lint", "-W", "warning", path])
+      XCTAssertEqual(lint.status, 0, "mandoc -T lint \(name):\n\(lint.stdout)\(lint.stderr)")
+      XCTAssertEqual(lint.stdout + lint.stderr, "", name)
+      let typeset = try Command.run(groff, ["-wall", "-mandoc", "-Tutf8", "-z", path])
+      XCTAssertEqual(typeset.status, 0, name)
+      XCTAssertEqual(typeset.stderr, "", "groff -wall \(name)")
+      let shown = try Command.run("/usr/bin/env", ["MANWIDTH=80", man, "-l", path])
+      XCTAssertEqual(shown.status, 0, "man -l \(name): \(shown.stderr)")
+      XCTAssertGreaterThan(shown.stdout.split(separator: "\n").count, 60, "man -l \(name) shows too little")
+    }
+  }
+
+  /// Every command the parser has is in lunbridge(8), with its options.
+  func testLunbridge8HasEveryCommandAndTheHandWrittenSections() throws {
+    let text = try String(contentsOfFile: try page("lunbridge.8"), encoding: .utf8)
+    for command in ["discover", "info", "serve", "attach", "detach", "list", "status", "reload", "failback", "pr", "config"] {
+      XCTAssertTrue(text.contains(command), "lunbridge.8 lacks \(command)")
+    }
+    for option in ["chap-secret-file", "socket-mode", "no-path-retry", "luns"] {
+      XCTAssertTrue(text.contains(option), "lunbridge.8 lacks --\(option)")
+    }
+    for section in ["ENVIRONMENT", "FILES", "EXIT STATUS", "EXAMPLES", "SEE ALSO"] {
+      XCTAssertTrue(text.contains(".Sh \(section)"), "lunbridge.8 lacks \(section)")
+    }
+    XCTAssertFalse(text.contains("systemd-generator"), "a hidden command is in the manual")
+  }
+
+  /// lunbridge(8)'s EXIT STATUS lists the same statuses as the README's table.
+  func testExitStatusesAgreeWithTheREADME() throws {
+    let text = try String(contentsOfFile: try page("lunbridge.8"), encoding: .utf8)
+    guard let start = text.range(of: ".Sh EXIT STATUS"), let end = text.range(of: ".Sh EXAMPLES") else {
+      return XCTFail("no EXIT STATUS section")
+    }
+    let manual = Set(
+      text[start.upperBound..<end.lowerBound].split(separator: "\n").compactMap { line -> Int? in
+        line.hasPrefix(".It ") ? Int(line.dropFirst(4)) : nil
+      })
+    let readme = try String(contentsOfFile: repo + "/README.md", encoding: .utf8)
+    let table = Set(
+      readme.split(separator: "\n").compactMap { line -> Int? in
+        guard line.hasPrefix("| "), line.contains("|---") == false else { return nil }
+        let cell = line.dropFirst(2).prefix { $0 != " " && $0 != "|" }
+        return Int(cell)
+      })
+    XCTAssertGreaterThanOrEqual(manual.count, 13)
+    XCTAssertEqual(manual, table.intersection(0...255), "lunbridge.8 and the README's exit status table differ")
+  }
+
+  /// Every key the volume file reader knows is in lunbridge.toml(5) and in the example.
+  func testEveryVolumeKeyIsDocumented() throws {
+    let text = try String(contentsOfFile: try page("lunbridge.toml.5"), encoding: .utf8)
+    let example = try String(contentsOfFile: repo + "/systemd/example.toml", encoding: .utf8)
+    for key in VolumeConfig.knownKeys {
+      XCTAssertTrue(text.contains("Cm \(key) "), "lunbridge.toml.5 does not document \(key)")
+      XCTAssertTrue(example.contains("\(key) ="), "systemd/example.toml does not show \(key)")
+    }
+  }
+
+  func completionScript(_ shell: String) throws -> String {
+    try CommandLineTools.require()
+    let dir = NSTemporaryDirectory() + "lunbridge-completion-\(getpid())-\(shell)"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    let name = ["bash": "lunbridge", "zsh": "_lunbridge", "fish": "lunbridge.fish"][shell]!
+    let r = try Command.run(CommandLineTools.lunbridge, ["--generate-completion-script", shell])
+    XCTAssertEqual(r.status, 0)
+    try r.stdout.write(toFile: dir + "/" + name, atomically: false, encoding: .utf8)
+    return dir + "/" + name
+  }
+
+  var path: String { (CommandLineTools.lunbridge as NSString).deletingLastPathComponent + ":/usr/bin:/bin" }
+
+  func testBashCompletesSubcommands() throws {
+    let bash = try tool("bash", package: "bash")
+    let library = "/usr/share/bash-completion/bash_completion"
+    guard FileManager.default.fileExists(atPath: library) else {
+      return XCTFail("\(library) is missing: install the Debian package bash-completion (make deps)")
+    }
+    let script = try completionScript("bash")
+    for (word, expected) in [("di", "discover"), ("de", "detach"), ("st", "status")] {
+      let r = try Command.run(
+        "/usr/bin/env",
+        [
+          "PATH=\(path)", bash, "-c",
+          "source \(library); source \(script); COMP_WORDS=(lunbridge \(word)); COMP_CWORD=1; COMP_LINE='lunbridge \(word)'; COMP_POINT=${#COMP_LINE}; _lunbridge lunbridge \(word) lunbridge; printf '%s\\n' \"${COMPREPLY[@]}\"",
+        ])
+      XCTAssertEqual(r.status, 0, r.stderr)
+      XCTAssertEqual(r.stdout.split(separator: "\n").map(String.init), [expected], "bash: lunbridge \(word)<TAB>")
+    }
+  }
+
+  func testFishCompletesSubcommands() throws {
+    let fish = try tool("fish", package: "fish")
+    let script = try completionScript("fish")
+    let r = try Command.run("/usr/bin/env", ["PATH=\(path)", fish, "-c", "source \(script); complete -C 'lunbridge d'"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let words = r.stdout.split(separator: "\n").map { String($0.prefix { $0 != "\t" }) }
+    XCTAssertEqual(Set(words), ["discover", "detach"], "fish: lunbridge d<TAB>: \(r.stdout)")
+  }
+
+  /// zsh completes only inside its line editor: an interactive zsh in a pseudo-terminal
+  /// (zsh/zpty) gets `lunbridge d<TAB>` and lists the candidates.
+  func testZshCompletesSubcommands() throws {
+    let zsh = try tool("zsh", package: "zsh")
+    let script = try completionScript("zsh")
+    let dir = (script as NSString).deletingLastPathComponent
+    let driver = dir + "/complete.zsh"
+    try """
+      zmodload zsh/zpty
+      zpty z zsh -f -i
+      zpty -w z "PS1=''; fpath=(\(dir) \\$fpath); autoload -U compinit; compinit -u -D; zstyle ':completion:*' list-prompt ''; LISTMAX=1000; print READY-MARK"
+      zpty -r z line '*READY-MARK*'
+      zpty -r z line '*READY-MARK*'
+      zpty -w -n z $'lunbridge d\\t'
+      sleep 2
+      out=""
+      while zpty -r -t z chunk 2>/dev/null; do out+=$chunk; done
+      print -r -- "$out"
+      zpty -d z
+      """.write(toFile: driver, atomically: false, encoding: .utf8)
+    // A dumb terminal: the listing without colour and cursor sequences.
+    let r = try Command.run("/usr/bin/env", ["-i", "PATH=\(path)", "TERM=dumb", zsh, "-f", driver], timeout: 30)
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let plain = r.stdout.replacingOccurrences(of: "\u{1B}\\[[0-9;?]*[A-Za-z]", with: "", options: .regularExpression)
+    let lines = plain.split(whereSeparator: \.isNewline)  // "\r\n" is one Character
+    XCTAssertTrue(lines.contains { $0.hasPrefix("discover ") }, "zsh: lunbridge d<TAB>: \(plain.debugDescription)")
+    XCTAssertTrue(lines.contains { $0.hasPrefix("detach ") }, "zsh: lunbridge d<TAB>: \(plain.debugDescription)")
+    XCTAssertFalse(lines.contains { $0.hasPrefix("status ") }, "zsh offered more than the d... commands")
+  }
+}
