@@ -1,13 +1,16 @@
 import FoundationEssentials
 import Glibc
+import ISCSIInitiator
 
 /// `/run/lunbridge/nbdN.name`: which volume a device serves, for the udev rule
 /// (systemd/99-lunbridge.rules) that makes `/dev/lunbridge/NAME`.
 ///
-/// Two lines: the volume name, then the device's backend identifier
-/// (`lunbridge:<target-iqn>:<lun>:<device-identifier>`). The rule uses the name only
-/// while the device's `backend` attribute equals the second line, so a stale record (a
-/// crash left it; another LUN now has nbdN) never names the wrong disk.
+/// Lines: the volume name (empty for an attach by URL), the device's backend identifier
+/// (`lunbridge:<target-iqn>:<lun>:<device-identifier>`), then open-iscsi's by-path name
+/// of the first path (`ip-HOST:PORT-iscsi-IQN-lun-N`) and the LU's NAA identifier as
+/// udev's wwn- names show it (`0x...`), each empty when there is none. The rule uses the
+/// record only while the device's `backend` attribute equals the second line, so a stale
+/// record (a crash left it; another LUN now has nbdN) never names the wrong disk.
 public enum VolumeNameRecord {
   public static let runDirectory = "/run/lunbridge"
 
@@ -15,20 +18,29 @@ public enum VolumeNameRecord {
     "\(runDirectory)/nbd\(index).name"
   }
 
-  public static func contents(name: String, backendIdentifier: String) -> String {
-    "\(name)\n\(backendIdentifier)\n"
+  public static func contents(name: String, backendIdentifier: String, byPath: String? = nil, wwn: String? = nil)
+    -> String
+  {
+    "\(name)\n\(backendIdentifier)\n\(byPath ?? "")\n\(wwn ?? "")\n"
+  }
+
+  /// The name open-iscsi's udev rules give a LUN under /dev/disk/by-path:
+  /// `ip-192.0.2.10:3260-iscsi-iqn.2003-01.org.example:disk1-lun-0` (an IPv6 address as
+  /// it is, without brackets, as udev's path_id writes it).
+  public static func byPath(_ url: ISCSIURL) -> String {
+    "ip-\(url.portal.host):\(url.portal.port)-iscsi-\(url.targetName)-lun-\(url.lun)"
   }
 
   /// Writes the record (atomically), then asks udev to look at the device again: the
   /// kernel's "change" uevent for the connect may have come before the record existed.
   /// Call once the device is connected, before READY=1.
   public static func write(
-    name: String, backendIdentifier: String, index: UInt32,
+    name: String, backendIdentifier: String, index: UInt32, byPath: String? = nil, wwn: String? = nil,
     runDirectory: String = VolumeNameRecord.runDirectory, sysfs: String = "/sys"
   ) throws {
     try FileManager.default.createDirectory(
       atPath: runDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
-    try contents(name: name, backendIdentifier: backendIdentifier)
+    try contents(name: name, backendIdentifier: backendIdentifier, byPath: byPath, wwn: wwn)
       .write(toFile: path(index: index, runDirectory: runDirectory), atomically: true, encoding: .utf8)
     triggerChange(index: index, sysfs: sysfs)
   }

@@ -11,6 +11,8 @@ public struct LUNInfo: Codable, Sendable, Equatable {
   public var serial: String?
   /// VPD 0x83 designator as Linux shows it under /dev/disk/by-id (NAA/EUI in hex).
   public var deviceIdentifier: String?
+  /// The NAA designator as udev's wwn- names show it ("0x6001405..."), nil without one.
+  public var wwn: String? = nil
   public var sizeBytes: UInt64
   public var blockSize: Int
   public var physicalBlockSize: Int
@@ -48,6 +50,7 @@ public struct LUNInfo: Codable, Sendable, Equatable {
       "Revision: \(revision)",
       "Serial: \(serial ?? "-")",
       "Device identifier: \(deviceIdentifier ?? "-")",
+      "WWN: \(wwn ?? "-")",
       "Size: \(sizeBytes) bytes (\(humanSize(sizeBytes)))",
       "Block size: \(blockSize) logical, \(physicalBlockSize) physical",
       "Maximum transfer: \(maxTransferBytes == 0 ? "no limit" : "\(maxTransferBytes) bytes")",
@@ -509,7 +512,7 @@ struct Probe {
     let thin = lbpme || (provisioning.map { $0.lbpu || $0.lbpws } ?? false)
     var info = LUNInfo(
       vendor: inquiry.vendor, product: inquiry.product, revision: inquiry.revision,
-      serial: serial, deviceIdentifier: ident?.preferredIdentifier,
+      serial: serial, deviceIdentifier: ident?.preferredIdentifier, wwn: ident?.wwn,
       sizeBytes: blockCount * UInt64(blockSize), blockSize: Int(blockSize), physicalBlockSize: Int(physical),
       blockCount: blockCount,
       maxTransferBytes: Int(limits?.maximumTransferLength ?? 0) * Int(blockSize),

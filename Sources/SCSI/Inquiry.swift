@@ -237,6 +237,14 @@ public struct DeviceIdentification: Sendable, Equatable {
     return nil
   }
 
+  /// The logical unit's NAA designator as udev names it (`/dev/disk/by-id/wwn-0x…`):
+  /// "0x" and the designator in lowercase hex; nil without one.
+  public var wwn: String? {
+    let lu = designators.filter { $0.association == Designator.Association.logicalUnit }
+    guard let d = lu.first(where: { $0.type == Designator.DesignatorType.naa && !$0.bytes.isEmpty }) else { return nil }
+    return "0x" + hexString(d.bytes)
+  }
+
   /// A stable identifier for the logical unit, formatted like the Linux
   /// /dev/disk/by-id names without their prefix: NAA and EUI-64 as lowercase
   /// hex (e.g. "60000000000000000e00000000010001", Linux "wwn-0x…"), T10 vendor

@@ -861,11 +861,12 @@ struct Attach: AsyncParsableCommand {
     attachment.startWatching()
     attachment.raiseRequestSize()
     let urlFile = recordURL(shownURL, index: attachment.index)
-    if let volumeFile {
-      // udev names /dev/lunbridge/NAME from this record (systemd/99-lunbridge.rules).
-      try? VolumeNameRecord.write(
-        name: volumeFile.name, backendIdentifier: attachment.backendIdentifier, index: attachment.index)
-    }
+    // udev names /dev/lunbridge/NAME, /dev/disk/by-path/ip-...-iscsi-...-lun-N and
+    // /dev/disk/by-id/wwn-0x... from this record (systemd/99-lunbridge.rules); a URL attach
+    // has no name but the other links.
+    try? VolumeNameRecord.write(
+      name: volumeFile?.name ?? "", backendIdentifier: attachment.backendIdentifier, index: attachment.index,
+      byPath: VolumeNameRecord.byPath(try ISCSIURL(parsing: url)), wwn: volume.info.wwn)
     print(attachment.devicePath)
     fflush(nil)  // all streams (stdout is a C global Swift 6 will not touch)
     SystemdNotify.send("READY=1\nSTATUS=\(attachment.devicePath) attached to \(shownURL)")
@@ -895,7 +896,7 @@ struct Attach: AsyncParsableCommand {
       }
       await volume.close()
       if let urlFile { unlink(urlFile) }
-      if volumeFile != nil { VolumeNameRecord.remove(index: attachment.index) }
+      VolumeNameRecord.remove(index: attachment.index)
       throw error
     }
     // SIGHUP reloads the volume file, as daemons do.
@@ -940,7 +941,7 @@ struct Attach: AsyncParsableCommand {
     await flushBeforeExit(volume, logger: logger)
     await volume.close()
     if let urlFile { unlink(urlFile) }
-    if volumeFile != nil { VolumeNameRecord.remove(index: attachment.index) }
+    VolumeNameRecord.remove(index: attachment.index)
     Glibc.exit(0)
   }
 
@@ -1236,7 +1237,7 @@ struct InfoReport: Encodable {
 
   enum CodingKeys: String, CodingKey {
     case url, session
-    case serial, deviceIdentifier, writeCache, rotational, targetPortGroup, accessState, accessStateCode
+    case serial, deviceIdentifier, wwn, writeCache, rotational, targetPortGroup, accessState, accessStateCode
     case preferredPortGroup
   }
 
@@ -1248,6 +1249,7 @@ struct InfoReport: Encodable {
     // What the text shows as "unknown" or "-" is null here, not left out.
     if lun.serial == nil { try c.encodeNil(forKey: .serial) }
     if lun.deviceIdentifier == nil { try c.encodeNil(forKey: .deviceIdentifier) }
+    if lun.wwn == nil { try c.encodeNil(forKey: .wwn) }
     if lun.writeCache == nil { try c.encodeNil(forKey: .writeCache) }
     if lun.rotational == nil { try c.encodeNil(forKey: .rotational) }
     if lun.targetPortGroup == nil { try c.encodeNil(forKey: .targetPortGroup) }

@@ -537,7 +537,7 @@ final class VolumeConfigTests: XCTestCase {
     let backend = "lunbridge:iqn.2003-01.org.example:storage:0:naa.6001405abcdef"
     try VolumeNameRecord.write(name: "db", backendIdentifier: backend, index: 3, runDirectory: tmp, sysfs: tmp)
     XCTAssertEqual(
-      try String(contentsOfFile: "\(tmp!)/nbd3.name", encoding: .utf8), "db\n\(backend)\n")
+      try String(contentsOfFile: "\(tmp!)/nbd3.name", encoding: .utf8), "db\n\(backend)\n\n\n")
     XCTAssertEqual(VolumeNameRecord.read(index: 3, backendIdentifier: backend, runDirectory: tmp), "db")
     XCTAssertNil(VolumeNameRecord.read(index: 3, backendIdentifier: backend + "x", runDirectory: tmp))
     VolumeNameRecord.remove(index: 3, runDirectory: tmp)
@@ -637,6 +637,21 @@ final class VolumeConfigTests: XCTestCase {
     // A stale record (another LUN has nbd3 now) names nothing.
     let other = "lunbridge:iqn.2003-01.org.example:storage:1:naa.6001405000001"
     XCTAssertEqual(try udevProgram(backend: other), ["LUNBRIDGE_ID": "naa.6001405000001"])
+    // With the by-path name and the wwn (an attach by URL has no name).
+    try VolumeNameRecord.write(
+      name: "", backendIdentifier: backend, index: 3,
+      byPath: VolumeNameRecord.byPath(try ISCSIURL(parsing: "iscsi://192.0.2.10/IQN.2003-01.org.example:storage/0")),
+      wwn: "0x6001405abcdef", runDirectory: tmp, sysfs: tmp)
+    XCTAssertEqual(
+      try udevProgram(backend: backend),
+      [
+        "LUNBRIDGE_ID": "naa.6001405abcdef", "LUNBRIDGE_BY_PATH": "ip-192.0.2.10:3260-iscsi-iqn.2003-01.org.example:storage-lun-0",
+        "LUNBRIDGE_WWN": "0x6001405abcdef",
+      ])
+    XCTAssertEqual(
+      VolumeNameRecord.byPath(try ISCSIURL(parsing: "iscsi://[2001:db8::1]:3261/iqn.2003-01.org.example:s/2?iface=eth1")),
+      "ip-2001:db8::1:3261-iscsi-iqn.2003-01.org.example:s-lun-2")
+    XCTAssertNil(VolumeNameRecord.read(index: 3, backendIdentifier: backend, runDirectory: tmp), "no name: no name link")
     // No device identifier: no by-id link; odd characters become '_'.
     XCTAssertEqual(try udevProgram(backend: "lunbridge:iqn.x:t:0:-", kernel: "nbd9"), [:])
     XCTAssertEqual(

@@ -10,7 +10,7 @@ final class InfoJSONTests: XCTestCase {
   /// an Int, so decoding checks them; the key sets are compared separately (nulls included).
   struct Info: Decodable {
     var url, vendor, product, revision: String
-    var serial, deviceIdentifier, accessState: String?
+    var serial, deviceIdentifier, wwn, accessState: String?
     var sizeBytes, blockSize, physicalBlockSize, blockCount, maxTransferBytes, optimalTransferBytes: Int
     var maxUnmapBlocks, maxWriteSameBlocks, tpgs: Int
     var targetPortGroup, accessStateCode: Int?
@@ -45,12 +45,14 @@ final class InfoJSONTests: XCTestCase {
     XCTAssertEqual(info.sizeBytes, 16 << 20)
     XCTAssertEqual(info.blockSize, 512)
     XCTAssertEqual(info.session.headerDigest, "None")
+    // tgtd's LUs carry an NAA designator: the wwn udev names the disk by, "0x" + hex.
+    XCTAssertTrue(info.wwn?.hasPrefix("0x") == true && info.wwn!.count > 4, "wwn: \(info.wwn ?? "null")")
 
     let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: data) as? [String: Any])
     XCTAssertEqual(
       Set(object.keys),
       [
-        "url", "vendor", "product", "revision", "serial", "deviceIdentifier", "sizeBytes", "blockSize",
+        "url", "vendor", "product", "revision", "serial", "deviceIdentifier", "wwn", "sizeBytes", "blockSize",
         "physicalBlockSize", "blockCount", "maxTransferBytes", "optimalTransferBytes", "thinProvisioned",
         "unmapSupported", "writeSameUnmapSupported", "maxUnmapBlocks", "maxWriteSameBlocks", "writeCache", "fua",
         "readOnly", "rotational", "aluaSupported", "tpgs", "targetPortGroup", "accessState", "accessStateCode",

@@ -86,6 +86,11 @@ if [ "$phase" = 1 ]; then
   check "udev links $BT_DEV -> ${dev:-nothing}" test -b "$BT_DEV" -a "${dev#/dev/nbd}" != "$dev" || finish
   check "its backend names the LUN ($(cat /sys/block/"${dev#/dev/}"/backend))" \
     grep -q "^lunbridge:$BT_IQN:1:" "/sys/block/${dev#/dev/}/backend"
+  bypath=/dev/disk/by-path/ip-127.0.0.1:$BT_PORT-iscsi-$BT_IQN-lun-1
+  check "udev links open-iscsi's by-path name $bypath -> $(readlink -f "$bypath")" test "$(readlink -f "$bypath")" = "$dev"
+  wwn=$(ls /dev/disk/by-id/ | grep '^wwn-0x' | head -1)
+  check "and the LU's NAA identifier as /dev/disk/by-id/${wwn:-wwn-0x...} -> $(readlink -f "/dev/disk/by-id/$wwn")" \
+    test -n "$wwn" -a "$(readlink -f "/dev/disk/by-id/$wwn")" = "$dev"
   check "mkfs.ext4 $BT_DEV" mkfs.ext4 -F -q -E nodiscard "$BT_DEV" || finish
   check "the fstab line '$BT_FSTAB_LINE' gives $BT_MOUNT_UNIT" \
     test "$(systemctl show -P SourcePath "$BT_MOUNT_UNIT")" = /etc/fstab
