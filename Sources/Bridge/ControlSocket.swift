@@ -7,7 +7,7 @@ import NIOPosix
 // The control socket of one served volume: `DIR/NAME.sock` (DIR is /run/lunbridge unless
 // LUNBRIDGE_RUN_DIR says otherwise), a Unix stream socket only root may connect to.
 //
-// Protocol: the client sends one line, `status`, `reload`, `failback` or `pr JSON`; the
+// Protocol: the client sends one line, `status`, `reload`, `failback`, `rescan` or `pr JSON`; the
 // server answers one line of JSON and closes the connection.
 //   status  -> the VolumeStatusReport (keys sorted)
 //   reload  -> {"ok":true,"message":"..."} or {"ok":false,"error":"..."}
@@ -122,6 +122,7 @@ public final class ControlServer: Sendable {
     report: @escaping @Sendable () -> EventLoopFuture<VolumeStatusReport>,
     reload: (@Sendable () -> EventLoopFuture<String>)? = nil,
     failback: (@Sendable () -> EventLoopFuture<String>)? = nil,
+    rescan: (@Sendable () -> EventLoopFuture<String>)? = nil,
     reservation: (@Sendable (PRRequest) -> EventLoopFuture<PRReply>)? = nil,
     requestTimeout: TimeAmount = .seconds(5),
     logger: Logger
@@ -156,7 +157,8 @@ public final class ControlServer: Sendable {
     }
 
     let commands = ControlCommands(
-      report: report, reload: reload, failback: failback, reservation: reservation, timeout: requestTimeout,
+      report: report, reload: reload, failback: failback, rescan: rescan, reservation: reservation,
+      timeout: requestTimeout,
       logger: logger)
     let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
       .childChannelOption(.allowRemoteHalfClosure, value: true)
@@ -198,6 +200,8 @@ struct ControlCommands: Sendable {
   let reload: (@Sendable () -> EventLoopFuture<String>)?
   /// `failback`: paths waiting for a manual failback take I/O again.
   var failback: (@Sendable () -> EventLoopFuture<String>)? = nil
+  /// `rescan`: read the LU's capacity again and apply a new size.
+  var rescan: (@Sendable () -> EventLoopFuture<String>)? = nil
   /// `pr JSON`: one persistent reservation operation.
   var reservation: (@Sendable (PRRequest) -> EventLoopFuture<PRReply>)? = nil
   /// How long a request line may take to arrive (the answer may take longer).
@@ -315,6 +319,11 @@ final class ControlConnectionHandler: ChannelInboundHandler {
           Self.encode(ControlReply(ok: false, error: "this volume cannot fail back")), context: context)
       }
       reply = failback().map { Self.encode(ControlReply(ok: true, message: $0)) }
+    case "rescan":
+      guard let rescan = commands.rescan else {
+        return send(Self.encode(ControlReply(ok: false, error: "this volume cannot rescan")), context: context)
+      }
+      reply = rescan().map { Self.encode(ControlReply(ok: true, message: $0)) }
     default:
       let shown = command.count > 64 ? String(command.prefix(64)) + "..." : command
       return send(Self.encode(ControlReply(ok: false, error: "unknown command '\(shown)'")), context: context)

@@ -213,6 +213,19 @@ public final class KernelAttachment: Sendable {
     return errno == EBUSY
   }
 
+  /// Gives the connected device a new size (NBD_CMD_RECONFIGURE with NBD_ATTR_SIZE_BYTES):
+  /// the kernel sets the capacity and tells udev and the filesystem layer ("detected
+  /// capacity change"). A shrink of a device something holds (a mounted filesystem) is
+  /// refused: the blocks beyond the new end may be in use.
+  public func resize(from old: UInt64, to new: UInt64) throws {
+    if new < old, isInUse {
+      throw BridgeError(
+        "the LUN shrank from \(old) to \(new) bytes; \(devicePath) is in use (mounted?) and keeps \(old) bytes: shrink what is on it first, then rescan",
+        kind: .busy)
+    }
+    try netlink.reconfigure(index: index, backendIdentifier: backendIdentifier, sizeBytes: new)
+  }
+
   /// Leaves the device to the next attach of this LUN instead of disconnecting it: closes
   /// our ends of the sockets, so the kernel holds I/O for the dead-connection timeout and
   /// sends again what was in flight once a restarted attach takes the device over with

@@ -118,7 +118,14 @@ public final class Volume: @unchecked Sendable {
   public let targetName: String
   public let lun: UInt16
   public let options: VolumeOptions
-  let validator: NBDRequestValidator
+  private var validator: NBDRequestValidator
+  /// The LU's size in effect: the size at open, then what a rescan applied.
+  private var capacity: UInt64
+  /// Capacity changes applied (rescans and 2A/09 unit attentions that changed the size).
+  private var capacityChanges: UInt64 = 0
+  /// Applies a new size to whatever serves the volume (the kernel device for attach);
+  /// set once, before I/O. Runs off the event loop; throws to refuse the size.
+  private var resizeHandler: (@Sendable (_ old: UInt64, _ new: UInt64) throws -> Void)?
   let logger: Logger
   /// Largest NBD payload we accept and advertise (proto.md: servers should allow 32 MiB).
   public static let maximumPayload: UInt32 = 32 << 20
@@ -229,6 +236,7 @@ public final class Volume: @unchecked Sendable {
       preferredBlockSize: UInt32(max(info.blockSize, min(info.physicalBlockSize, 65536))),
       maximumPayload: Volume.maximumPayload)
     self.validator = NBDRequestValidator(export: export)
+    self.capacity = info.sizeBytes
     self.machine = MultipathStateMachine(configuration: options.multipath, clock: ContinuousClock())
     self.fencer = FenceStateMachine(clock: ContinuousClock(), bound: options.multipath.noPathRetry)
     self.registrationKey = options.reservationKey
@@ -789,20 +797,60 @@ public final class Volume: @unchecked Sendable {
     }
   }
 
-  /// UNIT ATTENTION 2A/09: the LU's capacity changed on the target. Read and logged; the
-  /// device keeps the size it was attached with.
+  /// UNIT ATTENTION 2A/09: the LU's capacity changed on the target: rescan.
   private func capacityChanged(on id: PathID) {
-    guard let unit = paths[id]?.unit else { return }
-    unit.capacityBytes().whenComplete { [self] result in
-      switch result {
-      case .success(let capacity):
-        logger.notice(
-          "the target reports a new capacity: \(capacity) bytes (was \(info.sizeBytes)); the device keeps \(info.sizeBytes) bytes until it is attached again",
-          metadata: ["path": "\(id)"])
-      case .failure(let error):
-        logger.warning(
-          "the target reports a capacity change, but reading it failed", metadata: ["path": "\(id)", "error": "\(describeError(error))"])
+    rescan(reason: "the target reported a capacity change (2A/09) on \(id)").whenFailure { [logger] error in
+      logger.warning("the target reports a capacity change, but it was not applied: \(describeError(error))")
+    }
+  }
+
+  /// Who applies a new size; the attach sets it (for `serve` the export's clients keep the
+  /// size they negotiated until they connect again).
+  public func setResizeHandler(_ handler: @escaping @Sendable (_ old: UInt64, _ new: UInt64) throws -> Void) {
+    eventLoop.execute { self.resizeHandler = handler }
+  }
+
+  /// Reads the LU's capacity again (READ CAPACITY on an active path) and, if it changed,
+  /// applies it: the resize handler (the kernel device), then the bounds requests are
+  /// checked against. Answers what happened, or why the new size was refused.
+  public func rescan(reason: String = "rescan") -> EventLoopFuture<String> {
+    eventLoop.flatSubmit { [self] in
+      let loggedIn = paths.values.filter { $0.unit != nil && !$0.removed && $0.session.state == .fullFeature }
+      guard let unit = loggedIn.min(by: { $0.id.rawValue < $1.id.rawValue })?.unit else {
+        return eventLoop.makeFailedFuture(BridgeError("no path is logged in to read the capacity; try again once one is"))
       }
+      return unit.capacityBytes().flatMap { new in self.apply(capacity: new, reason: reason) }
+    }
+  }
+
+  private func apply(capacity new: UInt64, reason: String) -> EventLoopFuture<String> {
+    let old = capacity
+    guard new != old else { return eventLoop.makeSucceededFuture("the size is unchanged: \(old) bytes") }
+    guard new % UInt64(info.blockSize) == 0 else {
+      return eventLoop.makeFailedFuture(BridgeError("the target reports \(new) bytes, not a multiple of the block size"))
+    }
+    let applied: EventLoopFuture<Void>
+    if let handler = resizeHandler {
+      // Netlink and the in-use check are system calls: on NIO's blocking-work pool.
+      applied = NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) { try handler(old, new) }
+    } else if new < old {
+      applied = eventLoop.makeFailedFuture(
+        BridgeError("the LUN shrank from \(old) to \(new) bytes: refused while it is served", kind: .busy))
+    } else {
+      applied = eventLoop.makeSucceededVoidFuture()
+    }
+    return applied.assumeIsolated().map { [self] in
+      capacity = new
+      capacityChanges += 1
+      validator = NBDRequestValidator(
+        exportSize: new, blockSizes: validator.blockSizes, transmissionFlags: validator.transmissionFlags,
+        commandSubset: validator.commandSubset, maximumEffectLength: validator.maximumEffectLength)
+      let verb = new > old ? "grew" : "shrank"
+      logger.notice("the LUN \(verb) from \(old) to \(new) bytes (\(reason)); applied", metadata: ["bytes": "\(new)"])
+      return "the LUN \(verb) from \(old) to \(new) bytes; applied"
+    }.nonisolated().flatMapErrorThrowing { [logger] error in
+      logger.warning("the LUN's size changed from \(old) to \(new) bytes (\(reason)), not applied: \(describeError(error))")
+      throw error
     }
   }
 
@@ -1315,7 +1363,7 @@ public final class Volume: @unchecked Sendable {
       }
       var report = VolumeStatusReport(
         name: options.name, device: device, export: exportURI, targetName: targetName, lun: lun,
-        deviceIdentifier: info.deviceIdentifier, sizeBytes: info.sizeBytes, blockSize: info.blockSize,
+        deviceIdentifier: info.deviceIdentifier, sizeBytes: capacity, blockSize: info.blockSize,
         readOnly: readOnly, policy: "\(machine.configuration.policy)",
         failback: Volume.describe(machine.configuration.failback),
         noPathRetrySeconds: Int(machine.configuration.noPathRetry.components.seconds), queuedIOs: machine.queuedIOs,
@@ -1323,6 +1371,7 @@ public final class Volume: @unchecked Sendable {
         uptimeSeconds: Double((now - opened).nanoseconds) / 1e9, flow: currentFlow)
       report.reservationKey = registrationKey.map(PRReply.hex)
       report.reservationConflicts = reservationConflicts
+      report.capacityChanges = capacityChanges
       return report
     }
   }

@@ -299,6 +299,8 @@ public struct VolumeStatusReport: Codable, Hashable, Sendable {
   public var reservationKey: String?
   /// Requests the target refused with RESERVATION CONFLICT (absent in older reports).
   public var reservationConflicts: UInt64?
+  /// Size changes applied since the volume was opened (rescan, 2A/09).
+  public var capacityChanges: UInt64?
 
   public init(
     name: String, device: String?, export: String?, targetName: String, lun: UInt16, deviceIdentifier: String?,

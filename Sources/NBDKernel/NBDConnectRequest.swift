@@ -161,7 +161,7 @@ public struct NBDNetlinkMessage: Hashable, Sendable {
   /// NBD_CMD_RECONFIGURE: new sockets fill dead slots; nil timeouts are left unchanged.
   public static func reconfigure(
     index: UInt32, sockets: [Int32], timeoutSeconds: UInt64?, deadConnectionTimeoutSeconds: UInt64?,
-    backendIdentifier: String?
+    backendIdentifier: String?, sizeBytes: UInt64? = nil
   ) throws -> NBDNetlinkMessage {
     if let bad = sockets.first(where: { $0 < 0 }) {
       throw NBDKernelError(
@@ -173,6 +173,8 @@ public struct NBDNetlinkMessage: Hashable, Sendable {
     w.putU32(Attribute.index, index)
     if let t = timeoutSeconds { w.putU64(Attribute.timeout, t) }
     if let t = deadConnectionTimeoutSeconds { w.putU64(Attribute.deadConnectionTimeout, t) }
+    // A new size (online resize; Linux 5.3 "nbd: add netlink reconfigure resize support").
+    if let size = sizeBytes { w.putU64(Attribute.sizeBytes, size) }
     if !sockets.isEmpty { putSockets(&w, sockets) }
     if let id = backendIdentifier { w.putString(Attribute.backendIdentifier, id) }
     return NBDNetlinkMessage(command: Command.reconfigure, attributes: w.bytes)

@@ -62,11 +62,12 @@ public final class NBDNetlink: @unchecked Sendable {
   /// are left as they are. `backendIdentifier` must match the one given at CONNECT.
   public func reconfigure(
     index: UInt32, sockets: [Int32] = [], timeoutSeconds: UInt64? = nil,
-    deadConnectionTimeoutSeconds: UInt64? = nil, backendIdentifier: String? = nil
+    deadConnectionTimeoutSeconds: UInt64? = nil, backendIdentifier: String? = nil, sizeBytes: UInt64? = nil
   ) throws {
     let message = try NBDNetlinkMessage.reconfigure(
       index: index, sockets: sockets, timeoutSeconds: timeoutSeconds,
-      deadConnectionTimeoutSeconds: deadConnectionTimeoutSeconds, backendIdentifier: backendIdentifier)
+      deadConnectionTimeoutSeconds: deadConnectionTimeoutSeconds, backendIdentifier: backendIdentifier,
+      sizeBytes: sizeBytes)
     _ = try send(message, operation: .reconfigure, index: index)
     logger.debug("nbd reconfigured", metadata: ["index": "\(index)", "sockets": "\(sockets.count)"])
   }

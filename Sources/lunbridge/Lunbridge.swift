@@ -577,7 +577,8 @@ struct Observability {
     do {
       o.control = try await ControlServer.start(
         name: name, report: report, reload: reload, failback: { volume.failback() },
-        reservation: { volume.persistentReservation($0) }, logger: logger)
+        rescan: { volume.rescan(reason: "lunbridge rescan") }, reservation: { volume.persistentReservation($0) },
+        logger: logger)
     } catch {
       logger.warning("no control socket, so no `lunbridge status` for this volume: \(error)")
     }
@@ -860,6 +861,8 @@ struct Attach: AsyncParsableCommand {
     }
     attachment.startWatching()
     attachment.raiseRequestSize()
+    // A new capacity (rescan, 2A/09) goes to the kernel device.
+    volume.setResizeHandler { old, new in try attachment.resize(from: old, to: new) }
     let urlFile = recordURL(shownURL, index: attachment.index)
     // udev names /dev/lunbridge/NAME, /dev/disk/by-path/ip-...-iscsi-...-lun-N and
     // /dev/disk/by-id/wwn-0x... from this record (systemd/99-lunbridge.rules); a URL attach
@@ -1315,7 +1318,8 @@ struct Lunbridge: AsyncParsableCommand {
       """,
     version: "lunbridge \(lunbridgeVersion) (commit \(String(cString: lunbridge_build_commit())))",
     subcommands: [
-      Discover.self, Info.self, Serve.self, Attach.self, Detach.self, List.self, Status.self, Reload.self, Failback.self, PersistentReserve.self,
+      Discover.self, Info.self, Serve.self, Attach.self, Detach.self, List.self, Status.self, Reload.self, Failback.self,
+      Rescan.self, PersistentReserve.self,
       ConfigCommand.self, SystemdGeneratorCommand.self,
     ])
 

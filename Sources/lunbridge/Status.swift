@@ -72,6 +72,26 @@ struct Reload: ParsableCommand {
   }
 }
 
+/// `lunbridge rescan NAME`: the LU grew (or shrank) on the array; re-read its capacity and
+/// give the device the new size, as `iscsiadm -m session -R` and `multipathd resize map` do.
+struct Rescan: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Re-read a running volume's capacity and give its device the new size (online resize).",
+    discussion: """
+      Growing applies at once (the kernel reports a capacity change; then grow the filesystem, \
+      e.g. resize2fs or xfs_growfs). Shrinking is refused while the device is in use. A \
+      capacity change the target announces (unit attention 2A/09) is applied the same way.
+      """)
+
+  @Argument(help: "The volume NAME, /dev/nbdN or nbdN.")
+  var volume: String
+
+  func run() throws {
+    let socket = try ControlDirectory().socket(for: volume)
+    print(try ControlClient.action("rescan", socket: socket, timeout: 60))
+  }
+}
+
 /// `lunbridge failback NAME`: with `--failback manual`, paths that came back wait until
 /// this is run.
 struct Failback: ParsableCommand {

@@ -186,6 +186,14 @@ final class NBDKernelTests: XCTestCase {
     XCTAssertEqual(attrs.map(\.type), [A.index, A.deadConnectionTimeout, A.sockets, A.backendIdentifier])
     XCTAssertEqual(try attrs.first(A.index)?.u32(), 2)
 
+    // Online resize: the new size, no sockets, the backend the kernel checks.
+    let grow = try NBDNetlinkMessage.reconfigure(
+      index: 2, sockets: [], timeoutSeconds: nil, deadConnectionTimeoutSeconds: nil, backendIdentifier: "b",
+      sizeBytes: 128 << 20)
+    let growAttrs = try NetlinkAttribute.parse(grow.attributes)
+    XCTAssertEqual(growAttrs.map(\.type), [A.index, A.sizeBytes, A.backendIdentifier])
+    XCTAssertEqual(try growAttrs.first(A.sizeBytes)?.u64(), 128 << 20)
+
     let disc = NBDNetlinkMessage.disconnect(index: 6)
     XCTAssertEqual(disc.command, 2)
     XCTAssertEqual(disc.attributes, [8, 0, 1, 0, 6, 0, 0, 0])

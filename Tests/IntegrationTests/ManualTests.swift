@@ -43,7 +43,7 @@ final class ManualTests: XCTestCase {
   /// Every command the parser has is in lunbridge(8), with its options.
   func testLunbridge8HasEveryCommandAndTheHandWrittenSections() throws {
     let text = try String(contentsOfFile: try page("lunbridge.8"), encoding: .utf8)
-    for command in ["discover", "info", "serve", "attach", "detach", "list", "status", "reload", "failback", "pr", "config"] {
+    for command in ["discover", "info", "serve", "attach", "detach", "list", "status", "reload", "failback", "rescan", "pr", "config"] {
       XCTAssertTrue(text.contains(command), "lunbridge.8 lacks \(command)")
     }
     for option in ["chap-secret-file", "socket-mode", "no-path-retry", "luns"] {

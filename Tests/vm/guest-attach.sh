@@ -224,6 +224,63 @@ check "umount after the pressure test" umount "$M"
 check "detach after the pressure test" "$LB" detach "$dev"
 dev=""
 
+# Online resize: a LUN of its own (target 2 of the same tgtd) grown on the "array" (its
+# backing file grown and the LU re-created at the new size: tgtd reads the size when the
+# LU is made), then `lunbridge rescan`: the kernel device takes the new size under the
+# mounted filesystem, resize2fs grows it online, fio verify passes before and after. A
+# shrink under the mount is refused and changes nothing.
+CP=$(cat "$T/cp"); P=$(cat "$T/port")
+adm() { timeout 10 tgtadm -C "$CP" --lld iscsi "$@"; }
+rimg=$T/resize.img riqn=iqn.2026-11.org.lunbridge:resize
+truncate -s 64M "$rimg"
+adm --op new --mode target --tid 2 -T "$riqn" && adm --op new --mode logicalunit --tid 2 --lun 1 -b "$rimg" &&
+  adm --op bind --mode target --tid 2 -I ALL
+rurl="iscsi://127.0.0.1:$P/$riqn/1"
+rdev=$(timeout 60 "$LB" attach "$rurl" --log-file "$T/resize.log" 2>"$T/resize.err")
+check "attach a 64 MiB LUN to grow (${rdev:-nothing}: $(cat "$T/resize.err"))" test -b "${rdev:-/nonexistent}"
+if [ -b "${rdev:-/nonexistent}" ]; then
+  dev=$rdev
+  check "blockdev --getsize64: 64 MiB" test "$(blockdev --getsize64 "$rdev")" = $((64 << 20))
+  check "mkfs.ext4 + mount on it" bash -c "mkfs.ext4 -q -E nodiscard '$rdev' && mount '$rdev' '$M'"
+  check "fio verify before the resize" fio --name=before --filename="$M/before.dat" --ioengine=libaio --direct=1 \
+    --rw=randwrite --bs=4k --iodepth=8 --size=24m --verify=crc32c --verify_fatal=1 --output="$T/fio-before.txt"
+  sync
+  truncate -s 128M "$rimg"
+  check "the array grows the LU to 128 MiB (tgtd: LU re-created on the grown file)" \
+    bash -c "timeout 10 tgtadm -C $CP --lld iscsi --op delete --mode logicalunit --tid 2 --lun 1 &&
+      timeout 10 tgtadm -C $CP --lld iscsi --op new --mode logicalunit --tid 2 --lun 1 -b '$rimg'"
+  out=$("$LB" rescan "$rdev" 2>&1)
+  check "lunbridge rescan $rdev: $out" test "$out" = "the LUN grew from $((64 << 20)) to $((128 << 20)) bytes; applied"
+  check "blockdev --getsize64 shows the new size ($(blockdev --getsize64 "$rdev"))" \
+    test "$(blockdev --getsize64 "$rdev")" = $((128 << 20))
+  check "the kernel logged the capacity change" bash -c "dmesg | grep -q 'nbd${rdev#/dev/nbd}: detected capacity change'"
+  size0=$(df -k --output=size "$M" | tail -1)
+  check "resize2fs grows the mounted ext4" resize2fs "$rdev"
+  size1=$(df -k --output=size "$M" | tail -1)
+  check "df: $size0 KiB -> $size1 KiB" test "$size1" -gt $((size0 * 3 / 2))
+  check "fio verify after the resize, beyond the old end" fio --name=after --filename="$M/after.dat" --ioengine=libaio \
+    --direct=1 --rw=randwrite --bs=4k --iodepth=8 --size=80m --verify=crc32c --verify_fatal=1 --output="$T/fio-after.txt"
+  check "the data written before the resize still verifies" fio --name=before --filename="$M/before.dat" \
+    --ioengine=libaio --direct=1 --rw=randread --bs=4k --iodepth=8 --size=24m --verify=crc32c --verify_only \
+    --verify_fatal=1 --output="$T/fio-before-again.txt"
+  check "status counts the change (capacityChanges 1)" \
+    bash -c "'$LB' status '$rdev' --json | grep -q '\"capacityChanges\" : 1'"
+  sync
+  # The array shrinks it (another, smaller file): refused while mounted; then back.
+  truncate -s 32M "$T/small.img"
+  adm --op delete --mode logicalunit --tid 2 --lun 1 && adm --op new --mode logicalunit --tid 2 --lun 1 -b "$T/small.img"
+  out=$("$LB" rescan "$rdev" 2>&1); rc=$?
+  check "a shrink under the mount is refused, exit 28: $out" \
+    bash -c "[ $rc = 28 ] && grep -q 'is in use (mounted?) and keeps $((128 << 20)) bytes' <<<'$out'"
+  check "the device kept its size" test "$(blockdev --getsize64 "$rdev")" = $((128 << 20))
+  adm --op delete --mode logicalunit --tid 2 --lun 1 && adm --op new --mode logicalunit --tid 2 --lun 1 -b "$rimg"
+  check "with the LU back, rescan finds the size unchanged" bash -c "'$LB' rescan '$rdev' | grep -q unchanged"
+  check "umount and e2fsck -fn: clean" bash -c "umount '$M' && e2fsck -fn '$rdev' >'$T/resize-fsck.txt' 2>&1" ||
+    sed 's/^/# /' "$T/resize-fsck.txt"
+  check "detach the resized LUN" "$LB" detach "$rdev"
+  dev=""
+fi
+
 # Errors a user meets.
 out=$("$LB" attach "iscsi://127.0.0.1:$(cat "$T/port")/iqn.2026-11.org.lunbridge:nope/1" 2>&1); rc=$?
 check "unknown target: one line, non-zero ($out)" bash -c "[ $rc -ne 0 ] && [ \$(wc -l <<<'$out') -eq 1 ]"
