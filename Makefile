@@ -135,9 +135,8 @@ demo: deps build
 	else \
 	  echo; echo "This kernel has no nbd driver: running the attach part inside a Debian kernel under QEMU (about a minute)..."; \
 	  rm -rf .build/demo-vm; mkdir -p .build/demo-vm; \
-	  RESULTDIR=.build/demo-vm VM_QUIET=1 Tests/vm/vm-run.sh Tests/vm/guest-demo.sh \
-	    "$$(pwd)/.build/release/lunbridge" "$$(pwd)" >/dev/null 2>&1; rc=$$?; \
-	  cat .build/demo-vm/stdout .build/demo-vm/stderr 2>/dev/null; exit $$rc; \
+	  RESULTDIR=.build/demo-vm Tests/vm/vm-run.sh Tests/vm/guest-demo.sh \
+	    "$$(pwd)/.build/release/lunbridge" "$$(pwd)"; \
 	fi
 
 # fio through `lunbridge serve` vs qemu-nbd (libiscsi) on one tgtd LUN in one run, with

@@ -146,6 +146,36 @@ public struct VolumeConfig: Equatable, Sendable {
     return try VolumeConfig(parsing: text, file: path, name: name)
   }
 
+  /// Every problem of the file at `path` (`lunbridge config check`): all wrong keys and
+  /// values, or the one syntax or file error that stops reading; when the keys are right,
+  /// the filesystem checks (`validate()`). Empty: the file is good.
+  public static func problems(path: String) -> [VolumeConfigError] {
+    do {
+      try load(path: path).validate()
+      return []
+    } catch let e as VolumeConfigError {
+      switch e.kind {
+      case .volumeFile, .badName, .syntax, .secretFile: return [e]  // nothing more to read, or validate()'s
+      default: return collected(path: path)  // a wrong key or value: all of them
+      }
+    } catch {
+      return [VolumeConfigError(.volumeFile, file: path, message: "\(error)")]
+    }
+  }
+
+  private static func collected(path: String) -> [VolumeConfigError] {
+    let text = String(decoding: FileManager.default.contents(atPath: path) ?? Data(), as: UTF8.self)
+    var problems: [VolumeConfigError] = []
+    do {
+      _ = try VolumeConfig(parsing: text, file: path, name: volumeName(path: path), problems: &problems)
+    } catch let e as VolumeConfigError {
+      return [e]
+    } catch {
+      return [VolumeConfigError(.volumeFile, file: path, message: "\(error)")]
+    }
+    return problems
+  }
+
   /// Parse + validate, without connecting (`lunbridge config check NAME`).
   @discardableResult
   public static func check(name: String, directory: String = VolumeConfig.directory) throws -> VolumeConfig {
@@ -322,6 +352,15 @@ public struct VolumeConfig: Equatable, Sendable {
   // MARK: parsing
 
   public init(parsing text: String, file: String, name: String) throws {
+    var problems: [VolumeConfigError] = []
+    try self.init(parsing: text, file: file, name: name, problems: &problems)
+    if let first = problems.first { throw first }
+  }
+
+  /// Parses on past a wrong key or value and collects every such problem in `problems`
+  /// (`lunbridge config check` shows them all); throws only for a syntax error, after
+  /// which nothing can be read.
+  public init(parsing text: String, file: String, name: String, problems: inout [VolumeConfigError]) throws {
     self.name = name
     self.file = file
     self.paths = []
@@ -333,124 +372,138 @@ public struct VolumeConfig: Equatable, Sendable {
     }
     let d = Decoder(file: file)
     for entry in entries {
-      if let first = lines[entry.key] {
+      do {
+        if let first = lines[entry.key] {
+          throw d.error(.duplicateKey, entry, "key '\(entry.key)' is set twice (first on line \(first))")
+        }
+        lines[entry.key] = entry.line
+        try apply(entry, d)
+      } catch let e as VolumeConfigError {
+        problems.append(e)
+      }
+    }
+    if lines["paths"] == nil {
+      problems.append(
+        VolumeConfigError(
+          .missingKey, file: file, key: "paths",
+          message: "key 'paths' is missing: add paths = [\"iscsi://HOST[:PORT]/TARGET-IQN/LUN\"]"))
+    }
+    // Combinations only once each key read well (a key that failed would show up again).
+    guard problems.isEmpty else { return }
+    do {
+      try checkCombinations()
+    } catch let e as VolumeConfigError {
+      problems.append(e)
+    }
+  }
+
+  private mutating func apply(_ entry: TOMLEntry, _ d: Decoder) throws {
+    switch entry.key {
+    case "paths":
+      paths = try d.urls(entry)
+    case "initiator_name":
+      let v = try d.string(entry)
+      guard ["iqn.", "eui.", "naa."].contains(where: { v.lowercased().hasPrefix($0) }), !v.contains(" ") else {
+        throw d.error(.invalidValue, entry, "key 'initiator_name' must be an iSCSI name (iqn..., eui... or naa...), got '\(v)'")
+      }
+      initiatorName = v
+    case "chap_user": chapUser = try d.nonEmptyString(entry)
+    case "chap_secret_file": chapSecretFile = try d.absolutePath(entry)
+    case "mutual_user": mutualUser = try d.nonEmptyString(entry)
+    case "mutual_secret_file": mutualSecretFile = try d.absolutePath(entry)
+    case "chap_secret_credential": chapSecretCredential = try d.credentialName(entry)
+    case "mutual_secret_credential": mutualSecretCredential = try d.credentialName(entry)
+    case "startup":
+      let v = try d.string(entry)
+      guard let s = Startup(rawValue: v.lowercased()) else {
+        throw d.error(.invalidValue, entry, "key 'startup' must be \"automatic\" or \"manual\", got '\(v)'")
+      }
+      startup = s
+    case "chap_algorithms":
+      chapAlgorithms = try d.list(entry, of: "CHAP algorithms", allowed: "md5, sha1, sha256") {
+        switch $0.lowercased() {
+        case "md5": return .md5
+        case "sha1", "sha-1": return .sha1
+        case "sha256", "sha-256": return .sha256
+        default: return nil
+        }
+      }
+    case "header_digest", "data_digest":
+      let digests: [Digest] = try d.list(entry, of: "digests", allowed: "none, crc32c") {
+        switch $0.lowercased() {
+        case "none": return Digest.none
+        case "crc32c": return .crc32c
+        default: return nil
+        }
+      }
+      if entry.key == "header_digest" { headerDigest = digests } else { dataDigest = digests }
+    case "policy":
+      let v = try d.string(entry)
+      guard let p = Policy(rawValue: v.lowercased()) else {
         throw d.error(
-          .duplicateKey, entry, "key '\(entry.key)' is set twice (first on line \(first))")
+          .invalidValue, entry,
+          "key 'policy' must be one of \(Policy.allCases.map(\.rawValue).joined(separator: ", ")), got '\(v)'")
       }
-      lines[entry.key] = entry.line
-      switch entry.key {
-      case "paths":
-        paths = try d.urls(entry)
-      case "initiator_name":
-        let v = try d.string(entry)
-        guard ["iqn.", "eui.", "naa."].contains(where: { v.lowercased().hasPrefix($0) }), !v.contains(" ") else {
-          throw d.error(.invalidValue, entry, "key 'initiator_name' must be an iSCSI name (iqn..., eui... or naa...), got '\(v)'")
+      policy = p
+    case "keepalive_interval": keepaliveInterval = try d.seconds(entry, min: 1)
+    case "keepalive_timeout": keepaliveTimeout = try d.seconds(entry, min: 1)
+    case "login_timeout": loginTimeout = try d.seconds(entry, min: 1)
+    case "timeout": timeout = try d.seconds(entry, min: 1)
+    case "dead_conn_timeout": deadConnTimeout = try d.seconds(entry, min: 0)
+    case "no_path_retry": noPathRetry = try d.seconds(entry, min: 0)
+    case "alua_check_interval": aluaCheckInterval = try d.seconds(entry, min: 1)
+    case "reservation_key":
+      let v = try d.string(entry)
+      if v.hasPrefix("file:") {
+        guard v.dropFirst(5).hasPrefix("/") else {
+          throw d.error(.invalidValue, entry, "key 'reservation_key' file must be an absolute path (file:/etc/...), got '\(v)'")
         }
-        initiatorName = v
-      case "chap_user": chapUser = try d.nonEmptyString(entry)
-      case "chap_secret_file": chapSecretFile = try d.absolutePath(entry)
-      case "mutual_user": mutualUser = try d.nonEmptyString(entry)
-      case "mutual_secret_file": mutualSecretFile = try d.absolutePath(entry)
-      case "chap_secret_credential": chapSecretCredential = try d.credentialName(entry)
-      case "mutual_secret_credential": mutualSecretCredential = try d.credentialName(entry)
-      case "startup":
-        let v = try d.string(entry)
-        guard let s = Startup(rawValue: v.lowercased()) else {
-          throw d.error(.invalidValue, entry, "key 'startup' must be \"automatic\" or \"manual\", got '\(v)'")
-        }
-        startup = s
-      case "chap_algorithms":
-        chapAlgorithms = try d.list(entry, of: "CHAP algorithms", allowed: "md5, sha1, sha256") {
-          switch $0.lowercased() {
-          case "md5": return .md5
-          case "sha1", "sha-1": return .sha1
-          case "sha256", "sha-256": return .sha256
-          default: return nil
-          }
-        }
-      case "header_digest", "data_digest":
-        let digests: [Digest] = try d.list(entry, of: "digests", allowed: "none, crc32c") {
-          switch $0.lowercased() {
-          case "none": return Digest.none
-          case "crc32c": return .crc32c
-          default: return nil
-          }
-        }
-        if entry.key == "header_digest" { headerDigest = digests } else { dataDigest = digests }
-      case "policy":
-        let v = try d.string(entry)
-        guard let p = Policy(rawValue: v.lowercased()) else {
-          throw d.error(
-            .invalidValue, entry,
-            "key 'policy' must be one of \(Policy.allCases.map(\.rawValue).joined(separator: ", ")), got '\(v)'")
-        }
-        policy = p
-      case "keepalive_interval": keepaliveInterval = try d.seconds(entry, min: 1)
-      case "keepalive_timeout": keepaliveTimeout = try d.seconds(entry, min: 1)
-      case "login_timeout": loginTimeout = try d.seconds(entry, min: 1)
-      case "timeout": timeout = try d.seconds(entry, min: 1)
-      case "dead_conn_timeout": deadConnTimeout = try d.seconds(entry, min: 0)
-      case "no_path_retry": noPathRetry = try d.seconds(entry, min: 0)
-      case "alua_check_interval": aluaCheckInterval = try d.seconds(entry, min: 1)
-      case "reservation_key":
-        let v = try d.string(entry)
-        if v.hasPrefix("file:") {
-          guard v.dropFirst(5).hasPrefix("/") else {
-            throw d.error(.invalidValue, entry, "key 'reservation_key' file must be an absolute path (file:/etc/...), got '\(v)'")
-          }
-        } else if VolumeConfig.parseReservationKey(v) == nil {
-          throw d.error(
-            .invalidValue, entry,
-            "key 'reservation_key' must be a non-zero key of up to 16 hexadecimal digits (\"0x1a2b\") or \"file:PATH\", got '\(v)'")
-        }
-        reservationKey = v
-      case "device": device = try d.device(entry)
-      case "read_only": readOnly = try d.boolean(entry)
-      case "connections":
-        let n = try d.integer(entry, what: "an integer")
-        guard (1...64).contains(n) else {
-          throw d.error(.invalidValue, entry, "key 'connections' must be between 1 and 64, got \(n)")
-        }
-        connections = Int(n)
-      case "sessions_per_path":
-        let n = try d.integer(entry, what: "an integer")
-        guard (1...16).contains(n) else {
-          throw d.error(.invalidValue, entry, "key 'sessions_per_path' must be between 1 and 16, got \(n)")
-        }
-        sessionsPerPath = Int(n)
-      case "failback":
-        if case .integer(let n) = entry.node.value {
-          guard n >= 0 else { throw d.error(.invalidValue, entry, "key 'failback' must be 0 or more seconds, got \(n)") }
-          failback = String(n)
-        } else {
-          let v = try d.string(entry).lowercased()
-          guard v == "immediate" || v == "manual" || Int(v).map({ $0 >= 0 }) == true else {
-            throw d.error(
-              .invalidValue, entry, "key 'failback' must be \"immediate\", \"manual\" or a number of seconds, got '\(v)'")
-          }
-          failback = v
-        }
-      case "command_timeout": commandTimeout = try d.seconds(entry, min: 1)
-      case "metrics":
-        let v = try d.string(entry)
-        guard v.hasPrefix("tcp:") else {
-          throw d.error(.invalidValue, entry, "key 'metrics' must be tcp:[HOST:]PORT, got '\(v)'")
-        }
-        metrics = v
-      default:
-        let suggestion = Self.closestKey(to: entry.key)
-        throw VolumeConfigError(
-          .unknownKey, file: file, line: entry.line, key: entry.key,
-          message: "unknown key '\(entry.key)'" + (suggestion.map { " (did you mean '\($0)'?)" } ?? ""),
-          suggestion: suggestion)
+      } else if VolumeConfig.parseReservationKey(v) == nil {
+        throw d.error(
+          .invalidValue, entry,
+          "key 'reservation_key' must be a non-zero key of up to 16 hexadecimal digits (\"0x1a2b\") or \"file:PATH\", got '\(v)'")
       }
-    }
-    guard lines["paths"] != nil else {
+      reservationKey = v
+    case "device": device = try d.device(entry)
+    case "read_only": readOnly = try d.boolean(entry)
+    case "connections":
+      let n = try d.integer(entry, what: "an integer")
+      guard (1...64).contains(n) else {
+        throw d.error(.invalidValue, entry, "key 'connections' must be between 1 and 64, got \(n)")
+      }
+      connections = Int(n)
+    case "sessions_per_path":
+      let n = try d.integer(entry, what: "an integer")
+      guard (1...16).contains(n) else {
+        throw d.error(.invalidValue, entry, "key 'sessions_per_path' must be between 1 and 16, got \(n)")
+      }
+      sessionsPerPath = Int(n)
+    case "failback":
+      if case .integer(let n) = entry.node.value {
+        guard n >= 0 else { throw d.error(.invalidValue, entry, "key 'failback' must be 0 or more seconds, got \(n)") }
+        failback = String(n)
+      } else {
+        let v = try d.string(entry).lowercased()
+        guard v == "immediate" || v == "manual" || Int(v).map({ $0 >= 0 }) == true else {
+          throw d.error(
+            .invalidValue, entry, "key 'failback' must be \"immediate\", \"manual\" or a number of seconds, got '\(v)'")
+        }
+        failback = v
+      }
+    case "command_timeout": commandTimeout = try d.seconds(entry, min: 1)
+    case "metrics":
+      let v = try d.string(entry)
+      guard v.hasPrefix("tcp:") else {
+        throw d.error(.invalidValue, entry, "key 'metrics' must be tcp:[HOST:]PORT, got '\(v)'")
+      }
+      metrics = v
+    default:
+      let suggestion = Self.closestKey(to: entry.key)
       throw VolumeConfigError(
-        .missingKey, file: file, key: "paths",
-        message: "key 'paths' is missing: add paths = [\"iscsi://HOST[:PORT]/TARGET-IQN/LUN\"]")
+        .unknownKey, file: file, line: entry.line, key: entry.key,
+        message: "unknown key '\(entry.key)'" + (suggestion.map { " (did you mean '\($0)'?)" } ?? ""),
+        suggestion: suggestion)
     }
-    try checkCombinations()
   }
 
   private func checkCombinations() throws {

@@ -1175,22 +1175,28 @@ struct ConfigCheck: ParsableCommand {
   var directory: String = VolumeConfig.directory
 
   func run() throws {
+    var files: [String]
     if let name {
-      let config =
-        name.contains("/") ? try VolumeConfig.check(path: name) : try VolumeConfig.check(name: name, directory: directory)
-      print("\(config.file): ok\(config.startup == .automatic ? " (startup automatic: started at boot)" : "")")
-      return
-    }
-    var failed = 0
-    let results = try VolumeConfig.checkAll(directory: directory)
-    if results.isEmpty { print("no volume files in \(directory) (NAME.toml)") }
-    for (_, result) in results {
-      switch result {
-      case .success(let c): print("\(c.file): ok\(c.startup == .automatic ? " (startup automatic: started at boot)" : "")")
-      case .failure(let e):
-        failed += 1
-        LogOutput.writeStandardError("lunbridge: error: \(e)\n")
+      if !name.contains("/"), let problem = VolumeConfig.nameProblem(
+        name.hasSuffix(".toml") ? String(name.dropLast(5)) : name)
+      {
+        throw VolumeConfigError(.badName, file: VolumeConfig.path(name: name, directory: directory), message: problem)
       }
+      files = [name.contains("/") ? name : VolumeConfig.path(name: name, directory: directory)]
+    } else {
+      files = try VolumeConfig.names(directory: directory).map { VolumeConfig.path(name: $0, directory: directory) }
+      if files.isEmpty { print("no volume files in \(directory) (NAME.toml)") }
+    }
+    // Every problem of every file, one line each, not just the first.
+    var failed = 0
+    for file in files {
+      let problems = VolumeConfig.problems(path: file)
+      if problems.isEmpty {
+        let startup = (try? VolumeConfig.load(path: file))?.startup == .automatic
+        print("\(file): ok\(startup ? " (startup automatic: started at boot)" : "")")
+      }
+      for problem in problems { LogOutput.writeStandardError("lunbridge: error: \(problem)\n") }
+      if !problems.isEmpty { failed += 1 }
     }
     if failed > 0 { throw ExitCode(ExitStatus.config.rawValue) }
   }

@@ -79,8 +79,9 @@ struct Rescan: ParsableCommand {
     abstract: "Re-read a running volume's capacity and give its device the new size (online resize).",
     discussion: """
       Growing applies at once (the kernel reports a capacity change; then grow the filesystem, \
-      e.g. resize2fs or xfs_growfs). Shrinking is refused while the device is in use. A \
-      capacity change the target announces (unit attention 2A/09) is applied the same way.
+      e.g. resize2fs or xfs_growfs).
+      Shrinking is refused while the device is in use.
+      A capacity change the target announces (unit attention 2A/09) is applied the same way.
       """)
 
   @Argument(help: "The volume NAME, /dev/nbdN or nbdN.")

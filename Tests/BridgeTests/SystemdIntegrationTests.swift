@@ -163,6 +163,21 @@ final class SystemdIntegrationTests: XCTestCase {
     XCTAssertGreaterThanOrEqual(pings(within: 0.5).count, 3)
   }
 
+  /// `config check` shows every wrong key and value of a file, not just the first.
+  func testConfigCheckCollectsEveryProblemOfAFile() throws {
+    let path = try write(
+      "many", "paths = [\"\(url)\"]\ntimeout = \"soon\"\npolicy = \"fastest\"\ntiemout = 3\nread_only = 1\ntimeout = 4\n")
+    let problems = VolumeConfig.problems(path: path)
+    XCTAssertEqual(problems.map(\.line), [2, 3, 4, 5, 6], "\(problems)")
+    XCTAssertEqual(problems.map(\.kind), [.wrongType, .invalidValue, .unknownKey, .wrongType, .duplicateKey])
+    // A syntax error stops the reading: one problem.
+    let broken = try write("broken", "paths = [\"\(url)\"\ntimeout = \"soon\"\n")
+    XCTAssertEqual(VolumeConfig.problems(path: broken).count, 1)
+    // A good file has none; the missing file one.
+    XCTAssertEqual(VolumeConfig.problems(path: try write("good", "paths = [\"\(url)\"]\n")), [])
+    XCTAssertEqual(VolumeConfig.problems(path: tmp + "/volumes/absent.toml").map(\.kind), [.volumeFile])
+  }
+
   func testReloadFailureKeepsItsClassAcrossTheControlSocket() throws {
     let reply = ControlReply(failure: VolumeConfigError(.invalidValue, file: "/x.toml", line: 2, key: "timeout", message: "bad"))
     let data = try ControlJSON.encoder().encode(reply)

@@ -243,7 +243,7 @@ if [ -b "${rdev:-/nonexistent}" ]; then
   check "blockdev --getsize64: 64 MiB" test "$(blockdev --getsize64 "$rdev")" = $((64 << 20))
   check "mkfs.ext4 + mount on it" bash -c "mkfs.ext4 -q -E nodiscard '$rdev' && mount '$rdev' '$M'"
   check "fio verify before the resize" fio --name=before --filename="$M/before.dat" --ioengine=libaio --direct=1 \
-    --rw=randwrite --bs=4k --iodepth=8 --size=24m --verify=crc32c --verify_fatal=1 --output="$T/fio-before.txt"
+    --rw=randwrite --bs=4k --iodepth=8 --size=8m --verify=crc32c --verify_fatal=1 --output="$T/fio-before.txt"
   sync
   truncate -s 128M "$rimg"
   check "the array grows the LU to 128 MiB (tgtd: LU re-created on the grown file)" \
@@ -259,9 +259,9 @@ if [ -b "${rdev:-/nonexistent}" ]; then
   size1=$(df -k --output=size "$M" | tail -1)
   check "df: $size0 KiB -> $size1 KiB" test "$size1" -gt $((size0 * 3 / 2))
   check "fio verify after the resize, beyond the old end" fio --name=after --filename="$M/after.dat" --ioengine=libaio \
-    --direct=1 --rw=randwrite --bs=4k --iodepth=8 --size=80m --verify=crc32c --verify_fatal=1 --output="$T/fio-after.txt"
+    --direct=1 --rw=write --bs=64k --iodepth=8 --size=64m --verify=crc32c --verify_fatal=1 --output="$T/fio-after.txt"
   check "the data written before the resize still verifies" fio --name=before --filename="$M/before.dat" \
-    --ioengine=libaio --direct=1 --rw=randread --bs=4k --iodepth=8 --size=24m --verify=crc32c --verify_only \
+    --ioengine=libaio --direct=1 --rw=randwrite --bs=4k --iodepth=8 --size=8m --verify=crc32c --verify_only \
     --verify_fatal=1 --output="$T/fio-before-again.txt"
   check "status counts the change (capacityChanges 1)" \
     bash -c "'$LB' status '$rdev' --json | grep -q '\"capacityChanges\" : 1'"
