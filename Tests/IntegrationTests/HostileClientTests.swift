@@ -38,6 +38,8 @@ final class HostileClientTests: XCTestCase {
     }
     tgtd?.stop()
     if let scratch { try? FileManager.default.removeItem(atPath: scratch) }
+    // A serve killed with SIGKILL cannot remove its control socket: the test does.
+    if let volumeName, let control = try? ControlPath.of(volumeName) { unlink(control) }
   }
 
   /// Starts `lunbridge serve` with its log in the scratch folder; waits for the socket.

@@ -127,4 +127,87 @@ final class InfoJSONTests: XCTestCase {
     XCTAssertTrue(text.stdout.contains("    LUN 1  16 MiB  "), text.stdout)
     XCTAssertTrue(text.stdout.contains("    LUN 2  8 MiB  "), text.stdout)
   }
+
+  /// `status --json` of a running `serve` against tgtd: the keys and their JSON types
+  /// (numbers as numbers, booleans as booleans), per volume, path and session.
+  func testStatusJSONKeysAndTypes() throws {
+    try CommandLineTools.require()
+    let tgtd = try TGTD()
+    defer { tgtd.stop() }
+    try tgtd.addTarget(tid: 1, iqn: Self.iqn)
+    _ = try tgtd.addLUN(tid: 1, lun: 1, sizeMiB: 16)
+    try tgtd.bindAll(tid: 1)
+    let scratch = "/dev/shm/lunbridge-status-json-\(getpid())"
+    try FileManager.default.createDirectory(atPath: scratch + "/run", withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: scratch) }
+    let serve = Process()
+    serve.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    serve.arguments = [
+      "LUNBRIDGE_RUN_DIR=\(scratch)/run", CommandLineTools.lunbridge, "serve", "iscsi://127.0.0.1:\(tgtd.port)/\(Self.iqn)/1",
+      "--listen", "unix:\(scratch)/nbd.sock", "--name", "golden",
+    ]
+    serve.standardOutput = FileHandle.nullDevice
+    serve.standardError = FileHandle.nullDevice
+    try serve.run()
+    defer {
+      serve.terminate()
+      serve.waitUntilExit()
+    }
+    for _ in 0..<300 where !FileManager.default.fileExists(atPath: scratch + "/run/golden.sock") { usleep(100_000) }
+    let r = try Command.run(
+      "/usr/bin/env", ["LUNBRIDGE_RUN_DIR=\(scratch)/run", CommandLineTools.lunbridge, "status", "golden", "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    XCTAssertFalse(r.stdout.contains("\\/"), "escaped slashes: \(r.stdout)")
+    let volumes = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]])
+    let volume = try XCTUnwrap(volumes.first)
+    func kinds(_ object: [String: Any]) -> [String: String] {
+      object.mapValues { v in
+        switch v {
+        case is NSNull: return "null"
+        // JSONSerialization gives booleans as NSNumbers of type "c" (Bool), numbers as "q"/"d".
+        case let n as NSNumber: return String(cString: n.objCType) == "c" ? "boolean" : "number"
+        case is String: return "string"
+        case is [Any]: return "array"
+        default: return "object"
+        }
+      }
+    }
+    XCTAssertEqual(
+      kinds(volume),
+      [
+        "name": "string", "export": "string", "targetName": "string", "lun": "number", "deviceIdentifier": "string",
+        "sizeBytes": "number", "blockSize": "number", "readOnly": "boolean", "policy": "string", "failback": "string",
+        "noPathRetrySeconds": "number", "queuedIOs": "number", "noPathFailures": "number", "requests": "object",
+        "latency": "object", "paths": "array", "uptimeSeconds": "number", "flow": "object",
+        "reservationConflicts": "number", "capacityChanges": "number",
+      ])
+    let path = try XCTUnwrap((volume["paths"] as? [[String: Any]])?.first)
+    XCTAssertEqual(
+      kinds(path),
+      [
+        "id": "number", "url": "string", "portal": "string", "state": "string", "group": "number", "priority": "number",
+        "isid": "string", "tsih": "number", "ios": "number", "bytes": "number", "errors": "number", "failovers": "number",
+        "failures": "number", "reinstatements": "number", "outstandingIOs": "number", "iops": "number",
+        "megabytesPerSecond": "number", "latency": "object", "session": "object",
+      ])
+    let session = try XCTUnwrap(path["session"] as? [String: Any])
+    XCTAssertEqual(
+      kinds(session),
+      [
+        "headerDigest": "string", "dataDigest": "string", "maxRecvDataSegmentLength": "number",
+        "targetMaxRecvDataSegmentLength": "number", "maxBurstLength": "number", "firstBurstLength": "number",
+        "initialR2T": "boolean", "immediateData": "boolean", "maxOutstandingR2T": "number", "maxConnections": "number",
+        "defaultTime2Wait": "number", "defaultTime2Retain": "number", "errorRecoveryLevel": "number",
+        "dataPDUInOrder": "boolean", "dataSequenceInOrder": "boolean", "targetPortalGroupTag": "number",
+        "targetAlias": "null", "tsih": "number", "loginTimeoutSeconds": "number", "keepaliveIntervalSeconds": "number",
+        "keepaliveTimeoutSeconds": "number", "commandTimeoutSeconds": "number", "recoveryTimeoutSeconds": "number",
+        "expCmdSN": "number", "maxCmdSN": "number", "windowAvailable": "number", "inFlight": "number", "queued": "number",
+      ])
+    XCTAssertEqual(
+      kinds(try XCTUnwrap(volume["requests"] as? [String: Any])),
+      [
+        "reads": "number", "writes": "number", "flushes": "number", "trims": "number", "writeZeroes": "number",
+        "errors": "number", "readBytes": "number", "writeBytes": "number",
+      ])
+  }
 }
