@@ -14,7 +14,7 @@ RELEASE_FLAGS := -Xswiftc -enforce-exclusivity=unchecked
 DEB_PACKAGES := libnl-3-dev libnl-genl-3-dev tgt libiscsi-bin qemu-utils qemu-block-extra fio libnbd-bin python3-libnbd procps iproute2 nftables openssl \
   man-db groff-base mandoc bash-completion zsh fish
 
-.PHONY: all deps build buildinfo debug man test vm-test boot-test multipath-test multipath-bench bench bench-failover bench-alua bench-initiators unit-test integration-test demo bench-codec fuzz fuzz-build fuzz-test install uninstall clean
+.PHONY: all deps build buildinfo debug man test vm-test boot-test sanboot-test install-files multipath-test multipath-bench bench bench-failover bench-alua bench-initiators unit-test integration-test demo bench-codec fuzz fuzz-build fuzz-test install uninstall clean
 
 all: build
 
@@ -58,9 +58,9 @@ man:
 	@rm -rf .build/man; mkdir -p .build/man/generated
 	.build/manual-tool/debug/generate-manual "$(MAN_BIN)" --section 8 \
 	  --date "$$(git log -1 --format=%cs 2>/dev/null || date +%F)" -o .build/man/generated
-	@# Without the hidden systemd-generator command and the generated one-line EXIT STATUS
+	@# Without the hidden systemd-generator and initramfs-files commands and the generated one-line EXIT STATUS
 	@# (the tail has the real one).
-	awk '/^\.It Em systemd-generator$$/ { skip = 1 } skip && /^\.El$$/ { skip = 0; next } skip { next } \
+	awk '/^\.It Em (systemd-generator|initramfs-files)$$/ { skip = 1 } skip && /^\.El$$/ { skip = 0; next } skip { next } \
 	  /^\.Sh "EXIT STATUS"$$/ { exit } { print }' .build/man/generated/lunbridge.8 > .build/man/lunbridge.8
 	cat Sources/lunbridge/Manual/lunbridge.8.tail >> .build/man/lunbridge.8
 	cp Sources/lunbridge/Manual/lunbridge.toml.5 .build/man/
@@ -74,9 +74,10 @@ test: deps buildinfo
 	  | grep -v -E '^[0-9T:+-]+ (debug|info|notice|warning|error) lunbridge'; rc=$$?; \
 	  $(MAKE) --no-print-directory vm-test || rc=1; \
 	  $(MAKE) --no-print-directory boot-test || rc=1; \
+	  $(MAKE) --no-print-directory sanboot-test || rc=1; \
 	  $(MAKE) --no-print-directory multipath-test || rc=1; \
 	  $(MAKE) --no-print-directory fuzz-test || rc=1; \
-	  Tests/scripts/test-summary.sh .build/test.log .build/vm-test/stdout .build/boot-test/stdout \
+	  Tests/scripts/test-summary.sh .build/test.log .build/vm-test/stdout .build/boot-test/stdout .build/sanboot-test/stdout \
 	    .build/multipath-test/stdout .build/fuzz-test/stdout || rc=1; exit $$rc
 
 # The kernel path in a real Debian kernel under QEMU (this machine's kernel has no nbd).
@@ -102,6 +103,15 @@ boot-test: deps
 	$(SWIFT) build --product lunbridge
 	@rm -rf .build/boot-test; mkdir -p .build/boot-test
 	Tests/vm/boot/boot-test.sh "$$(pwd)/.build/debug/lunbridge" .build/boot-test
+
+# Boot from SAN (Tests/vm/sanboot/README.md): a guest with no disk whose root filesystem is
+# a LUN attached by the initramfs that update-initramfs built with lunbridge's hook, in a
+# Debian root made by debootstrap (cached in .build/sanboot-cache); two boots under QEMU,
+# about 10 minutes.
+sanboot-test: deps
+	$(SWIFT) build --product lunbridge
+	@rm -rf .build/sanboot-test; mkdir -p .build/sanboot-test
+	Tests/vm/sanboot/sanboot-test.sh "$$(pwd)/.build/debug/lunbridge" .build/sanboot-test
 
 # Fuzzing every decoder of peer bytes (Tests/fuzz): libFuzzer + AddressSanitizer, from
 # the committed seed corpus. `make fuzz` runs each target FUZZ_SECONDS (default 300);
@@ -179,9 +189,16 @@ bench-initiators:
 bench-codec:
 	$(SWIFT) run -c release lunbridge-codec-bench
 
+# `make install` builds and installs the release build (Swift runtime linked statically);
+# install-files installs INSTALL_BIN as it is (the boot-from-SAN test puts the debug build
+# into its guest's root filesystem with DESTDIR).
+INSTALL_BIN ?= .build/release/lunbridge
 install: build
-	@$(MAKE) --no-print-directory man MAN_BIN=.build/release/lunbridge
-	install -D -m 0755 .build/release/lunbridge $(DESTDIR)$(PREFIX)/bin/lunbridge
+	@$(MAKE) --no-print-directory install-files
+
+install-files:
+	@$(MAKE) --no-print-directory man MAN_BIN=$(INSTALL_BIN)
+	install -D -m 0755 $(INSTALL_BIN) $(DESTDIR)$(PREFIX)/bin/lunbridge
 	install -D -m 0644 .build/man/lunbridge.8 $(DESTDIR)$(PREFIX)/share/man/man8/lunbridge.8
 	install -D -m 0644 .build/man/lunbridge.toml.5 $(DESTDIR)$(PREFIX)/share/man/man5/lunbridge.toml.5
 	@# The unit runs the binary where PREFIX put it.
@@ -194,16 +211,21 @@ install: build
 	install -D -m 0600 systemd/example.toml $(DESTDIR)/etc/lunbridge/volumes/example.toml.sample
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/lunbridge/README.md
 	install -D -m 0644 systemd/credentials.conf.example $(DESTDIR)$(PREFIX)/share/doc/lunbridge/credentials.conf.example
+	@# Boot from SAN: initramfs-tools hook, local-top script and settings (UMASK=0077).
+	sed -e 's|^LUNBRIDGE=/usr/local/bin/lunbridge|LUNBRIDGE=$(PREFIX)/bin/lunbridge|' systemd/initramfs-tools/hooks/lunbridge > .build/initramfs-hook
+	install -D -m 0755 .build/initramfs-hook $(DESTDIR)/etc/initramfs-tools/hooks/lunbridge
+	install -D -m 0755 systemd/initramfs-tools/scripts/local-top/lunbridge $(DESTDIR)/etc/initramfs-tools/scripts/local-top/lunbridge
+	install -D -m 0644 systemd/initramfs-tools/conf.d/lunbridge $(DESTDIR)/etc/initramfs-tools/conf.d/lunbridge
 	@# The generator that starts lunbridge@NAME at boot for volumes with startup = "automatic".
 	install -d $(DESTDIR)$(PREFIX)/lib/systemd/system-generators
 	ln -sf $(PREFIX)/bin/lunbridge $(DESTDIR)$(PREFIX)/lib/systemd/system-generators/lunbridge-generator
 	@# Shell completion, generated by the argument parser from the commands themselves.
 	install -d $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions \
 	  $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
-	.build/release/lunbridge --generate-completion-script bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/lunbridge
-	.build/release/lunbridge --generate-completion-script zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_lunbridge
-	.build/release/lunbridge --generate-completion-script fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/lunbridge.fish
-	-systemctl daemon-reload 2>/dev/null; udevadm control --reload 2>/dev/null; true
+	$(INSTALL_BIN) --generate-completion-script bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/lunbridge
+	$(INSTALL_BIN) --generate-completion-script zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_lunbridge
+	$(INSTALL_BIN) --generate-completion-script fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/lunbridge.fish
+	-[ -n "$(DESTDIR)" ] || { systemctl daemon-reload 2>/dev/null; udevadm control --reload 2>/dev/null; }; true
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/lunbridge $(DESTDIR)/etc/systemd/system/lunbridge@.service \
@@ -214,6 +236,8 @@ uninstall:
 	rm -rf $(DESTDIR)$(PREFIX)/share/doc/lunbridge
 	rm -f $(DESTDIR)$(PREFIX)/share/man/man8/lunbridge.8 $(DESTDIR)$(PREFIX)/share/man/man5/lunbridge.toml.5
 	rm -f $(DESTDIR)$(PREFIX)/lib/systemd/system-generators/lunbridge-generator
+	rm -f $(DESTDIR)/etc/initramfs-tools/hooks/lunbridge $(DESTDIR)/etc/initramfs-tools/scripts/local-top/lunbridge \
+	  $(DESTDIR)/etc/initramfs-tools/conf.d/lunbridge
 	rm -f $(DESTDIR)$(PREFIX)/share/bash-completion/completions/lunbridge \
 	  $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_lunbridge $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/lunbridge.fish
 

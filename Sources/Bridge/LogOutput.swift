@@ -19,6 +19,10 @@ public enum LogOutput {
     case syslog
     /// A file of the user's (`--log-file`), appended to.
     case file(Int32)
+    /// The kernel log (/dev/kmsg, opened once): a root-volume process in the initramfs,
+    /// which has no journal yet and keeps no path to one after switch_root. journald
+    /// imports these lines (`journalctl -t lunbridge`); dmesg and the console show them.
+    case kernelLog(Int32)
     /// Nowhere (no terminal, no journal, no file).
     case discard
   }
@@ -39,6 +43,23 @@ public enum LogOutput {
     lock.withLock { current = .file(fd) }
   }
 
+  /// Sends later lines to the kernel log (see `Destination.kernelLog`); false when
+  /// /dev/kmsg cannot be opened (lines keep their destination).
+  @discardableResult
+  public static func useKernelLog() -> Bool {
+    let fd = open("/dev/kmsg", O_WRONLY | O_CLOEXEC | O_NOCTTY)
+    guard fd >= 0 else { return false }
+    lock.withLock { current = .kernelLog(fd) }
+    return true
+  }
+
+  /// One /dev/kmsg record: `<facility*8+priority>lunbridge[PID]: text` (the kernel keeps
+  /// lines of up to 1 KiB).
+  static func kernelLogLine(_ text: String, priority: Int32, pid: Int32 = getpid()) -> String {
+    let line = "<\(LOG_DAEMON + priority)>lunbridge[\(pid)]: \(text)"
+    return String(line.prefix(1000)) + "\n"
+  }
+
   /// The process has gone to the background: its standard descriptors point at /dev/null
   /// (the terminal or pipe it came from may go away), and lines go to a log file if one
   /// was given, else to syslog when there is one, else nowhere.
@@ -52,6 +73,7 @@ public enum LogOutput {
     }
     lock.withLock {
       if case .file = current { return }
+      if case .kernelLog = current { return }
       current = fallback()
     }
   }
@@ -90,6 +112,9 @@ public enum LogOutput {
         syslogOpen = true
       }
       text.withCString { line in withVaList([line]) { vsyslog(priority, "%s", $0) } }
+    case .kernelLog(let fd):
+      // EAGAIN/EINVAL: the kernel's rate limit or a record it refuses; the next may pass.
+      _ = writeAll(fd, kernelLogLine(text, priority: priority))
     case .discard:
       break
     }

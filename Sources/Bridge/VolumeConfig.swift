@@ -19,6 +19,9 @@ public struct VolumeConfig: Equatable, Sendable {
   public enum Startup: String, Sendable, CaseIterable {
     case manual
     case automatic
+    /// Attached in the initramfs, before the root filesystem is mounted, by lunbridge's
+    /// initramfs-tools script (open-iscsi's node.startup = onboot): the root volume.
+    case onboot
   }
 
   /// Multipath path selector.
@@ -49,7 +52,9 @@ public struct VolumeConfig: Equatable, Sendable {
   public var chapSecretCredential: String?
   public var mutualSecretCredential: String?
   /// `automatic`: lunbridge's systemd generator starts `lunbridge@NAME` at every boot
-  /// (open-iscsi's node.startup); `manual` (the default): only if the unit is enabled.
+  /// (open-iscsi's node.startup); `onboot`: the initramfs attaches it (boot from SAN) and
+  /// its process serves it until power-off; `manual` (the default): only if the unit is
+  /// enabled.
   public var startup: Startup = .manual
   public var chapAlgorithms: [CHAPAlgorithm] = [.md5]
   public var headerDigest: [Digest] = [.none]
@@ -277,7 +282,8 @@ public struct VolumeConfig: Equatable, Sendable {
   /// unit that loads it is a configuration error that says what to add.
   public func secretPath(_ key: String) throws -> String? {
     let mutual = key.hasPrefix("mutual")
-    if let file = mutual ? mutualSecretFile : chapSecretFile { return file }
+    // A root volume's process reads the system's files through PID 1's root (Initramfs).
+    if let file = mutual ? mutualSecretFile : chapSecretFile { return Initramfs.systemPath(file) }
     guard let credential = mutual ? mutualSecretCredential : chapSecretCredential else { return nil }
     let credentialKey = mutual ? "mutual_secret_credential" : "chap_secret_credential"
     guard let directory = Self.credentialsDirectory else {
@@ -314,7 +320,7 @@ public struct VolumeConfig: Equatable, Sendable {
   private func checkSecretFile(key: String, path: String) throws {
     // The same checks as when the secret is used (SecretFile), on the file itself.
     do {
-      _ = try SecretFile.load(path)
+      _ = try SecretFile.load(Initramfs.systemPath(path))
     } catch let e as ISCSIError {
       var text = e.description
       if text.hasPrefix("invalid argument: ") { text.removeFirst("invalid argument: ".count) }
@@ -336,7 +342,7 @@ public struct VolumeConfig: Equatable, Sendable {
     guard let reservationKey else { return nil }
     guard reservationKey.hasPrefix("file:") else { return VolumeConfig.parseReservationKey(reservationKey) }
     let path = String(reservationKey.dropFirst(5))
-    guard let data = FileManager.default.contents(atPath: path) else {
+    guard let data = FileManager.default.contents(atPath: Initramfs.systemPath(path)) else {
       throw VolumeConfigError(
         .invalidValue, file: file, line: lines["reservation_key"], key: "reservation_key",
         message: "key 'reservation_key': cannot read \(path)")
@@ -416,7 +422,7 @@ public struct VolumeConfig: Equatable, Sendable {
     case "startup":
       let v = try d.string(entry)
       guard let s = Startup(rawValue: v.lowercased()) else {
-        throw d.error(.invalidValue, entry, "key 'startup' must be \"automatic\" or \"manual\", got '\(v)'")
+        throw d.error(.invalidValue, entry, "key 'startup' must be \"automatic\", \"onboot\" or \"manual\", got '\(v)'")
       }
       startup = s
     case "chap_algorithms":
@@ -600,7 +606,7 @@ public struct VolumeConfig: Equatable, Sendable {
     }
     return [
       ("paths", list(paths.map(\.description)), "iscsiadm -m node -T TARGET -p PORTAL (one node record per path)"),
-      ("startup", quoted(startup.rawValue), "node.startup (automatic: started at boot by lunbridge's generator)"),
+      ("startup", quoted(startup.rawValue), "node.startup (automatic: started at boot by lunbridge's generator; onboot: attached by the initramfs, for the root filesystem)"),
       ("initiator_name", quoted(initiatorName ?? initiator), "InitiatorName in /etc/iscsi/initiatorname.iscsi"),
       ("chap_user", quoted(chapUser), "node.session.auth.username"),
       ("chap_secret_file", quoted(chapSecretFile), "node.session.auth.password (here a file, mode 600)"),

@@ -362,6 +362,19 @@ func waitForTerminationSignal() async -> Int32 {
 
 nonisolated(unsafe) var signalSources: [DispatchSourceSignal] = []
 
+/// SIGINT and SIGTERM are ignored for the rest of the process's life; `report` is called
+/// with each one that arrives.
+func ignoreTerminationSignals(_ report: @escaping @Sendable (Int32) -> Void) {
+  let queue = DispatchQueue(label: "lunbridge.signals")
+  for sig in [SIGINT, SIGTERM] {
+    signal(sig, SIG_IGN)
+    let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
+    source.setEventHandler { report(sig) }
+    source.resume()
+    signalSources.append(source)
+  }
+}
+
 final class OnceFlag: Sendable {
   private let done = NIOLockedValueBox(false)
   func set() -> Bool {
@@ -783,6 +796,15 @@ struct Attach: AsyncParsableCommand {
   @Flag(help: "Stay in the foreground.")
   var foreground = false
 
+  @Flag(
+    help:
+      "Serve the root filesystem from the initramfs (boot from SAN): the process survives switch_root and shutdown (argv[0] '@lunbridge'), logs to the kernel log and ignores SIGTERM."
+  )
+  var initramfs = false
+
+  /// `--initramfs`, or started as a storage daemon (argv[0] '@...') by another tool.
+  var servesRoot: Bool { initramfs || Initramfs.isStorageDaemon(argv0: CommandLine.arguments.first ?? "") }
+
   @Option(help: "Append log lines to this file (default: stderr in the foreground, syslog/the journal in the background).")
   var logFile: String?
 
@@ -825,8 +847,15 @@ struct Attach: AsyncParsableCommand {
       // A session of its own: the caller's terminal hanging up sends it nothing.
       _ = setsid()
     }
-    if let logFile { try LogOutput.useFile(logFile) }
+    if let logFile {
+      try LogOutput.useFile(logFile)
+    } else if servesRoot {
+      LogOutput.useKernelLog()
+    }
     let logger = makeLogger(verbose: options.verbose)
+    // After switch_root this process still sees the initramfs as its root: files of the
+    // system (a reload's volume file) are read through PID 1's root (Initramfs.systemPath).
+    if servesRoot { Initramfs.enterProcfs() }
     // WatchdogSec= in the unit: pings from the start (systemd counts from it), sent only
     // while every event loop turns.
     let watchdog = SystemdWatchdog.start()
@@ -881,7 +910,7 @@ struct Attach: AsyncParsableCommand {
     }
     logger.notice("attached", metadata: ["device": "\(attachment.devicePath)", "lun": "\(url)"])
     let reload: @Sendable () -> EventLoopFuture<String> = { [self] in
-      reloadVolumeFile(volume, file: volumeFile?.file, logger: logger)
+      reloadVolumeFile(volume, file: volumeFile.map { Initramfs.systemPath($0.file) }, logger: logger)
     }
     let observability: Observability
     do {
@@ -889,6 +918,8 @@ struct Attach: AsyncParsableCommand {
         name: volumeFile?.name ?? "nbd\(attachment.index)", volume: volume, device: attachment.devicePath,
         export: nil, metrics: metrics ?? volumeFile?.metrics, reload: reload, logger: logger)
     } catch {
+      // In the background standard error is /dev/null by now: the log keeps the reason.
+      logger.error("cannot start serving \(attachment.devicePath): \(plainDescription(of: error))")
       // A failed start leaves nothing behind: the device is let go (disconnected unless
       // something already holds it) and the records removed.
       if attachment.isInUse {
@@ -915,10 +946,21 @@ struct Attach: AsyncParsableCommand {
     let stop = volume.eventLoop.makePromise(of: Void.self)
     let once = OnceFlag()
     attachment.closed.whenComplete { _ in if once.set() { stop.succeed(()) } }
-    Task {
-      let sig = await waitForTerminationSignal()
-      logger.notice("stopping", metadata: ["signal": "\(sig)"])
-      if once.set() { stop.succeed(()) }
+    if servesRoot {
+      // The root filesystem lives on this device: stopping would leave it without I/O
+      // until power-off. systemd's shutdown spares '@' processes; anything else that
+      // sends SIGTERM (killall) is logged and ignored. `lunbridge detach` still works.
+      ignoreTerminationSignals {
+        logger.warning(
+          "ignoring signal \($0): this process serves the root filesystem on \(attachment.devicePath); it ends with the device (lunbridge detach)"
+        )
+      }
+    } else {
+      Task {
+        let sig = await waitForTerminationSignal()
+        logger.notice("stopping", metadata: ["signal": "\(sig)"])
+        if once.set() { stop.succeed(()) }
+      }
     }
     try? await stop.futureResult.get()
     SystemdNotify.send("STOPPING=1")
@@ -998,7 +1040,9 @@ struct Attach: AsyncParsableCommand {
     defer { posix_spawn_file_actions_destroy(&actions) }
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
     posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
-    let argv = ([exe] + CommandLine.arguments.dropFirst() + ["--foreground"]).map { strdup($0) } + [nil]
+    // A root volume's process is named '@lunbridge': systemd's shutdown leaves it alone.
+    let argv0 = servesRoot ? Initramfs.processName : exe
+    let argv = ([argv0] + CommandLine.arguments.dropFirst() + ["--foreground"]).map { strdup($0) } + [nil]
     let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
     defer { (argv + envp).forEach { free($0) } }
     var pid: pid_t = 0
@@ -1164,6 +1208,36 @@ struct SystemdGeneratorCommand: ParsableCommand {
   }
 }
 
+/// `lunbridge initramfs-files [NAME...]`: for lunbridge's initramfs-tools hook, one
+/// "KIND PATH" line per file the initramfs needs to attach the root volumes: the named
+/// volumes, else every volume with `startup = "onboot"` (Initramfs.files).
+struct InitramfsFilesCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "initramfs-files",
+    abstract: "initramfs-tools hook: the files the initramfs needs for volumes with startup = \"onboot\".",
+    shouldDisplay: false)
+
+  @Argument(help: "Volume names (default: every volume with startup = \"onboot\").")
+  var names: [String] = []
+
+  @Option(help: "Where volume files live.")
+  var directory: String = VolumeConfig.directory
+
+  func run() throws {
+    let volumes: [VolumeConfig]
+    if names.isEmpty {
+      let all = FileManager.default.fileExists(atPath: directory) ? try VolumeConfig.names(directory: directory) : []
+      volumes = try all.map { try VolumeConfig.load(path: VolumeConfig.path(name: $0, directory: directory)) }
+        .filter { $0.startup == .onboot }
+    } else {
+      volumes = try names.map { try VolumeConfig.load(path: VolumeConfig.path(name: $0, directory: directory)) }
+    }
+    // Secret files are checked (present, private) now, not at the next boot.
+    for volume in volumes { _ = try VolumeConfig.check(path: volume.file) }
+    for file in try Initramfs.files(for: volumes, initiatorFile: try Initramfs.initiatorFile()) { print(file) }
+  }
+}
+
 struct ConfigCheck: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "check", abstract: "Check volume files (syntax, keys, URLs, secret files) without connecting.")
@@ -1192,8 +1266,13 @@ struct ConfigCheck: ParsableCommand {
     for file in files {
       let problems = VolumeConfig.problems(path: file)
       if problems.isEmpty {
-        let startup = (try? VolumeConfig.load(path: file))?.startup == .automatic
-        print("\(file): ok\(startup ? " (startup automatic: started at boot)" : "")")
+        let note: String
+        switch (try? VolumeConfig.load(path: file))?.startup {
+        case .automatic: note = " (startup automatic: started at boot)"
+        case .onboot: note = " (startup onboot: attached by the initramfs; run update-initramfs -u after a change)"
+        default: note = ""
+        }
+        print("\(file): ok\(note)")
       }
       for problem in problems { LogOutput.writeStandardError("lunbridge: error: \(problem)\n") }
       if !problems.isEmpty { failed += 1 }
@@ -1326,7 +1405,7 @@ struct Lunbridge: AsyncParsableCommand {
     subcommands: [
       Discover.self, Info.self, Serve.self, Attach.self, Detach.self, List.self, Status.self, Reload.self, Failback.self,
       Rescan.self, PersistentReserve.self,
-      ConfigCommand.self, SystemdGeneratorCommand.self,
+      ConfigCommand.self, SystemdGeneratorCommand.self, InitramfsFilesCommand.self,
     ])
 
   /// One line `lunbridge: error: ...` and the exit status of its class for every

@@ -38,8 +38,11 @@ final class SystemdIntegrationTests: XCTestCase {
     XCTAssertEqual(try parse("").startup, .manual)
     XCTAssertEqual(try parse("startup = \"automatic\"").startup, .automatic)
     XCTAssertEqual(try parse("startup = \"Manual\"").startup, .manual)
-    XCTAssertThrowsError(try parse("startup = \"onboot\"")) { error in
-      XCTAssertEqual("\(error)", "\(self.tmp!)/volumes/db.toml: line 2: key 'startup' must be \"automatic\" or \"manual\", got 'onboot'")
+    XCTAssertEqual(try parse("startup = \"onboot\"").startup, .onboot)
+    XCTAssertThrowsError(try parse("startup = \"boot\"")) { error in
+      XCTAssertEqual(
+        "\(error)",
+        "\(self.tmp!)/volumes/db.toml: line 2: key 'startup' must be \"automatic\", \"onboot\" or \"manual\", got 'boot'")
     }
     XCTAssertEqual(VolumeConfig.closestKey(to: "node.startup"), "startup")
   }
@@ -47,6 +50,8 @@ final class SystemdIntegrationTests: XCTestCase {
   func testGeneratorLinksAutomaticVolumesOnlyAndReportsBrokenFiles() throws {
     _ = try write("auto", "paths = [\"\(url)\"]\nstartup = \"automatic\"\n")
     _ = try write("hand", "paths = [\"\(url)\"]\n")
+    // The initramfs serves an onboot volume for the whole boot: no unit for it.
+    _ = try write("root", "paths = [\"\(url)\"]\nstartup = \"onboot\"\n")
     _ = try write("broken", "paths = [\"\(url)\"]\nstartup = automatic\n")
     let out = tmp + "/generator"
     let log = SystemdGenerator.run(normal: out, directory: tmp + "/volumes")

@@ -10,6 +10,8 @@
 #   TGTD_IQN            target IQN (default iqn.2024-01.org.lunbridge:private)
 #   TGTD_BLOCK_SIZE     logical block size (default 512)
 #   TGTD_ADDR           loopback address to listen on (default 127.0.0.1)
+#   TGTD_BACKING_FILE   an existing file to serve as the LUN instead of a RAM file (kept
+#                       at stop; the boot-from-SAN test's root filesystem image)
 #
 # The LUN is target 1, LUN 1:  iscsi://$TGTD_ADDR:$(cat DIR/port)/$(cat DIR/iqn)/1
 #
@@ -97,7 +99,12 @@ start() {
   }
   trap 'rc=$?; if [ $rc -ne 0 ]; then echo "tgtd-private: start failed; tgtd log:" >&2; cat "$dir/tgtd.log" >&2 2>/dev/null || true; cleanup; fi' EXIT
 
-  truncate -s "${size}M" "$shm/lun.img"
+  if [ -n "${TGTD_BACKING_FILE:-}" ]; then
+    [ -f "$TGTD_BACKING_FILE" ] || die "TGTD_BACKING_FILE $TGTD_BACKING_FILE is not a file"
+    ln -s "$(cd "$(dirname "$TGTD_BACKING_FILE")" && pwd)/$(basename "$TGTD_BACKING_FILE")" "$shm/lun.img"
+  else
+    truncate -s "${size}M" "$shm/lun.img"
+  fi
   # tgtd must not inherit our fds beyond 0-2: make's jobserver pipes, or the socket
   # through which Swift's Foundation.Process notices that this script has exited.
   (

@@ -16,6 +16,10 @@
 #                      and bc for vm-run.sh's timings
 #   systemd-sysv udev  the boot test (Tests/vm/boot) boots this filesystem with systemd
 #                      as /sbin/init and needs udev for /dev/lunbridge/NAME
+#   debootstrap        the boot-from-SAN test (Tests/vm/sanboot) builds the guest's root
+#                      filesystem with it (cached under .build/sanboot-cache)
+#   initramfs-tools    lsinitramfs, to look into the initramfs the guest's
+#                      update-initramfs built
 # PyPI:
 #   virtme-ng          the `vng` command. pip installs it for the `python3` first on PATH
 #                      (here a pyenv build: /root/.pyenv/versions/X/bin/vng, reached
@@ -33,7 +37,7 @@ VNG_LINK=/usr/local/bin/vng
 
 # --- Debian packages ---------------------------------------------------------------
 pkgs=(qemu-system-x86 linux-image-amd64 busybox-static tgt fio iproute2 e2fsprogs kmod mount
-  iputils-ping bc systemd-sysv udev)
+  iputils-ping bc systemd-sysv udev debootstrap initramfs-tools)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
