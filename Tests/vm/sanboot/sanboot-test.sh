@@ -12,6 +12,7 @@
 #   BOOT_TIMEOUT     seconds per boot before the VM is killed (default 900)
 #   VM_KERNEL        kernel image (default: newest /boot/vmlinuz-*-amd64)
 #   SANBOOT_KEEP=1   keep the LUN image and the root folder afterwards
+#   SANBOOT_APPEND   more kernel command line (lunbridge.debug: lunbridge's debug log)
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -220,7 +221,7 @@ boot() {
   local t0=$SECONDS done_lines=0 line
   qemu-system-x86_64 -machine accel=tcg -cpu max -smp 2 -m 1536 -no-reboot -display none -monitor none \
     -kernel "$OUT/vmlinuz" -initrd "$OUT/initrd.img" \
-    -append "console=ttyS0 ip=dhcp lunbridge.root=sanroot root=/dev/lunbridge/sanroot panic=10 printk.devkmsg=on net.ifnames=0 sanboot.phase=$b sanboot.port2=$PORT2" \
+    -append "console=ttyS0 ip=dhcp lunbridge.root=sanroot root=/dev/lunbridge/sanroot panic=10 printk.devkmsg=on net.ifnames=0 sanboot.phase=$b sanboot.port2=$PORT2 ${SANBOOT_APPEND:-}" \
     -netdev "user,id=n0,net=198.18.0.0/24,host=$HOST" -device virtio-net-pci,netdev=n0 \
     -serial "file:$console" -serial "file:$ctl" >"$OUT/boot$b-qemu.log" 2>&1 &
   qemu_pid=$!
