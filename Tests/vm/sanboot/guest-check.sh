@@ -6,6 +6,7 @@
 #   up SECONDS                   uptime when the checks start
 #   cut SID / restore            cut path 2 (tgtadm: portal deleted, its session's
 #                                connection deleted) / bring it back
+#   cutall SID1 SID2 / restoreall  the same for both paths
 #   done                         the checks are over; power-off follows
 # Kernel command line: sanboot.phase=1|2, sanboot.port2=P (path 2's portal port).
 set -u
@@ -105,6 +106,14 @@ if [ "$PHASE" = 1 ]; then
   sleep 5
   say "restore"
   check path2-back wait_state 2 active 120
+  # Every path gone for 10 s, well within no-path-retry: I/O waits, nothing fails.
+  say "cutall $(($(path_tsih 1) >> 8)) $(($(path_tsih 2) >> 8))"
+  both_failed() { wait_state 1 failed 60 && wait_state 2 failed 60; }
+  check all-paths-cut-seen both_failed
+  sleep 10
+  say "restoreall"
+  both_active() { wait_state 1 active 120 && wait_state 2 active 120; }
+  check all-paths-back both_active
   touch /run/sanboot-stop
   wait "$fio_pid"
   check fio-verify-through-cut bash -c "[ ! -e /run/sanboot-fio.failed ] && [ \"\$(cat /run/sanboot-fio.rounds)\" -ge 2 ] || { cat /run/sanboot-fio.failed /run/sanboot-fio.* 2>/dev/null | tail -n 20; exit 1; }"

@@ -28,7 +28,7 @@ notok() { n=$((n + 1)); failed=$((failed + 1)); say "not ok $n - $*"; }
 check() { local what=$1; shift; if "$@"; then ok "$what"; else notok "$what"; return 1; fi; }
 # The checks each boot's guest reports (guest-check.sh), in order; a missing one fails.
 GUEST_COMMON="root-on-nbd by-name-link root-writable storage-daemon status-two-paths-active list-shows-device reload metrics kernel-log-lines"
-GUEST_1="$GUEST_COMMON files-written path2-cut-seen path1-still-active path2-back fio-verify-through-cut no-io-error"
+GUEST_1="$GUEST_COMMON files-written path2-cut-seen path1-still-active path2-back all-paths-cut-seen all-paths-back fio-verify-through-cut no-io-error"
 GUEST_2="$GUEST_COMMON files-intact fio-data-intact no-io-error"
 # Host checks per boot (boot_checks): console, power-off, e2fsck.
 HOST_PER_BOOT=4
@@ -247,6 +247,18 @@ boot() {
       restore)
         tgtadm_ --op new --mode portal --param "portal=127.0.0.1:$PORT2"
         say "# boot $b: path 2 back at $((SECONDS - t0)) s" ;;
+      "cutall "*)
+        # Both paths go; the guest's I/O must wait (no-path-retry) rather than fail.
+        tgtadm_ --op delete --mode portal --param "portal=127.0.0.1:$PORT1"
+        tgtadm_ --op delete --mode portal --param "portal=127.0.0.1:$PORT2"
+        for sid in ${line#cutall }; do
+          tgtadm_ --op delete --mode conn --tid 1 --sid "$sid" --cid 0 || say "# boot $b: no connection for session $sid"
+        done
+        say "# boot $b: both paths cut at $((SECONDS - t0)) s" ;;
+      restoreall)
+        tgtadm_ --op new --mode portal --param "portal=127.0.0.1:$PORT1"
+        tgtadm_ --op new --mode portal --param "portal=127.0.0.1:$PORT2"
+        say "# boot $b: both paths back at $((SECONDS - t0)) s" ;;
       "fio rounds "*) say "# boot $b: $line" ;;
       done) say "# boot $b: checks done at $((SECONDS - t0)) s" ;;
       esac
