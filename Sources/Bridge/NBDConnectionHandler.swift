@@ -30,6 +30,8 @@ final class NBDConnectionHandler: ChannelInboundHandler {
   let limits: FlowLimits
   let id: UInt64
   private var phase: Phase
+  /// What the client negotiated (structured replies, `base:allocation`); the kernel: neither.
+  private var transmission = NBDTransmissionOptions()
   private var decoder = NBDRequestDecoder(maxPayload: Volume.maximumPayload)
   /// Write payloads up to this size get their buffer when their header arrives.
   static let reservedPayload: UInt32 = 2 << 20
@@ -132,6 +134,7 @@ final class NBDConnectionHandler: ChannelInboundHandler {
         case .send(let bytes):
           context.write(wrapOutboundOut(bytes), promise: nil)
         case .enterTransmission:
+          transmission = machine.transmission
           phase = .transmission
           handshakeTimer?.cancel()
           handshakeTimer = nil
@@ -216,14 +219,26 @@ final class NBDConnectionHandler: ChannelInboundHandler {
     inFlight += 1
     bytesInFlight += bytes
     volume.budget.take(bytes)
-    let handle = event.request.handle
-    volume.handle(event.request, payload: event.payload, owner: id) { [self] result in
+    let request = event.request
+    let handle = request.handle
+    let options = transmission
+    let complete = { [self] (result: Result<[ByteBuffer], NBDErrno>) in
       guard context.channel.isActive else { return released(1, bytes, context: context) }
       var out = replies ?? context.channel.allocator.buffer(capacity: NBDConnectionHandler.repliesCapacity)
       replies = nil
       switch result {
+      case .success(let data) where request.type == .blockStatus:
+        NBDReplyEncoder.writeBlockStatus(
+          handle: handle, context: options.baseAllocation ?? 0, descriptors: data.first ?? ByteBuffer(), into: &out)
+        replies = out
       case .success(let data):
-        NBDReplyEncoder.writeSimpleReply(handle: handle, error: nil, into: &out)
+        if options.structuredReplies && request.type == .read {
+          // A structured client gets its data in one OFFSET_DATA chunk (a simple reply to a
+          // read is not allowed once structured replies are on).
+          NBDReplyEncoder.writeReadChunk(handle: handle, offset: request.offset, dataLength: Int(request.length), into: &out)
+        } else {
+          NBDReplyEncoder.writeSimpleReply(handle: handle, error: nil, into: &out)
+        }
         if data.isEmpty {
           replies = out
         } else {
@@ -235,7 +250,11 @@ final class NBDConnectionHandler: ChannelInboundHandler {
           }
         }
       case .failure(let errno):
-        NBDReplyEncoder.writeSimpleReply(handle: handle, error: errno, into: &out)
+        if options.structuredReplies && (request.type == .read || request.type == .blockStatus) {
+          NBDReplyEncoder.writeErrorChunk(handle: handle, error: errno, into: &out)
+        } else {
+          NBDReplyEncoder.writeSimpleReply(handle: handle, error: errno, into: &out)
+        }
         replies = out
       }
       // The reply's memory is the socket's once written; a client that does not read
@@ -244,6 +263,11 @@ final class NBDConnectionHandler: ChannelInboundHandler {
       batchBytes += bytes
       scheduleFlush(context: context)
     }
+    if request.type == .blockStatus && options.baseAllocation == nil {
+      // BLOCK_STATUS without `base:allocation` selected ("Servers SHOULD reply ... EINVAL").
+      return complete(.failure(.einval))
+    }
+    volume.handle(request, payload: event.payload, owner: id, reply: complete)
   }
 
   /// Reply headers completed since the last flush (of writes, flushes, errors; a read's

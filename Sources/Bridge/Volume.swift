@@ -156,6 +156,8 @@ public final class Volume: @unchecked Sendable {
     case flush
     case trim(lba: UInt64, blocks: UInt32)
     case writeZeroes(lba: UInt64, blocks: UInt32, fua: Bool)
+    /// NBD_CMD_BLOCK_STATUS: GET LBA STATUS; `one` for NBD_CMD_FLAG_REQ_ONE.
+    case blockStatus(lba: UInt64, blocks: UInt32, one: Bool)
   }
 
   /// The end of an I/O and when it ended (the one clock read at completion).
@@ -185,6 +187,8 @@ public final class Volume: @unchecked Sendable {
   private var sampler: RepeatedTask?
   private var closed = false
   private let opened = NIODeadline.now()
+  /// The LU refused GET LBA STATUS as unknown: block status reports data without asking.
+  private var lbaStatusUnsupported = false
 
   /// Called on the event loop with every `VolumeEvent` (tests only; nil otherwise).
   private var observer: ((VolumeEvent) -> Void)?
@@ -442,6 +446,12 @@ public final class Volume: @unchecked Sendable {
     case .writeZeroes:
       counts.writeZeroes += 1
       operation = .writeZeroes(lba: lba, blocks: blocks, fua: fua)
+    case .blockStatus:
+      // Without thin provisioning every block has storage: no need to ask the target.
+      guard info.thinProvisioned, !lbaStatusUnsupported else {
+        return reply(.success([BlockStatus.encoded([BlockStatus.allocated(blocks: blocks, blockSize: info.blockSize)])]))
+      }
+      operation = .blockStatus(lba: lba, blocks: blocks, one: request.flags.contains(.reqOne))
     default:
       counts.errors += 1
       return reply(.failure(.einval))
@@ -555,7 +565,7 @@ public final class Volume: @unchecked Sendable {
     guard !closed else { return reply(.failure(BridgeError("the volume is closing")), .now()) }
     let isWrite: Bool
     switch operation {
-    case .read, .flush: isWrite = false
+    case .read, .flush, .blockStatus: isWrite = false
     case .write, .trim, .writeZeroes: isWrite = true
     }
     let token = IOToken(id: nextIO, bytes: bytes, isWrite: isWrite)
@@ -611,8 +621,37 @@ public final class Volume: @unchecked Sendable {
       var w = unit.writeZeroes(lba: lba, blocks: blocks)
       if fua { w = w.flatMap { unit.synchronizeCache() } }
       work = w.map { [] }
+    case .blockStatus(let lba, let blocks, let one):
+      work = blockStatus(lba: lba, blocks: blocks, one: one, on: unit)
     }
     work.whenComplete { [self] result in finished(io.id, on: pathID, attempt: attempt, result) }
+  }
+
+  /// The extents of a block status request, encoded for the reply. A LU that refuses GET
+  /// LBA STATUS (ILLEGAL REQUEST: unknown command or field) gets "data" for the range, and
+  /// is not asked again; other failures take the usual way (path failure: sent elsewhere).
+  private func blockStatus(lba: UInt64, blocks: UInt32, one: Bool, on unit: LogicalUnit) -> EventLoopFuture<[ByteBuffer]>
+  {
+    let info = unit.info
+    return unit.lbaStatus(lba: lba).map { status in
+      [
+        BlockStatus.encoded(
+          BlockStatus.extents(
+            status, lba: lba, blocks: blocks, blockSize: info.blockSize, unmappedReadsZero: info.unmappedReadsZero,
+            one: one))
+      ]
+    }.flatMapErrorThrowing { [self] error in
+      guard let e = error as? SCSIOperationError, let sense = e.sense, sense.senseKey == .illegalRequest,
+        sense.asc == 0x20 || sense.asc == 0x24
+      else { throw error }
+      if !lbaStatusUnsupported {
+        lbaStatusUnsupported = true
+        logger.info(
+          "the LU does not support GET LBA STATUS; block status reports every block as data",
+          metadata: ["error": "\(e)"])
+      }
+      return [BlockStatus.encoded([BlockStatus.allocated(blocks: blocks, blockSize: info.blockSize)])]
+    }
   }
 
   private func finished(_ id: UInt64, on pathID: PathID, attempt: Int, _ result: Result<[ByteBuffer], Error>) {

@@ -21,6 +21,8 @@ public struct LUNInfo: Codable, Sendable, Equatable {
   public var maxTransferBytes: Int
   public var optimalTransferBytes: Int
   public var thinProvisioned: Bool
+  /// LBPRZ (READ CAPACITY(16)): blocks without storage behind them read as zeros.
+  public var unmappedReadsZero: Bool = false
   public var unmapSupported: Bool
   public var writeSameUnmapSupported: Bool
   public var maxUnmapBlocks: UInt32
@@ -54,7 +56,7 @@ public struct LUNInfo: Codable, Sendable, Equatable {
       "Size: \(sizeBytes) bytes (\(humanSize(sizeBytes)))",
       "Block size: \(blockSize) logical, \(physicalBlockSize) physical",
       "Maximum transfer: \(maxTransferBytes == 0 ? "no limit" : "\(maxTransferBytes) bytes")",
-      "Thin provisioning: \(yn(thinProvisioned)) (UNMAP \(yn(unmapSupported)), WRITE SAME with UNMAP \(yn(writeSameUnmapSupported)))",
+      "Thin provisioning: \(yn(thinProvisioned)) (UNMAP \(yn(unmapSupported)), WRITE SAME with UNMAP \(yn(writeSameUnmapSupported)), unmapped blocks read as zeros \(yn(unmappedReadsZero)))",
       "Write cache: \(yn(writeCache))",
       "FUA: \(yn(fua))",
       "Read-only: \(yn(readOnly))",
@@ -357,6 +359,15 @@ public final class LogicalUnit: Sendable {
     return run(command, "PERSISTENT RESERVE OUT").map { _ in }
   }
 
+  /// GET LBA STATUS from `lba` on (SBC-3 5.8): which blocks have storage behind them. Up
+  /// to 256 descriptors per command; the caller asks again for what they do not cover.
+  public func lbaStatus(lba: UInt64) -> EventLoopFuture<LBAStatus> {
+    let length = 8 + 16 * 256
+    let command = SCSICommand(
+      lun: lun, cdb: CDB.getLBAStatus(lba: lba, allocationLength: UInt32(length)), direction: .read(length))
+    return run(command, "GET LBA STATUS").flatMapThrowing { c in try LBAStatus(Array(c.data.readableBytesView)) }
+  }
+
   public func testUnitReady() -> EventLoopFuture<Void> {
     run(SCSICommand(lun: lun, cdb: CDB.testUnitReady()), "TEST UNIT READY").map { _ in }
   }
@@ -467,11 +478,13 @@ struct Probe {
     var blockCount: UInt64
     var physical: UInt64
     var lbpme = false
+    var lbprz = false
     if let b = await optional(CDB.readCapacity16(), read: 32, "READ CAPACITY(16)"), let rc = try? ReadCapacity16(b) {
       blockSize = rc.blockLength
       blockCount = rc.blockCount
       physical = rc.physicalBlockLength
       lbpme = rc.lbpme
+      lbprz = rc.lbprz
     } else {
       let rc = try ReadCapacity10(try await command(CDB.readCapacity10(), read: 8, "READ CAPACITY(10)"))
       blockSize = rc.blockLength
@@ -525,6 +538,7 @@ struct Probe {
       writeCache: writeCache, fua: dpofua, readOnly: writeProtect,
       rotational: characteristics?.isRotational, aluaSupported: inquiry.supportsALUA)
     info.tpgs = inquiry.tpgs
+    info.unmappedReadsZero = thin && lbprz
     if let alua {
       info.targetPortGroup = alua.group
       info.accessState = alua.state.description

@@ -14,7 +14,8 @@ public enum NBDMagic {
   public static let request: UInt32 = 0x2560_9513
   /// `NBD_SIMPLE_REPLY_MAGIC` — "Simple reply message".
   public static let simpleReply: UInt32 = 0x6744_6698
-  /// `NBD_STRUCTURED_REPLY_MAGIC` — "Structured reply chunk message". Recognised only; never sent.
+  /// `NBD_STRUCTURED_REPLY_MAGIC` — "Structured reply chunk message": sent to clients that
+  /// negotiated `NBD_OPT_STRUCTURED_REPLY` (libnbd, qemu); never to the kernel.
   public static let structuredReply: UInt32 = 0x668e_33ef
   /// `NBD_EXTENDED_REQUEST_MAGIC` — "Reserved Magic values". Recognised only (we never
   /// negotiate extended headers, so receiving it is a protocol violation).
@@ -38,7 +39,8 @@ public struct NBDCommand: RawRepresentable, Hashable, Sendable, CustomStringConv
   /// Commands the Linux kernel driver (drivers/block/nbd.c) sends: READ, WRITE, FLUSH,
   /// TRIM, DISC, and WRITE_ZEROES on kernels that know `NBD_FLAG_SEND_WRITE_ZEROES`
   /// (older uapi headers stop at TRIM). It never sends CACHE or BLOCK_STATUS and never
-  /// negotiates structured replies, so simple replies are all the kernel path needs.
+  /// negotiates structured replies, so simple replies are all the kernel path needs;
+  /// structured replies and BLOCK_STATUS serve the socket export's clients.
   public static let kernelCommands: Set<NBDCommand> = [
     .read, .write, .disconnect, .flush, .trim, .writeZeroes,
   ]
@@ -85,7 +87,8 @@ public struct NBDTransmissionFlags: OptionSet, Hashable, Sendable {
   public static let rotational = NBDTransmissionFlags(rawValue: 1 << 4)
   public static let sendTrim = NBDTransmissionFlags(rawValue: 1 << 5)
   public static let sendWriteZeroes = NBDTransmissionFlags(rawValue: 1 << 6)
-  /// MUST be clear unless structured replies were negotiated (we never negotiate them).
+  /// MUST be clear unless structured replies were negotiated. Never set here: a read's reply
+  /// is always one chunk, so there is nothing for the flag to forbid.
   public static let sendDF = NBDTransmissionFlags(rawValue: 1 << 7)
   public static let canMultiConn = NBDTransmissionFlags(rawValue: 1 << 8)
   /// Experimental RESIZE extension.
@@ -219,12 +222,61 @@ public struct NBDErrno: RawRepresentable, Hashable, Sendable, CustomStringConver
   }
 }
 
+/// Structured reply chunk types — "Values / Transmission phase / Structured reply types".
+public struct NBDReplyType: RawRepresentable, Hashable, Sendable {
+  public var rawValue: UInt16
+  public init(rawValue: UInt16) { self.rawValue = rawValue }
+
+  public static let none = NBDReplyType(rawValue: 0)
+  /// Payload: offset 64, then the data.
+  public static let offsetData = NBDReplyType(rawValue: 1)
+  /// Payload: offset 64, length 32 (a range that reads as zeros).
+  public static let offsetHole = NBDReplyType(rawValue: 2)
+  /// Payload: metadata context id 32, then descriptors of length 32 and status flags 32.
+  public static let blockStatus = NBDReplyType(rawValue: 5)
+  /// Payload: error 32, message length 16, message.
+  public static let error = NBDReplyType(rawValue: 1 << 15 | 1)
+  /// Payload: error 32, message length 16, message, offset 64.
+  public static let errorOffset = NBDReplyType(rawValue: 1 << 15 | 2)
+}
+
+/// Structured reply chunk flags — "Structured reply flags".
+public struct NBDReplyFlags: OptionSet, Hashable, Sendable {
+  public var rawValue: UInt16
+  public init(rawValue: UInt16) { self.rawValue = rawValue }
+
+  /// The last chunk of the reply.
+  public static let done = NBDReplyFlags(rawValue: 1 << 0)
+}
+
+/// Metadata contexts — "Metadata querying", "Metadata contexts". The only one served is
+/// `base:allocation`.
+public enum NBDMetaContext {
+  public static let baseAllocation = "base:allocation"
+  /// The id this server gives `base:allocation` in `NBD_REP_META_CONTEXT` (any value the
+  /// server picks; 0 is avoided because LIST replies use 0 for "no id").
+  public static let baseAllocationID: UInt32 = 1
+}
+
+/// Status flags of the `base:allocation` context — "Metadata contexts / base:allocation".
+public struct NBDBlockState: OptionSet, Hashable, Sendable {
+  public var rawValue: UInt32
+  public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+  /// Not allocated in the backend (a write there may fail with ENOSPC).
+  public static let hole = NBDBlockState(rawValue: 1 << 0)
+  /// Reads as zeros.
+  public static let zero = NBDBlockState(rawValue: 1 << 1)
+}
+
 /// Sizes fixed by proto.md.
 public enum NBDLimits {
   /// Request header: magic 4 + flags 2 + type 2 + cookie 8 + offset 8 + length 4 ("Request message").
   public static let requestHeaderSize = 28
   /// Simple reply header: magic 4 + error 4 + cookie 8 ("Simple reply message").
   public static let simpleReplyHeaderSize = 16
+  /// Structured reply chunk header: magic 4 + flags 2 + type 2 + cookie 8 + length 4.
+  public static let structuredReplyHeaderSize = 20
   /// A payload up to 2^25 SHOULD NOT be considered a denial of service ("Size constraints").
   public static let defaultMaxPayload: UInt32 = 1 << 25
   /// Strings (export names, messages) MUST be no longer than 4096 bytes ("Conventions").

@@ -93,8 +93,8 @@ public struct NBDExportInfo: Hashable, Sendable {
 ///  2. Unknown command, or one outside `commandSubset` → EINVAL ("SHOULD return
 ///     NBD_EINVAL if it receives an unknown command").
 ///  3. A command whose transmission flag was not advertised (FLUSH/TRIM/WRITE_ZEROES/
-///     CACHE) → EINVAL; `NBD_CMD_BLOCK_STATUS` → EINVAL always (needs structured replies
-///     and a meta context, which we never negotiate).
+///     CACHE) → EINVAL. `NBD_CMD_BLOCK_STATUS` passes here (flag REQ_ONE allowed); whether
+///     the connection selected `base:allocation` is the connection's to check.
 ///  4. Unknown command flag, or a flag not documented for the command, or not enabled by
 ///     the advertised transmission flags (FUA needs SEND_FUA, FAST_ZERO needs
 ///     SEND_FAST_ZERO, DF needs SEND_DF) → EINVAL.
@@ -106,7 +106,8 @@ public struct NBDExportInfo: Hashable, Sendable {
 ///     side never sees a zero transfer length (which for some CDBs means "everything").
 ///  8. READ/WRITE longer than the advertised maximum payload → EINVAL (client MUST NOT;
 ///     "any client request with a length larger than the maximum payload size will fail").
-///     TRIM/WRITE_ZEROES/CACHE may exceed it; if `maximumEffectLength` is set and
+///     TRIM/WRITE_ZEROES/CACHE may exceed it; BLOCK_STATUS any length (the reply may cover
+///     less than asked); for the others, if `maximumEffectLength` is set and
 ///     exceeded → EOVERFLOW ("Size constraints"), except WRITE_ZEROES with FAST_ZERO →
 ///     ENOTSUP (FAST_ZERO: "SHOULD NOT fail with NBD_EOVERFLOW", "MUST fail quickly with
 ///     NBD_ENOTSUP").
@@ -168,7 +169,9 @@ public struct NBDRequestValidator: Hashable, Sendable {
       if tf.contains(.sendFastZero) { allowedFlags.insert(.fastZero) }
     case .cache:
       guard tf.contains(.sendCache) else { return .einval }
-    default:  // BLOCK_STATUS (never negotiable here) and unknown commands
+    case .blockStatus:
+      allowedFlags.insert(.reqOne)
+    default:  // unknown commands
       return .einval
     }
     guard allowedFlags.isSuperset(of: request.flags) else { return .einval }
@@ -185,7 +188,7 @@ public struct NBDRequestValidator: Hashable, Sendable {
     // 8. payload / effect length
     if type == .read || type == .write {
       if request.length > blockSizes.maximumPayload { return .einval }
-    } else if let limit = maximumEffectLength, request.length > limit {
+    } else if type != .blockStatus, let limit = maximumEffectLength, request.length > limit {
       return type == .writeZeroes && request.flags.contains(.fastZero) ? .enotsup : .eoverflow
     }
 

@@ -14,11 +14,26 @@ public enum NBDHandshakeAction: Hashable, Sendable {
   case startTLS
 }
 
+/// What the client negotiated for the transmission phase.
+public struct NBDTransmissionOptions: Hashable, Sendable {
+  /// Replies to NBD_CMD_READ (and errors of reads and block status) are structured chunks.
+  public var structuredReplies = false
+  /// The id of `base:allocation` when the client selected it: NBD_CMD_BLOCK_STATUS is
+  /// answered; nil: it gets EINVAL.
+  public var baseAllocation: UInt32?
+
+  public init(structuredReplies: Bool = false, baseAllocation: UInt32? = nil) {
+    self.structuredReplies = structuredReplies
+    self.baseAllocation = baseAllocation
+  }
+}
+
 /// Server side of the fixed-newstyle handshake — proto.md "Newstyle negotiation",
-/// "Fixed newstyle negotiation", "Option types", "Option reply types". No structured
-/// replies, no extended headers: the kernel only speaks simple replies, so we answer
-/// `NBD_OPT_STRUCTURED_REPLY`, `NBD_OPT_EXTENDED_HEADERS`, the META_CONTEXT options and
-/// any unknown option with `NBD_REP_ERR_UNSUP`.
+/// "Fixed newstyle negotiation", "Option types", "Option reply types". Structured replies
+/// (`NBD_OPT_STRUCTURED_REPLY`) and the one metadata context `base:allocation`
+/// (`NBD_OPT_LIST_META_CONTEXT`, `NBD_OPT_SET_META_CONTEXT`) are offered; what the client
+/// chose is `transmission` once the handshake is over. No extended headers:
+/// `NBD_OPT_EXTENDED_HEADERS` and any unknown option get `NBD_REP_ERR_UNSUP`.
 ///
 /// TLS (proto.md "TLS support"): without it (`tls: .none`, "NOTLS mode")
 /// `NBD_OPT_STARTTLS` gets `NBD_REP_ERR_UNSUP`. With `tls: .required` ("FORCEDTLS
@@ -58,6 +73,12 @@ public struct NBDHandshakeStateMachine: Sendable {
   public let tls: TLSMode
   /// True once the TLS handshake that followed `NBD_OPT_STARTTLS` is done.
   public private(set) var tlsActive = false
+  /// True once `NBD_OPT_STRUCTURED_REPLY` was acknowledged.
+  public private(set) var structuredReplies = false
+  /// The export for which the last `NBD_OPT_SET_META_CONTEXT` selected `base:allocation`.
+  private var baseAllocationExport: String?
+  /// What the transmission phase uses, set when it starts.
+  public private(set) var transmission = NBDTransmissionOptions()
 
   static let advertisedHandshakeFlags: NBDHandshakeFlags = [.fixedNewstyle, .noZeroes]
   static let optionHeaderSize = 16  // IHAVEOPT 8 + option 4 + length 4
@@ -177,6 +198,14 @@ public struct NBDHandshakeStateMachine: Sendable {
       return [.send(out)]
     case .info, .go:
       return infoOrGo(option, data: &data)
+    case .structuredReply:
+      guard data.readableBytes == 0 else {
+        return [.send(reply(option, .errInvalid, message: "NBD_OPT_STRUCTURED_REPLY takes no data"))]
+      }
+      structuredReplies = true
+      return [.send(reply(option, .ack))]
+    case .listMetaContext, .setMetaContext:
+      return metaContext(option, data: &data)
     default:
       return [.send(reply(option, .errUnsupported, message: "\(option) is not supported"))]
     }
@@ -193,7 +222,7 @@ public struct NBDHandshakeStateMachine: Sendable {
     out.writeInteger(export.size)
     out.writeInteger(export.transmissionFlags.rawValue)
     if !clientFlags.contains(.noZeroes) { out.writeRepeatingByte(0, count: 124) }
-    state = .transmission
+    enterTransmission(export)
     clientAcknowledgedBlockSizes = false
     return [.send(out), .enterTransmission(export: export)]
   }
@@ -246,9 +275,64 @@ public struct NBDHandshakeStateMachine: Sendable {
     writeReply(option, .ack, into: &out)
 
     guard option == .go else { return [.send(out)] }
-    state = .transmission
+    enterTransmission(export)
     clientAcknowledgedBlockSizes = requested.contains(.blockSize)
     return [.send(out), .enterTransmission(export: export)]
+  }
+
+  /// "NBD_OPT_LIST_META_CONTEXT", "NBD_OPT_SET_META_CONTEXT": export name length 32, name,
+  /// number of queries 32, each query length 32 and string. Only after structured replies.
+  /// LIST with no query, or the query "base:", lists `base:allocation` (id 0, as LIST
+  /// replies carry no id); SET selects it for the named export when asked by its full name,
+  /// and replaces whatever an earlier SET selected.
+  private mutating func metaContext(_ option: NBDOption, data: inout ByteBuffer) -> [NBDHandshakeAction] {
+    guard structuredReplies else {
+      return [.send(reply(option, .errInvalid, message: "\(option) needs NBD_OPT_STRUCTURED_REPLY first"))]
+    }
+    var queries: [[UInt8]] = []
+    guard let nameLength = data.readInteger(as: UInt32.self), nameLength <= NBDLimits.maxStringLength,
+      let name = data.readBytes(length: Int(nameLength)), let count = data.readInteger(as: UInt32.self),
+      UInt64(count) * 4 <= UInt64(data.readableBytes)
+    else {
+      return [.send(reply(option, .errInvalid, message: "malformed \(option) data"))]
+    }
+    for _ in 0..<count {
+      guard let length = data.readInteger(as: UInt32.self), length <= NBDLimits.maxStringLength,
+        let query = data.readBytes(length: Int(length))
+      else {
+        return [.send(reply(option, .errInvalid, message: "malformed \(option) data"))]
+      }
+      queries.append(query)
+    }
+    guard data.readableBytes == 0 else {
+      return [.send(reply(option, .errInvalid, message: "malformed \(option) data"))]
+    }
+    guard let export = lookup(name) else {
+      return [.send(reply(option, .errUnknown, message: "unknown export '\(Self.printable(name))'"))]
+    }
+    let list = option == .listMetaContext
+    let selected =
+      (list && queries.isEmpty)
+      || queries.contains { query in
+        query.elementsEqual(NBDMetaContext.baseAllocation.utf8) || (list && query.elementsEqual("base:".utf8))
+      }
+    var out = ByteBuffer()
+    if selected {
+      var payload = ByteBuffer()
+      payload.writeInteger(list ? 0 : NBDMetaContext.baseAllocationID)
+      payload.writeString(NBDMetaContext.baseAllocation)
+      writeReply(option, .metaContext, payload: payload, into: &out)
+    }
+    writeReply(option, .ack, into: &out)
+    if !list { baseAllocationExport = selected ? export.name : nil }
+    return [.send(out)]
+  }
+
+  private mutating func enterTransmission(_ export: NBDExportInfo) {
+    state = .transmission
+    transmission = NBDTransmissionOptions(
+      structuredReplies: structuredReplies,
+      baseAllocation: structuredReplies && baseAllocationExport == export.name ? NBDMetaContext.baseAllocationID : nil)
   }
 
   // MARK: - Helpers

@@ -143,3 +143,64 @@ public enum NBDReplyEncoder {
     return buffer
   }
 }
+
+/// One `base:allocation` descriptor of a block status reply: a length in bytes and its state.
+public struct NBDExtent: Hashable, Sendable {
+  public var length: UInt32
+  public var flags: NBDBlockState
+
+  public init(length: UInt32, flags: NBDBlockState) {
+    self.length = length
+    self.flags = flags
+  }
+
+  /// Appends the descriptors as they go on the wire: length 32, status flags 32 each.
+  public static func write(_ extents: [NBDExtent], into buffer: inout ByteBuffer) {
+    for e in extents {
+      buffer.writeInteger(e.length)
+      buffer.writeInteger(e.flags.rawValue)
+    }
+  }
+}
+
+/// Structured reply chunks — proto.md "Structured reply chunk message" and "Structured reply
+/// types". Every reply here is one chunk with `NBD_REPLY_FLAG_DONE`.
+extension NBDReplyEncoder {
+  /// The 20-byte chunk header: magic, flags, type, cookie, payload length.
+  public static func writeChunkHeader(
+    handle: UInt64, type: NBDReplyType, flags: NBDReplyFlags = .done, payloadLength: Int, into buffer: inout ByteBuffer
+  ) {
+    buffer.writeInteger(NBDMagic.structuredReply)
+    buffer.writeInteger(flags.rawValue)
+    buffer.writeInteger(type.rawValue)
+    buffer.writeInteger(handle)
+    buffer.writeInteger(UInt32(payloadLength))
+  }
+
+  /// `NBD_REPLY_TYPE_OFFSET_DATA` for a whole read: header and offset (28 bytes); the
+  /// `dataLength` bytes of data follow, written by the caller without a copy.
+  public static func writeReadChunk(handle: UInt64, offset: UInt64, dataLength: Int, into buffer: inout ByteBuffer) {
+    writeChunkHeader(handle: handle, type: .offsetData, payloadLength: 8 + dataLength, into: &buffer)
+    buffer.writeInteger(offset)
+  }
+
+  /// `NBD_REPLY_TYPE_ERROR`: the reply to a read or block status that failed (a simple
+  /// reply is not allowed for a read once structured replies are on).
+  public static func writeErrorChunk(handle: UInt64, error: NBDErrno, message: String = "", into buffer: inout ByteBuffer) {
+    let text = message.utf8.prefix(NBDLimits.maxStringLength)
+    writeChunkHeader(handle: handle, type: .error, payloadLength: 6 + text.count, into: &buffer)
+    buffer.writeInteger(error.rawValue)
+    buffer.writeInteger(UInt16(text.count))
+    buffer.writeBytes(text)
+  }
+
+  /// `NBD_REPLY_TYPE_BLOCK_STATUS` for one metadata context; `descriptors` holds the
+  /// extents as `NBDExtent.write` lays them out.
+  public static func writeBlockStatus(
+    handle: UInt64, context: UInt32, descriptors: ByteBuffer, into buffer: inout ByteBuffer
+  ) {
+    writeChunkHeader(handle: handle, type: .blockStatus, payloadLength: 4 + descriptors.readableBytes, into: &buffer)
+    buffer.writeInteger(context)
+    buffer.writeImmutableBuffer(descriptors)
+  }
+}

@@ -28,6 +28,7 @@ public enum CDB {
   /// Service actions (SPC-4 Annex D, Table D.4 / D.5).
   public enum ServiceAction {
     public static let readCapacity16: UInt8 = 0x10  // SERVICE ACTION IN(16), SBC-3 5.16
+    public static let getLBAStatus: UInt8 = 0x12  // SERVICE ACTION IN(16), SBC-3 5.8
     public static let reportTargetPortGroups: UInt8 = 0x0A  // MAINTENANCE IN, SPC-4 6.36
     public static let setTargetPortGroups: UInt8 = 0x0A  // MAINTENANCE OUT, SPC-4 6.44
   }
@@ -140,6 +141,18 @@ public enum CDB {
     var c = [UInt8](repeating: 0, count: 16)
     c[0] = Opcode.serviceActionIn16
     c[1] = ServiceAction.readCapacity16
+    put32(&c, 10, allocationLength)
+    return c
+  }
+
+  /// GET LBA STATUS (SBC-3 5.8, Table 33): SERVICE ACTION 0x12 in byte 1 bits 4-0;
+  /// STARTING LOGICAL BLOCK ADDRESS bytes 2-9; ALLOCATION LENGTH bytes 10-13. The target
+  /// describes the blocks from the starting LBA on, as many as the allocation length holds.
+  public static func getLBAStatus(lba: UInt64, allocationLength: UInt32) -> [UInt8] {
+    var c = [UInt8](repeating: 0, count: 16)
+    c[0] = Opcode.serviceActionIn16
+    c[1] = ServiceAction.getLBAStatus
+    put64(&c, 2, lba)
     put32(&c, 10, allocationLength)
     return c
   }

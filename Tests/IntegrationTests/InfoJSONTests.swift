@@ -14,7 +14,7 @@ final class InfoJSONTests: XCTestCase {
     var sizeBytes, blockSize, physicalBlockSize, blockCount, maxTransferBytes, optimalTransferBytes: Int
     var maxUnmapBlocks, maxWriteSameBlocks, tpgs: Int
     var targetPortGroup, accessStateCode: Int?
-    var thinProvisioned, unmapSupported, writeSameUnmapSupported, fua, readOnly, aluaSupported: Bool
+    var thinProvisioned, unmappedReadsZero, unmapSupported, writeSameUnmapSupported, fua, readOnly, aluaSupported: Bool
     var writeCache, rotational, preferredPortGroup: Bool?
     var session: Session
   }
@@ -53,7 +53,7 @@ final class InfoJSONTests: XCTestCase {
       Set(object.keys),
       [
         "url", "vendor", "product", "revision", "serial", "deviceIdentifier", "wwn", "sizeBytes", "blockSize",
-        "physicalBlockSize", "blockCount", "maxTransferBytes", "optimalTransferBytes", "thinProvisioned",
+        "physicalBlockSize", "blockCount", "maxTransferBytes", "optimalTransferBytes", "thinProvisioned", "unmappedReadsZero",
         "unmapSupported", "writeSameUnmapSupported", "maxUnmapBlocks", "maxWriteSameBlocks", "writeCache", "fua",
         "readOnly", "rotational", "aluaSupported", "tpgs", "targetPortGroup", "accessState", "accessStateCode",
         "preferredPortGroup", "session",

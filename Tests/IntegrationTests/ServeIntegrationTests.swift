@@ -115,6 +115,74 @@ final class ServeIntegrationTests: XCTestCase {
     }
   }
 
+  /// `nbdinfo --map --json` as [offset, length, type] (type: 0 data, 3 hole and zero).
+  func map(_ uri: String) throws -> [[Int]] {
+    let r = try tool("nbdinfo", ["--map", "--json", uri], package: "libnbd-bin")
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let entries = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]], r.stdout)
+    return entries.map { [$0["offset"] as? Int ?? -1, $0["length"] as? Int ?? -1, $0["type"] as? Int ?? -1] }
+  }
+
+  /// NBD block status (base:allocation) from GET LBA STATUS: what `nbdinfo --map`,
+  /// `nbdcopy` and `qemu-img convert` use to skip what was never written or was trimmed.
+  func testNbdinfoMapShowsWrittenTrimmedAndNeverWrittenRanges() throws {
+    let w = try tool(
+      "qemu-io", ["-f", "raw", "-c", "write -P 0x5a 8M 1M", "-c", "discard 8448k 256k", uri], package: "qemu-utils")
+    XCTAssertEqual(w.status, 0, w.stdout + w.stderr)
+    let k = 1024
+    XCTAssertEqual(
+      try map(uri),
+      [
+        [0, 8192 * k, 3], [8192 * k, 256 * k, 0], [8448 * k, 256 * k, 3], [8704 * k, 512 * k, 0],
+        [9216 * k, 96 * 1024 * k - 9216 * k, 3],
+      ])
+    // The same through libnbd's API: structured replies and base:allocation negotiated,
+    // REQ_ONE answered with one extent, reads as OFFSET_DATA chunks.
+    let script = """
+      h.add_meta_context("base:allocation")
+      h.connect_uri("\(uri)")
+      assert h.get_structured_replies_negotiated(), "no structured replies"
+      assert h.can_meta_context("base:allocation"), "no base:allocation"
+      seen = []
+      def extents(context, offset, entries, err):
+          seen.append((context, offset, list(entries)))
+      h.block_status(1 << 20, 8192 * 1024, extents, nbd.CMD_FLAG_REQ_ONE)
+      print("one", seen)
+      assert seen == [("base:allocation", 8192 * 1024, [262144, 0])], seen
+      assert h.pread(4096, 8192 * 1024) == bytes([0x5a]) * 4096
+      assert h.pread(4096, 8448 * 1024) == bytes(4096)
+      print("ok")
+      """
+    guard FileManager.default.fileExists(atPath: "/usr/lib/python3/dist-packages/nbd.py") else {
+      return XCTFail("nbdsh's Python module is missing: install the Debian package python3-libnbd (make deps)")
+    }
+    let r = try Command.run("/usr/bin/python3", ["-m", "nbd", "-c", script], timeout: 60)
+    XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+    XCTAssertTrue(r.stdout.contains("ok"), r.stdout)
+  }
+
+  /// A LU without thin provisioning has storage behind every block: all data, and the
+  /// target is not asked.
+  func testBlockStatusOfAThickLUNIsAllData() async throws {
+    _ = try tgtd.addLUN(tid: 1, lun: 2, sizeMiB: 16)
+    let login = LoginConfiguration(initiatorName: "iqn.2026-11.org.lunbridge.test:serve-init", targetName: Self.iqn)
+    let config = SessionConfiguration(portal: Portal(host: "127.0.0.1", port: tgtd.port), login: login)
+    let url = ISCSIURL(portal: config.portal, targetName: Self.iqn, lun: 2)
+    let logger = Logger(label: "test")
+    let volume = try await Volume.open(paths: [PathSpec(url: url, configuration: config)], logger: logger)
+    let thick = try await NBDExportServer.start(volume: volume, address: .unix(scratch + "/thick.sock"), logger: logger)
+    defer {
+      Task {
+        await thick.stop()
+        await volume.close()
+      }
+    }
+    XCTAssertFalse(volume.info.thinProvisioned)
+    XCTAssertEqual(try map("nbd+unix:///?socket=\(scratch!)/thick.sock"), [[0, 16 << 20, 0]])
+    await thick.stop()
+    await volume.close()
+  }
+
   /// nbdsh with strict mode off sends requests a careful client never would; each gets
   /// an error reply and the export keeps serving.
   func testMisalignedAndOutOfRangeRequestsGetErrorsAndTheExportKeepsServing() throws {

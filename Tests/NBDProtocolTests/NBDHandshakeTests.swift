@@ -166,7 +166,8 @@ final class NBDHandshakeTests: XCTestCase {
   func testUnsupportedOptionsThenGoStillWorks() throws {
     var m = machine()
     XCTAssertEqual(try feed(&m, be(UInt32(3))), [])
-    for opt: UInt32 in [8, 11, 5, 9, 10, 4, 0xdead] {
+    // EXTENDED_HEADERS, STARTTLS without TLS, the withdrawn PEEK_EXPORT, an unknown one.
+    for opt: UInt32 in [11, 5, 4, 0xdead] {
       let actions = try feed(&m, option(opt, [1, 2, 3]))
       XCTAssertEqual(actions.count, 1)
       let out = sent(actions)
@@ -175,6 +176,92 @@ final class NBDHandshakeTests: XCTestCase {
     }
     let go = try feed(&m, option(7, infoData("lun1", [3])))
     XCTAssertEqual(go.last, .enterTransmission(export: lun1))
+  }
+
+  // MARK: - Structured replies and base:allocation (NBD_OPT 8, 9 LIST, 10 SET)
+
+  func metaData(_ export: String, _ queries: [String]) -> [UInt8] {
+    be(UInt32(export.utf8.count)) + Array(export.utf8) + be(UInt32(queries.count))
+      + queries.flatMap { be(UInt32($0.utf8.count)) + Array($0.utf8) }
+  }
+
+  func metaContextReply(_ opt: UInt32, id: UInt32) -> [UInt8] {
+    reply(opt, 4, be(id) + Array("base:allocation".utf8))
+  }
+
+  func testMetaContextNeedsStructuredRepliesFirst() throws {
+    var m = machine()
+    _ = try feed(&m, be(UInt32(3)))
+    for opt: UInt32 in [9, 10] {
+      let out = sent(try feed(&m, option(opt, metaData("lun0", ["base:allocation"]))))
+      XCTAssertEqual(Array(out[0..<16]), Array(reply(opt, 0x8000_0003)[0..<16]), "option \(opt) before 8: ERR_INVALID")
+    }
+    XCTAssertEqual(try feed(&m, option(7, infoData("lun0", []))).last, .enterTransmission(export: lun0))
+    XCTAssertEqual(m.transmission, NBDTransmissionOptions(structuredReplies: false, baseAllocation: nil))
+  }
+
+  func testStructuredRepliesAndBaseAllocationSelected() throws {
+    var m = machine()
+    _ = try feed(&m, be(UInt32(3)))
+    XCTAssertEqual(sent(try feed(&m, option(8))), reply(8, 1))
+    // LIST with no query, and with the namespace "base:": base:allocation with id 0.
+    XCTAssertEqual(sent(try feed(&m, option(9, metaData("lun0", [])))), metaContextReply(9, id: 0) + reply(9, 1))
+    XCTAssertEqual(sent(try feed(&m, option(9, metaData("lun0", ["base:"])))), metaContextReply(9, id: 0) + reply(9, 1))
+    // A context this server does not have: just the ACK.
+    XCTAssertEqual(sent(try feed(&m, option(9, metaData("lun0", ["qemu:dirty-bitmap:x"])))), reply(9, 1))
+    // SET: the id the block status replies will carry.
+    XCTAssertEqual(
+      sent(try feed(&m, option(10, metaData("lun0", ["x-other:thing", "base:allocation"])))),
+      metaContextReply(10, id: 1) + reply(10, 1))
+    XCTAssertEqual(try feed(&m, option(7, infoData("lun0", []))).last, .enterTransmission(export: lun0))
+    XCTAssertEqual(m.transmission, NBDTransmissionOptions(structuredReplies: true, baseAllocation: 1))
+  }
+
+  func testMetaContextErrorsAndReplacedSelection() throws {
+    var m = machine()
+    _ = try feed(&m, be(UInt32(3)) + option(8))
+    // Unknown export: ERR_UNKNOWN; STRUCTURED_REPLY with data and a short query: ERR_INVALID.
+    var out = sent(try feed(&m, option(10, metaData("nope", ["base:allocation"]))))
+    XCTAssertEqual(Array(out[8..<16]), be(UInt32(10)) + be(UInt32(0x8000_0006)))
+    out = sent(try feed(&m, option(8, [0])))
+    XCTAssertEqual(Array(out[8..<16]), be(UInt32(8)) + be(UInt32(0x8000_0003)))
+    out = sent(try feed(&m, option(10, be(UInt32(4)) + Array("lun0".utf8) + be(UInt32(1)) + be(UInt32(20)) + [1, 2])))
+    XCTAssertEqual(Array(out[8..<16]), be(UInt32(10)) + be(UInt32(0x8000_0003)))
+    // Selected for lun0, then a SET that selects nothing replaces it.
+    _ = try feed(&m, option(10, metaData("lun0", ["base:allocation"])))
+    XCTAssertEqual(sent(try feed(&m, option(10, metaData("lun0", [])))), reply(10, 1))
+    XCTAssertEqual(try feed(&m, option(7, infoData("lun0", []))).last, .enterTransmission(export: lun0))
+    XCTAssertEqual(m.transmission, NBDTransmissionOptions(structuredReplies: true, baseAllocation: nil))
+  }
+
+  func testBaseAllocationSelectedForAnotherExportDoesNotCarryOver() throws {
+    var m = machine()
+    _ = try feed(&m, be(UInt32(3)) + option(8) + option(10, metaData("lun0", ["base:allocation"])))
+    XCTAssertEqual(try feed(&m, option(7, infoData("lun1", []))).last, .enterTransmission(export: lun1))
+    XCTAssertEqual(m.transmission, NBDTransmissionOptions(structuredReplies: true, baseAllocation: nil))
+  }
+
+  func testStructuredReplyChunksOnTheWire() {
+    var b = ByteBuffer()
+    NBDReplyEncoder.writeReadChunk(handle: 0x1122_3344_5566_7788, offset: 4096, dataLength: 512, into: &b)
+    XCTAssertEqual(
+      Array(b.readableBytesView),
+      be(UInt32(0x668e_33ef)) + be(UInt16(1)) + be(UInt16(1)) + be(UInt64(0x1122_3344_5566_7788)) + be(UInt32(520))
+        + be(UInt64(4096)))
+    b.clear()
+    NBDReplyEncoder.writeErrorChunk(handle: 7, error: .eio, message: "bad", into: &b)
+    XCTAssertEqual(
+      Array(b.readableBytesView),
+      be(UInt32(0x668e_33ef)) + be(UInt16(1)) + be(UInt16(0x8001)) + be(UInt64(7)) + be(UInt32(9)) + be(UInt32(5))
+        + be(UInt16(3)) + Array("bad".utf8))
+    b.clear()
+    var d = ByteBuffer()
+    NBDExtent.write([NBDExtent(length: 4096, flags: []), NBDExtent(length: 8192, flags: [.hole, .zero])], into: &d)
+    NBDReplyEncoder.writeBlockStatus(handle: 9, context: 1, descriptors: d, into: &b)
+    XCTAssertEqual(
+      Array(b.readableBytesView),
+      be(UInt32(0x668e_33ef)) + be(UInt16(1)) + be(UInt16(5)) + be(UInt64(9)) + be(UInt32(20)) + be(UInt32(1))
+        + be(UInt32(4096)) + be(UInt32(0)) + be(UInt32(8192)) + be(UInt32(3)))
   }
 
   func testGoUnknownExportThenRetry() throws {
