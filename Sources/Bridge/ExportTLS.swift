@@ -55,7 +55,7 @@ extension ListenAddress {
   public func checkExposure(tls: Bool, insecure: Bool) throws {
     guard !isLocalOnly, !tls, !insecure else { return }
     throw BridgeError(
-      "--listen \(self) serves the LUN to anyone who can reach it: give --tls-certificates DIR (client certificates required), or --insecure to serve it without TLS"
-    )
+      "--listen \(self) serves the LUN to anyone who can reach it: give --tls-certificates DIR (client certificates required), or --insecure to serve it without TLS",
+      kind: .usage)
   }
 }

@@ -786,10 +786,8 @@ private struct Decoder {
       do {
         url = try ISCSIURL(parsing: s)
       } catch {
-        // ISCSIURLError quotes the text; strip a password first so it never shows.
-        let shown = Self.withoutPassword(s)
-        let reason = "\(error)".replacing(s, with: shown)
-        throw self.error(.badURL, entry, "key 'paths': \(reason)", line: item.line)
+        // ISCSIURLError quotes the text without its password.
+        throw self.error(.badURL, entry, "key 'paths': \(error)", line: item.line)
       }
       if url.passwordInURL {
         throw error(
@@ -809,17 +807,6 @@ private struct Decoder {
       urls.append(url)
     }
     return urls
-  }
-
-  /// `iscsi://user%secret@host/...` → `iscsi://user@host/...`.
-  static func withoutPassword(_ text: String) -> String {
-    guard let scheme = text.firstRange(of: "://") else { return text }
-    let rest = text[scheme.upperBound...]
-    let authorityEnd = rest.firstIndex(of: "/") ?? rest.endIndex
-    guard let at = rest[..<authorityEnd].lastIndex(of: "@"),
-      let pct = rest[..<at].firstIndex(of: "%")
-    else { return text }
-    return String(text[..<pct]) + String(rest[at...])
   }
 
   func device(_ entry: TOMLEntry) throws -> UInt32 {

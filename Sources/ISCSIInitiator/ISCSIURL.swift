@@ -24,12 +24,14 @@ public struct ISCSIURL: Equatable, Sendable, CustomStringConvertible {
     self.query = [:]
   }
 
-  public init(parsing text: String) throws {
+  public init(parsing given: String) throws {
+    // Errors quote the URL as typed, but never its password (stderr, the journal).
+    let text = Self.withoutPassword(given)
     let scheme = "iscsi://"
     guard text.lowercased().hasPrefix(scheme) else {
       throw ISCSIURLError("'\(text)' is not an iSCSI URL: expected iscsi://HOST[:PORT]/TARGET-IQN/LUN")
     }
-    var rest = Substring(text.dropFirst(scheme.count))
+    var rest = Substring(given.dropFirst(scheme.count))
     query = [:]
     if let q = rest.firstIndex(of: "?") {
       for pair in rest[rest.index(after: q)...].split(separator: "&") where !pair.isEmpty {
@@ -75,6 +77,18 @@ public struct ISCSIURL: Equatable, Sendable, CustomStringConvertible {
     default:
       throw ISCSIURLError("'\(text)' has extra path parts: expected iscsi://HOST[:PORT]/TARGET-IQN/LUN")
     }
+  }
+
+  /// `iscsi://user%secret@host/...` → `iscsi://user@host/...`: what messages may show of
+  /// a URL as typed.
+  public static func withoutPassword(_ text: String) -> String {
+    guard let scheme = text.firstRange(of: "://") else { return text }
+    let rest = text[scheme.upperBound...]
+    let authorityEnd = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) ?? rest.endIndex
+    guard let at = rest[..<authorityEnd].lastIndex(of: "@"),
+      let pct = rest[..<at].firstIndex(of: "%")
+    else { return text }
+    return String(text[..<pct]) + String(rest[at...])
   }
 
   /// The URL without the password.

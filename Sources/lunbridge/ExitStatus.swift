@@ -3,6 +3,7 @@ import Bridge
 import ISCSIInitiator
 import ISCSIProtocol
 import NBDKernel
+import SCSI
 
 /// The exit status of a failed command, one per class of failure. Where iscsiadm has the
 /// same class its number is used (open-iscsi's iscsi_err.h), so scripts and unit files
@@ -81,6 +82,9 @@ struct CommandFailure {
       self.init(Self.status(of: e.code), e.description)
     case let e as SCSIOperationError:
       self.init(.failure, e.description)
+    case let e as SCSIError:
+      // Data of the LU (INQUIRY, READ CAPACITY, REPORT LUNS) too short or malformed.
+      self.init(.protocolError, "the LUN sent data that cannot be read: \(e.message)")
     case let e as BridgeError:
       self.init(Self.status(of: e.kind), e.description)
     case is ValidationError, is CleanExit, is ExitCode:

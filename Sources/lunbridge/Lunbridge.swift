@@ -675,15 +675,15 @@ struct Serve: AsyncParsableCommand {
   func exportLimits() throws -> ExportLimits {
     var l = ExportLimits()
     if let n = maxConnections {
-      guard n >= 1 else { throw BridgeError("--max-connections must be at least 1") }
+      guard n >= 1 else { throw BridgeError("--max-connections must be at least 1", kind: .usage) }
       l.maxConnections = n
     }
     if let n = maxConnectionsPerPeer {
-      guard n >= 1 else { throw BridgeError("--max-connections-per-peer must be at least 1") }
+      guard n >= 1 else { throw BridgeError("--max-connections-per-peer must be at least 1", kind: .usage) }
       l.maxConnectionsPerPeer = n
     }
     if let n = handshakeTimeout {
-      guard n >= 1 else { throw BridgeError("--handshake-timeout must be at least 1 second") }
+      guard n >= 1 else { throw BridgeError("--handshake-timeout must be at least 1 second", kind: .usage) }
       l.handshakeTimeout = .seconds(Int64(n))
     }
     return l
@@ -698,7 +698,7 @@ struct Serve: AsyncParsableCommand {
     let tls = try tlsCertificates.map { try ExportTLS(directory: $0) }
     let limits = try exportLimits()
     if let m = maxInflightMib, m < 33 {
-      throw BridgeError("--max-inflight-mib must be at least 33 (one 32 MiB request and room for others)")
+      throw BridgeError("--max-inflight-mib must be at least 33 (one 32 MiB request and room for others)", kind: .usage)
     }
     ServingProcess.raiseDescriptorLimit()
     let memoryLocked = ServingProcess.protectFromMemoryPressure(logger: logger)
@@ -899,16 +899,6 @@ struct Attach: AsyncParsableCommand {
     try? VolumeNameRecord.write(
       name: volumeFile?.name ?? "", backendIdentifier: attachment.backendIdentifier, index: attachment.index,
       byPath: VolumeNameRecord.byPath(try ISCSIURL(parsing: url)), wwn: volume.info.wwn)
-    print(attachment.devicePath)
-    fflush(nil)  // all streams (stdout is a C global Swift 6 will not touch)
-    SystemdNotify.send("READY=1\nSTATUS=\(attachment.devicePath) attached to \(shownURL)")
-    if ProcessInfo.processInfo.environment["LUNBRIDGE_DAEMON_CHILD"] == "1" {
-      // The parent has what it waited for. In the background nothing of the caller's may
-      // be written to (its terminal or pipe can go away at any time): stdin, stdout and
-      // stderr become /dev/null, logs go to --log-file, else to syslog (the journal).
-      LogOutput.detachFromTerminal()
-    }
-    logger.notice("attached", metadata: ["device": "\(attachment.devicePath)", "lun": "\(url)"])
     let reload: @Sendable () -> EventLoopFuture<String> = { [self] in
       reloadVolumeFile(volume, file: volumeFile.map { Initramfs.systemPath($0.file) }, logger: logger)
     }
@@ -918,7 +908,8 @@ struct Attach: AsyncParsableCommand {
         name: volumeFile?.name ?? "nbd\(attachment.index)", volume: volume, device: attachment.devicePath,
         export: nil, metrics: metrics ?? volumeFile?.metrics, reload: reload, logger: logger)
     } catch {
-      // In the background standard error is /dev/null by now: the log keeps the reason.
+      // Before the device is announced: the caller (the parent in the background, systemd)
+      // gets the error and a failure, not a device that goes away.
       logger.error("cannot start serving \(attachment.devicePath): \(plainDescription(of: error))")
       // A failed start leaves nothing behind: the device is let go (disconnected unless
       // something already holds it) and the records removed.
@@ -933,6 +924,17 @@ struct Attach: AsyncParsableCommand {
       VolumeNameRecord.remove(index: attachment.index)
       throw error
     }
+    // Announced once everything it serves is up (device, control socket, metrics).
+    print(attachment.devicePath)
+    fflush(nil)  // all streams (stdout is a C global Swift 6 will not touch)
+    SystemdNotify.send("READY=1\nSTATUS=\(attachment.devicePath) attached to \(shownURL)")
+    if ProcessInfo.processInfo.environment["LUNBRIDGE_DAEMON_CHILD"] == "1" {
+      // The parent has what it waited for. In the background nothing of the caller's may
+      // be written to (its terminal or pipe can go away at any time): stdin, stdout and
+      // stderr become /dev/null, logs go to --log-file, else to syslog (the journal).
+      LogOutput.detachFromTerminal()
+    }
+    logger.notice("attached", metadata: ["device": "\(attachment.devicePath)", "lun": "\(url)"])
     // SIGHUP reloads the volume file, as daemons do.
     signal(SIGHUP, SIG_IGN)
     let hangup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: DispatchQueue(label: "lunbridge.sighup"))
@@ -1233,7 +1235,7 @@ struct InitramfsFilesCommand: ParsableCommand {
       volumes = try names.map { try VolumeConfig.load(path: VolumeConfig.path(name: $0, directory: directory)) }
     }
     // Secret files are checked (present, private) now, not at the next boot.
-    for volume in volumes { _ = try VolumeConfig.check(path: volume.file) }
+    for volume in volumes { try volume.check() }
     for file in try Initramfs.files(for: volumes, initiatorFile: try Initramfs.initiatorFile()) { print(file) }
   }
 }
@@ -1445,6 +1447,8 @@ struct Lunbridge: AsyncParsableCommand {
     let code = command.exitCode(for: error)
     guard code != .success else { command.exit(withError: error) }
     var text = command.fullMessage(for: error)
+    // A command that said what failed itself and then threw ExitCode: nothing more to print.
+    if error is ExitCode, text.isEmpty { Glibc.exit(code.rawValue) }
     if text.hasPrefix("Error: ") { text = "lunbridge: error: " + text.dropFirst("Error: ".count) }
     if command != Lunbridge.self {
       // A subcommand's own usage names it alone ("serve ..."): the full command line.

@@ -333,6 +333,15 @@ final class VolumeConfigTests: XCTestCase {
     let bad = error("paths = [\"iscsi://u%hunter2@h/iqn.x:t\"]")
     XCTAssertEqual(bad?.kind, .badURL)
     XCTAssertFalse(bad!.description.contains("hunter2"), bad!.description)
+    // Nor on the command line, where the URL's own error is the message.
+    for url in ["iscsi://u%hunter2@h/iqn.x:t", "iscsi://u%hunter2@h/iqn.x:t/99999", "iscsi://u%hunter2@/iqn.x:t/0"] {
+      XCTAssertThrowsError(try ISCSIURL(parsing: url)) { error in
+        XCTAssertFalse("\(error)".contains("hunter2"), "\(error)")
+        XCTAssertTrue("\(error)".contains("u@"), "\(error)")
+      }
+    }
+    XCTAssertEqual(ISCSIURL.withoutPassword("iscsi://u%p@h/t/0?iface=eth0"), "iscsi://u@h/t/0?iface=eth0")
+    XCTAssertEqual(ISCSIURL.withoutPassword("iscsi://h/iqn.x:t/0?a=b%c@d"), "iscsi://h/iqn.x:t/0?a=b%c@d")
   }
 
   func testDuplicateKey() {

@@ -49,7 +49,7 @@ final class ManualTests: XCTestCase {
     for option in ["chap-secret-file", "socket-mode", "no-path-retry", "luns"] {
       XCTAssertTrue(text.contains(option), "lunbridge.8 lacks --\(option)")
     }
-    for section in ["ENVIRONMENT", "FILES", "EXIT STATUS", "EXAMPLES", "SEE ALSO"] {
+    for section in ["ENVIRONMENT", "FILES", "EXIT STATUS", "EXAMPLES", "DIAGNOSTICS", "SEE ALSO"] {
       XCTAssertTrue(text.contains(".Sh \(section)"), "lunbridge.8 lacks \(section)")
     }
     XCTAssertFalse(text.contains("systemd-generator"), "a hidden command is in the manual")
@@ -84,6 +84,160 @@ final class ManualTests: XCTestCase {
       XCTAssertTrue(text.contains("Cm \(key) "), "lunbridge.toml.5 does not document \(key)")
       XCTAssertTrue(example.contains("\(key) ="), "systemd/example.toml does not show \(key)")
     }
+  }
+
+  /// Every error line the code can print is in lunbridge(8)'s DIAGNOSTICS: the constant
+  /// start (up to the first interpolation) of the message of each `BridgeError("...")`,
+  /// `ISCSIError(.code, "...")`, `ISCSIURLError("...")` and `ValidationError("...")` in
+  /// Sources is in that section of the hand-written tail, read without its macros and
+  /// whitespace. Starts shorter than 8 characters say too little to look for.
+  func testDiagnosticsListEveryErrorMessage() throws {
+    let tailPath = repo + "/Sources/lunbridge/Manual/lunbridge.8.tail"
+    let tail = try String(contentsOfFile: tailPath, encoding: .utf8)
+    guard let start = tail.range(of: ".Sh DIAGNOSTICS\n") else {
+      return XCTFail("\(tailPath) has no .Sh DIAGNOSTICS section")
+    }
+    let rest = tail[start.upperBound...]
+    let section = rest.range(of: "\n.Sh ").map { rest[..<$0.lowerBound] } ?? rest
+    let catalogue = Self.comparable(Self.manualText(String(section)))
+    let messages = try Self.errorMessages(in: repo + "/Sources")
+    XCTAssertGreaterThan(messages.count, 150, "too few error messages found in Sources: the scan is broken")
+    for message in messages where !Self.notErrorLines.contains(message.text) {
+      XCTAssertTrue(
+        catalogue.contains(Self.comparable(message.text)),
+        "DIAGNOSTICS in Sources/lunbridge/Manual/lunbridge.8.tail lacks \"\(message.text)\" (\(message.place)): "
+          + "add it under its exit status")
+    }
+  }
+
+  /// Messages that never reach the error line: a test hook, and failures that a running
+  /// process only logs (its control socket, the flush at exit, one I/O of a path).
+  static let notErrorLines: Set<String> = [
+    "dropped for testing",  // ISCSISession.dropConnectionForTesting
+    "no answer within",  // flushBeforeExit: a warning
+    "path has no logical unit",  // an I/O retried on another path, EIO to the NBD client
+    "cannot create",  // ControlServer.start: Observability logs a warning
+    "cannot create a temporary directory in",
+    "control socket directory",
+    "cannot put the control socket at",
+  ]
+
+  struct ErrorMessage {
+    /// The literal's start, up to its first interpolation, trimmed.
+    var text: String
+    /// `Sources/FILE:LINE` of the call.
+    var place: String
+  }
+
+  /// The error types whose message is the first argument (an `ISCSIError`'s after its code).
+  static let errorTypes = ["BridgeError", "ValidationError", "ISCSIURLError", "ISCSIError"]
+
+  /// Every call `TYPE(` of `errorTypes` in the Swift files under `sources` whose message is
+  /// a string literal with at least 8 constant characters before any interpolation.
+  static func errorMessages(in sources: String) throws -> [ErrorMessage] {
+    let names = errorTypes.map { (type: $0, scalars: Array(($0 + "(").unicodeScalars)) }
+    let files = try FileManager.default.subpathsOfDirectory(atPath: sources).filter { $0.hasSuffix(".swift") }.sorted()
+    var found: [ErrorMessage] = []
+    for file in files {
+      let s = try Array(String(contentsOfFile: sources + "/" + file, encoding: .utf8).unicodeScalars)
+      var line = 1
+      for i in s.indices {
+        if s[i] == "\n" {
+          line += 1
+          continue
+        }
+        guard i == 0 || !isIdentifier(s[i - 1]) else { continue }
+        for name in names where matches(s, name.scalars, at: i) {
+          let start = i + name.scalars.count
+          if let text = message(in: s, from: start, afterCode: name.type == "ISCSIError"), text.count >= 8 {
+            found.append(ErrorMessage(text: text, place: "Sources/\(file):\(line)"))
+          }
+        }
+      }
+    }
+    return found
+  }
+
+  static func matches(_ s: [Unicode.Scalar], _ word: [Unicode.Scalar], at i: Int) -> Bool {
+    guard i + word.count <= s.count else { return false }
+    for k in word.indices where s[i + k] != word[k] { return false }
+    return true
+  }
+
+  static func isIdentifier(_ c: Unicode.Scalar) -> Bool {
+    ("a"..."z").contains(c) || ("A"..."Z").contains(c) || ("0"..."9").contains(c) || c == "_"
+  }
+
+  static func skipWhitespace(_ s: [Unicode.Scalar], from start: Int) -> Int {
+    var j = start
+    while j < s.count, s[j] == " " || s[j] == "\n" || s[j] == "\t" || s[j] == "\r" { j += 1 }
+    return j
+  }
+
+  /// The constant start of the string literal at `start` (after `.code,` when `afterCode`),
+  /// with `\"` and `\\` unescaped, trimmed; nil when the argument is not a plain literal.
+  static func message(in s: [Unicode.Scalar], from start: Int, afterCode: Bool) -> String? {
+    var j = skipWhitespace(s, from: start)
+    if afterCode {
+      guard j < s.count, s[j] == "." else { return nil }
+      j += 1
+      while j < s.count, isIdentifier(s[j]) { j += 1 }
+      j = skipWhitespace(s, from: j)
+      guard j < s.count, s[j] == "," else { return nil }
+      j = skipWhitespace(s, from: j + 1)
+    }
+    guard j < s.count, s[j] == "\"" else { return nil }
+    var text = String.UnicodeScalarView()
+    j += 1
+    while j < s.count, s[j] != "\"", s[j] != "\n" {
+      if s[j] == "\\", j + 1 < s.count {
+        let escaped = s[j + 1]
+        if escaped == "(" { break }  // an interpolation: the constant start ends here
+        text.append(escaped == "n" || escaped == "t" ? " " : escaped)
+        j += 2
+      } else {
+        text.append(s[j])
+        j += 1
+      }
+    }
+    return String(text).trimmingCharacters(in: .whitespaces)
+  }
+
+  /// mdoc source as its words read: comment lines and macro names dropped (`Fl` gives its
+  /// argument its dash), the escapes for quotes, dashes and backslashes resolved.
+  static func manualText(_ source: String) -> String {
+    let macros: Set<String> = [
+      "Ar", "No", "Ns", "Li", "Ql", "Nm", "Cm", "Pa", "Ic", "Sy", "Em", "Dq", "Sq", "Qq", "Pq", "Xr", "Ev", "Op",
+      "Dv", "Er", "Va", "Ap", "Po", "Pc", "Oo", "Oc",
+    ]
+    var words: [String] = []
+    for line in source.split(separator: "\n") {
+      if line.hasPrefix(".\\\"") { continue }
+      guard line.hasPrefix(".") else {
+        words.append(String(line))
+        continue
+      }
+      var dash = false
+      for word in line.split(separator: " ").dropFirst() {
+        if word == "Fl" {
+          dash = true
+        } else if !macros.contains(String(word)) {
+          words.append((dash ? "-" : "") + String(word))
+          dash = false
+        }
+      }
+    }
+    return words.joined(separator: " ")
+      .replacingOccurrences(of: "\\&", with: "")
+      .replacingOccurrences(of: "\\(aq", with: "'")
+      .replacingOccurrences(of: "\\(dq", with: "\"")
+      .replacingOccurrences(of: "\\-", with: "-")
+      .replacingOccurrences(of: "\\e", with: "\\")
+  }
+
+  /// Without whitespace: line breaks and mdoc's spacing do not matter.
+  static func comparable(_ text: String) -> String {
+    text.filter { !$0.isWhitespace }
   }
 
   func completionScript(_ shell: String) throws -> String {

@@ -109,6 +109,21 @@ check "the serving process exited after detach" bash -c "[ -n '$pid' ] && ! kill
   { echo "# serving process log:"; sed 's/^/# /' "$T/attach2.err"; }
 dev=""
 
+# A metrics port already taken: attach fails with the reason before it announces a device,
+# and leaves none behind (it used to print the device, exit 0, then let it go).
+/usr/bin/python3 -c 'import socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 9618)); s.listen(1); time.sleep(120)' &
+busy_pid=$!
+sleep 1
+busy_dev=$(timeout 60 "$LB" attach "$url" --connections 1 --metrics tcp:127.0.0.1:9618 2>"$T/attach-busy.err")
+busy_rc=$?
+kill "$busy_pid" 2>/dev/null
+check "attach with its metrics port taken fails (rc $busy_rc, printed '$busy_dev')" \
+  bash -c '[ "$1" -ne 0 ] && [ -z "$2" ]' _ "$busy_rc" "$busy_dev"
+check "... saying why: $(tail -1 "$T/attach-busy.err")" grep -q "^lunbridge: error: .*9618" "$T/attach-busy.err"
+check "... and leaves no device for the URL" bash -c '! "$1" list 2>/dev/null | grep -qF "$2"' _ "$LB" "$url"
+
 # A volume file: attach by NAME, the name record for udev, config check.
 mkdir -p /etc/lunbridge/volumes
 printf 'paths = ["%s"]\nconnections = 1\ntimeout = 20\n' "$url" >/etc/lunbridge/volumes/vmvol.toml
