@@ -33,7 +33,7 @@ public enum Initramfs {
       if volume.chapSecretCredential != nil || volume.mutualSecretCredential != nil {
         throw BridgeError(
           "\(volume.file): the initramfs has no systemd credentials: give the root volume chap_secret_file / mutual_secret_file instead of *_secret_credential",
-          kind: .usage)
+          kind: .config)
       }
       add(File(.volume, volume.file))
       for secret in [volume.chapSecretFile, volume.mutualSecretFile].compactMap({ $0 }) { add(File(.secret, secret)) }

@@ -85,8 +85,11 @@ struct LoginOptions: ParsableArguments {
   ) throws -> SessionConfiguration {
     let given = try initiatorName ?? volume?.initiatorName ?? InitiatorName.resolve()
     if let problem = ISCSIName.problem(given) {
-      let source = initiatorName != nil ? "--initiator-name" : volume?.initiatorName != nil ? "initiator_name" : "initiator name"
-      throw BridgeError("\(source): \(problem)", kind: initiatorName == nil && volume?.initiatorName != nil ? .config : .usage)
+      let source =
+        initiatorName != nil
+        ? "--initiator-name" : volume?.initiatorName != nil
+          ? "initiator_name" : "InitiatorName in \(InitiatorName.openISCSIFile) or \(InitiatorName.lunbridgeFile)"
+      throw BridgeError("\(source): \(problem)", kind: initiatorName != nil ? .usage : .config)
     }
     let name = ISCSIName.normalized(given)
     var chap: CHAPConfiguration? = nil

@@ -13,7 +13,7 @@ struct PersistentReserve: ParsableCommand {
     commandName: "pr",
     abstract: "Persistent reservations (SCSI-3 PR) of a running volume, as mpathpersist does them.",
     discussion: """
-      Exit codes are mpathpersist's: 0 done, 1 usage error, 5 the target refused the \
+      Exit codes are mpathpersist's: 0 done, 64 usage error (as every lunbridge command), 5 the target refused the \
       request (ILLEGAL REQUEST), 11 reservation conflict, 12 no such running volume, \
       15 any other failure.
       """)
@@ -78,7 +78,6 @@ struct PersistentReserve: ParsableCommand {
 
   /// mpathpersist's exit codes (MPATH_PR_* in mpath_persist.h).
   enum Exit {
-    static let usage: Int32 = 1
     static let illegalRequest: Int32 = 5
     static let conflict: Int32 = 11
     static let noVolume: Int32 = 12

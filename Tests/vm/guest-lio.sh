@@ -84,6 +84,21 @@ lio_pr_checks() {
     return 1
   }
   check "PR: node B serves the same LUN with two sessions" pr_serve_b
+  # Block status on LIO (GET LBA STATUS, or every block as data where LIO does not know
+  # it): nbdinfo --map covers the whole LUN, in order, with no error.
+  lio_map() {
+    /usr/bin/python3 -c '
+import json, subprocess, sys
+run = lambda *a: subprocess.run(["nbdinfo", *a, sys.argv[1]], capture_output=True, text=True, check=True).stdout
+extents, size, at = json.loads(run("--map", "--json")), int(run("--size")), 0
+for e in extents:
+    assert e["offset"] == at, (e, at)
+    at += e["length"]
+assert at == size, (at, size)
+print(len(extents), "extents over", size, "bytes")' "nbd+unix:///?socket=$sock" 2>&1
+  }
+  out=$(lio_map); rc=$?
+  check "nbdinfo --map on LIO through serve covers the LUN ($(tail -1 <<<"$out"))" test $rc -eq 0
   b_write() { /usr/bin/python3 -c 'import nbd,sys; h=nbd.NBD(); h.connect_uri(sys.argv[1]); h.pwrite(b"B"*4096, 8192)' "nbd+unix:///?socket=$sock" 2>&1; }
   b_read() { /usr/bin/python3 -c 'import nbd,sys; h=nbd.NBD(); h.connect_uri(sys.argv[1]); assert len(h.pread(4096, 8192)) == 4096' "nbd+unix:///?socket=$sock" 2>&1; }
   a_write() { dd if=/dev/urandom of="$da" bs=4k count=4 seek=100 oflag=direct status=none 2>&1; }
