@@ -115,6 +115,15 @@ final class ServeIntegrationTests: XCTestCase {
     }
   }
 
+  /// Runs an nbdsh script (`h` is the handle) through Debian's Python: the python3 first
+  /// on PATH here may lack the module.
+  func nbdsh(_ script: String) throws -> CommandResult {
+    guard FileManager.default.fileExists(atPath: "/usr/lib/python3/dist-packages/nbd.py") else {
+      throw TGTDError("nbdsh's Python module is missing: install the Debian package python3-libnbd (make deps)")
+    }
+    return try Command.run("/usr/bin/python3", ["-m", "nbd", "-c", script], timeout: 60)
+  }
+
   /// `nbdinfo --map --json` as [offset, length, type] (type: 0 data, 3 hole and zero).
   func map(_ uri: String) throws -> [[Int]] {
     let r = try tool("nbdinfo", ["--map", "--json", uri], package: "libnbd-bin")
@@ -153,10 +162,7 @@ final class ServeIntegrationTests: XCTestCase {
       assert h.pread(4096, 8448 * 1024) == bytes(4096)
       print("ok")
       """
-    guard FileManager.default.fileExists(atPath: "/usr/lib/python3/dist-packages/nbd.py") else {
-      return XCTFail("nbdsh's Python module is missing: install the Debian package python3-libnbd (make deps)")
-    }
-    let r = try Command.run("/usr/bin/python3", ["-m", "nbd", "-c", script], timeout: 60)
+    let r = try nbdsh(script)
     XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
     XCTAssertTrue(r.stdout.contains("ok"), r.stdout)
   }
@@ -206,11 +212,7 @@ final class ServeIntegrationTests: XCTestCase {
       assert h.pread(512, 4096)[:9] == b"lunbridge"
       print("still serving")
       """
-    // nbdsh through Debian's Python: the python3 first on PATH here may lack the module.
-    guard FileManager.default.fileExists(atPath: "/usr/lib/python3/dist-packages/nbd.py") else {
-      return XCTFail("nbdsh's Python module is missing: install the Debian package python3-libnbd (make deps)")
-    }
-    let r = try Command.run("/usr/bin/python3", ["-m", "nbd", "-c", script], timeout: 60)
+    let r = try nbdsh(script)
     XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
     XCTAssertTrue(r.stdout.contains("misaligned read errno EINVAL"), r.stdout)
     XCTAssertTrue(r.stdout.contains("read past the end errno"), r.stdout)
