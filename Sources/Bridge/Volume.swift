@@ -460,7 +460,9 @@ public final class Volume: @unchecked Sendable {
     let started = NIODeadline.now()
     let type = request.type
     let length = UInt64(request.length)
-    submit(operation, bytes: Int(request.length), owner: owner, at: started) { [self] result, ended in
+    // Block status moves no data: it counts as an I/O of no bytes (path load, MB/s).
+    let bytes = type == .blockStatus ? 0 : Int(request.length)
+    submit(operation, bytes: bytes, owner: owner, at: started) { [self] result, ended in
       latency.record(.nanoseconds((ended - started).nanoseconds))
       switch result {
       case .success(let data):
