@@ -11,10 +11,14 @@ DESTDIR ?=
 # and its thread-local access set were 3 % of the CPU per 4 KiB I/O; debug builds, which
 # run the tests, keep them).
 RELEASE_FLAGS := -Xswiftc -enforce-exclusivity=unchecked
+# Every build made through this Makefile (CI's included) treats a warning in lunbridge's own
+# code as an error (Package.swift reads the variable); `make WARNINGS_AS_ERRORS=0 ...` to relax.
+WARNINGS_AS_ERRORS ?= 1
+export LUNBRIDGE_WARNINGS_AS_ERRORS := $(WARNINGS_AS_ERRORS)
 DEB_PACKAGES := libnl-3-dev libnl-genl-3-dev tgt libiscsi-bin qemu-utils qemu-block-extra fio libnbd-bin python3-libnbd procps iproute2 nftables openssl \
   man-db groff-base mandoc bash-completion zsh fish
 
-.PHONY: all deps build buildinfo debug man test vm-test boot-test sanboot-test install-files multipath-test multipath-bench bench bench-failover bench-alua bench-initiators unit-test integration-test demo bench-codec fuzz fuzz-build fuzz-test install uninstall clean
+.PHONY: all deps lint build buildinfo debug man test vm-test boot-test sanboot-test install-files multipath-test multipath-bench bench bench-failover bench-alua bench-initiators unit-test integration-test demo bench-codec fuzz fuzz-build fuzz-test install uninstall clean
 
 all: build
 
@@ -29,6 +33,7 @@ deps:
 	    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $$missing >/dev/null; \
 	fi
 	@command -v $(SWIFT) >/dev/null || { echo "make deps: swift toolchain not found on PATH" >&2; exit 1; }
+	@$(SWIFT) format --version >/dev/null 2>&1 || { echo "make deps: 'swift format' not found: install a Swift 6 toolchain (it ships swift-format)" >&2; exit 1; }
 	@Tests/vm/vm-deps.sh
 
 build: buildinfo
@@ -77,8 +82,20 @@ test: deps buildinfo
 	  $(MAKE) --no-print-directory sanboot-test || rc=1; \
 	  $(MAKE) --no-print-directory multipath-test || rc=1; \
 	  $(MAKE) --no-print-directory fuzz-test || rc=1; \
+	  $(MAKE) --no-print-directory lint || rc=1; \
 	  Tests/scripts/test-summary.sh .build/test.log .build/vm-test/stdout .build/boot-test/stdout .build/sanboot-test/stdout \
-	    .build/multipath-test/stdout .build/fuzz-test/stdout || rc=1; exit $$rc
+	    .build/multipath-test/stdout .build/fuzz-test/stdout .build/lint/stdout || rc=1; exit $$rc
+
+# swift-format (in the Swift 6 toolchain) over the sources, tests and manifest with the
+# project's .swift-format; every finding fails. `swift format format -i FILE` fixes most.
+lint:
+	@rm -rf .build/lint; mkdir -p .build/lint
+	@$(SWIFT) format lint --strict --recursive Sources Tests Package.swift > .build/lint/findings 2>&1; rc=$$?; \
+	  cat .build/lint/findings; n=$$(grep -c -E ': (error|warning): ' .build/lint/findings); \
+	  [ $$rc -eq 0 ] || [ $$n -gt 0 ] || n=1; \
+	  if [ $$n -eq 0 ]; then echo "lint checks: 1 passed, 0 failed"; \
+	  else echo "lint checks: 0 passed, $$n failed (swift format lint --strict: fix each, or swift format format -i FILE)"; \
+	  fi | tee .build/lint/stdout; [ $$n -eq 0 ]
 
 # The kernel path in a real Debian kernel under QEMU (this machine's kernel has no nbd).
 vm-test: deps

@@ -18,8 +18,11 @@ let package = Package(
   targets: [
     // CRC32C with the SSE4.2 instruction where the CPU has it, table-driven otherwise.
     .target(name: "CCRC32C"),
+    // Pure: the one protocol every module's public errors conform to (code, class, message),
+    // which the command line prints and maps to an exit status.
+    .target(name: "Failure"),
     // Pure: SCSI command descriptor blocks, sense data, VPD pages.
-    .target(name: "SCSI"),
+    .target(name: "SCSI", dependencies: ["Failure"]),
     // The commit of the build, for --version (written by the Makefile into .build).
     .target(name: "CBuildInfo"),
     // Pure: iSCSI PDUs, digests, text keys, login negotiation, CHAP, serial numbers, and the
@@ -27,7 +30,7 @@ let package = Package(
     .target(
       name: "ISCSIProtocol",
       dependencies: [
-        "CCRC32C", "SCSI",
+        "CCRC32C", "SCSI", "Failure",
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "Crypto", package: "swift-crypto"),
       ]),
@@ -35,7 +38,7 @@ let package = Package(
     .target(
       name: "ISCSIInitiator",
       dependencies: [
-        "ISCSIProtocol", "SCSI",
+        "ISCSIProtocol", "SCSI", "Failure",
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "Logging", package: "swift-log"),
@@ -43,7 +46,7 @@ let package = Package(
     // Pure: NBD transmission codec, fixed-newstyle handshake (server side), validation.
     .target(
       name: "NBDProtocol",
-      dependencies: [.product(name: "NIOCore", package: "swift-nio")]),
+      dependencies: ["Failure", .product(name: "NIOCore", package: "swift-nio")]),
     // libnl-3 / libnl-genl-3 and <linux/nbd-netlink.h>, with a C shim for the macros
     // Swift cannot import (packages libnl-3-dev, libnl-genl-3-dev).
     .target(
@@ -51,16 +54,16 @@ let package = Package(
       cSettings: [.unsafeFlags(["-I/usr/include/libnl3"])],
       linkerSettings: [.linkedLibrary("nl-3"), .linkedLibrary("nl-genl-3")]),
     // Pure: path states and selectors over a LUN's sessions, generic over a clock.
-    .target(name: "Multipath"),
+    .target(name: "Multipath", dependencies: ["Failure"]),
     // I/O: the kernel's NBD driver over generic netlink.
     .target(
       name: "NBDKernel",
-      dependencies: ["CNetlink", .product(name: "Logging", package: "swift-log")]),
+      dependencies: ["CNetlink", "Failure", .product(name: "Logging", package: "swift-log")]),
     // Glue: a Volume = one LUN served over NBD sockets (kernel socketpairs or an export).
     .target(
       name: "Bridge",
       dependencies: [
-        "ISCSIInitiator", "ISCSIProtocol", "SCSI", "NBDProtocol", "NBDKernel", "Multipath",
+        "ISCSIInitiator", "ISCSIProtocol", "SCSI", "NBDProtocol", "NBDKernel", "Multipath", "Failure",
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -74,7 +77,7 @@ let package = Package(
     .executableTarget(
       name: "lunbridge",
       dependencies: [
-        "ISCSIInitiator", "ISCSIProtocol", "SCSI", "Bridge", "NBDKernel", "Multipath", "CBuildInfo",
+        "ISCSIInitiator", "ISCSIProtocol", "SCSI", "Bridge", "NBDKernel", "Multipath", "CBuildInfo", "Failure",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         .product(name: "Logging", package: "swift-log"),
@@ -107,7 +110,7 @@ let package = Package(
     .testTarget(
       name: "BridgeTests",
       dependencies: [
-        "Bridge", "NBDProtocol", "NBDKernel", "ISCSIInitiator",
+        "Bridge", "NBDProtocol", "NBDKernel", "ISCSIInitiator", "ISCSIProtocol", "SCSI", "Failure",
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "Logging", package: "swift-log"),
@@ -142,10 +145,24 @@ let package = Package(
 // leave out the run-time exclusivity checks of class properties (swift_beginAccess and
 // its thread-local access set: 6 % of the CPU per I/O); the state is confined to one
 // event loop, and debug builds, which run the tests, keep the checks.
+let cTargets: Set<String> = ["CCRC32C", "CNetlink", "CFuzzDriver", "CAllocationCounter", "CBuildInfo"]
 for target in package.targets where target.type != .system && target.type != .binary {
-  guard target.name != "CCRC32C", target.name != "CNetlink", target.name != "CFuzzDriver",
-    target.name != "CAllocationCounter", target.name != "CBuildInfo"
-  else { continue }
+  guard !cTargets.contains(target.name) else { continue }
   target.swiftSettings =
-    (target.swiftSettings ?? []) + [.unsafeFlags(["-cross-module-optimization", "-enforce-exclusivity=unchecked"], .when(configuration: .release))]
+    (target.swiftSettings ?? [])
+    + [.unsafeFlags(["-cross-module-optimization", "-enforce-exclusivity=unchecked"], .when(configuration: .release))]
+}
+
+// The Makefile's builds (and so CI's) treat every warning in lunbridge's own code, Swift and
+// C, as an error (LUNBRIDGE_WARNINGS_AS_ERRORS=1; `make WARNINGS_AS_ERRORS=0` turns it off);
+// a plain `swift build` keeps warnings as warnings, so a newer compiler's new warning
+// does not stop a user's build. Dependencies are not affected.
+if Context.environment["LUNBRIDGE_WARNINGS_AS_ERRORS"] == "1" {
+  for target in package.targets where target.type != .system && target.type != .binary {
+    if cTargets.contains(target.name) {
+      target.cSettings = (target.cSettings ?? []) + [.unsafeFlags(["-Werror"])]
+    } else {
+      target.swiftSettings = (target.swiftSettings ?? []) + [.unsafeFlags(["-warnings-as-errors"])]
+    }
+  }
 }

@@ -1,3 +1,4 @@
+import Failure
 import FoundationEssentials
 import Glibc
 
@@ -58,7 +59,7 @@ public struct ControlDirectory: Sendable {
         let report = try ControlClient.status(socket: socket, timeout: timeout)
         if let device, socket != "\(directory)/\(device).sock", report.device != "/dev/\(device)" { continue }
         answers.reports.append(report)
-      } catch let e as BridgeError where e.kind == .notFound {
+      } catch let e as BridgeError where e.failureClass == .notFound {
         // A socket left by a lunbridge that was killed: removed (when we may), so the
         // next look does not trip on it, and said once.
         if unlink(socket) == 0 {
@@ -66,7 +67,7 @@ public struct ControlDirectory: Sendable {
         } else {
           answers.failures.append("\(e)")
         }
-      } catch let e as BridgeError where e.kind == .permission {
+      } catch let e as BridgeError where e.failureClass == .permission {
         answers.denied += 1
         answers.failures.append("\(e)")
       } catch {
@@ -74,7 +75,7 @@ public struct ControlDirectory: Sendable {
       }
     }
     if let device, answers.reports.isEmpty {
-      throw BridgeError("/dev/\(device) is not served by a running lunbridge (no answer from \(directory))", kind: .notFound)
+      throw BridgeError(.notFound, "/dev/\(device) is not served by a running lunbridge (no answer from \(directory))")
     }
     return answers
   }
@@ -91,15 +92,15 @@ public struct ControlDirectory: Sendable {
         return socket
       }
     }
-    throw BridgeError("/dev/\(device) is not served by a running lunbridge (no answer from \(directory))", kind: .notFound)
+    throw BridgeError(.notFound, "/dev/\(device) is not served by a running lunbridge (no answer from \(directory))")
   }
 
   func socket(named name: String) throws -> String {
     guard let path = try? ControlServer.socketPath(name: name, directory: directory) else {
-      throw BridgeError("'\(name)' is neither a volume name nor an NBD device (/dev/nbdN)", kind: .usage)
+      throw BridgeError(.usage, "'\(name)' is neither a volume name nor an NBD device (/dev/nbdN)")
     }
     guard FileManager.default.fileExists(atPath: path) else {
-      throw BridgeError("no running volume named '\(name)' (no \(path))", kind: .notFound)
+      throw BridgeError(.notFound, "no running volume named '\(name)' (no \(path))")
     }
     return path
   }

@@ -1,3 +1,4 @@
+import Failure
 import FoundationEssentials
 import Glibc
 import Logging
@@ -22,24 +23,20 @@ public struct ControlReply: Codable, Hashable, Sendable {
   public var message: String?
   public var error: String?
   /// The class of the failure (the command line's exit status), when it has one.
-  public var kind: BridgeError.Kind?
+  public var kind: FailureClass?
 
-  public init(ok: Bool, message: String? = nil, error: String? = nil, kind: BridgeError.Kind? = nil) {
+  public init(ok: Bool, message: String? = nil, error: String? = nil, kind: FailureClass? = nil) {
     self.ok = ok
     self.message = message
     self.error = error
     self.kind = kind
   }
 
-  /// A failed command's reply: the error's text and, for errors that have one, its class.
+  /// A failed command's reply: the error's message and, for lunbridge's errors, its class
+  /// (the command line that relays it exits as the process that raised it would have).
   public init(failure error: Error) {
-    let kind: BridgeError.Kind?
-    switch error {
-    case let e as BridgeError: kind = e.kind
-    case is VolumeConfigError: kind = .config
-    default: kind = nil
-    }
-    self.init(ok: false, error: "\(error)", kind: kind)
+    let typed = error as? LunbridgeError
+    self.init(ok: false, error: describeError(error), kind: typed?.failureClass)
   }
 }
 
@@ -81,11 +78,11 @@ public final class ControlServer: Sendable {
       !name.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f })
     else {
       throw BridgeError(
-        "'\(name)' cannot name a volume's control socket (no '/', no leading '.', no control characters)")
+        .controlSocket, "'\(name)' cannot name a volume's control socket (no '/', no leading '.', no control characters)")
     }
     let path = directory.hasSuffix("/") ? "\(directory)\(name).sock" : "\(directory)/\(name).sock"
     guard path.utf8.count < unixPathCapacity else {
-      throw BridgeError("control socket path \(path) is longer than a Unix socket path may be")
+      throw BridgeError(.usage, "control socket path \(path) is longer than a Unix socket path may be")
     }
     return path
   }
@@ -97,7 +94,7 @@ public final class ControlServer: Sendable {
     guard let path = try? socketPath(name: name, directory: directory), FileIdentity(path: path)?.isSocket == true,
       isListening(unixPath: path)
     else { return }
-    throw BridgeError("volume \(name) is already served by another lunbridge (socket \(path))", kind: .alreadyRunning)
+    throw BridgeError(.alreadyRunning, "volume \(name) is already served by another lunbridge (socket \(path))")
   }
 
   /// The socket's path.
@@ -132,11 +129,11 @@ public final class ControlServer: Sendable {
       try FileManager.default.createDirectory(
         atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
     } catch {
-      throw BridgeError("cannot create \(directory): \(describeFileError(error))")
+      throw BridgeError(.system, "cannot create \(directory): \(describeFileError(error))")
     }
     if let existing = FileIdentity(path: path) {
       guard existing.isSocket else {
-        throw BridgeError("\(path) exists and is not a socket; remove it if no lunbridge uses it", kind: .busy)
+        throw BridgeError(.busy, "\(path) exists and is not a socket; remove it if no lunbridge uses it")
       }
       try refuseIfServed(name: name, directory: directory)
       // Stale: the rename below replaces it.
@@ -147,13 +144,13 @@ public final class ControlServer: Sendable {
     var template = Array("\(directory)/.control-XXXXXX".utf8CString)
     guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
       throw BridgeError(
-        "cannot create a temporary directory in \(directory): \(String(cString: strerror(errno)))")
+        .system, "cannot create a temporary directory in \(directory): \(String(cString: strerror(errno)))")
     }
     let privateDirectory = String(cString: made)
     defer { rmdir(privateDirectory) }
     let temporaryPath = "\(privateDirectory)/s"
     guard temporaryPath.utf8.count < unixPathCapacity else {
-      throw BridgeError("control socket directory \(directory) is too long a path for a Unix socket")
+      throw BridgeError(.usage, "control socket directory \(directory) is too long a path for a Unix socket")
     }
 
     let commands = ControlCommands(
@@ -172,13 +169,13 @@ public final class ControlServer: Sendable {
       channel = try await bootstrap.bind(unixDomainSocketPath: temporaryPath).get()
     } catch {
       unlink(temporaryPath)
-      throw BridgeError("cannot listen on \(path): \(error)")
+      throw BridgeError(.system, "cannot listen on \(path): \(error)")
     }
     guard chmod(temporaryPath, 0o600) == 0, rename(temporaryPath, path) == 0 else {
       let reason = String(cString: strerror(errno))
       try? await channel.close().get()
       unlink(temporaryPath)
-      throw BridgeError("cannot put the control socket at \(path): \(reason)")
+      throw BridgeError(.system, "cannot put the control socket at \(path): \(reason)")
     }
     logger.debug("control socket ready", metadata: ["socket": "\(path)"])
     return ControlServer(path: path, channel: channel, identity: FileIdentity(path: path), logger: logger)
@@ -364,10 +361,10 @@ public enum ControlClient {
   /// `timeout` seconds.
   public static func request(_ command: String, socket path: String, timeout: Double = 5) throws -> Data {
     let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw BridgeError("socket: \(String(cString: strerror(errno)))") }
+    guard fd >= 0 else { throw BridgeError(.system, "socket: \(String(cString: strerror(errno)))") }
     defer { close(fd) }
     guard var address = unixAddress(path) else {
-      throw BridgeError("control socket path \(path) is longer than a Unix socket path may be")
+      throw BridgeError(.usage, "control socket path \(path) is longer than a Unix socket path may be")
     }
     let connected = withUnsafePointer(to: &address) {
       $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
@@ -378,11 +375,11 @@ public enum ControlClient {
       switch errno {
       case ECONNREFUSED:
         // The file is there and nobody listens: the process that made it is gone.
-        throw BridgeError("\(path) is a stale socket: the lunbridge that served it is gone", kind: .notFound)
+        throw BridgeError(.notFound, "\(path) is a stale socket: the lunbridge that served it is gone")
       case EACCES, EPERM:
-        throw BridgeError("cannot connect to \(path): permission denied (the control sockets are root's)", kind: .permission)
+        throw BridgeError(.permission, "cannot connect to \(path): permission denied (the control sockets are root's)")
       case let code:
-        throw BridgeError("cannot connect to \(path): \(String(cString: strerror(code)).lowercased())")
+        throw BridgeError(.controlSocket, "cannot connect to \(path): \(String(cString: strerror(code)).lowercased())")
       }
     }
     let deadline = Date().addingTimeInterval(timeout)
@@ -394,7 +391,7 @@ public enum ControlClient {
       let n = line[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
       if n < 0 {
         if errno == EINTR || errno == EAGAIN { continue }
-        throw BridgeError("cannot send to \(path): \(String(cString: strerror(errno)))")
+        throw BridgeError(.system, "cannot send to \(path): \(String(cString: strerror(errno)))")
       }
       sent += n
     }
@@ -406,7 +403,7 @@ public enum ControlClient {
       let n = recv(fd, &chunk, chunk.count, 0)
       if n < 0 {
         if errno == EINTR || errno == EAGAIN { continue }
-        throw BridgeError("cannot read from \(path): \(String(cString: strerror(errno)))")
+        throw BridgeError(.system, "cannot read from \(path): \(String(cString: strerror(errno)))")
       }
       if n == 0 { break }
       reply.append(contentsOf: chunk[0..<n])
@@ -414,10 +411,10 @@ public enum ControlClient {
         return Data(reply.prefix(upTo: newline))
       }
       guard reply.count <= maximumReplyLength else {
-        throw BridgeError("\(path) answered more than \(maximumReplyLength) bytes")
+        throw BridgeError(.controlSocket, "\(path) answered more than \(maximumReplyLength) bytes")
       }
     }
-    guard !reply.isEmpty else { throw BridgeError("\(path) closed the connection without an answer") }
+    guard !reply.isEmpty else { throw BridgeError(.controlSocket, "\(path) closed the connection without an answer") }
     return reply
   }
 
@@ -426,9 +423,9 @@ public enum ControlClient {
     let data = try request("status", socket: path, timeout: timeout)
     if let report = try? ControlJSON.decoder().decode(VolumeStatusReport.self, from: data) { return report }
     if let reply = try? ControlJSON.decoder().decode(ControlReply.self, from: data), let error = reply.error {
-      throw BridgeError("\(path): \(error)")
+      throw BridgeError(.controlSocket, "\(path): \(error)")
     }
-    throw BridgeError("\(path) answered something that is not a status report")
+    throw BridgeError(.controlSocket, "\(path) answered something that is not a status report")
   }
 
   /// Asks the volume to reload its configuration; returns its message, or throws its error.
@@ -441,9 +438,9 @@ public enum ControlClient {
   public static func action(_ command: String, socket path: String, timeout: Double = 30) throws -> String {
     let data = try request(command, socket: path, timeout: timeout)
     guard let reply = try? ControlJSON.decoder().decode(ControlReply.self, from: data) else {
-      throw BridgeError("\(path) answered something that is not a \(command) reply")
+      throw BridgeError(.controlSocket, "\(path) answered something that is not a \(command) reply")
     }
-    guard reply.ok else { throw BridgeError(reply.error ?? "\(command) failed", kind: reply.kind ?? .other) }
+    guard reply.ok else { throw BridgeError(relayed: reply.error ?? "\(command) failed", class: reply.kind) }
     return reply.message ?? "done"
   }
 
@@ -454,20 +451,20 @@ public enum ControlClient {
     let data = try self.request("pr \(body)", socket: path, timeout: timeout)
     if let reply = try? ControlJSON.decoder().decode(PRReply.self, from: data) { return reply }
     if let reply = try? ControlJSON.decoder().decode(ControlReply.self, from: data) {
-      throw BridgeError(reply.error ?? "pr failed")
+      throw BridgeError(relayed: reply.error ?? "pr failed", class: reply.kind)
     }
-    throw BridgeError("\(path) answered something that is not a pr reply")
+    throw BridgeError(.controlSocket, "\(path) answered something that is not a pr reply")
   }
 
   private static func waitFor(_ fd: Int32, events: Int16, until deadline: Date, path: String) throws {
     while true {
       let remaining = deadline.timeIntervalSinceNow
-      guard remaining > 0 else { throw BridgeError("\(path) did not answer within the timeout") }
+      guard remaining > 0 else { throw BridgeError(.controlSocket, "\(path) did not answer within the timeout") }
       var entry = pollfd(fd: fd, events: events, revents: 0)
       let rc = poll(&entry, 1, Int32(min(remaining * 1000, Double(Int32.max)).rounded(.up)))
       if rc > 0 { return }
       if rc < 0 && errno != EINTR {
-        throw BridgeError("cannot wait for \(path): \(String(cString: strerror(errno)))")
+        throw BridgeError(.system, "cannot wait for \(path): \(String(cString: strerror(errno)))")
       }
     }
   }

@@ -16,7 +16,7 @@ public struct ExportTLS: Sendable {
     func file(_ name: String) throws -> String {
       let path = FilePath.join(directory, name)
       guard FileManager.default.isReadableFile(atPath: path) else {
-        throw BridgeError("--tls-certificates \(directory): \(name) is missing or not readable", kind: .config)
+        throw BridgeError(.config, "--tls-certificates \(directory): \(name) is missing or not readable")
       }
       return path
     }
@@ -35,7 +35,7 @@ public struct ExportTLS: Sendable {
     } catch let e as BridgeError {
       throw e
     } catch {
-      throw BridgeError("--tls-certificates \(directory): \(error)")
+      throw BridgeError(.config, "--tls-certificates \(directory)", cause: error)
     }
   }
 }
@@ -55,7 +55,8 @@ extension ListenAddress {
   public func checkExposure(tls: Bool, insecure: Bool) throws {
     guard !isLocalOnly, !tls, !insecure else { return }
     throw BridgeError(
-      "--listen \(self) serves the LUN to anyone who can reach it: give --tls-certificates DIR (client certificates required), or --insecure to serve it without TLS",
-      kind: .usage)
+      .usage,
+      "--listen \(self) serves the LUN to anyone who can reach it: give --tls-certificates DIR (client certificates required), or --insecure to serve it without TLS"
+    )
   }
 }

@@ -32,8 +32,9 @@ public enum Initramfs {
     for volume in volumes {
       if volume.chapSecretCredential != nil || volume.mutualSecretCredential != nil {
         throw BridgeError(
-          "\(volume.file): the initramfs has no systemd credentials: give the root volume chap_secret_file / mutual_secret_file instead of *_secret_credential",
-          kind: .config)
+          .config,
+          "\(volume.file): the initramfs has no systemd credentials: give the root volume chap_secret_file / mutual_secret_file instead of *_secret_credential"
+        )
       }
       add(File(.volume, volume.file))
       for secret in [volume.chapSecretFile, volume.mutualSecretFile].compactMap({ $0 }) { add(File(.secret, secret)) }
@@ -52,7 +53,9 @@ public enum Initramfs {
     }
     _ = try InitiatorName.resolve()
     guard FileManager.default.fileExists(atPath: InitiatorName.lunbridgeFile) else {
-      throw BridgeError("cannot write \(InitiatorName.lunbridgeFile): the initramfs would log in with a new initiator name at every boot")
+      throw BridgeError(
+        .config, "cannot write \(InitiatorName.lunbridgeFile): the initramfs would log in with a new initiator name at every boot"
+      )
     }
     return InitiatorName.lunbridgeFile
   }

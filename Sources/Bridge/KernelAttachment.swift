@@ -1,5 +1,5 @@
-import FoundationEssentials
 import Dispatch
+import FoundationEssentials
 import Glibc
 import Logging
 import NBDKernel
@@ -75,7 +75,7 @@ public final class KernelAttachment: Sendable {
     if let devices = try? netlink.status() {
       for d in devices where NBDNetlink.backendIdentifier(index: d.index) == identifier {
         if let pid = NBDNetlink.pid(index: d.index), pid > 0, kill(pid, 0) == 0, pid != getpid() {
-          throw BridgeError("\(identifier) is already attached as /dev/nbd\(d.index) by process \(pid)", kind: .alreadyRunning)
+          throw BridgeError(.alreadyRunning, "\(identifier) is already attached as /dev/nbd\(d.index) by process \(pid)")
         }
         if options.index == nil || options.index == d.index { reuse = d.index }
       }
@@ -86,13 +86,13 @@ public final class KernelAttachment: Sendable {
     for _ in 0..<options.connections {
       var fds: [Int32] = [0, 0]
       guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
-        (ours + theirs).forEach { close($0) }
-        throw BridgeError("socketpair failed: \(String(cString: strerror(errno)))")
+        for fd in ours + theirs { close(fd) }
+        throw BridgeError(.system, "socketpair failed: \(String(cString: strerror(errno)))")
       }
       ours.append(fds[0])
       theirs.append(fds[1])
     }
-    defer { theirs.forEach { close($0) } }  // the kernel holds its own references
+    defer { for fd in theirs { close(fd) } }  // the kernel holds its own references
 
     var channels: [Channel] = []
     do {
@@ -110,7 +110,7 @@ public final class KernelAttachment: Sendable {
     } catch {
       for c in channels { try? await c.close().get() }
       for fd in ours.dropFirst(channels.count) { close(fd) }
-      throw BridgeError("cannot serve the NBD sockets: \(error)")
+      throw BridgeError(.system, "cannot serve the NBD sockets", cause: error)
     }
 
     let index: UInt32
@@ -180,7 +180,8 @@ public final class KernelAttachment: Sendable {
   /// Best effort: the kernel's own max_hw_sectors_kb caps it.
   public func raiseRequestSize() {
     let queue = "/sys/block/nbd\(index)/queue"
-    let hw = (try? String(contentsOfFile: "\(queue)/max_hw_sectors_kb", encoding: .utf8))
+    let hw =
+      (try? String(contentsOfFile: "\(queue)/max_hw_sectors_kb", encoding: .utf8))
       .flatMap { Int($0.trimmingWhitespace()) } ?? 1024
     var kb = min(1024, hw)
     let lunMax = volume.info.maxTransferBytes
@@ -220,8 +221,9 @@ public final class KernelAttachment: Sendable {
   public func resize(from old: UInt64, to new: UInt64) throws {
     if new < old, isInUse {
       throw BridgeError(
-        "the LUN shrank from \(old) to \(new) bytes; \(devicePath) is in use (mounted?) and keeps \(old) bytes: shrink what is on it first, then rescan",
-        kind: .busy)
+        .busy,
+        "the LUN shrank from \(old) to \(new) bytes; \(devicePath) is in use (mounted?) and keeps \(old) bytes: shrink what is on it first, then rescan"
+      )
     }
     try netlink.reconfigure(index: index, backendIdentifier: backendIdentifier, sizeBytes: new)
   }

@@ -3,7 +3,7 @@ import Glibc
 import NIOConcurrencyHelpers
 
 #if canImport(Glibc)
-  import Glibc
+import Glibc
 import NIOConcurrencyHelpers
 #endif
 
@@ -38,7 +38,7 @@ public enum LogOutput {
   public static func useFile(_ path: String) throws {
     let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0o640)
     guard fd >= 0 else {
-      throw BridgeError("cannot open log file \(path): \(String(cString: strerror(errno)).lowercased())")
+      throw BridgeError(.system, "cannot open log file \(path): \(String(cString: strerror(errno)).lowercased())")
     }
     lock.withLock { current = .file(fd) }
   }

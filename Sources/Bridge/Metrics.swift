@@ -108,14 +108,22 @@ public enum PrometheusText {
       f.add(l, String(r.reservationConflicts ?? 0))
     }
     let flowCounters: [(String, String, KeyPath<FlowCounts, UInt64>)] = [
-      ("lunbridge_export_refused_connections_total", "Export connections refused over the connection caps.",
-        \.refusedConnections),
-      ("lunbridge_export_handshake_timeouts_total",
-        "Export connections closed for not finishing the NBD handshake in time.", \.handshakeTimeouts),
-      ("lunbridge_flow_paused_total",
-        "Times an NBD connection stopped being read because its requests reached a bound.", \.paused),
-      ("lunbridge_cancelled_requests_total",
-        "Requests dropped before reaching the target because their client had gone.", \.cancelled),
+      (
+        "lunbridge_export_refused_connections_total", "Export connections refused over the connection caps.",
+        \.refusedConnections
+      ),
+      (
+        "lunbridge_export_handshake_timeouts_total",
+        "Export connections closed for not finishing the NBD handshake in time.", \.handshakeTimeouts
+      ),
+      (
+        "lunbridge_flow_paused_total",
+        "Times an NBD connection stopped being read because its requests reached a bound.", \.paused
+      ),
+      (
+        "lunbridge_cancelled_requests_total",
+        "Requests dropped before reaching the target because their client had gone.", \.cancelled
+      ),
     ]
     for (name, help, counter) in flowCounters {
       volumeFamily(name, "counter", help) { r, l, f in f.add(l, String(r.flow?[keyPath: counter] ?? 0)) }
@@ -261,13 +269,13 @@ public final class MetricsServer: Sendable {
   /// `[::1]:PORT`, port 0 picks a free port.
   public static func parseAddress(_ text: String) throws -> (host: String, port: Int) {
     if text.hasPrefix("unix:") {
-      throw BridgeError("metrics address '\(text)': metrics are served over TCP: expected tcp:[HOST:]PORT", kind: .usage)
+      throw BridgeError(.usage, "metrics address '\(text)': metrics are served over TCP: expected tcp:[HOST:]PORT")
     }
     let rest = text.hasPrefix("tcp:") ? String(text.dropFirst(4)) : text
     let (host, portText) = try splitHostPort(rest, what: "metrics address '\(text)'")
-    guard !host.isEmpty else { throw BridgeError("metrics address '\(text)': empty host", kind: .usage) }
+    guard !host.isEmpty else { throw BridgeError(.usage, "metrics address '\(text)': empty host") }
     guard let port = Int(portText), (0...65535).contains(port) else {
-      throw BridgeError("metrics address '\(text)': '\(portText)' is not a port number", kind: .usage)
+      throw BridgeError(.usage, "metrics address '\(text)': '\(portText)' is not a port number")
     }
     return (host, port)
   }
@@ -290,7 +298,7 @@ public final class MetricsServer: Sendable {
     do {
       channel = try await bootstrap.bind(host: host, port: port).get()
     } catch {
-      throw BridgeError("cannot serve metrics on \(listen): \(plainDescription(of: error))", kind: listenFailureKind(error))
+      throw BridgeError(listenFailureCode(error), "cannot serve metrics on \(listen): \(plainDescription(of: error))")
     }
     logger.debug(
       "metrics endpoint ready", metadata: ["address": "\(host):\(channel.localAddress?.port ?? port)"])

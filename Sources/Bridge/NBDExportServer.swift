@@ -13,14 +13,14 @@ import NIOPosix
 func splitHostPort(_ rest: String, what: String) throws -> (host: String, portText: String) {
   if rest.hasPrefix("[") {
     guard let close = rest.firstIndex(of: "]"), rest[rest.index(after: close)...].hasPrefix(":") else {
-      throw BridgeError("\(what): expected tcp:[ADDR]:PORT for IPv6", kind: .usage)
+      throw BridgeError(.usage, "\(what): expected tcp:[ADDR]:PORT for IPv6")
     }
     return (String(rest[rest.index(after: rest.startIndex)..<close]), String(rest[rest.index(close, offsetBy: 2)...]))
   }
   guard let colon = rest.lastIndex(of: ":") else { return ("127.0.0.1", rest) }
   let host = String(rest[..<colon])
   if host.contains(":") {
-    throw BridgeError("\(what): write an IPv6 address in brackets, as tcp:[::1]:9100", kind: .usage)
+    throw BridgeError(.usage, "\(what): write an IPv6 address in brackets, as tcp:[::1]:9100")
   }
   return (host, String(rest[rest.index(after: colon)...]))
 }
@@ -32,16 +32,16 @@ public enum ListenAddress: Equatable, CustomStringConvertible, Sendable {
   public init(parsing text: String) throws {
     if text.hasPrefix("unix:") {
       let path = String(text.dropFirst(5))
-      guard !path.isEmpty else { throw BridgeError("--listen unix: needs a socket path, as in unix:/run/lb.sock", kind: .usage) }
+      guard !path.isEmpty else { throw BridgeError(.usage, "--listen unix: needs a socket path, as in unix:/run/lb.sock") }
       self = .unix(path)
       return
     }
     guard text.hasPrefix("tcp:") else {
-      throw BridgeError("--listen '\(text)': expected unix:PATH or tcp:[HOST:]PORT", kind: .usage)
+      throw BridgeError(.usage, "--listen '\(text)': expected unix:PATH or tcp:[HOST:]PORT")
     }
     let (host, portText) = try splitHostPort(String(text.dropFirst(4)), what: "--listen '\(text)'")
     guard let port = Int(portText), (1...65535).contains(port) else {
-      throw BridgeError("--listen '\(text)': '\(portText)' is not a port number", kind: .usage)
+      throw BridgeError(.usage, "--listen '\(text)': '\(portText)' is not a port number")
     }
     self = .tcp(host: host, port: port)
   }
@@ -64,35 +64,6 @@ public enum ListenAddress: Equatable, CustomStringConvertible, Sendable {
     case .unix(let p): return "\(scheme)+unix:///?socket=\(p)"
     case .tcp(let h, let p): return h.contains(":") ? "\(scheme)://[\(h)]:\(p)/" : "\(scheme)://\(h):\(p)/"
     }
-  }
-}
-
-/// A user-facing error of the bridge layer (bad option, busy socket path, ...).
-public struct BridgeError: Error, CustomStringConvertible {
-  /// What kind of failure, for the command line's exit status.
-  public enum Kind: String, Sendable, Codable {
-    case other
-    /// A wrong argument or option value.
-    case usage
-    /// The volume, device or LUN asked for does not exist or is not served.
-    case notFound
-    /// The volume or URL is already attached or served.
-    case alreadyRunning
-    /// A device, socket or address is in use by someone else.
-    case busy
-    /// Root (CAP_SYS_ADMIN) is needed.
-    case permission
-    /// The nbd kernel module is not loaded.
-    case nbdMissing
-    /// A file the configuration names is missing or wrong.
-    case config
-  }
-
-  public var description: String
-  public var kind: Kind
-  public init(_ description: String, kind: Kind = .other) {
-    self.description = description
-    self.kind = kind
   }
 }
 
@@ -160,7 +131,7 @@ public final class NBDExportServer: Sendable {
     } catch let e as BridgeError {
       throw e
     } catch {
-      throw BridgeError("cannot listen on \(address): \(plainDescription(of: error))", kind: listenFailureKind(error))
+      throw BridgeError(listenFailureCode(error), "cannot listen on \(address): \(plainDescription(of: error))")
     }
     return NBDExportServer(volume: volume, address: address, channel: channel, registry: holder, logger: logger)
   }
@@ -241,10 +212,10 @@ extension ListenAddress {
       var st = stat()
       guard lstat(path, &st) == 0 else { return false }
       guard st.st_mode & S_IFMT == S_IFSOCK else {
-        throw BridgeError("cannot listen on \(self): \(path) exists and is not a socket", kind: .busy)
+        throw BridgeError(.busy, "cannot listen on \(self): \(path) exists and is not a socket")
       }
       if isListening(unixPath: path) {
-        throw BridgeError("\(path) is in use by another process", kind: .busy)
+        throw BridgeError(.busy, "\(path) is in use by another process")
       }
       return true
     case .tcp(let host, let port):
@@ -252,7 +223,7 @@ extension ListenAddress {
       do {
         address = try SocketAddress.makeAddressResolvingHost(host, port: port)
       } catch {
-        throw BridgeError("cannot listen on \(self): \(plainDescription(of: error))", kind: .usage)
+        throw BridgeError(.usage, "cannot listen on \(self): \(plainDescription(of: error))")
       }
       let family: Int32 = address.protocol == .inet6 ? AF_INET6 : AF_INET
       let fd = socket(family, Int32(SOCK_STREAM.rawValue), 0)
@@ -266,8 +237,7 @@ extension ListenAddress {
       if rc != 0 {
         let code = errno
         throw BridgeError(
-          "cannot listen on \(self): \(String(cString: strerror(code)).lowercased())",
-          kind: code == EADDRINUSE ? .busy : .other)
+          code == EADDRINUSE ? .busy : .system, "cannot listen on \(self): \(String(cString: strerror(code)).lowercased())")
       }
       return false
     }
@@ -291,7 +261,7 @@ func isListening(unixPath path: String) -> Bool {
   return rc == 0
 }
 
-/// An address in use is busy (exit status 28); anything else is a plain failure.
-func listenFailureKind(_ error: Error) -> BridgeError.Kind {
-  (error as? IOError)?.errnoCode == EADDRINUSE ? .busy : .other
+/// An address in use is busy (exit status 28); anything else is a failure of the system.
+func listenFailureCode(_ error: Error) -> BridgeError.Code {
+  (error as? IOError)?.errnoCode == EADDRINUSE ? .busy : .system
 }

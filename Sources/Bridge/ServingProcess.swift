@@ -4,7 +4,7 @@ import ISCSIInitiator
 import Logging
 
 #if canImport(Glibc)
-  import Glibc
+import Glibc
 #endif
 
 /// What a process that serves a block device does for itself at start (`attach`, `serve`).

@@ -1,3 +1,4 @@
+import Failure
 import FoundationEssentials
 import Glibc
 import ISCSIInitiator
@@ -280,7 +281,7 @@ public final class Volume: @unchecked Sendable {
     else {
       await closeAll()
       if case .failure(let error) = results[0] { throw error }
-      throw BridgeError("no path could log in")
+      throw BridgeError(.noPath, "no path could log in")
     }
     // Every working path must reach the same LU as the first working one.
     for (i, r) in results.enumerated() {
@@ -289,7 +290,7 @@ public final class Volume: @unchecked Sendable {
         reference: reference.info, referenceURL: specs[firstIndex].url, other: unit.info, otherURL: specs[i].url)
       {
         await closeAll()
-        throw BridgeError(problem)
+        throw BridgeError(.pathMismatch, problem)
       }
     }
     let volume = try Volume(
@@ -375,13 +376,14 @@ public final class Volume: @unchecked Sendable {
 
   /// Flushes nothing; logs out of every session (in-flight I/O gets `timeout` to finish).
   public func close(timeout: TimeAmount = .seconds(5)) async {
-    let sessions: [ISCSISession] = (try? await eventLoop.submit { [self] in
-      closed = true
-      sampler?.cancel()
-      for (_, t) in timers { t.cancel() }
-      timers = [:]
-      return order.compactMap { paths[$0]?.session }
-    }.get()) ?? []
+    let sessions: [ISCSISession] =
+      (try? await eventLoop.submit { [self] in
+        closed = true
+        sampler?.cancel()
+        for (_, t) in timers { t.cancel() }
+        timers = [:]
+        return order.compactMap { paths[$0]?.session }
+      }.get()) ?? []
     await withTaskGroup(of: Void.self) { group in
       for s in sessions { group.addTask { await s.close(timeout: timeout) } }
     }
@@ -564,7 +566,7 @@ public final class Volume: @unchecked Sendable {
     reply: @escaping Reply
   ) {
     eventLoop.assertInEventLoop()
-    guard !closed else { return reply(.failure(BridgeError("the volume is closing")), .now()) }
+    guard !closed else { return reply(.failure(BridgeError(.closing, "the volume is closing")), .now()) }
     let isWrite: Bool
     switch operation {
     case .read, .flush, .blockStatus: isWrite = false
@@ -632,8 +634,7 @@ public final class Volume: @unchecked Sendable {
   /// The extents of a block status request, encoded for the reply. A LU that refuses GET
   /// LBA STATUS (ILLEGAL REQUEST: unknown command or field) gets "data" for the range, and
   /// is not asked again; other failures take the usual way (path failure: sent elsewhere).
-  private func blockStatus(lba: UInt64, blocks: UInt32, one: Bool, on unit: LogicalUnit) -> EventLoopFuture<[ByteBuffer]>
-  {
+  private func blockStatus(lba: UInt64, blocks: UInt32, one: Bool, on unit: LogicalUnit) -> EventLoopFuture<[ByteBuffer]> {
     let info = unit.info
     return unit.lbaStatus(lba: lba).map { status in
       [
@@ -747,7 +748,7 @@ public final class Volume: @unchecked Sendable {
       case .fail(let io, let error):
         guard let entry = machine.take(io) else { continue }
         noPathFailures += 1
-        entry.payload.reply(.failure(BridgeError("\(error)")), .now())
+        entry.payload.reply(.failure(error), .now())
       case .fencePath(let path):
         fence(path)
       case .scheduleTimer(let id, let deadline):
@@ -858,7 +859,8 @@ public final class Volume: @unchecked Sendable {
     eventLoop.flatSubmit { [self] in
       let loggedIn = paths.values.filter { $0.unit != nil && !$0.removed && $0.session.state == .fullFeature }
       guard let unit = loggedIn.min(by: { $0.id.rawValue < $1.id.rawValue })?.unit else {
-        return eventLoop.makeFailedFuture(BridgeError("no path is logged in to read the capacity; try again once one is"))
+        return eventLoop.makeFailedFuture(
+          BridgeError(.noPath, "no path is logged in to read the capacity; try again once one is"))
       }
       return unit.capacityBytes().flatMap { new in self.apply(capacity: new, reason: reason) }
     }
@@ -868,7 +870,7 @@ public final class Volume: @unchecked Sendable {
     let old = capacity
     guard new != old else { return eventLoop.makeSucceededFuture("the size is unchanged: \(old) bytes") }
     guard new % UInt64(info.blockSize) == 0 else {
-      return eventLoop.makeFailedFuture(BridgeError("the target reports \(new) bytes, not a multiple of the block size"))
+      return eventLoop.makeFailedFuture(BridgeError(.target, "the target reports \(new) bytes, not a multiple of the block size"))
     }
     let applied: EventLoopFuture<Void>
     if let handler = resizeHandler {
@@ -876,7 +878,7 @@ public final class Volume: @unchecked Sendable {
       applied = NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) { try handler(old, new) }
     } else if new < old {
       applied = eventLoop.makeFailedFuture(
-        BridgeError("the LUN shrank from \(old) to \(new) bytes: refused while it is served", kind: .busy))
+        BridgeError(.busy, "the LUN shrank from \(old) to \(new) bytes: refused while it is served"))
     } else {
       applied = eventLoop.makeSucceededVoidFuture()
     }
@@ -1087,7 +1089,7 @@ public final class Volume: @unchecked Sendable {
           reference: other?.unit?.info ?? info, referenceURL: other?.spec.url ?? path.spec.url, other: unit.info,
           otherURL: path.spec.url)
         {
-          throw BridgeError(problem)
+          throw BridgeError(.pathMismatch, problem)
         }
         path.unit = unit
         return unit
@@ -1158,7 +1160,7 @@ public final class Volume: @unchecked Sendable {
       }
     }
     if registered == 0, let firstError {
-      throw BridgeError("cannot register reservation key \(PRReply.hex(key)): \(describeError(firstError))")
+      throw BridgeError(.reservation, "cannot register reservation key \(PRReply.hex(key))", cause: firstError)
     }
     logger.notice("reservation key registered", metadata: ["key": "\(PRReply.hex(key))", "paths": "\(registered)"])
   }
@@ -1301,7 +1303,7 @@ public final class Volume: @unchecked Sendable {
   /// ?source=) and session number. Returns a one-line summary.
   public func reconfigure(paths specs: [PathSpec], multipath: MultipathConfiguration) -> EventLoopFuture<String> {
     eventLoop.submit { [self] in
-      guard !closed else { throw BridgeError("the volume is closing") }
+      guard !closed else { throw BridgeError(.closing, "the volume is closing") }
       let running = order.compactMap { id in paths[id].flatMap { $0.removed ? nil : (id, "\($0.spec.url)") } }
       let plan = ReloadPlan(running: running, wanted: specs) { "\($0.url)" }
       for id in plan.removed {
@@ -1467,8 +1469,7 @@ extension Duration {
 
 /// A short description of an error for logs and status.
 public func describeError(_ error: Error) -> String {
-  if let e = error as? ISCSIError { return e.message }
-  if let e = error as? BridgeError { return "\(e)" }
+  if let e = error as? LunbridgeError { return e.errorMessage }
   if let e = error as? CocoaError { return describeFileError(e) }
   return plainDescription(of: error)
 }
@@ -1488,4 +1489,14 @@ extension NBDErrno: Error {}
 func hex12(_ value: UInt64) -> String {
   let digits = String(value & 0xFFFF_FFFF_FFFF, radix: 16)
   return String(repeating: "0", count: max(0, 12 - digits.count)) + digits
+}
+
+extension PathURLProblem: LunbridgeError {
+  public var errorCode: String {
+    switch self {
+    case .badParameter: return "path.bad-parameter"
+    case .otherLogicalUnit: return "path.other-logical-unit"
+    }
+  }
+  public var failureClass: FailureClass { .usage }
 }

@@ -95,7 +95,8 @@ public struct VolumeConfig: Equatable, Sendable {
 
   public static let knownKeys: [String] = [
     "paths", "initiator_name", "chap_user", "chap_secret_file", "mutual_user", "mutual_secret_file",
-    "chap_secret_credential", "mutual_secret_credential", "startup", "chap_algorithms", "header_digest", "data_digest", "policy", "keepalive_interval", "keepalive_timeout",
+    "chap_secret_credential", "mutual_secret_credential", "startup", "chap_algorithms", "header_digest", "data_digest", "policy",
+    "keepalive_interval", "keepalive_timeout",
     "login_timeout", "timeout", "dead_conn_timeout", "no_path_retry", "device", "read_only", "connections",
     "sessions_per_path", "failback", "command_timeout", "metrics", "alua_check_interval",
     "reservation_key",
@@ -516,7 +517,9 @@ public struct VolumeConfig: Equatable, Sendable {
     func error(_ key: String, _ message: String) -> VolumeConfigError {
       VolumeConfigError(.invalidValue, file: file, line: lines[key], key: key, message: message)
     }
-    for (file, credential) in [("chap_secret_file", "chap_secret_credential"), ("mutual_secret_file", "mutual_secret_credential")]
+    for (file, credential) in [
+      ("chap_secret_file", "chap_secret_credential"), ("mutual_secret_file", "mutual_secret_credential"),
+    ]
     where lines[file] != nil && lines[credential] != nil {
       throw error(credential, "keys '\(file)' and '\(credential)' both name the secret: keep one")
     }
@@ -526,7 +529,8 @@ public struct VolumeConfig: Equatable, Sendable {
     if let user, !chapSecret {
       throw error(
         lines["chap_user"] != nil ? "chap_user" : "paths",
-        "CHAP user '\(user)' has no secret: add chap_secret_file = \"/etc/lunbridge/NAME.secret\" (mode 600) or chap_secret_credential = \"NAME\" (LoadCredential=)")
+        "CHAP user '\(user)' has no secret: add chap_secret_file = \"/etc/lunbridge/NAME.secret\" (mode 600) or chap_secret_credential = \"NAME\" (LoadCredential=)"
+      )
     }
     if user == nil, chapSecret {
       let key = chapSecretFile != nil ? "chap_secret_file" : "chap_secret_credential"
@@ -560,7 +564,8 @@ public struct VolumeConfig: Equatable, Sendable {
   /// Optimal string alignment distance: insertions, deletions, substitutions and
   /// transpositions of neighbours ("tiemout" is one typo from "timeout").
   static func editDistance(_ a: String, _ b: String) -> Int {
-    let a = Array(a), b = Array(b)
+    let a = Array(a)
+    let b = Array(b)
     var d = [[Int]](repeating: [Int](repeating: 0, count: b.count + 1), count: a.count + 1)
     for i in 0...a.count { d[i][0] = i }
     for j in 0...b.count { d[0][j] = j }
@@ -606,7 +611,10 @@ public struct VolumeConfig: Equatable, Sendable {
     }
     return [
       ("paths", list(paths.map(\.description)), "iscsiadm -m node -T TARGET -p PORTAL (one node record per path)"),
-      ("startup", quoted(startup.rawValue), "node.startup (automatic: started at boot by lunbridge's generator; onboot: attached by the initramfs, for the root filesystem)"),
+      (
+        "startup", quoted(startup.rawValue),
+        "node.startup (automatic: started at boot by lunbridge's generator; onboot: attached by the initramfs, for the root filesystem)"
+      ),
       ("initiator_name", quoted(initiatorName ?? initiator), "InitiatorName in /etc/iscsi/initiatorname.iscsi"),
       ("chap_user", quoted(chapUser), "node.session.auth.username"),
       ("chap_secret_file", quoted(chapSecretFile), "node.session.auth.password (here a file, mode 600)"),
@@ -625,7 +633,10 @@ public struct VolumeConfig: Equatable, Sendable {
       ("policy", quoted(policy.rawValue), "multipath.conf path_selector (and path_grouping_policy)"),
       ("failback", quoted(failback ?? Defaults.failback), "multipath.conf failback"),
       ("no_path_retry", "\(noPathRetry ?? Defaults.noPathRetry)", "multipath.conf no_path_retry (here seconds, not checks)"),
-      ("alua_check_interval", "\(aluaCheckInterval ?? Defaults.aluaCheckInterval)", "multipath.conf polling_interval (for ALUA states)"),
+      (
+        "alua_check_interval", "\(aluaCheckInterval ?? Defaults.aluaCheckInterval)",
+        "multipath.conf polling_interval (for ALUA states)"
+      ),
       ("reservation_key", quoted(reservationKey), "multipath.conf reservation_key"),
       ("device", quoted(device.map { "/dev/nbd\($0)" }), "nbd-client's device argument (not set: the first free one)"),
       ("connections", "\(connections ?? processors)", "nbd-client -connections"),
@@ -708,7 +719,8 @@ private struct Decoder {
   func credentialName(_ entry: TOMLEntry) throws -> String {
     let s = try nonEmptyString(entry)
     guard !s.contains("/"), s != ".", s != "..", s.count <= 255 else {
-      throw error(.invalidValue, entry, "key '\(entry.key)' must be a credential name (LoadCredential=NAME:FILE), not a path; got '\(s)'")
+      throw error(
+        .invalidValue, entry, "key '\(entry.key)' must be a credential name (LoadCredential=NAME:FILE), not a path; got '\(s)'")
     }
     return s
   }

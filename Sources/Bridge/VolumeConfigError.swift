@@ -1,6 +1,9 @@
 /// A problem in a volume file, naming the file, the line and the key:
 /// `/etc/lunbridge/volumes/db.toml: line 4: key 'timeout' must be an integer (seconds), got a string`.
 /// Never carries a secret's contents.
+
+import Failure
+
 public struct VolumeConfigError: Error, CustomStringConvertible, Equatable, Sendable {
   public enum Kind: String, Sendable {
     /// Not TOML (or a TOML feature volume files do not use).
@@ -47,4 +50,9 @@ public struct VolumeConfigError: Error, CustomStringConvertible, Equatable, Send
     parts.append(message)
     return parts.joined(separator: ": ")
   }
+}
+
+extension VolumeConfigError: LunbridgeError {
+  public var errorCode: String { "volume-file.\(kind.rawValue)" }
+  public var failureClass: FailureClass { .config }
 }

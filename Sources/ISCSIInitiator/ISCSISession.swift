@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import SCSI
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -801,7 +802,6 @@ public func plainDescription(of error: Error) -> String {
   return "\(error)"
 }
 
-
 /// SO_BINDTODEVICE: the connection leaves through this interface only.
 private func bindToDevice(_ channel: Channel, _ interface: String) -> EventLoopFuture<Void> {
   let bytes = Array(interface.utf8)
@@ -817,10 +817,12 @@ private func bindToDevice(_ channel: Channel, _ interface: String) -> EventLoopF
   withUnsafeMutableBytes(of: &name) { raw in
     for (i, b) in bytes.enumerated() { raw[i] = b }
   }
-  return provider.unsafeSetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_BINDTODEVICE), value: name)
-    .flatMapErrorThrowing { error in
-      throw ISCSIError(.invalidArgument, "cannot bind to interface \(interface): \(describe(error))")
-    }
+  return provider.unsafeSetSocketOption(
+    level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_BINDTODEVICE), value: name
+  )
+  .flatMapErrorThrowing { error in
+    throw ISCSIError(.invalidArgument, "cannot bind to interface \(interface): \(describe(error))")
+  }
 }
 
 /// True when the kernel reports the interface's link down (`operstate` "down" or

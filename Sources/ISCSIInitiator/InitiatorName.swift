@@ -109,8 +109,6 @@ public enum SecretFile {
   }
 }
 
-import ISCSIProtocol
-
 enum ISCSIErrorBridge {
   static func invalid(_ message: String) -> ISCSIError { ISCSIError(.invalidArgument, message) }
 }

@@ -1,3 +1,4 @@
+import Failure
 import ISCSIProtocol
 import NIOCore
 import SCSI
@@ -329,7 +330,8 @@ public final class LogicalUnit: Sendable {
   /// Asks the target to make `group` active/optimized (SET TARGET PORT GROUPS, explicit
   /// ALUA).
   public func activatePortGroup(_ group: UInt16) -> EventLoopFuture<Void> {
-    let list = CDB.setTargetPortGroupsParameterList(groups: [(group, ReportTargetPortGroups.AccessState.activeOptimized.rawValue)])
+    let list = CDB.setTargetPortGroupsParameterList(groups: [(group, ReportTargetPortGroups.AccessState.activeOptimized.rawValue)]
+    )
     var buffer = ByteBufferAllocator().buffer(capacity: list.count)
     buffer.writeBytes(list)
     let command = SCSICommand(
@@ -547,4 +549,9 @@ struct Probe {
     }
     return info
   }
+}
+
+extension SCSIOperationError: LunbridgeError {
+  public var errorCode: String { "scsi.\(errorClass)" }
+  public var failureClass: FailureClass { .other }
 }

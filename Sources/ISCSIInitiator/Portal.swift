@@ -1,4 +1,7 @@
 /// A target portal: where an iSCSI target listens. IPv6 hosts are held without brackets.
+
+import Failure
+
 public struct Portal: Hashable, Sendable, CustomStringConvertible {
   public static let defaultPort = 3260
   public var host: String
@@ -52,4 +55,9 @@ public struct ISCSIURLError: Error, CustomStringConvertible, Equatable {
   public var message: String
   public init(_ message: String) { self.message = message }
   public var description: String { message }
+}
+
+extension ISCSIURLError: LunbridgeError {
+  public var errorCode: String { "url.malformed" }
+  public var failureClass: FailureClass { .usage }
 }

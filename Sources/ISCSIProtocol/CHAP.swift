@@ -137,7 +137,8 @@ public struct CHAPInitiator: Sendable {
       guard !CHAP.constantTimeEqual(m.secret, configuration.secret) else {
         throw ISCSIError(
           .authenticationFailed,
-          "authentication failed (CHAP): the mutual (target) secret must differ from the initiator secret (RFC 7143 section 9.2.1)")
+          "authentication failed (CHAP): the mutual (target) secret must differ from the initiator secret (RFC 7143 section 9.2.1)"
+        )
       }
       guard !m.secret.isEmpty else {
         throw ISCSIError(.invalidArgument, "mutual CHAP configured with an empty secret")

@@ -1,5 +1,8 @@
 /// An error found while speaking iSCSI: a code that callers switch on, and a sentence
 /// for people. `description` is what the command line prints after `lunbridge: error:`.
+
+import Failure
+
 public struct ISCSIError: Error, CustomStringConvertible, Equatable, Sendable {
   public struct Code: Hashable, Sendable, CustomStringConvertible {
     let raw: String
@@ -36,4 +39,19 @@ public struct ISCSIError: Error, CustomStringConvertible, Equatable, Sendable {
   }
 
   public var description: String { message }
+}
+
+extension ISCSIError: LunbridgeError {
+  public var errorCode: String { "iscsi.\(code.raw)" }
+  public var failureClass: FailureClass {
+    switch code {
+    case .unreachable: return .unreachable
+    case .authenticationFailed: return .authentication
+    case .targetNotFound: return .notFound
+    case .loginFailed, .redirectLoop, .negotiationFailed, .connectionClosed: return .loginRefused
+    case .protocolViolation, .digestMismatch, .rejected: return .protocolError
+    case .invalidArgument: return .usage
+    default: return .other
+    }
+  }
 }

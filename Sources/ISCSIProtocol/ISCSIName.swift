@@ -8,9 +8,11 @@ public enum ISCSIName {
 
   /// The name as it goes on the wire: ASCII letters in lower case.
   public static func normalized(_ name: String) -> String {
-    String(String.UnicodeScalarView(name.unicodeScalars.map { s in
-      (65...90).contains(s.value) ? Unicode.Scalar(s.value + 32)! : s
-    }))
+    String(
+      String.UnicodeScalarView(
+        name.unicodeScalars.map { s in
+          (65...90).contains(s.value) ? Unicode.Scalar(s.value + 32)! : s
+        }))
   }
 
   /// Why `name` is not a valid iSCSI name, nil when it is (checked after normalising).

@@ -331,8 +331,7 @@ public struct MultipathStateMachine<Clock: MultipathClock, Payload> {
 
   /// The probe failed: the path stays failed and the next probe is scheduled, one backoff
   /// step later.
-  public mutating func probeFailed(_ id: PathID, reason: PathFailure = PathFailure(.probeFailed)) -> [Action]
-  {
+  public mutating func probeFailed(_ id: PathID, reason: PathFailure = PathFailure(.probeFailed)) -> [Action] {
     guard let record = self.paths[id], !record.removing else { return [] }
     switch record.health {
     case .failed, .probing: break

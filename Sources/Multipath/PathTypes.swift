@@ -1,5 +1,7 @@
 // Values the multipath scheduler speaks in: paths, I/O tokens, path states, errors.
 
+import Failure
+
 /// One path to the LUN (in lunbridge: one iSCSI session through one portal).
 /// Opaque to the scheduler: the caller picks the number and maps it back to its session.
 public struct PathID: Hashable, Comparable, Sendable, CustomStringConvertible {
@@ -171,4 +173,9 @@ public enum TimerID: Hashable, Sendable {
   case failback(PathID)
   /// Time to re-read the ALUA port groups' states.
   case portGroupCheck
+}
+
+extension MultipathError: LunbridgeError {
+  public var errorCode: String { "multipath.\(code)" }
+  public var failureClass: FailureClass { .other }
 }

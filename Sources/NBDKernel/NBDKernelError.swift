@@ -1,9 +1,10 @@
 import CNetlink
+import Failure
 
 #if canImport(Glibc)
-  import Glibc
+import Glibc
 #elseif canImport(Musl)
-  import Musl
+import Musl
 #endif
 
 /// What the kernel's NBD driver was asked to do when an error happened.
@@ -70,7 +71,8 @@ public struct NBDKernelError: Error, CustomStringConvertible, Hashable, Sendable
 
   /// Where in the shim a call failed (mirrors CNetlink's LB_NL_STAGE_*).
   public enum Stage: Int32, Sendable, Hashable {
-    case none = 0, alloc, connect, resolve, group, send, receive
+    case none = 0
+    case alloc, connect, resolve, group, send, receive
   }
 
   public var code: Code
@@ -190,5 +192,18 @@ enum NLE {
   static func text(_ code: Int32) -> String {
     guard let p = lb_nl_strerror(code) else { return "libnl error \(code)" }
     return String(cString: p)
+  }
+}
+
+extension NBDKernelError: LunbridgeError {
+  public var errorCode: String { "nbd-kernel.\(code)" }
+  public var failureClass: FailureClass {
+    switch code {
+    case .moduleNotLoaded: return .nbdMissing
+    case .permissionDenied: return .permission
+    case .deviceBusy: return .busy
+    case .noSuchDevice: return .notFound
+    default: return .other
+    }
   }
 }

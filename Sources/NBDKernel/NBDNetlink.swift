@@ -1,8 +1,8 @@
 import CNetlink
 import FoundationEssentials
 import Glibc
-import Synchronization
 import Logging
+import Synchronization
 
 /// The kernel's NBD driver over generic netlink: one libnl socket, the "nbd" family id
 /// resolved once at init. Calls block until the kernel's ack and are serialized.

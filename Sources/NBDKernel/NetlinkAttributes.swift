@@ -1,6 +1,9 @@
 /// Netlink attribute streams (TLV, <linux/netlink.h> `struct nlattr`): a 4-byte header
 /// {u16 length including the header, u16 type}, the payload, padding to 4 bytes.
 /// Integers are in host byte order. Pure: no sockets, so it is tested on any host.
+
+import Failure
+
 public struct NetlinkAttributeWriter: Sendable {
   /// NLA_ALIGNTO.
   static let alignment = 4
@@ -115,4 +118,9 @@ extension Array where Element == NetlinkAttribute {
 public struct NetlinkAttributeError: Error, CustomStringConvertible, Hashable, Sendable {
   public var description: String
   init(_ description: String) { self.description = description }
+}
+
+extension NetlinkAttributeError: LunbridgeError {
+  public var errorCode: String { "nbd-kernel.malformed-attributes" }
+  public var failureClass: FailureClass { .other }
 }

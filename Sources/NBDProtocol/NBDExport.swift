@@ -1,4 +1,7 @@
 /// Size constraints — proto.md "Size constraints" and `NBD_INFO_BLOCK_SIZE`.
+
+import Failure
+
 public struct NBDBlockSizeConstraints: Hashable, Sendable {
   /// Smallest addressable length and alignment: a power of 2, 1...2^16.
   public let minimum: UInt32
@@ -202,5 +205,20 @@ public struct NBDRequestValidator: Hashable, Sendable {
       return type == .write || type == .writeZeroes ? .enospc : .einval
     }
     return nil
+  }
+}
+
+extension NBDConfigurationError: LunbridgeError {
+  public var errorCode: String {
+    switch self {
+    case .invalidBlockSizes: return "nbd.invalid-block-sizes"
+    case .invalidName: return "nbd.invalid-name"
+    }
+  }
+  public var failureClass: FailureClass { .usage }
+  public var errorMessage: String {
+    switch self {
+    case .invalidBlockSizes(let m), .invalidName(let m): return m
+    }
   }
 }

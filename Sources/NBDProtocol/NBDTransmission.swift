@@ -1,3 +1,4 @@
+import Failure
 import NIOCore
 
 /// One transmission-phase request header — proto.md "Request message" (28 bytes):
@@ -203,4 +204,15 @@ extension NBDReplyEncoder {
     buffer.writeInteger(context)
     buffer.writeImmutableBuffer(descriptors)
   }
+}
+
+extension NBDProtocolError: LunbridgeError {
+  public var errorCode: String {
+    switch self {
+    case .badRequestMagic: return "nbd.bad-request-magic"
+    case .writePayloadTooLarge: return "nbd.write-payload-too-large"
+    case .decoderFailed: return "nbd.decoder-failed"
+    }
+  }
+  public var failureClass: FailureClass { .protocolError }
 }

@@ -110,7 +110,8 @@ public struct PROutParameters: Sendable, Equatable {
   /// APTPL: keep registrations and the reservation across a target power loss.
   public var persistThroughPowerLoss: Bool
 
-  public init(key: UInt64 = 0, serviceActionKey: UInt64 = 0, allTargetPorts: Bool = false, persistThroughPowerLoss: Bool = false) {
+  public init(key: UInt64 = 0, serviceActionKey: UInt64 = 0, allTargetPorts: Bool = false, persistThroughPowerLoss: Bool = false)
+  {
     self.key = key
     self.serviceActionKey = serviceActionKey
     self.allTargetPorts = allTargetPorts

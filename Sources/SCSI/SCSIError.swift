@@ -2,6 +2,8 @@
 // and error classification. No I/O and no Foundation: bytes go in and come out
 // as `[UInt8]`. All multi-byte wire fields are big-endian (SPC-4 3.5.2).
 
+import Failure
+
 /// Error thrown by the parsers and by the few builders that validate input.
 /// Parsers never trap on short or garbled input; they throw this instead.
 public struct SCSIError: Error, CustomStringConvertible, Sendable, Equatable {
@@ -99,4 +101,11 @@ func hexString<S: Sequence>(_ bytes: S) -> String where S.Element == UInt8 {
     s.append(digits[Int(b & 0x0F)])
   }
   return s
+}
+
+extension SCSIError: LunbridgeError {
+  public var errorCode: String { "scsi-data.\(code)" }
+  /// Data of the LU (INQUIRY, READ CAPACITY, REPORT LUNS...) too short or malformed.
+  public var failureClass: FailureClass { .protocolError }
+  public var errorMessage: String { "the LUN sent data that cannot be read: \(message)" }
 }

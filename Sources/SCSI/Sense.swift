@@ -1,5 +1,7 @@
 // SCSI status, sense data and error classification.
 
+import Failure
+
 /// SCSI status byte (SAM-5 5.3.1, Table 37).
 public struct SCSIStatus: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
   public let rawValue: UInt8
@@ -386,9 +388,18 @@ public struct SCSICommandError: Error, CustomStringConvertible, Sendable, Equata
   /// Numbers are Linux's (asm-generic/errno-base.h, errno.h), hard-coded so
   /// this module needs no libc import.
   public var errnoValue: Int32 {
-    let EPERM: Int32 = 1, EIO: Int32 = 5, ENXIO: Int32 = 6, EAGAIN: Int32 = 11, EINVAL: Int32 = 22
-    let ENOSPC: Int32 = 28, EROFS: Int32 = 30, EBADE: Int32 = 52, ENOLINK: Int32 = 67
-    let EILSEQ: Int32 = 84, EOPNOTSUPP: Int32 = 95, ENOMEDIUM: Int32 = 123
+    let EPERM: Int32 = 1
+    let EIO: Int32 = 5
+    let ENXIO: Int32 = 6
+    let EAGAIN: Int32 = 11
+    let EINVAL: Int32 = 22
+    let ENOSPC: Int32 = 28
+    let EROFS: Int32 = 30
+    let EBADE: Int32 = 52
+    let ENOLINK: Int32 = 67
+    let EILSEQ: Int32 = 84
+    let EOPNOTSUPP: Int32 = 95
+    let ENOMEDIUM: Int32 = 123
     let asc = sense?.asc ?? 0
     let ascq = sense?.ascq ?? 0
     switch errorClass {
@@ -410,4 +421,9 @@ public struct SCSICommandError: Error, CustomStringConvertible, Sendable, Equata
     case .path: return ENOLINK  // as Linux's BLK_STS_TRANSPORT
     }
   }
+}
+
+extension SCSICommandError: LunbridgeError {
+  public var errorCode: String { "scsi.\(errorClass)" }
+  public var failureClass: FailureClass { .other }
 }

@@ -1,7 +1,7 @@
 import CAllocationCounter
 
 #if canImport(Glibc)
-  import Glibc
+import Glibc
 #endif
 
 /// Keeps a value alive as far as the optimizer can tell: every case folds what it

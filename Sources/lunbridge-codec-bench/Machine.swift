@@ -1,7 +1,7 @@
 import ISCSIProtocol
 
 #if canImport(Glibc)
-  import Glibc
+import Glibc
 #endif
 
 /// What the table was measured on: the codec shares this 2-core machine with builds, so

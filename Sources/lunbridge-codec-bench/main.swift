@@ -6,7 +6,7 @@
 import ISCSIProtocol
 
 #if canImport(Glibc)
-  import Glibc
+import Glibc
 #endif
 
 checkAllocationCounter()

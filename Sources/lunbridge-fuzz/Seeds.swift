@@ -69,7 +69,8 @@ enum Seeds {
         ("TargetName", "iqn.2026-11.org.lunbridge:a"), ("TargetAddress", "127.0.0.1:3260,1"),
         ("TargetName", "iqn.2026-11.org.lunbridge:b"), ("TargetAddress", "[::1]:3260,2"),
       ]))
-    let inquiry: [UInt8] = [0, 0, 6, 2, 31, 0, 0x10, 2] + Array("LUNBRIDG".utf8) + Array("FUZZ DISK       ".utf8)
+    let inquiry: [UInt8] =
+      [0, 0, 6, 2, 31, 0, 0x10, 2] + Array("LUNBRIDG".utf8) + Array("FUZZ DISK       ".utf8)
       + Array("0001".utf8)
     let fixedSense: [UInt8] = [0x70, 0, 0x06, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x2a, 0x06, 0, 0, 0, 0]
     let capacity16: [UInt8] = be(UInt64(0x1ffff)) + be(UInt32(512)) + [0, 0, 0x80, 0] + [UInt8](repeating: 0, count: 16)
@@ -79,9 +80,12 @@ enum Seeds {
     return [
       .pduFramer: [
         [0] + loginResponse(csg: 1, nsg: 3, transit: true, operational, statSN: 1),
-        [3] + pdu(
-          { var h = BasicHeaderSegment(opcode: .dataIn, flags: 0x81); h.initiatorTaskTag = 3; return h }(),
-          [UInt8](repeating: 7, count: 1000), digests: true),
+        [3]
+          + pdu(
+            {
+              var h = BasicHeaderSegment(opcode: .dataIn, flags: 0x81); h.initiatorTaskTag = 3; return h
+            }(),
+            [UInt8](repeating: 7, count: 1000), digests: true),
         [4] + sendTargets,
       ],
       .textKeys: [keys(operational), keys([("CHAP_A", "5"), ("CHAP_I", "1"), ("CHAP_C", "0x0123456789abcdef")])],

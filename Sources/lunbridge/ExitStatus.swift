@@ -1,5 +1,6 @@
 import ArgumentParser
 import Bridge
+import Failure
 import ISCSIInitiator
 import ISCSIProtocol
 import NBDKernel
@@ -68,25 +69,12 @@ struct CommandFailure {
     self.message = message
   }
 
-  /// The class and plain message of any error the commands can throw. Nil for the
-  /// argument parser's own errors (help, usage), which it prints itself.
+  /// The class and message of any error the commands can throw. Nil for the argument
+  /// parser's own errors (help, usage), which it prints itself.
   init?(_ error: Error) {
     switch error {
-    case let e as ISCSIError:
-      self.init(Self.status(of: e.code), e.message)
-    case let e as ISCSIURLError:
-      self.init(.usage, e.description)
-    case let e as VolumeConfigError:
-      self.init(.config, e.description)
-    case let e as NBDKernelError:
-      self.init(Self.status(of: e.code), e.description)
-    case let e as SCSIOperationError:
-      self.init(.failure, e.description)
-    case let e as SCSIError:
-      // Data of the LU (INQUIRY, READ CAPACITY, REPORT LUNS) too short or malformed.
-      self.init(.protocolError, "the LUN sent data that cannot be read: \(e.message)")
-    case let e as BridgeError:
-      self.init(Self.status(of: e.kind), e.description)
+    case let e as LunbridgeError:
+      self.init(ExitStatus(e.failureClass), e.errorMessage)
     case is ValidationError, is CleanExit, is ExitCode:
       return nil
     default:
@@ -97,39 +85,24 @@ struct CommandFailure {
       self.init(.failure, describeError(error))
     }
   }
+}
 
-  static func status(of code: ISCSIError.Code) -> ExitStatus {
-    switch code {
-    case .unreachable: return .unreachable
-    case .authenticationFailed: return .authentication
-    case .targetNotFound: return .notFound
-    case .loginFailed, .redirectLoop, .negotiationFailed, .connectionClosed: return .loginRefused
-    case .protocolViolation, .digestMismatch, .rejected: return .protocolError
-    case .invalidArgument: return .usage
-    default: return .failure
-    }
-  }
-
-  static func status(of code: NBDKernelError.Code) -> ExitStatus {
-    switch code {
-    case .moduleNotLoaded: return .nbdMissing
-    case .permissionDenied: return .permission
-    case .deviceBusy: return .busy
-    case .noSuchDevice: return .notFound
-    default: return .failure
-    }
-  }
-
-  static func status(of kind: BridgeError.Kind) -> ExitStatus {
-    switch kind {
-    case .other: return .failure
-    case .usage: return .usage
-    case .notFound: return .notFound
-    case .alreadyRunning: return .alreadyRunning
-    case .busy: return .busy
-    case .permission: return .permission
-    case .nbdMissing: return .nbdMissing
-    case .config: return .config
+extension ExitStatus {
+  /// The status of a class of failure.
+  init(_ failureClass: FailureClass) {
+    switch failureClass {
+    case .other: self = .failure
+    case .usage: self = .usage
+    case .unreachable: self = .unreachable
+    case .loginRefused: self = .loginRefused
+    case .authentication: self = .authentication
+    case .config: self = .config
+    case .notFound: self = .notFound
+    case .alreadyRunning: self = .alreadyRunning
+    case .busy: self = .busy
+    case .permission: self = .permission
+    case .nbdMissing: self = .nbdMissing
+    case .protocolError: self = .protocolError
     }
   }
 }

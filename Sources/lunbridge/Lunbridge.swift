@@ -1,8 +1,8 @@
 import ArgumentParser
 import Bridge
 import CBuildInfo
-import FoundationEssentials
 import Dispatch
+import FoundationEssentials
 import Glibc
 import ISCSIInitiator
 import ISCSIProtocol
@@ -87,9 +87,10 @@ struct LoginOptions: ParsableArguments {
     if let problem = ISCSIName.problem(given) {
       let source =
         initiatorName != nil
-        ? "--initiator-name" : volume?.initiatorName != nil
+        ? "--initiator-name"
+        : volume?.initiatorName != nil
           ? "initiator_name" : "InitiatorName in \(InitiatorName.openISCSIFile) or \(InitiatorName.lunbridgeFile)"
-      throw BridgeError("\(source): \(problem)", kind: initiatorName != nil ? .usage : .config)
+      throw BridgeError(initiatorName != nil ? .usage : .config, "\(source): \(problem)")
     }
     let name = ISCSIName.normalized(given)
     var chap: CHAPConfiguration? = nil
@@ -202,7 +203,7 @@ struct Discover: AsyncParsableCommand {
       try printJSON(listings)
     } else if urls {
       for t in listings {
-        for l in t.luns where l.error == nil { l.urls.forEach { print($0) } }
+        for l in t.luns where l.error == nil { for u in l.urls { print(u) } }
       }
     } else {
       for t in listings {
@@ -311,7 +312,7 @@ struct Info: AsyncParsableCommand {
     var config = parsed
     // The URL's ?iface= / ?source= as serve and attach take them: one path can be tried
     // with info before it is attached.
-    if let problem = PathURLProblem.check(url, first: nil) { throw BridgeError("\(problem)", kind: .usage) }
+    if let problem = PathURLProblem.check(url, first: nil) { throw BridgeError(.usage, "\(problem)") }
     config.interface = url.query["iface"]
     config.sourceAddress = url.query["source"]
     let group = MultiThreadedEventLoopGroup.singleton
@@ -397,7 +398,7 @@ func flushBeforeExit(_ volume: Volume, logger: Logger, seconds: Int64 = 10) asyn
   let once = OnceFlag()
   volume.synchronizeCache().whenComplete { result in if once.set() { done.completeWith(result) } }
   loop.scheduleTask(in: .seconds(seconds)) {
-    if once.set() { done.fail(BridgeError("no answer within \(seconds) s")) }
+    if once.set() { done.fail(BridgeError(.timeout, "no answer within \(seconds) s")) }
   }
   do {
     try await done.futureResult.get()
@@ -417,13 +418,19 @@ struct PathOptions: ParsableArguments {
   @Option(help: "Seconds I/O waits while every path is down before it fails with EIO (default 60; 0 fails at once).")
   var noPathRetry: Int?
 
-  @Option(help: "With ALUA: seconds between re-reads of the target port groups' states (default 10; also after every state-change unit attention).")
+  @Option(
+    help:
+      "With ALUA: seconds between re-reads of the target port groups' states (default 10; also after every state-change unit attention)."
+  )
   var aluaCheckInterval: Int?
 
   @Option(help: "iSCSI sessions per URL (default 1).")
   var sessionsPerPath: Int?
 
-  @Option(help: "Persistent reservation key (hexadecimal) to register on every path at start and keep registered, as multipath.conf's reservation_key.")
+  @Option(
+    help:
+      "Persistent reservation key (hexadecimal) to register on every path at start and keep registered, as multipath.conf's reservation_key."
+  )
   var reservationKey: String?
 
   @Option(help: "Seconds between NOP-Out pings on a quiet connection (default 2).")
@@ -446,8 +453,10 @@ struct PathOptions: ParsableArguments {
     if let n = aluaCheckInterval, !(1...3600).contains(n) {
       throw ValidationError("--alua-check-interval must be between 1 and 3600 seconds")
     }
-    for (name, value) in [("keepalive-interval", keepaliveInterval), ("keepalive-timeout", keepaliveTimeout),
-                          ("command-timeout", commandTimeout)] {
+    for (name, value) in [
+      ("keepalive-interval", keepaliveInterval), ("keepalive-timeout", keepaliveTimeout),
+      ("command-timeout", commandTimeout),
+    ] {
       if let v = value, !(1...3600).contains(v) { throw ValidationError("--\(name) must be between 1 and 3600 seconds") }
     }
     _ = try selectorPolicy(volume: nil)
@@ -511,7 +520,7 @@ func pathSpecs(
     if url.passwordInURL && !urls.contains(where: \.passwordInURL) {
       warn("the CHAP secret in the URL shows in ps and shell history; use --chap-secret-file")
     }
-    if let problem = PathURLProblem.check(url, first: urls.first) { throw BridgeError("\(problem)", kind: .usage) }
+    if let problem = PathURLProblem.check(url, first: urls.first) { throw BridgeError(.usage, "\(problem)") }
     urls.append(url)
   }
   if paths.discoverPortals, let first = urls.first {
@@ -665,7 +674,8 @@ struct Serve: AsyncParsableCommand {
   @Flag(help: "Allow --listen on a non-loopback TCP address without TLS (anyone who reaches it can use the LUN).")
   var insecure = false
 
-  @Option(help: "Permissions of a unix: export socket, in octal, e.g. 660 with --socket-group (default: only its owner may connect).")
+  @Option(
+    help: "Permissions of a unix: export socket, in octal, e.g. 660 with --socket-group (default: only its owner may connect).")
   var socketMode: String?
 
   @Option(help: "Group of a unix: export socket (a name or a number), e.g. kvm or libvirt-qemu for a non-root QEMU.")
@@ -678,15 +688,15 @@ struct Serve: AsyncParsableCommand {
   func exportLimits() throws -> ExportLimits {
     var l = ExportLimits()
     if let n = maxConnections {
-      guard n >= 1 else { throw BridgeError("--max-connections must be at least 1", kind: .usage) }
+      guard n >= 1 else { throw BridgeError(.usage, "--max-connections must be at least 1") }
       l.maxConnections = n
     }
     if let n = maxConnectionsPerPeer {
-      guard n >= 1 else { throw BridgeError("--max-connections-per-peer must be at least 1", kind: .usage) }
+      guard n >= 1 else { throw BridgeError(.usage, "--max-connections-per-peer must be at least 1") }
       l.maxConnectionsPerPeer = n
     }
     if let n = handshakeTimeout {
-      guard n >= 1 else { throw BridgeError("--handshake-timeout must be at least 1 second", kind: .usage) }
+      guard n >= 1 else { throw BridgeError(.usage, "--handshake-timeout must be at least 1 second") }
       l.handshakeTimeout = .seconds(Int64(n))
     }
     return l
@@ -701,7 +711,7 @@ struct Serve: AsyncParsableCommand {
     let tls = try tlsCertificates.map { try ExportTLS(directory: $0) }
     let limits = try exportLimits()
     if let m = maxInflightMib, m < 33 {
-      throw BridgeError("--max-inflight-mib must be at least 33 (one 32 MiB request and room for others)", kind: .usage)
+      throw BridgeError(.usage, "--max-inflight-mib must be at least 33 (one 32 MiB request and room for others)")
     }
     ServingProcess.raiseDescriptorLimit()
     let memoryLocked = ServingProcess.protectFromMemoryPressure(logger: logger)
@@ -774,7 +784,8 @@ struct Attach: AsyncParsableCommand {
       """)
 
   @Argument(
-    help: "iscsi://[USER@]HOST[:PORT]/TARGET-IQN/LUN[?iface=NIC|?source=ADDR] (one per path), or the NAME of /etc/lunbridge/volumes/NAME.toml"
+    help:
+      "iscsi://[USER@]HOST[:PORT]/TARGET-IQN/LUN[?iface=NIC|?source=ADDR] (one per path), or the NAME of /etc/lunbridge/volumes/NAME.toml"
   )
   var targets: [String] = []
 
@@ -862,10 +873,17 @@ struct Attach: AsyncParsableCommand {
     // WatchdogSec= in the unit: pings from the start (systemd counts from it), sent only
     // while every event loop turns.
     let watchdog = SystemdWatchdog.start()
-    if watchdog != nil { logger.debug("systemd watchdog on: WATCHDOG=1 every \(SystemdWatchdog.period().map { "\($0.nanoseconds / 1_000_000) ms" } ?? "-")") }
+    if watchdog != nil {
+      logger.debug(
+        "systemd watchdog on: WATCHDOG=1 every \(SystemdWatchdog.period().map { "\($0.nanoseconds / 1_000_000) ms" } ?? "-")")
+    }
     defer { watchdog?.stop() }
-    guard getuid() == 0 else { throw BridgeError("attach needs root (CAP_SYS_ADMIN) to configure NBD devices", kind: .permission) }
-    guard isNBDModuleLoaded() else { throw BridgeError("the nbd kernel module is not loaded: run modprobe nbd", kind: .nbdMissing) }
+    guard getuid() == 0 else {
+      throw BridgeError(.permission, "attach needs root (CAP_SYS_ADMIN) to configure NBD devices")
+    }
+    guard isNBDModuleLoaded() else {
+      throw BridgeError(.nbdMissing, "the nbd kernel module is not loaded: run modprobe nbd")
+    }
     ServingProcess.raiseDescriptorLimit()
     let memoryLocked = ServingProcess.protectFromMemoryPressure(logger: logger)
     let urls = volumeFile.map { $0.paths.map(\.description) } ?? targets
@@ -1015,7 +1033,7 @@ struct Attach: AsyncParsableCommand {
     }
     promise.completeWithTask {
       guard let file else {
-        throw BridgeError("attached from a URL: there is no volume file to reload", kind: .usage)
+        throw BridgeError(.usage, "attached from a URL: there is no volume file to reload")
       }
       let config = try VolumeConfig.check(path: file)
       let specs = try await pathSpecs(
@@ -1036,7 +1054,7 @@ struct Attach: AsyncParsableCommand {
     env["LUNBRIDGE_DAEMON_CHILD"] = "1"
     var fds: [Int32] = [-1, -1]
     guard pipe(&fds) == 0, fcntl(fds[0], F_SETFD, FD_CLOEXEC) == 0, fcntl(fds[1], F_SETFD, FD_CLOEXEC) == 0 else {
-      throw BridgeError("cannot start the background process: pipe: \(String(cString: strerror(errno)))")
+      throw BridgeError(.system, "cannot start the background process: pipe: \(String(cString: strerror(errno)))")
     }
     // The child's stdin is /dev/null and its stdout the pipe, on which it writes the
     // device path once attached.
@@ -1049,13 +1067,13 @@ struct Attach: AsyncParsableCommand {
     let argv0 = servesRoot ? Initramfs.processName : exe
     let argv = ([argv0] + CommandLine.arguments.dropFirst() + ["--foreground"]).map { strdup($0) } + [nil]
     let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
-    defer { (argv + envp).forEach { free($0) } }
+    defer { for p in argv + envp { free(p) } }
     var pid: pid_t = 0
     let rc = posix_spawn(&pid, exe, &actions, nil, argv, envp)
     close(fds[1])
     guard rc == 0 else {
       close(fds[0])
-      throw BridgeError("cannot start the background process \(exe): \(String(cString: strerror(rc)))")
+      throw BridgeError(.system, "cannot start the background process \(exe): \(String(cString: strerror(rc)))")
     }
     let line = readLine(from: fds[0])
     close(fds[0])
@@ -1096,7 +1114,7 @@ func refuseIfAttached(url: String) throws {
     guard let index = UInt32(name.dropFirst(3).dropLast(4)), recordedURL(index: index) == url,
       let pid = NBDNetlink.pid(index: index), pid > 0, pid != getpid(), kill(pid, 0) == 0
     else { continue }
-    throw BridgeError("\(url) is already attached as /dev/nbd\(index) by process \(pid)", kind: .alreadyRunning)
+    throw BridgeError(.alreadyRunning, "\(url) is already attached as /dev/nbd\(index) by process \(pid)")
   }
 }
 
@@ -1136,11 +1154,13 @@ struct Detach: ParsableCommand {
 
   func run() throws {
     let index = try parseDeviceIndex(device)
-    guard isNBDModuleLoaded() else { throw BridgeError("the nbd kernel module is not loaded: run modprobe nbd", kind: .nbdMissing) }
+    guard isNBDModuleLoaded() else {
+      throw BridgeError(.nbdMissing, "the nbd kernel module is not loaded: run modprobe nbd")
+    }
     let netlink = try NBDNetlink()
     let known = try netlink.status(index: index)
     guard let d = known.first(where: { $0.index == index }), d.connected else {
-      throw BridgeError("/dev/nbd\(index) is not attached", kind: .notFound)
+      throw BridgeError(.notFound, "/dev/nbd\(index) is not attached")
     }
     try netlink.disconnect(index: index)
   }
@@ -1156,7 +1176,9 @@ struct ConfigCommand: ParsableCommand {
 struct ConfigShow: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "show",
-    abstract: "Print a volume's effective configuration: every key, defaults filled in, with its open-iscsi, multipath or nbd-client counterpart.")
+    abstract:
+      "Print a volume's effective configuration: every key, defaults filled in, with its open-iscsi, multipath or nbd-client counterpart."
+  )
 
   @Argument(help: "Volume NAME or a file path.")
   var name: String
@@ -1256,8 +1278,9 @@ struct ConfigCheck: ParsableCommand {
   func run() throws {
     var files: [String]
     if let name {
-      if !name.contains("/"), let problem = VolumeConfig.nameProblem(
-        name.hasSuffix(".toml") ? String(name.dropLast(5)) : name)
+      if !name.contains("/"),
+        let problem = VolumeConfig.nameProblem(
+          name.hasSuffix(".toml") ? String(name.dropLast(5)) : name)
       {
         throw VolumeConfigError(.badName, file: VolumeConfig.path(name: name, directory: directory), message: problem)
       }
@@ -1301,7 +1324,9 @@ struct List: ParsableCommand {
   var json = false
 
   func run() throws {
-    guard isNBDModuleLoaded() else { throw BridgeError("the nbd kernel module is not loaded: run modprobe nbd", kind: .nbdMissing) }
+    guard isNBDModuleLoaded() else {
+      throw BridgeError(.nbdMissing, "the nbd kernel module is not loaded: run modprobe nbd")
+    }
     let netlink = try NBDNetlink()
     var rows: [DeviceListing] = []
     for d in try netlink.status() {
@@ -1361,11 +1386,11 @@ struct SocketAccess {
   init?(mode: String?, group: String?, address: ListenAddress) throws {
     guard mode != nil || group != nil else { return nil }
     guard case .unix = address else {
-      throw BridgeError("--socket-mode and --socket-group apply to a unix: socket, not \(address)", kind: .usage)
+      throw BridgeError(.usage, "--socket-mode and --socket-group apply to a unix: socket, not \(address)")
     }
     if let mode {
       guard let m = mode_t(mode, radix: 8), m <= 0o777 else {
-        throw BridgeError("--socket-mode '\(mode)': expected an octal mode such as 600 or 660", kind: .usage)
+        throw BridgeError(.usage, "--socket-mode '\(mode)': expected an octal mode such as 600 or 660")
       }
       self.mode = m
     }
@@ -1375,17 +1400,17 @@ struct SocketAccess {
       } else if let entry = getgrnam(group) {
         self.group = entry.pointee.gr_gid
       } else {
-        throw BridgeError("--socket-group '\(group)': no such group", kind: .usage)
+        throw BridgeError(.usage, "--socket-group '\(group)': no such group")
       }
     }
   }
 
   func apply(to path: String) throws {
     if let group, chown(path, uid_t.max, group) != 0 {
-      throw BridgeError("cannot give \(path) to group \(group): \(String(cString: strerror(errno)).lowercased())")
+      throw BridgeError(.system, "cannot give \(path) to group \(group): \(String(cString: strerror(errno)).lowercased())")
     }
     if let mode, chmod(path, mode) != 0 {
-      throw BridgeError("cannot set the mode of \(path): \(String(cString: strerror(errno)).lowercased())")
+      throw BridgeError(.system, "cannot set the mode of \(path): \(String(cString: strerror(errno)).lowercased())")
     }
   }
 }

@@ -63,7 +63,8 @@ struct PersistentReserve: ParsableCommand {
   var paramSARK: String?
   @Option(
     name: [.customShort("T"), .customLong("prout-type")],
-    help: "Reservation type: 1 WE, 3 EA, 5 WE registrants only, 6 EA registrants only, 7 WE all registrants, 8 EA all registrants.")
+    help:
+      "Reservation type: 1 WE, 3 EA, 5 WE registrants only, 6 EA registrants only, 7 WE all registrants, 8 EA all registrants.")
   var proutType: UInt8?
   @Flag(name: [.customShort("Z"), .customLong("param-aptpl")], help: "Keep the registrations across a target power loss.")
   var paramAPTPL = false
@@ -163,7 +164,9 @@ struct PersistentReserve: ParsableCommand {
     guard reply.ok else {
       let error = reply.error ?? "\(operation.rawValue) failed"
       if reply.conflict { throw fail(Exit.conflict, "persistent reserve \(operation.rawValue): reservation conflict") }
-      if error.contains("ILLEGAL REQUEST") { throw fail(Exit.illegalRequest, "persistent reserve \(operation.rawValue): \(error)") }
+      if error.contains("ILLEGAL REQUEST") {
+        throw fail(Exit.illegalRequest, "persistent reserve \(operation.rawValue): \(error)")
+      }
       throw fail(Exit.other, "persistent reserve \(operation.rawValue): \(error)")
     }
   }

@@ -36,7 +36,7 @@ struct Status: ParsableCommand {
     guard !answers.reports.isEmpty else {
       if answers.denied > 0 {
         throw BridgeError(
-          "status needs root: the control sockets in \(directory.directory) are root's (run it with sudo)", kind: .permission)
+          .permission, "status needs root: the control sockets in \(directory.directory) are root's (run it with sudo)")
       }
       let why =
         answers.asked == 0

@@ -20,8 +20,10 @@ final class BlockStatusTests: XCTestCase {
   func e(_ length: UInt32, _ flags: NBDBlockState = []) -> NBDExtent { NBDExtent(length: length, flags: flags) }
 
   func testMappedAndDeallocatedRunsBecomeDataAndHoles() throws {
-    let d = [D(lba: 0, blocks: 16, provisioning: .deallocated), D(lba: 16, blocks: 8, provisioning: .mapped),
-      D(lba: 24, blocks: 1000, provisioning: .deallocated)]
+    let d = [
+      D(lba: 0, blocks: 16, provisioning: .deallocated), D(lba: 16, blocks: 8, provisioning: .mapped),
+      D(lba: 24, blocks: 1000, provisioning: .deallocated),
+    ]
     XCTAssertEqual(try extents(d, blocks: 64), [e(8192, [.hole, .zero]), e(4096), e(20480, [.hole, .zero])])
     // Without LBPRZ a hole is not known to read as zeros; anchored blocks have storage.
     XCTAssertEqual(try extents(d, blocks: 64, zero: false), [e(8192, .hole), e(4096), e(20480, .hole)])

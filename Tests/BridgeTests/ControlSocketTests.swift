@@ -1,5 +1,7 @@
 import Bridge
+import Failure
 import Foundation
+import ISCSIProtocol
 import Logging
 import NIOCore
 import NIOPosix
@@ -85,9 +87,27 @@ final class ControlSocketTests: XCTestCase {
       ControlReply(ok: true, message: "2 paths"))
     let failing = try await start(
       "c",
-      reload: { MultiThreadedEventLoopGroup.singleton.next().makeFailedFuture(BridgeError("bad line 3")) })
+      reload: { MultiThreadedEventLoopGroup.singleton.next().makeFailedFuture(BridgeError(.config, "bad line 3")) })
     XCTAssertThrowsError(try ControlClient.reload(socket: failing.path)) {
       XCTAssertEqual("\($0)", "bad line 3")
+      // The class travels with it: the command line that relays it exits 6, as the
+      // process that raised it would have.
+      XCTAssertEqual(($0 as? LunbridgeError)?.failureClass, .config)
+    }
+    // A typed error of another module keeps its class too (a reload whose new path
+    // cannot log in: authentication, not "other").
+    let refused = try await start(
+      "d",
+      reload: {
+        MultiThreadedEventLoopGroup.singleton.next().makeFailedFuture(
+          BridgeError(
+            .noPath, "no path could log in",
+            cause: ISCSIError(.authenticationFailed, "authentication failed (CHAP): wrong user or secret")))
+      })
+    XCTAssertThrowsError(try ControlClient.reload(socket: refused.path)) {
+      XCTAssertEqual("\($0)", "no path could log in: authentication failed (CHAP): wrong user or secret")
+      XCTAssertEqual(($0 as? LunbridgeError)?.failureClass, .authentication)
+      XCTAssertEqual(($0 as? LunbridgeError)?.errorCode, "bridge.relayed")
     }
   }
 
@@ -95,7 +115,7 @@ final class ControlSocketTests: XCTestCase {
     let server = try await ControlServer.start(
       name: "db", directory: directory,
       report: {
-        MultiThreadedEventLoopGroup.singleton.next().makeFailedFuture(BridgeError("volume closing"))
+        MultiThreadedEventLoopGroup.singleton.next().makeFailedFuture(BridgeError(.closing, "volume closing"))
       },
       logger: logger)
     servers.append(server)

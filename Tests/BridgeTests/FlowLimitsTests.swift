@@ -1,5 +1,6 @@
-@testable import Bridge
 import XCTest
+
+@testable import Bridge
 
 /// The admission rule of NBD requests (FlowLimits) and the rate limit of log lines about
 /// bad clients, as event -> decision lines.

@@ -26,7 +26,8 @@ final class InitramfsTests: XCTestCase {
     // A second volume with the same secret and its own initiator name: nothing twice, and
     // no initiator name file for it.
     let data = try volume(
-      "data", "chap_user = \"host\"\nchap_secret_file = \"/etc/lunbridge/root.secret\"\ninitiator_name = \"iqn.2026-11.org.example:h\"")
+      "data",
+      "chap_user = \"host\"\nchap_secret_file = \"/etc/lunbridge/root.secret\"\ninitiator_name = \"iqn.2026-11.org.example:h\"")
     let files = try Initramfs.files(for: [root, data], initiatorFile: "/etc/iscsi/initiatorname.iscsi")
     XCTAssertEqual(
       files.map(\.description),
@@ -38,7 +39,12 @@ final class InitramfsTests: XCTestCase {
     // With its own initiator name only, the initiator file is not even looked for.
     let named = try volume("n", "initiator_name = \"iqn.2026-11.org.example:h\"")
     XCTAssertEqual(
-      try Initramfs.files(for: [named], initiatorFile: { () throws -> String? in XCTFail("asked"); return nil }()).map(\.description),
+      try Initramfs.files(
+        for: [named],
+        initiatorFile: { () throws -> String? in
+          XCTFail("asked"); return nil
+        }()
+      ).map(\.description),
       ["volume /etc/lunbridge/volumes/n.toml"])
   }
 

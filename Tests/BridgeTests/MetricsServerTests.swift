@@ -16,7 +16,7 @@ final class MetricsServerTests: XCTestCase {
       listen: "tcp:127.0.0.1:0",
       reports: {
         let loop = MultiThreadedEventLoopGroup.singleton.next()
-        return failing ? loop.makeFailedFuture(BridgeError("no volume")) : loop.makeSucceededFuture(reports)
+        return failing ? loop.makeFailedFuture(BridgeError(.notFound, "no volume")) : loop.makeSucceededFuture(reports)
       }, logger: logger)
   }
 
@@ -49,7 +49,7 @@ final class MetricsServerTests: XCTestCase {
     var buffer = [UInt8](repeating: 0, count: 65536)
     while true {
       let n = recv(fd, &buffer, buffer.count, 0)
-      if n < 0 { throw BridgeError("recv: \(String(cString: strerror(errno)))") }
+      if n < 0 { throw BridgeError(.system, "recv: \(String(cString: strerror(errno)))") }
       if n == 0 { break }
       all += buffer[0..<n]
     }

@@ -2,7 +2,7 @@ import NBDKernel
 import XCTest
 
 #if canImport(Glibc)
-  import Glibc
+import Glibc
 #endif
 
 // Host-runnable: no nbd module needed. The real kernel path runs only in the VM.
@@ -210,8 +210,12 @@ final class NBDKernelTests: XCTestCase {
     // What nbd_genl_status builds: DEVICE_LIST (no NLA_F_NESTED) of two items.
     var w = NetlinkAttributeWriter()
     w.nest(A.deviceList) { list in
-      list.nest(A.deviceItem) { $0.putU32(A.deviceIndex, 0); $0.putU8(A.deviceConnected, 1) }
-      list.nest(A.deviceItem) { $0.putU32(A.deviceIndex, 1); $0.putU8(A.deviceConnected, 0) }
+      list.nest(A.deviceItem) {
+        $0.putU32(A.deviceIndex, 0); $0.putU8(A.deviceConnected, 1)
+      }
+      list.nest(A.deviceItem) {
+        $0.putU32(A.deviceIndex, 1); $0.putU8(A.deviceConnected, 0)
+      }
     }
     XCTAssertEqual(
       try NBDNetlinkMessage.decodeStatusReply(w.bytes),

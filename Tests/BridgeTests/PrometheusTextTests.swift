@@ -36,8 +36,7 @@ struct Exposition {
   init(parsing text: String) throws {
     guard text.isEmpty || text.hasSuffix("\n") else { throw Malformed(0, "no newline at the end") }
     var seriesSeen = Set<String>()
-    for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false).dropLast().enumerated()
-    {
+    for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false).dropLast().enumerated() {
       let n = index + 1
       if line.isEmpty { throw Malformed(n, "empty line") }
       if line.hasPrefix("# HELP ") || line.hasPrefix("# TYPE ") {

@@ -38,7 +38,8 @@ final class StartupCodeTests: XCTestCase {
   /// A sysfs tree of its own: sda1 (a partition of sda), nbd0 and its partition nbd0p1,
   /// dm-0 on nbd0p1, dm-1 on sda1, md0 on dm-1 and dm-0, loop0.
   func testCodeIsKeptWhenItsDeviceMayBeServedByThisProcess() throws {
-    let root = FileManager.default.temporaryDirectory.appendingPathComponent("lbsys-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+    let root = FileManager.default.temporaryDirectory.appendingPathComponent(
+      "lbsys-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
     defer { try? FileManager.default.removeItem(at: root) }
     let fm = FileManager.default
     func dir(_ p: String) throws { try fm.createDirectory(at: root.appendingPathComponent(p), withIntermediateDirectories: true) }
@@ -46,8 +47,10 @@ final class StartupCodeTests: XCTestCase {
     func link(_ p: String, _ to: String) throws {
       try fm.createSymbolicLink(atPath: root.appendingPathComponent(p).path, withDestinationPath: to)
     }
-    for d in ["block/sda/sda1", "block/nbd0/nbd0p1", "block/dm-0/slaves", "block/dm-1/slaves", "block/md0/slaves",
-              "block/loop0", "dev"] {
+    for d in [
+      "block/sda/sda1", "block/nbd0/nbd0p1", "block/dm-0/slaves", "block/dm-1/slaves", "block/md0/slaves",
+      "block/loop0", "dev",
+    ] {
       try dir(d)
     }
     try file("block/sda/sda1/partition")

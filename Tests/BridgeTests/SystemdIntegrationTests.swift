@@ -82,7 +82,9 @@ final class SystemdIntegrationTests: XCTestCase {
     unsetenv("CREDENTIALS_DIRECTORY")
     XCTAssertNoThrow(try c.validate())
     XCTAssertThrowsError(try c.secretPath("chap_secret_file")) { error in
-      XCTAssertTrue("\(error)".contains("$CREDENTIALS_DIRECTORY is not set; run from lunbridge@db.service with LoadCredential=db.chap:FILE"), "\(error)")
+      XCTAssertTrue(
+        "\(error)".contains("$CREDENTIALS_DIRECTORY is not set; run from lunbridge@db.service with LoadCredential=db.chap:FILE"),
+        "\(error)")
     }
     // Inside: the file in $CREDENTIALS_DIRECTORY (systemd makes it 0400, owned by root).
     let credentials = tmp + "/credentials"
@@ -164,7 +166,7 @@ final class SystemdIntegrationTests: XCTestCase {
     let stuck = group.any().submit { usleep(800_000) }
     usleep(100_000)
     XCTAssertLessThanOrEqual(pings(within: 0.6).count, 1)
-    try stuck.wait()
+    _ = try stuck.wait()
     XCTAssertGreaterThanOrEqual(pings(within: 0.5).count, 3)
   }
 
@@ -189,7 +191,7 @@ final class SystemdIntegrationTests: XCTestCase {
     let back = try ControlJSON.decoder().decode(ControlReply.self, from: data)
     XCTAssertEqual(back.kind, .config)
     XCTAssertFalse(back.ok)
-    XCTAssertEqual(ControlReply(failure: BridgeError("gone", kind: .notFound)).kind, .notFound)
+    XCTAssertEqual(ControlReply(failure: BridgeError(.notFound, "gone")).kind, .notFound)
     XCTAssertNil(ControlReply(failure: CancellationError()).kind)
   }
 }

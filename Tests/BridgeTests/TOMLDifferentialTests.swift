@@ -112,7 +112,9 @@ final class TOMLDifferentialTests: XCTestCase {
   func reference(_ documents: [String]) throws -> [String?] {
     let python = "/usr/bin/python3"
     guard FileManager.default.isExecutableFile(atPath: python) else {
-      struct Missing: Error, CustomStringConvertible { var description = "/usr/bin/python3 (3.11, tomllib) is missing: install python3" }
+      struct Missing: Error, CustomStringConvertible {
+        var description = "/usr/bin/python3 (3.11, tomllib) is missing: install python3"
+      }
       throw Missing()
     }
     let p = Process()

@@ -76,10 +76,12 @@ final class VolumeConfigTests: XCTestCase {
       connections = 4
       """)
     XCTAssertEqual(c.name, "db")
-    XCTAssertEqual(c.paths.map(\.description), [
-      "iscsi://192.0.2.10:3260/iqn.2003-01.org.example:storage/0",
-      "iscsi://host1@[2001:db8::1]:3261/iqn.2003-01.org.example:storage/0",
-    ].map { try! ISCSIURL(parsing: $0).description })
+    XCTAssertEqual(
+      c.paths.map(\.description),
+      [
+        "iscsi://192.0.2.10:3260/iqn.2003-01.org.example:storage/0",
+        "iscsi://host1@[2001:db8::1]:3261/iqn.2003-01.org.example:storage/0",
+      ].map { try! ISCSIURL(parsing: $0).description })
     XCTAssertEqual(c.initiatorName, "iqn.2026-11.org.lunbridge:host1")
     XCTAssertEqual(c.chapUser, "host1")
     XCTAssertEqual(c.chapSecretFile, "/etc/lunbridge/db.secret")
@@ -214,8 +216,10 @@ final class VolumeConfigTests: XCTestCase {
     XCTAssertTrue(
       (error("paths = [\"iscsi://h/iqn.x:t/0?nic=eth1\"]\n")?.description ?? "").contains("unknown parameter 'nic'"))
     XCTAssertTrue(
-      (error("paths = [\"iscsi://h/iqn.x:t/0\", \"iscsi://h2/iqn.x:other/0\"]\n")?.description ?? "").contains("same target and LUN"))
-    XCTAssertTrue((error("paths = [\"iscsi://h/iqn.x:t/0\"]\nsessions_per_path = 40\n")?.description ?? "").contains("between 1 and 16"))
+      (error("paths = [\"iscsi://h/iqn.x:t/0\", \"iscsi://h2/iqn.x:other/0\"]\n")?.description ?? "").contains(
+        "same target and LUN"))
+    XCTAssertTrue(
+      (error("paths = [\"iscsi://h/iqn.x:t/0\"]\nsessions_per_path = 40\n")?.description ?? "").contains("between 1 and 16"))
     XCTAssertTrue((error("paths = [\"iscsi://h/iqn.x:t/0\"]\nfailback = \"later\"\n")?.description ?? "").contains("failback"))
     XCTAssertTrue((error("paths = [\"iscsi://h/iqn.x:t/0\"]\nmetrics = \"9617\"\n")?.description ?? "").contains("tcp:"))
   }
@@ -357,7 +361,8 @@ final class VolumeConfigTests: XCTestCase {
     XCTAssertEqual(noSecret?.line, 2)
     XCTAssertEqual(
       noSecret?.description,
-      "\(file): line 2: CHAP user 'u' has no secret: add chap_secret_file = \"/etc/lunbridge/NAME.secret\" (mode 600) or chap_secret_credential = \"NAME\" (LoadCredential=)")
+      "\(file): line 2: CHAP user 'u' has no secret: add chap_secret_file = \"/etc/lunbridge/NAME.secret\" (mode 600) or chap_secret_credential = \"NAME\" (LoadCredential=)"
+    )
     XCTAssertEqual(error(p + "chap_secret_file = \"/s\"")?.key, "chap_secret_file")
     XCTAssertEqual(
       error(p + "chap_user = \"u\"\nchap_secret_file = \"/s\"\nmutual_user = \"m\"")?.key, "mutual_user")
@@ -403,7 +408,9 @@ final class VolumeConfigTests: XCTestCase {
     XCTAssertEqual(e[3].node.value, .array([]))
     XCTAssertEqual(
       e[4].node.value,
-      .array([TOMLNode(value: .array([TOMLNode(value: .string("nested"), line: 5)]), line: 5), TOMLNode(value: .integer(1), line: 5)]))
+      .array([
+        TOMLNode(value: .array([TOMLNode(value: .string("nested"), line: 5)]), line: 5), TOMLNode(value: .integer(1), line: 5),
+      ]))
     XCTAssertEqual(e[5].node.value, .boolean(false))
     XCTAssertEqual(e[6].node.value, .integer(Int64.min))
     XCTAssertEqual(e[7].node.value, .float(1000))
@@ -654,7 +661,8 @@ final class VolumeConfigTests: XCTestCase {
     XCTAssertEqual(
       try udevProgram(backend: backend),
       [
-        "LUNBRIDGE_ID": "naa.6001405abcdef", "LUNBRIDGE_BY_PATH": "ip-192.0.2.10:3260-iscsi-iqn.2003-01.org.example:storage-lun-0",
+        "LUNBRIDGE_ID": "naa.6001405abcdef",
+        "LUNBRIDGE_BY_PATH": "ip-192.0.2.10:3260-iscsi-iqn.2003-01.org.example:storage-lun-0",
         "LUNBRIDGE_WWN": "0x6001405abcdef",
       ])
     XCTAssertEqual(

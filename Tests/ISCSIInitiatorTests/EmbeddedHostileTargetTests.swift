@@ -68,7 +68,8 @@ final class EmbeddedHostileTargetTests: XCTestCase {
     let (session, login) = try ISCSISession.loggingIn(
       over: wire.initiator, configuration: configuration(failFast: failFast), logger: logger)
     try wire.shuttle()
-    var result: Result<Void, Error>?
+    // The embedded loop runs callbacks on this thread, within shuttle().
+    nonisolated(unsafe) var result: Result<Void, Error>?
     login.whenComplete { result = $0 }
     try wire.shuttle()
     guard case .success = result else {

@@ -188,8 +188,9 @@ final class HostileConnection: ChannelInboundHandler {
       send(ISCSIPDU(header: r, data: payload), context)
     case .truncatedPDUThenClose:
       targetHeader(.scsiResponse, itt: h.initiatorTaskTag, cmdSN: h.cmdSN).write(to: &out)
+      let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
       context.writeAndFlush(wrapOutboundOut(out.getSlice(at: 0, length: 20)!)).whenComplete { _ in
-        context.close(promise: nil)
+        bound.value.close(promise: nil)
       }
     case .maxCmdSNBackwards:
       // Good status, then MaxCmdSN 10 lower than the last one each time.

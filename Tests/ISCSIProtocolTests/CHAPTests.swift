@@ -3,7 +3,7 @@ import XCTest
 @testable import ISCSIProtocol
 
 final class CHAPTests: XCTestCase {
-  let challenge = Array<UInt8>(0...15)
+  let challenge = [UInt8](0...15)
   let secret = Array("secretsecret".utf8)
 
   // Expected values: Python hashlib.<alg>(bytes([0x2a]) + b"secretsecret" + bytes(range(16))).hexdigest()

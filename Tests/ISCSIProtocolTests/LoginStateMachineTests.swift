@@ -92,7 +92,8 @@ final class LoginStateMachineTests: XCTestCase {
     var sent: [String] = []
     var req = try m.start()
     sent += try keys(of: req).map(\.key)
-    req = try XCTUnwrap(try m.receive(t.response(to: req, transit: true, nsg: 1, keys: [TextKeyValue("AuthMethod", "None")])).sentPDU)
+    req = try XCTUnwrap(
+      try m.receive(t.response(to: req, transit: true, nsg: 1, keys: [TextKeyValue("AuthMethod", "None")])).sentPDU)
     sent += try keys(of: req).map(\.key)
     for _ in 0..<3 {
       req = try XCTUnwrap(try m.receive(t.response(to: req, transit: false, keys: [TextKeyValue("X-a", "1")])).sentPDU)
@@ -118,7 +119,10 @@ final class LoginStateMachineTests: XCTestCase {
       try m.receive(
         t.response(
           to: r2, transit: false,
-          keys: [TextKeyValue("CHAP_A", "5"), TextKeyValue("CHAP_I", "42"), TextKeyValue("CHAP_C", "0x000102030405060708090a0b0c0d0e0f")])
+          keys: [
+            TextKeyValue("CHAP_A", "5"), TextKeyValue("CHAP_I", "42"),
+            TextKeyValue("CHAP_C", "0x000102030405060708090a0b0c0d0e0f"),
+          ])
       ).sentPDU)
     // Same vector as CHAPTests.testMD5KnownVector.
     XCTAssertEqual(
@@ -143,7 +147,10 @@ final class LoginStateMachineTests: XCTestCase {
       try m.receive(
         t.response(
           to: r2, transit: false,
-          keys: [TextKeyValue("CHAP_A", "5"), TextKeyValue("CHAP_I", "42"), TextKeyValue("CHAP_C", "0x000102030405060708090a0b0c0d0e0f")])
+          keys: [
+            TextKeyValue("CHAP_A", "5"), TextKeyValue("CHAP_I", "42"),
+            TextKeyValue("CHAP_C", "0x000102030405060708090a0b0c0d0e0f"),
+          ])
       ).sentPDU)
     return (m, t, r3)
   }

@@ -70,8 +70,10 @@ final class NegotiationTests: XCTestCase {
       $0.errorRecoveryLevel = 2
     }
     let p = try negotiate(
-      ["MaxBurstLength": "262144", "InitialR2T": "No", "DefaultTime2Wait": "0", "MaxOutstandingR2T": "4",
-       "ErrorRecoveryLevel": "1"], config: c)
+      [
+        "MaxBurstLength": "262144", "InitialR2T": "No", "DefaultTime2Wait": "0", "MaxOutstandingR2T": "4",
+        "ErrorRecoveryLevel": "1",
+      ], config: c)
     XCTAssertEqual(p.maxBurstLength, 65536)
     XCTAssertFalse(p.initialR2T)
     XCTAssertEqual(p.defaultTime2Wait, 10)
@@ -194,12 +196,15 @@ final class NegotiationTests: XCTestCase {
 
   func testStableISIDIsTheSameForOneIdentityAndDiffersBetweenPaths() {
     let a = LoginConfiguration.stableISID(identity: "db\u{0}iqn.x:init\u{0}iqn.y:t\u{0}10.0.0.1:3260\u{0}1\u{0}\u{0}\u{0}0")
-    XCTAssertEqual(a, LoginConfiguration.stableISID(identity: "db\u{0}iqn.x:init\u{0}iqn.y:t\u{0}10.0.0.1:3260\u{0}1\u{0}\u{0}\u{0}0"))
+    XCTAssertEqual(
+      a, LoginConfiguration.stableISID(identity: "db\u{0}iqn.x:init\u{0}iqn.y:t\u{0}10.0.0.1:3260\u{0}1\u{0}\u{0}\u{0}0"))
     XCTAssertEqual(a >> 40, 0x80, "type 10b (random), as RFC 7143 11.12.6 allows for a generated qualifier")
     XCTAssertLessThanOrEqual(a, 0xffff_ffff_ffff)
     // Another portal, another session of the same portal: another ISID.
-    XCTAssertNotEqual(a, LoginConfiguration.stableISID(identity: "db\u{0}iqn.x:init\u{0}iqn.y:t\u{0}10.0.0.2:3260\u{0}1\u{0}\u{0}\u{0}0"))
-    XCTAssertNotEqual(a, LoginConfiguration.stableISID(identity: "db\u{0}iqn.x:init\u{0}iqn.y:t\u{0}10.0.0.1:3260\u{0}1\u{0}\u{0}\u{0}1"))
+    XCTAssertNotEqual(
+      a, LoginConfiguration.stableISID(identity: "db\u{0}iqn.x:init\u{0}iqn.y:t\u{0}10.0.0.2:3260\u{0}1\u{0}\u{0}\u{0}0"))
+    XCTAssertNotEqual(
+      a, LoginConfiguration.stableISID(identity: "db\u{0}iqn.x:init\u{0}iqn.y:t\u{0}10.0.0.1:3260\u{0}1\u{0}\u{0}\u{0}1"))
     // SHA-256 of the identity: a fixed value, so the ISID never changes between versions.
     XCTAssertEqual(LoginConfiguration.stableISID(identity: "abc"), 0x80_ba78_16bf_8f)
   }

@@ -1,6 +1,7 @@
-@testable import ISCSIProtocol
 import NIOCore
 import XCTest
+
+@testable import ISCSIProtocol
 
 /// How a write's data is cut into immediate data, unsolicited Data-Out and R2T-solicited
 /// Data-Out, and how Data-In is assembled (RFC 7143 sections 4.2.5.2, 11.7, 11.8, 13.10-13.14).
@@ -134,7 +135,8 @@ final class SCSITaskTests: XCTestCase {
 
   func testDataInBeyondTheExpectedLengthOrOutOfSequenceIsRefused() {
     var task = SCSITask(itt: 9, command: SCSICommand(lun: 0, cdb: [0x28], direction: .read(8)), limits: .init())
-    XCTAssertThrowsError(try task.handleDataIn(dataIn(offset: 6, bytes: [1, 2, 3, 4], dataSN: 0, status: true), allocator: .init()))
+    XCTAssertThrowsError(
+      try task.handleDataIn(dataIn(offset: 6, bytes: [1, 2, 3, 4], dataSN: 0, status: true), allocator: .init()))
     var task2 = SCSITask(itt: 9, command: SCSICommand(lun: 0, cdb: [0x28], direction: .read(8)), limits: .init())
     XCTAssertThrowsError(try task2.handleDataIn(dataIn(offset: 0, bytes: [1], dataSN: 3, status: false), allocator: .init()))
     var task3 = SCSITask(itt: 9, command: SCSICommand(lun: 0, cdb: [0x2a], direction: .write(payload(8))), limits: .init())

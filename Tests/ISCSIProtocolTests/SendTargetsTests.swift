@@ -60,21 +60,25 @@ final class SendTargetsTests: XCTestCase {
       textResponse(itt: 9, final: true, continues: false, ttt: 0xffff_ffff, "ress=1.2.3.4\0"), nextCmdSN: 22,
       expStatSN: 33)
     guard case .complete(let pairs) = b else { return XCTFail("expected completion") }
-    XCTAssertEqual(try SendTargetsParser.parse(pairs), [
-      DiscoveredTarget(targetName: "iqn.a", portals: [TargetAddress(host: "1.2.3.4")])
-    ])
+    XCTAssertEqual(
+      try SendTargetsParser.parse(pairs),
+      [
+        DiscoveredTarget(targetName: "iqn.a", portals: [TargetAddress(host: "1.2.3.4")])
+      ])
   }
 
   func testExchangeRejectsBadResponses() {
     var x = TextExchange(itt: 9)
     assertThrows(.protocolViolation) {
-      _ = try x.receive(self.textResponse(itt: 8, final: true, continues: false, ttt: 0xffff_ffff, ""), nextCmdSN: 1, expStatSN: 1)
+      _ = try x.receive(
+        self.textResponse(itt: 8, final: true, continues: false, ttt: 0xffff_ffff, ""), nextCmdSN: 1, expStatSN: 1)
     }
     assertThrows(.protocolViolation) {
       _ = try x.receive(self.textResponse(itt: 9, final: true, continues: true, ttt: 1, ""), nextCmdSN: 1, expStatSN: 1)
     }
     assertThrows(.protocolViolation) {
-      _ = try x.receive(self.textResponse(itt: 9, final: false, continues: true, ttt: 0xffff_ffff, ""), nextCmdSN: 1, expStatSN: 1)
+      _ = try x.receive(
+        self.textResponse(itt: 9, final: false, continues: true, ttt: 0xffff_ffff, ""), nextCmdSN: 1, expStatSN: 1)
     }
   }
 }

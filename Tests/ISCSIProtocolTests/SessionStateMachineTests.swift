@@ -181,7 +181,9 @@ final class SessionStateMachineTests: XCTestCase {
   // MARK: Keepalive
 
   func testKeepaliveMissDeclaresTheConnectionDead() {
-    var h = Harness { $0.keepaliveInterval = .seconds(5); $0.keepaliveTimeout = .seconds(5) }
+    var h = Harness {
+      $0.keepaliveInterval = .seconds(5); $0.keepaliveTimeout = .seconds(5)
+    }
     _ = h.login()
     XCTAssertEqual(h.tick(at: 4500), [])
     XCTAssertEqual(h.tick(at: 5000), ["ping itt=3"])
@@ -192,7 +194,9 @@ final class SessionStateMachineTests: XCTestCase {
   }
 
   func testAnsweredPingKeepsTheConnection() {
-    var h = Harness { $0.keepaliveInterval = .seconds(5); $0.keepaliveTimeout = .seconds(5) }
+    var h = Harness {
+      $0.keepaliveInterval = .seconds(5); $0.keepaliveTimeout = .seconds(5)
+    }
     _ = h.login()
     XCTAssertEqual(h.tick(at: 5000), ["ping itt=3"])
     h.clock = 5100
@@ -205,7 +209,9 @@ final class SessionStateMachineTests: XCTestCase {
 
   func testTrafficStandsInForThePing() {
     // Data arriving is proof of life: no ping while the target keeps answering.
-    var h = Harness { $0.keepaliveInterval = .seconds(5); $0.keepaliveTimeout = .seconds(5) }
+    var h = Harness {
+      $0.keepaliveInterval = .seconds(5); $0.keepaliveTimeout = .seconds(5)
+    }
     _ = h.login()
     for t in stride(from: 1000, through: 20000, by: 1000) {
       _ = h.submit()
@@ -217,7 +223,9 @@ final class SessionStateMachineTests: XCTestCase {
   // MARK: Command timeouts
 
   func testCommandTimeoutAbortsThenResetsThenReinstates() {
-    var h = Harness { $0.commandTimeout = .seconds(30); $0.keepaliveInterval = .seconds(600) }
+    var h = Harness {
+      $0.commandTimeout = .seconds(30); $0.keepaliveInterval = .seconds(600)
+    }
     _ = h.login()
     XCTAssertEqual(h.submit(), ["send command itt=3 cmdSN=1"])
     XCTAssertEqual(h.tick(at: 30000), [])
@@ -234,7 +242,9 @@ final class SessionStateMachineTests: XCTestCase {
   }
 
   func testAnsweredAbortSendsTheCommandAgain() {
-    var h = Harness { $0.commandTimeout = .seconds(30); $0.keepaliveInterval = .seconds(600) }
+    var h = Harness {
+      $0.commandTimeout = .seconds(30); $0.keepaliveInterval = .seconds(600)
+    }
     _ = h.login()
     _ = h.submit()
     XCTAssertEqual(h.tick(at: 30500), ["ABORT TASK ref=3"])
@@ -243,7 +253,9 @@ final class SessionStateMachineTests: XCTestCase {
   }
 
   func testRefusedAbortEscalatesToLUNResetAndARefusedResetReinstates() {
-    var h = Harness { $0.commandTimeout = .seconds(30); $0.keepaliveInterval = .seconds(600) }
+    var h = Harness {
+      $0.commandTimeout = .seconds(30); $0.keepaliveInterval = .seconds(600)
+    }
     _ = h.login()
     _ = h.submit()
     XCTAssertEqual(h.tick(at: 30500), ["ABORT TASK ref=3"])
@@ -252,7 +264,9 @@ final class SessionStateMachineTests: XCTestCase {
   }
 
   func testFailFastCommandTimeoutFailsThePathAndHandsTheCommandBack() {
-    var h = Harness { $0.commandTimeout = .seconds(30); $0.failFast = true; $0.keepaliveInterval = .seconds(600) }
+    var h = Harness {
+      $0.commandTimeout = .seconds(30); $0.failFast = true; $0.keepaliveInterval = .seconds(600)
+    }
     _ = h.login()
     _ = h.submit()
     XCTAssertEqual(h.tick(at: 30500), ["reset connection", "stop ticking", "fail #1: path down", "path lost"])
@@ -466,4 +480,3 @@ final class SessionStateMachineTests: XCTestCase {
     XCTAssertEqual(h.submit(), ["fail #3: session failed"])
   }
 }
-

@@ -195,7 +195,9 @@ private final class TargetToInitiator: ChannelInboundHandler {
       let status = pdu.header.flags & DataInFlags.status != 0
       if pdu.data.readableBytes > 0 { sawData.insert(itt) }
       if pdu.header.dataSN == 1 && !status && pdu.data.readableBytes > 0,
-        let fault = proxy.take(where: { [.repeatedOffset, .gap, .overlap, .dataSNOutOfOrder, .beyondExpectedLength].contains($0) })
+        let fault = proxy.take(where: {
+          [.repeatedOffset, .gap, .overlap, .dataSNOutOfOrder, .beyondExpectedLength].contains($0)
+        })
       {
         switch fault {
         case .repeatedOffset: pdu.header.bufferOffset = 0

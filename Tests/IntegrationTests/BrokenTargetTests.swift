@@ -82,7 +82,10 @@ final class BrokenTargetTests: XCTestCase {
       // command sent again, so both succeed. EIO would be acceptable, wrong data never.
       XCTAssertEqual(wrote, "ok", "\(label): write")
       XCTAssertEqual(read, "ok", "\(label): read")
-      let said = lines.since(before).filter { $0.contains("protocol violation") || $0.contains("target sent") || $0.contains("target ended") || $0.contains("target reported") }
+      let said = lines.since(before).filter {
+        $0.contains("protocol violation") || $0.contains("target sent") || $0.contains("target ended")
+          || $0.contains("target reported")
+      }
       XCTAssertFalse(said.isEmpty, "\(label): nothing logged about the broken PDU; log: \(lines.since(before))")
     }
     XCTAssertEqual(proxy.injected, BrokenTargetProxy.Fault.allCases)

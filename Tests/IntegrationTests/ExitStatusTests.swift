@@ -220,8 +220,10 @@ final class ExitStatusTests: XCTestCase {
     // setpriv (util-linux) drops to nobody; attach checks for root before anything else.
     let r = try Command.run(
       "/usr/bin/setpriv",
-      ["--reuid=65534", "--regid=65534", "--clear-groups", lunbridge, "attach",
-       "iscsi://127.0.0.1:\(tgtd.port)/\(Self.iqn)/1", "--foreground"], timeout: 60)
+      [
+        "--reuid=65534", "--regid=65534", "--clear-groups", lunbridge, "attach",
+        "iscsi://127.0.0.1:\(tgtd.port)/\(Self.iqn)/1", "--foreground",
+      ], timeout: 60)
     XCTAssertEqual(r.status, 13, r.stderr)
     XCTAssertEqual(
       r.stderr.trimmingCharacters(in: .whitespacesAndNewlines),
@@ -230,8 +232,10 @@ final class ExitStatusTests: XCTestCase {
 
   func testALogFileThatCannotBeOpenedIsAPlainFailure() throws {
     let text = try failure(
-      ["serve", "iscsi://127.0.0.1:\(tgtd.port)/\(Self.iqn)/1", "--listen", "unix:\(scratch!)/x.sock",
-       "--log-file", "\(scratch!)/no/such/dir/serve.log"], status: 1)
+      [
+        "serve", "iscsi://127.0.0.1:\(tgtd.port)/\(Self.iqn)/1", "--listen", "unix:\(scratch!)/x.sock",
+        "--log-file", "\(scratch!)/no/such/dir/serve.log",
+      ], status: 1)
     XCTAssertEqual(text, "lunbridge: error: cannot open log file \(scratch!)/no/such/dir/serve.log: no such file or directory")
   }
 

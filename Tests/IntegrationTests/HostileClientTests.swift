@@ -118,7 +118,9 @@ final class HostileClientTests: XCTestCase {
     let during = status()
     wait(greedy, seconds: 30)
     let greedyResult = (try? String(contentsOfFile: scratch + "/greedy.out", encoding: .utf8)) ?? ""
-    print("greedy client: \(greedyResult.trimmingCharacters(in: .whitespacesAndNewlines)); good client: \(goodResult.trimmingCharacters(in: .whitespacesAndNewlines)); server RSS \(before >> 20) MiB before, peak \(peak >> 20) MiB")
+    print(
+      "greedy client: \(greedyResult.trimmingCharacters(in: .whitespacesAndNewlines)); good client: \(goodResult.trimmingCharacters(in: .whitespacesAndNewlines)); server RSS \(before >> 20) MiB before, peak \(peak >> 20) MiB"
+    )
 
     XCTAssertTrue(greedyResult.hasPrefix("sent 2000"), "the greedy client could not even send: \(greedyResult)")
     XCTAssertLessThan(peak, 256 << 20, "server RSS peaked at \(peak >> 20) MiB")
@@ -309,14 +311,18 @@ final class HostileClientTests: XCTestCase {
     addr.sin_port = 0
     var len = socklen_t(MemoryLayout<sockaddr_in>.size)
     let bound = withUnsafeMutablePointer(to: &addr) {
-      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(blocker, $0, len) == 0 && Glibc.listen(blocker, 1) == 0 && getsockname(blocker, $0, &len) == 0 }
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+        Glibc.bind(blocker, $0, len) == 0 && Glibc.listen(blocker, 1) == 0 && getsockname(blocker, $0, &len) == 0
+      }
     }
     XCTAssertTrue(bound)
     let port = Int(UInt16(bigEndian: addr.sin_port))
     let r = try Command.run(
       lunbridge,
-      ["serve", "iscsi://127.0.0.1:\(tgtd.port)/\(Self.iqn)/1", "--listen", "unix:\(socket)", "--name", volumeName,
-       "--metrics", "tcp:127.0.0.1:\(port)"], timeout: 60)
+      [
+        "serve", "iscsi://127.0.0.1:\(tgtd.port)/\(Self.iqn)/1", "--listen", "unix:\(socket)", "--name", volumeName,
+        "--metrics", "tcp:127.0.0.1:\(port)",
+      ], timeout: 60)
     XCTAssertNotEqual(r.status, 0, "serve started with its metrics port taken")
     XCTAssertTrue(r.stderr.contains("lunbridge: error:"), r.stderr)
     XCTAssertFalse(FileManager.default.fileExists(atPath: socket), "the NBD socket was left behind")

@@ -127,13 +127,13 @@ final class InitiatorIntegrationTests: XCTestCase {
     try tgtd.addAccount(user: "alice", password: "alice-secret-12")
     try tgtd.bindAccount(tid: 1, user: "alice")
 
-    let good = try CHAPConfiguration(username: "alice", secret: Array("alice-secret-12".utf8))
+    let good = CHAPConfiguration(username: "alice", secret: Array("alice-secret-12".utf8))
     let session = try await ISCSISession.connect(sessionConfig(tgtd, chap: good), on: group.next())
     let unit = try await LogicalUnit.open(session: session, lun: 1)
     try await writeReadVerify(unit, label: "one-way CHAP")
     await session.close()
 
-    let bad = try CHAPConfiguration(username: "alice", secret: Array("wrong-secret-99".utf8))
+    let bad = CHAPConfiguration(username: "alice", secret: Array("wrong-secret-99".utf8))
     await assertLoginFails(sessionConfig(tgtd, chap: bad), code: .authenticationFailed)
     await assertLoginFails(
       sessionConfig(tgtd, chap: nil), code: .authenticationFailed,
@@ -148,7 +148,7 @@ final class InitiatorIntegrationTests: XCTestCase {
     try tgtd.addAccount(user: "target1", password: "target-secret-34")
     try tgtd.bindAccount(tid: 1, user: "target1", outgoing: true)
 
-    let good = try CHAPConfiguration(
+    let good = CHAPConfiguration(
       username: "alice", secret: Array("alice-secret-12".utf8),
       mutual: (username: "target1", secret: Array("target-secret-34".utf8)))
     let session = try await ISCSISession.connect(sessionConfig(tgtd, chap: good), on: group.next())
@@ -157,7 +157,7 @@ final class InitiatorIntegrationTests: XCTestCase {
     await session.close()
 
     // The target proves itself with a secret we do not expect: we refuse it.
-    let wrongTarget = try CHAPConfiguration(
+    let wrongTarget = CHAPConfiguration(
       username: "alice", secret: Array("alice-secret-12".utf8),
       mutual: (username: "target1", secret: Array("not-the-target-56".utf8)))
     await assertLoginFails(sessionConfig(tgtd, chap: wrongTarget), code: .authenticationFailed)

@@ -47,7 +47,8 @@ final class InitramfsFilesTests: XCTestCase {
   func testAVolumeThatCannotBootFromTheInitramfsFailsTheBuild() throws {
     // A secret readable by others, then a secret from a systemd credential.
     try write(tmp + "/root.secret", "a-secret-of-16-chars\n", mode: 0o644)
-    let text = "paths = [\"\(url)\"]\nstartup = \"onboot\"\ninitiator_name = \"iqn.2026-11.org.example:host\"\nchap_user = \"host\"\n"
+    let text =
+      "paths = [\"\(url)\"]\nstartup = \"onboot\"\ninitiator_name = \"iqn.2026-11.org.example:host\"\nchap_user = \"host\"\n"
     try write(tmp + "/volumes/root.toml", text + "chap_secret_file = \"\(tmp!)/root.secret\"\n")
     let open = try Command.run(CommandLineTools.lunbridge, ["initramfs-files", "--directory", tmp + "/volumes"])
     XCTAssertNotEqual(open.status, 0)

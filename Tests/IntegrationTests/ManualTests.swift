@@ -43,7 +43,9 @@ final class ManualTests: XCTestCase {
   /// Every command the parser has is in lunbridge(8), with its options.
   func testLunbridge8HasEveryCommandAndTheHandWrittenSections() throws {
     let text = try String(contentsOfFile: try page("lunbridge.8"), encoding: .utf8)
-    for command in ["discover", "info", "serve", "attach", "detach", "list", "status", "reload", "failback", "rescan", "pr", "config"] {
+    for command in [
+      "discover", "info", "serve", "attach", "detach", "list", "status", "reload", "failback", "rescan", "pr", "config",
+    ] {
       XCTAssertTrue(text.contains(command), "lunbridge.8 lacks \(command)")
     }
     for option in ["chap-secret-file", "socket-mode", "no-path-retry", "luns"] {
@@ -87,7 +89,7 @@ final class ManualTests: XCTestCase {
   }
 
   /// Every error line the code can print is in lunbridge(8)'s DIAGNOSTICS: the constant
-  /// start (up to the first interpolation) of the message of each `BridgeError("...")`,
+  /// start (up to the first interpolation) of the message of each `BridgeError(.code, "...")`,
   /// `ISCSIError(.code, "...")`, `ISCSIURLError("...")` and `ValidationError("...")` in
   /// Sources is in that section of the hand-written tail, read without its macros and
   /// whitespace. Starts shorter than 8 characters say too little to look for.
@@ -129,8 +131,10 @@ final class ManualTests: XCTestCase {
     var place: String
   }
 
-  /// The error types whose message is the first argument (an `ISCSIError`'s after its code).
+  /// The error types whose message is the first argument (`ISCSIError`'s and `BridgeError`'s
+  /// after their code).
   static let errorTypes = ["BridgeError", "ValidationError", "ISCSIURLError", "ISCSIError"]
+  static let typesWithCode: Set<String> = ["BridgeError", "ISCSIError"]
 
   /// Every call `TYPE(` of `errorTypes` in the Swift files under `sources` whose message is
   /// a string literal with at least 8 constant characters before any interpolation.
@@ -149,7 +153,7 @@ final class ManualTests: XCTestCase {
         guard i == 0 || !isIdentifier(s[i - 1]) else { continue }
         for name in names where matches(s, name.scalars, at: i) {
           let start = i + name.scalars.count
-          if let text = message(in: s, from: start, afterCode: name.type == "ISCSIError"), text.count >= 8 {
+          if let text = message(in: s, from: start, afterCode: typesWithCode.contains(name.type)), text.count >= 8 {
             found.append(ErrorMessage(text: text, place: "Sources/\(file):\(line)"))
           }
         }
@@ -174,15 +178,17 @@ final class ManualTests: XCTestCase {
     return j
   }
 
-  /// The constant start of the string literal at `start` (after `.code,` when `afterCode`),
-  /// with `\"` and `\\` unescaped, trimmed; nil when the argument is not a plain literal.
+  /// The constant start of the string literal at `start` (after the code argument, a
+  /// `.code` or an expression, when `afterCode`), with `\"` and `\\` unescaped, trimmed;
+  /// nil when the argument is not a plain literal.
   static func message(in s: [Unicode.Scalar], from start: Int, afterCode: Bool) -> String? {
     var j = skipWhitespace(s, from: start)
     if afterCode {
-      guard j < s.count, s[j] == "." else { return nil }
-      j += 1
-      while j < s.count, isIdentifier(s[j]) { j += 1 }
-      j = skipWhitespace(s, from: j)
+      var depth = 0
+      while j < s.count, depth > 0 || (s[j] != "," && s[j] != ")" && s[j] != "\"") {
+        if s[j] == "(" { depth += 1 } else if s[j] == ")" { depth -= 1 }
+        j += 1
+      }
       guard j < s.count, s[j] == "," else { return nil }
       j = skipWhitespace(s, from: j + 1)
     }
@@ -289,18 +295,18 @@ final class ManualTests: XCTestCase {
     let dir = (script as NSString).deletingLastPathComponent
     let driver = dir + "/complete.zsh"
     try """
-      zmodload zsh/zpty
-      zpty z zsh -f -i
-      zpty -w z "PS1=''; fpath=(\(dir) \\$fpath); autoload -U compinit; compinit -u -D; zstyle ':completion:*' list-prompt ''; LISTMAX=1000; print READY-MARK"
-      zpty -r z line '*READY-MARK*'
-      zpty -r z line '*READY-MARK*'
-      zpty -w -n z $'lunbridge d\\t'
-      sleep 2
-      out=""
-      while zpty -r -t z chunk 2>/dev/null; do out+=$chunk; done
-      print -r -- "$out"
-      zpty -d z
-      """.write(toFile: driver, atomically: false, encoding: .utf8)
+    zmodload zsh/zpty
+    zpty z zsh -f -i
+    zpty -w z "PS1=''; fpath=(\(dir) \\$fpath); autoload -U compinit; compinit -u -D; zstyle ':completion:*' list-prompt ''; LISTMAX=1000; print READY-MARK"
+    zpty -r z line '*READY-MARK*'
+    zpty -r z line '*READY-MARK*'
+    zpty -w -n z $'lunbridge d\\t'
+    sleep 2
+    out=""
+    while zpty -r -t z chunk 2>/dev/null; do out+=$chunk; done
+    print -r -- "$out"
+    zpty -d z
+    """.write(toFile: driver, atomically: false, encoding: .utf8)
     // A dumb terminal: the listing without colour and cursor sequences.
     let r = try Command.run("/usr/bin/env", ["-i", "PATH=\(path)", "TERM=dumb", zsh, "-f", driver], timeout: 30)
     XCTAssertEqual(r.status, 0, r.stderr)

@@ -336,5 +336,9 @@ final class Flag: @unchecked Sendable {
   private var value = false
   func set() { lock.withLock { value = true } }
   /// True once after `set()`.
-  func take() -> Bool { lock.withLock { defer { value = false }; return value } }
+  func take() -> Bool {
+    lock.withLock {
+      defer { value = false }; return value
+    }
+  }
 }

@@ -77,7 +77,8 @@ final class ServeIntegrationTests: XCTestCase {
     let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
     XCTAssertEqual(json["virtual-size"] as? Int, 96 << 20)
     // qemu-io writes a pattern through the export and reads it back.
-    let w = try tool("qemu-io", ["-f", "raw", "-c", "write -P 0xa5 1M 64k", "-c", "read -P 0xa5 1M 64k", uri], package: "qemu-utils")
+    let w = try tool(
+      "qemu-io", ["-f", "raw", "-c", "write -P 0xa5 1M 64k", "-c", "read -P 0xa5 1M 64k", uri], package: "qemu-utils")
     XCTAssertEqual(w.status, 0, w.stdout + w.stderr)
     XCTAssertFalse(w.stdout.contains("Pattern verification failed"), w.stdout)
   }

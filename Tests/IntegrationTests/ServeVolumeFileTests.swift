@@ -85,16 +85,20 @@ final class ServeVolumeFileTests: XCTestCase {
     XCTAssertTrue(text.stdout.contains("  path 0: HeaderDigest=None DataDigest=None MaxRecvDataSegmentLength="), text.stdout)
     let write = try Command.run(
       CommandLineTools.python,
-      ["-c", "import nbd,sys; h=nbd.NBD(); h.connect_uri(sys.argv[1]); print(h.is_read_only())",
-       "nbd+unix:///?socket=\(socket)"], timeout: 30)
+      [
+        "-c", "import nbd,sys; h=nbd.NBD(); h.connect_uri(sys.argv[1]); print(h.is_read_only())",
+        "nbd+unix:///?socket=\(socket)",
+      ], timeout: 30)
     XCTAssertEqual(write.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "True", write.stderr)
 
     // A second serve of the running volume is refused before it logs in (exit 15, as
     // iscsiadm's "session exists").
     let second = try Command.run(
       "/usr/bin/env",
-      ["LUNBRIDGE_RUN_DIR=\(scratch)/run", CommandLineTools.lunbridge, "serve", file, "--listen",
-       "unix:\(scratch)/second.sock"], timeout: 60)
+      [
+        "LUNBRIDGE_RUN_DIR=\(scratch)/run", CommandLineTools.lunbridge, "serve", file, "--listen",
+        "unix:\(scratch)/second.sock",
+      ], timeout: 60)
     XCTAssertEqual(second.status, 15, second.stderr)
     XCTAssertTrue(
       second.stderr.hasPrefix("lunbridge: error: volume \(name) is already served by another lunbridge"), second.stderr)

@@ -1,9 +1,9 @@
 import Foundation
 
 #if canImport(Glibc)
-  import Glibc
+import Glibc
 #elseif canImport(Musl)
-  import Musl
+import Musl
 #endif
 
 /// Error raised by the tgtd test harness. The message is meant to be read by whoever
@@ -151,7 +151,7 @@ final class TGTD: @unchecked Sendable {
     guard mkdtemp(&buf) != nil else {
       throw TGTDError("mkdtemp under /dev/shm failed: errno \(errno)")
     }
-    tempDir = String(cString: buf)
+    tempDir = String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
 
     var lastError: Error = TGTDError("tgtd did not start")
     var chosen: (port: Int, cp: Int)? = nil

@@ -20,11 +20,14 @@ final class FenceStateMachineTests: XCTestCase {
     XCTAssertTrue(fencer.begin(p1, portalGroup: 1, reinstatements: 0))
     XCTAssertFalse(fencer.begin(p1, portalGroup: 1, reinstatements: 0))  // already fencing
     let lonely = [helper(p1, up: false)]
-    XCTAssertEqual(fencer.attempt(p1, loggedIn: false, reinstatements: 0, helpers: lonely), [.retry(p1, at: at(.milliseconds(250)))])
+    XCTAssertEqual(
+      fencer.attempt(p1, loggedIn: false, reinstatements: 0, helpers: lonely), [.retry(p1, at: at(.milliseconds(250)))])
     clock.advance(to: .milliseconds(250))
-    XCTAssertEqual(fencer.attempt(p1, loggedIn: false, reinstatements: 0, helpers: lonely), [.retry(p1, at: at(.milliseconds(500)))])
+    XCTAssertEqual(
+      fencer.attempt(p1, loggedIn: false, reinstatements: 0, helpers: lonely), [.retry(p1, at: at(.milliseconds(500)))])
     clock.advance(to: .milliseconds(999))
-    XCTAssertEqual(fencer.attempt(p1, loggedIn: false, reinstatements: 0, helpers: lonely), [.retry(p1, at: at(.milliseconds(1249)))])
+    XCTAssertEqual(
+      fencer.attempt(p1, loggedIn: false, reinstatements: 0, helpers: lonely), [.retry(p1, at: at(.milliseconds(1249)))])
     clock.advance(to: .seconds(1))
     XCTAssertEqual(fencer.attempt(p1, loggedIn: false, reinstatements: 0, helpers: lonely), [.abandon(p1)])
     XCTAssertFalse(fencer.isFencing(p1))
@@ -74,12 +77,14 @@ final class FenceStateMachineTests: XCTestCase {
       XCTAssertTrue(fencer.begin(p, portalGroup: nil, reinstatements: 0))
     }
     let noHelpers = [helper(p1, up: false), helper(p2, up: false)]
-    XCTAssertEqual(fencer.attempt(p1, loggedIn: false, reinstatements: 0, helpers: noHelpers), [.retry(p1, at: at(.milliseconds(250)))])
+    XCTAssertEqual(
+      fencer.attempt(p1, loggedIn: false, reinstatements: 0, helpers: noHelpers), [.retry(p1, at: at(.milliseconds(250)))])
     // p2 comes back (its probe reinstated it): its own write may now go out, p1's not yet.
     _ = fencer.attempt(p2, loggedIn: false, reinstatements: 0, helpers: noHelpers)
     XCTAssertEqual(fencer.reinstated(p2), [.fenced(p2, how: "session reinstated by its probe")])
     _ = machine.probeSucceeded(p2)
-    XCTAssertEqual(machine.pathFenced(p2).filter { if case .dispatch = $0 { return true } else { return false } }, [.dispatch(write(2), p2)])
+    XCTAssertEqual(
+      machine.pathFenced(p2).filter { if case .dispatch = $0 { return true } else { return false } }, [.dispatch(write(2), p2)])
     // p1's fence: p2 is a helper now, but its login fails every time until the bound.
     let helpers = [helper(p1, up: false), helper(p2)]
     clock.advance(to: .milliseconds(250))

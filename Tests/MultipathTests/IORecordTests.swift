@@ -69,7 +69,8 @@ final class IORecordTests: XCTestCase {
     XCTAssertEqual(machine.status().first { $0.path == p1 }?.fencedWrites, 1, "w2 still waits: it may yet land")
     XCTAssertEqual(machine[io: 1]?.payload, "w1")
     XCTAssertEqual(machine.rejected(write(1), path: p1), [], "now on p2: a second refusal from p1 is stale")
-    XCTAssertEqual(machine.rejected(write(2), path: p1).filter { if case .dispatch = $0 { true } else { false } }, [.dispatch(write(2), p2)])
+    XCTAssertEqual(
+      machine.rejected(write(2), path: p1).filter { if case .dispatch = $0 { true } else { false } }, [.dispatch(write(2), p2)])
     XCTAssertEqual(machine.pathFenced(p1), [], "nothing left to fence")
   }
 

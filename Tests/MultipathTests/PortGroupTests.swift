@@ -251,7 +251,9 @@ final class PortGroupTests: XCTestCase {
     _ = implicit.submit(read(1))
     _ = implicit.rejected(read(1), path: p1, access: .standby)
     XCTAssertFalse(
-      implicit.portGroupsRead(report(.standby, .standby), via: p1).contains { if case .activatePortGroup = $0 { return true } else { return false } })
+      implicit.portGroupsRead(report(.standby, .standby), via: p1).contains {
+        if case .activatePortGroup = $0 { return true } else { return false }
+      })
   }
 
   func testAGroupThatBecomesOptimizedAgainFollowsTheFailbackPolicy() {

@@ -26,7 +26,9 @@ final class SCSIOutcomeTests: XCTestCase {
     XCTAssertEqual(outcome(0x02, sense(0x02, 0x04, 0x0B)), .failPath)
     XCTAssertEqual(outcome(0x02, sense(0x02, 0x04, 0x0C)), .failPath)
     XCTAssertEqual(outcome(0x02, sense(0x02, 0x04, 0x0A)), .recheckPath)
-    XCTAssertEqual(outcome(0x02, sense(0x02, 0x04, 0x12)), .fail(errno: SCSICommandError(status: 0x02, sense: sense(0x02, 0x04, 0x12))!.errnoValue))
+    XCTAssertEqual(
+      outcome(0x02, sense(0x02, 0x04, 0x12)),
+      .fail(errno: SCSICommandError(status: 0x02, sense: sense(0x02, 0x04, 0x12))!.errnoValue))
   }
 
   private func outcome(_ status: UInt8, _ s: SenseData? = nil, retries: Int = 0) -> SCSIOutcome {
@@ -34,8 +36,12 @@ final class SCSIOutcomeTests: XCTestCase {
   }
 
   func testTable() {
-    let good: UInt8 = 0x00, check: UInt8 = 0x02, busy: UInt8 = 0x08, conflict: UInt8 = 0x18
-    let full: UInt8 = 0x28, aborted: UInt8 = 0x40
+    let good: UInt8 = 0x00
+    let check: UInt8 = 0x02
+    let busy: UInt8 = 0x08
+    let conflict: UInt8 = 0x18
+    let full: UInt8 = 0x28
+    let aborted: UInt8 = 0x40
     let lines: [(String, SCSIOutcome, SCSIOutcome)] = [
       ("GOOD", outcome(good), .done),
       ("CONDITION MET", outcome(0x04), .done),
