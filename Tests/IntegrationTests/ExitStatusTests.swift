@@ -209,6 +209,18 @@ final class ExitStatusTests: XCTestCase {
     _ = try failure(["config", "check", file], status: 6)
   }
 
+  func testCertificatesThatCannotBeUsedAreAConfigurationError() throws {
+    let dir = scratch + "/tls-garbage"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    for name in ["ca-cert.pem", "server-cert.pem", "server-key.pem"] {
+      try "not a certificate\n".write(toFile: dir + "/" + name, atomically: true, encoding: .utf8)
+    }
+    let text = try failure(
+      ["serve", "iscsi://127.0.0.1:\(tgtd.port)/\(Self.iqn)/1", "--listen", "unix:\(dir)/nbd.sock", "--tls-certificates", dir],
+      status: 6)
+    XCTAssertTrue(text.hasPrefix("lunbridge: error: --tls-certificates \(dir): "), text)
+  }
+
   func testAnAddressInUseIsBusy() throws {
     let taken = try Listener(reset: false)
     let text = try failure(
