@@ -67,7 +67,7 @@ enum Command {
     }
     // Note: swift-corelibs-foundation notices a child's exit through a socket the child
     // inherits, so a child that leaves a daemon holding that fd looks alive until the
-    // daemon exits (tgtd-private.sh closes inherited fds for this reason). Never wait
+    // daemon exits (Tests/lib/tgtd.sh closes inherited fds for this reason). Never wait
     // unboundedly here.
     var timedOut = false
     if exited.wait(timeout: .now() + timeout) == .timedOut {
@@ -101,39 +101,35 @@ enum Command {
 /// port on loopback, its own control port, its own RAM-backed LUN files under /dev/shm.
 /// `stop()` (also run by `deinit`) makes sure the process does not outlive the test.
 ///
-/// tgtd facts this relies on (tgt 1.0.85, Debian 12):
-/// - SIGTERM is caught and ignored; a clean exit is `--op delete --mode system`, which
-///   only succeeds once no target is left. Otherwise SIGKILL.
-/// - If no portal can be bound, tgtd does not exit: it falls back to 0.0.0.0:3260 and
-///   [::]:3260. So the portal list is verified after start (and tgtd killed if wrong).
-/// - The control port only names /var/run/tgtd/socket.N (+ .lock, a POSIX lock); tgtd
-///   accepts at most 32767.
+/// A thin wrapper: tgtd is started and stopped by Tests/lib/tgtd.sh, as every other suite
+/// starts it (port and control-port choice, fd hygiene, the portal check after start:
+/// tgt 1.0.85 falls back to 0.0.0.0:3260 when it cannot bind a portal; the clean exit,
+/// since it ignores SIGTERM). This class adds tgtadm calls and faults for the tests.
 /// `@unchecked Sendable`: a test may cut connections from a task (tgtadm calls, no state
 /// of this object changes) while its main line waits; start and stop stay on the main line.
 final class TGTD: @unchecked Sendable {
   static let packageHint = "install the Debian package tgt (make deps)"
+  /// Tests/lib/tgtd.sh, found from this file.
+  static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+    .deletingLastPathComponent().appendingPathComponent("lib/tgtd.sh").standardized.path
 
   let port: Int
   let controlPort: Int
   private(set) var addresses: [String]
-  /// Private directory (under /dev/shm) holding backing files and tgtd's log.
+  /// Private directory (under /dev/shm) holding backing files, tgtd's log and state.
   let tempDir: String
   /// Seconds every tgtadm call may take (a paused tgtd never answers).
   var tgtadmTimeout: TimeInterval = 10
 
-  private let tgtdPath: String
   private let tgtadmPath: String
-  private var process: Process?
+  private var processID: Int32?
   private var logPath: String { tempDir + "/tgtd.log" }
   private var removed = false
 
-  private static let counterLock = NSLock()
-  nonisolated(unsafe) private static var counter = 0
-
   /// PID of the running tgtd, or nil once it has been stopped/killed.
   var pid: Int32? {
-    guard let p = process, p.isRunning else { return nil }
-    return p.processIdentifier
+    guard let p = processID, TGTD.isOurTgtd(p, controlPort: controlPort) else { return nil }
+    return p
   }
 
   init(portals: [String] = ["127.0.0.1"]) throws {
@@ -141,7 +137,7 @@ final class TGTD: @unchecked Sendable {
     for a in portals where !TGTD.isLoopback(a) {
       throw TGTDError("refusing non-loopback portal address \(a)")
     }
-    tgtdPath = try Command.locate("tgtd", hint: TGTD.packageHint)
+    _ = try Command.locate("tgtd", hint: TGTD.packageHint)
     tgtadmPath = try Command.locate("tgtadm", hint: TGTD.packageHint)
     addresses = portals
     TGTD.killOrphans()
@@ -152,30 +148,32 @@ final class TGTD: @unchecked Sendable {
       throw TGTDError("mkdtemp under /dev/shm failed: errno \(errno)")
     }
     tempDir = String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-
-    var lastError: Error = TGTDError("tgtd did not start")
-    var chosen: (port: Int, cp: Int)? = nil
-    var started: Process? = nil
-    for _ in 0..<5 {
-      do {
-        let p = try TGTD.freePort(on: portals)
-        let cp = try TGTD.freeControlPort()
-        started = try TGTD.launch(
-          tgtd: tgtdPath, tgtadm: tgtadmPath, port: p, controlPort: cp, addresses: portals,
-          logPath: tempDir + "/tgtd.log", timeout: tgtadmTimeout)
-        chosen = (p, cp)
-        break
-      } catch {
-        lastError = error
-      }
-    }
-    guard let chosen, let started else {
+    // Whose tgtd this is: killOrphans leaves it alone while this process lives.
+    try? "\(getpid())\n".write(toFile: tempDir + "/owner", atomically: true, encoding: .utf8)
+    do {
+      let started = try TGTD.start(in: tempDir, portals: portals, port: nil, controlPort: nil)
+      (port, controlPort, processID) = (started.port, started.controlPort, started.pid)
+    } catch {
       try? FileManager.default.removeItem(atPath: tempDir)
-      throw lastError
+      throw error
     }
-    port = chosen.port
-    controlPort = chosen.cp
-    process = started
+  }
+
+  /// `Tests/lib/tgtd.sh start DIR` without a target (the tests add theirs).
+  private static func start(in dir: String, portals: [String], port: Int?, controlPort: Int?) throws
+    -> (port: Int, controlPort: Int, pid: Int32)
+  {
+    var env = ["TGTD_LUNS=0", "TGTD_PORTALS=\(portals.joined(separator: " "))"]
+    if let port { env.append("TGTD_PORT=\(port)") }
+    if let controlPort { env.append("TGTD_CP=\(controlPort)") }
+    let r = try Command.run("/usr/bin/env", env + ["/bin/bash", script, "start", dir], timeout: 30)
+    func read(_ name: String) -> String {
+      ((try? String(contentsOfFile: dir + "/" + name, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+    guard r.status == 0, let p = Int(read("port")), let cp = Int(read("cp")), let pid = Int32(read("pid")) else {
+      throw TGTDError("\(script) start \(dir) failed (status \(r.status)):\n\(r.stderr)")
+    }
+    return (p, cp, pid)
   }
 
   deinit { stop() }
@@ -366,15 +364,14 @@ final class TGTD: @unchecked Sendable {
 
   func resume() throws { try signal(SIGCONT) }
 
-  /// A crash: SIGKILL, reaped. The kernel closes tgtd's sockets. Configuration is gone;
+  /// A crash: SIGKILL. The kernel closes tgtd's sockets. Configuration is gone;
   /// `restart()` brings up an empty tgtd on the same port and control port.
   func kill() {
-    guard let p = process else { return }
-    if p.isRunning {
-      Glibc.kill(p.processIdentifier, SIGKILL)
-      p.waitUntilExit()
+    if let p = pid {
+      Glibc.kill(p, SIGKILL)
+      TGTD.waitGone(p)
     }
-    process = nil
+    processID = nil
     removeControlSocket()
   }
 
@@ -382,9 +379,7 @@ final class TGTD: @unchecked Sendable {
   /// killing the current one first if it still runs.
   func restart() throws {
     kill()
-    process = try TGTD.launch(
-      tgtd: tgtdPath, tgtadm: tgtadmPath, port: port, controlPort: controlPort,
-      addresses: addresses, logPath: logPath, timeout: tgtadmTimeout)
+    processID = try TGTD.start(in: tempDir, portals: addresses, port: port, controlPort: controlPort).pid
   }
 
   /// tgtd's stderr so far (for failure messages).
@@ -392,37 +387,35 @@ final class TGTD: @unchecked Sendable {
     (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
   }
 
-  /// Stops tgtd and removes the temp dir. Safe to call more than once.
-  /// tgtd ignores SIGTERM, so: SIGCONT (in case it is paused), delete all targets and
-  /// `--op delete --mode system` (a clean exit), and SIGKILL if it is not gone within 3 s.
+  /// Stops tgtd (Tests/lib/tgtd.sh: a clean exit, SIGKILL after 3 s) and removes the temp
+  /// dir. Safe to call more than once.
   func stop() {
-    if let p = process, p.isRunning {
-      let pid = p.processIdentifier
-      Glibc.kill(pid, SIGCONT)
-      Glibc.kill(pid, SIGTERM)  // harmless; ignored by tgt 1.0.85, honoured by others
-      let quick: TimeInterval = 3
-      if let out = try? TGTD.tgtadm(
-        tgtadmPath, controlPort: controlPort, ["--op", "show", "--mode", "target"], timeout: quick)
-      {
-        for tid in TGTD.parseTids(out) {
-          _ = try? TGTD.tgtadm(
-            tgtadmPath, controlPort: controlPort,
-            ["--op", "delete", "--mode", "target", "--tid", String(tid), "--force"], timeout: quick)
-        }
-        _ = try? TGTD.tgtadm(
-          tgtadmPath, controlPort: controlPort, ["--op", "delete", "--mode", "system"], timeout: quick)
-      }
-      let deadline = Date().addingTimeInterval(quick)
-      while p.isRunning && Date() < deadline { usleep(20_000) }
-      if p.isRunning { Glibc.kill(pid, SIGKILL) }
-      p.waitUntilExit()
+    if let p = pid {
+      _ = try? Command.run("/bin/bash", [TGTD.script, "stop", tempDir], timeout: 30)
+      if TGTD.isOurTgtd(p, controlPort: controlPort) { Glibc.kill(p, SIGKILL) }
+      TGTD.waitGone(p)
     }
-    process = nil
+    processID = nil
     removeControlSocket()
     if !removed {
       try? FileManager.default.removeItem(atPath: tempDir)
       removed = true
     }
+  }
+
+  /// True while `pid` is a live (not zombie) tgtd with this control port.
+  static func isOurTgtd(_ pid: Int32, controlPort: Int) -> Bool {
+    guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline"), !data.isEmpty,
+      let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+      let close = stat.lastIndex(of: ")"), !stat[stat.index(after: close)...].hasPrefix(" Z")
+    else { return false }
+    let args = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+    return args.first.map { $0.hasSuffix("tgtd") } == true && args.contains(String(controlPort))
+  }
+
+  /// Waits (at most 5 s) until `pid` has exited and been reaped by whoever adopted it.
+  static func waitGone(_ pid: Int32) {
+    for _ in 0..<250 where FileManager.default.fileExists(atPath: "/proc/\(pid)") { usleep(20_000) }
   }
 
   private func signal(_ sig: Int32) throws {
@@ -440,28 +433,23 @@ final class TGTD: @unchecked Sendable {
   }
 
   /// A test runner that was SIGKILLed (or crashed) cannot run `stop()`, so its tgtd
-  /// lives on, reparented. Kill such leftovers of earlier runs: tgtd processes whose
-  /// parent is gone (ppid 1) and whose stderr is a harness log /dev/shm/lunbridge-tgtd-*/tgtd.log.
-  /// (tgtd started by Tests/scripts/tgtd-private.sh logs elsewhere and is left alone.)
+  /// lives on. Kill such leftovers of earlier runs: tgtd processes whose log is a harness
+  /// directory /dev/shm/lunbridge-tgtd-*/tgtd.log whose owner process is gone.
   static func killOrphans() {
     let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
     for e in entries {
       guard let pid = Int32(e), pid != getpid(),
         let comm = try? String(contentsOfFile: "/proc/\(e)/comm", encoding: .utf8),
         comm.trimmingCharacters(in: .whitespacesAndNewlines) == "tgtd",
-        let stat = try? String(contentsOfFile: "/proc/\(e)/stat", encoding: .utf8),
-        let close = stat.lastIndex(of: ")")
-      else { continue }
-      let fields = stat[stat.index(after: close)...].split(separator: " ")
-      guard fields.count > 2, fields[1] == "1",
         let log = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(e)/fd/2"),
         log.hasPrefix("/dev/shm/lunbridge-tgtd-"), log.hasSuffix("/tgtd.log")
       else { continue }
-      Glibc.kill(pid, SIGKILL)
       let dir = (log as NSString).deletingLastPathComponent
-      for _ in 0..<100 where FileManager.default.fileExists(atPath: "/proc/\(e)/fd") {
-        usleep(20_000)
-      }
+      let owner = ((try? String(contentsOfFile: dir + "/owner", encoding: .utf8)) ?? "")
+        .trimmingCharacters(in: .whitespacesAndNewlines)
+      if let o = Int32(owner), o == getpid() || FileManager.default.fileExists(atPath: "/proc/\(o)") { continue }
+      Glibc.kill(pid, SIGKILL)
+      waitGone(pid)
       try? FileManager.default.removeItem(atPath: dir)
     }
   }
@@ -474,67 +462,7 @@ final class TGTD: @unchecked Sendable {
     }
   }
 
-  // MARK: - Start-up
-
-  private static func launch(
-    tgtd: String, tgtadm: String, port: Int, controlPort: Int, addresses: [String],
-    logPath: String, timeout: TimeInterval
-  ) throws -> Process {
-    let portalArg = addresses.map { "portal=" + portal($0, port) }.joined(separator: ",")
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: tgtd)
-    p.arguments = ["-f", "--control-port", String(controlPort), "--iscsi", portalArg]
-    p.standardInput = FileHandle.nullDevice
-    _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-    guard let log = FileHandle(forWritingAtPath: logPath) else {
-      throw TGTDError("cannot open \(logPath)")
-    }
-    log.seekToEndOfFile()
-    p.standardOutput = log
-    p.standardError = log
-    try p.run()
-    try? log.close()
-
-    func fail(_ why: String) -> TGTDError {
-      if p.isRunning {
-        Glibc.kill(p.processIdentifier, SIGKILL)
-      }
-      p.waitUntilExit()
-      let stderr = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
-      return TGTDError(
-        "tgtd -f --control-port \(controlPort) --iscsi \(portalArg): \(why)\ntgtd stderr:\n\(stderr)")
-    }
-
-    let deadline = Date().addingTimeInterval(10)
-    var lastProblem = "not ready"
-    while true {
-      if !p.isRunning { throw fail("exited with status \(p.terminationStatus)") }
-      if Date() > deadline { throw fail("not ready within 10 s (\(lastProblem))") }
-      if !canConnect(addresses[0], port) {
-        lastProblem = "port \(port) does not accept connections"
-      } else {
-        do {
-          _ = try TGTD.tgtadm(
-            tgtadm, controlPort: controlPort, ["--op", "show", "--mode", "target"], timeout: 2)
-          let listed = Set(
-            parsePortals(
-              try TGTD.tgtadm(
-                tgtadm, controlPort: controlPort, ["--op", "show", "--mode", "portal"], timeout: 2)))
-          let wanted = Set(addresses.map { portal($0, port) })
-          // A portal that could not be bound makes tgtd fall back to 0.0.0.0:3260: never keep that.
-          guard listed == wanted else {
-            throw fail("portals are \(listed.sorted()), expected \(wanted.sorted())")
-          }
-          return p
-        } catch let e as TGTDError where e.description.hasPrefix("tgtd -f") {
-          throw e
-        } catch {
-          lastProblem = "\(error)"
-        }
-      }
-      usleep(50_000)
-    }
-  }
+  // MARK: - Addresses and ports
 
   static func portal(_ address: String, _ port: Int) -> String {
     address.contains(":") ? "[\(address)]:\(port)" : "\(address):\(port)"
@@ -619,22 +547,6 @@ final class TGTD: @unchecked Sendable {
         body($0, socklen_t(MemoryLayout<sockaddr_in>.size), AF_INET)
       }
     }
-  }
-
-  /// A control port no other tgtd holds: derived from our pid and a counter, skipping
-  /// numbers whose /var/run/tgtd/socket.N.lock is locked. (tgtd itself refuses a locked
-  /// one with "another tgtd is using ...", which `init` treats as a retry.)
-  static func freeControlPort() throws -> Int {
-    counterLock.lock()
-    defer { counterLock.unlock() }
-    let pid = Int(getpid())
-    for _ in 0..<1000 {
-      counter += 1
-      // tgtd rejects -C above 32767 ("-C argument value '32768' out of range").
-      let cp = 10000 + (pid &* 97 &+ counter &* 7919 &+ Int.random(in: 0..<1000)) % 22768
-      if !controlPortInUse(cp) { return cp }
-    }
-    throw TGTDError("no free tgtd control port")
   }
 
   /// True if some process holds the POSIX lock tgtd takes on /var/run/tgtd/socket.N.lock.

@@ -65,11 +65,29 @@ final class TGTDHarnessTests: XCTestCase {
     XCTAssertEqual(TGTD.parseConnections(captured).last?.address, "127.0.0.2")
     XCTAssertEqual(
       TGTD.parsePortals("Portal: [::1]:3260,1\nPortal: 127.0.0.1:3260,1\n"), ["[::1]:3260", "127.0.0.1:3260"])
-    for _ in 0..<50 { XCTAssertTrue((1024...32767).contains(try TGTD.freeControlPort())) }
     XCTAssertThrowsError(try Command.locate("tgtd", hint: TGTD.packageHint, path: "/nonexistent")) {
       XCTAssertTrue("\($0)".contains("install the Debian package tgt (make deps)"), "\($0)")
     }
     XCTAssertThrowsError(try TGTD(portals: ["10.0.0.1"]), "a portal outside loopback was accepted")
+
+    // Tests/lib/tap.sh: a suite that stops early is padded to its plan with "not ok", a
+    // check reports its command's status, and more checks than planned fail the suite.
+    let tap = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+      .appendingPathComponent("lib/tap.sh").path
+    let early = try Command.run("/bin/bash", ["-c", ". '\(tap)'; tap_start demo 4; ok one; check two false; finish"])
+    XCTAssertEqual(early.status, 1)
+    XCTAssertEqual(
+      early.stdout.split(separator: "\n"),
+      [
+        "1..4", "ok 1 - one", "not ok 2 - two", "not ok 3 - not run: the suite stopped before this check (see the lines above)",
+        "not ok 4 - not run: the suite stopped before this check (see the lines above)", "demo checks: 1 passed, 3 failed",
+      ])
+    let over = try Command.run("/bin/bash", ["-c", ". '\(tap)'; tap_start demo 1; check a true; ok b; finish"])
+    XCTAssertEqual(over.status, 1)
+    XCTAssertTrue(over.stdout.hasSuffix("demo checks: 2 passed, 1 failed\n"), over.stdout)
+    let all = try Command.run("/bin/bash", ["-c", ". '\(tap)'; tap_start demo 2; check a true; ok b; finish"])
+    XCTAssertEqual(all.status, 0)
+    XCTAssertTrue(all.stdout.hasSuffix("demo checks: 2 passed, 0 failed\n"), all.stdout)
 
     // Start: two portals, a target, a LUN; discovery and INQUIRY through both.
     let t = try startWithLUN(portals: ["127.0.0.1", "127.0.0.2"])
@@ -165,14 +183,16 @@ final class TGTDHarnessTests: XCTestCase {
     XCTAssertFalse(TGTD.controlPortInUse(cp))
     XCTAssertFalse(TGTD.canConnect("127.0.0.1", port), "port \(port) still accepts")
 
-    // The shell harness's tgtd (Tests/scripts/tgtd-private.sh: demo, bench, VM) starts and stops too.
+    XCTAssertTrue((10000...32767).contains(cp), "control port \(cp)")  // tgtd refuses above 32767
+
+    // Tests/lib/tgtd.sh's own target (demo, bench, VM suites) starts and stops too.
     try privateTgtdScript()
   }
 
-  /// Tests/scripts/tgtd-private.sh start/stop: the URL it prints answers, nothing is left.
+  /// Tests/lib/tgtd.sh start/stop with its LUN: the URL it prints answers, nothing is left.
   private func privateTgtdScript() throws {
     let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-      .deletingLastPathComponent().appendingPathComponent("scripts/tgtd-private.sh").path
+      .deletingLastPathComponent().appendingPathComponent("lib/tgtd.sh").path
     let dir = FileManager.default.temporaryDirectory
       .appendingPathComponent("tgtd-private-\(getpid())").path
     defer { try? FileManager.default.removeItem(atPath: dir) }

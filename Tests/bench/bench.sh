@@ -35,7 +35,7 @@ LUN_MIB=${BENCH_LUN_MIB:-512}
 BLOCK=512 # LUN logical block size (iscsi-perf counts in blocks)
 PHASES=" ${BENCH_PHASES:-throughput cpu} "
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-TGT=$HERE/../scripts/tgtd-private.sh
+TGT=$HERE/../lib/tgtd.sh
 # shellcheck source=Tests/bench/cpu-per-io.sh
 . "$HERE/cpu-per-io.sh"
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Multipath benchmark (issue #4, "Must measure"), through `lunbridge serve` and fio's nbd
-# engine, over the two veth NICs of Tests/multipath/netns.sh:
+# engine, over the two veth NICs of Tests/lib/netns.sh:
 #
 #  1. Throughput: both NICs limited to RATE (tbf on both ends of each veth: the initiator
 #     side shapes writes, the target side reads). Sequential 1 MiB reads and writes at

@@ -35,7 +35,7 @@ REPEATS=${REPEATS:-2}
 RUNTIME=${BENCH_RUNTIME:-4}
 SIZE_MIB=${BENCH_SIZE_MIB:-128}
 LUN_MIB=${BENCH_LUN_MIB:-256}
-TGT=$REPO/Tests/scripts/tgtd-private.sh
+TGT=$REPO/Tests/lib/tgtd.sh
 HZ=$(getconf CLK_TCK)
 export PATH=$PATH:/usr/sbin:/sbin HOME=/tmp
 

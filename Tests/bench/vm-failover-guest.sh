@@ -10,13 +10,14 @@
 #
 #   vm-failover-guest.sh LUNBRIDGE REPO OUTDIR
 #
-# The network: tgtd runs in a network namespace of its own (lbfo-tgt) with two veth pairs
-# to the guest's root namespace, where both initiators run: path 1 is 198.18.1.1 (fo1i)
-# <-> 198.18.1.2 (fo1t), path 2 is 198.18.2.1 (fo2i) <-> 198.18.2.2 (fo2t). All of it
-# exists only inside the VM. Faults on one path:
-#   link-down  `ip link set foNi down` (the initiator's NIC), up again afterwards
-#   blackhole  nft DROP of everything to and from 198.18.N.2 in the root namespace
-#   reset      nft `reject with tcp reset` of the portal in the target namespace
+# The network (Tests/lib/netns.sh, NETNS_INITIATOR=host): tgtd runs in a network namespace
+# of its own (lbmp-fo-tgt) with two veth pairs to the guest's root namespace, where both
+# initiators run: path 1 is 198.18.1.1 (lbfoi1) <-> 198.18.1.2, path 2 is 198.18.2.1
+# (lbfoi2) <-> 198.18.2.2. All of it exists only inside the VM. Faults on one path
+# (netns.sh's):
+#   link-down  the initiator's NIC down, up again afterwards
+#   blackhole  nft DROP of everything in and out of that NIC in the root namespace
+#   reset      nft `reject with tcp reset` in the target namespace
 #
 # Each run: fio (libaio, O_DIRECT, 4 KiB random writes, depth 1) on the device; the fault
 # starts FAULT_AT s in and holds HOLD s; fio runs on for TAIL s after it ends. The stall is
@@ -58,25 +59,23 @@ INITIATORS=${INITIATORS:-lunbridge dm-multipath}
 export PATH=$PATH:/usr/sbin:/sbin HOME=/tmp
 PY=/usr/bin/python3
 
-for t in fio tgtd tgtadm iscsid iscsiadm multipathd multipath dmsetup nft ip $PY; do
+for t in fio tgtd tgtadm iscsid iscsiadm multipathd multipath dmsetup nft ip tc $PY; do
   command -v "$t" >/dev/null || die "$t not found (install tgt, open-iscsi, multipath-tools, nftables on the host)"
 done
 UDEVD=/lib/systemd/systemd-udevd
 [ -x $UDEVD ] || die "no $UDEVD"
 
-NS=lbfo-tgt
-IQN=iqn.2026-11.org.lunbridge:failover
-PORT=3260
-A_I=(x 198.18.1.1 198.18.2.1) A_T=(x 198.18.1.2 198.18.2.2)
-IF_I=(x fo1i fo2i) IF_T=(x fo1t fo2t)
-URL1="iscsi://${A_T[1]}:$PORT/$IQN/1"
-URL2="iscsi://${A_T[2]}:$PORT/$IQN/1"
-SHM=/dev/shm/lbfo
+export NETNS_INITIATOR=host MPATH_LUN_MIB=64
+NETNS=$REPO/Tests/lib/netns.sh
+TAG=fo
+eval "$("$NETNS" env $TAG)" || die "netns.sh env"
+A_T=(x "$ADDR_T1" "$ADDR_T2")
+URL1=${URL1%%\?*} URL2=${URL2%%\?*} # plain portals, as for open-iscsi
 T=$(mktemp -d /tmp/vm-failover.XXXXXX)
 rm -rf "$OUT/fio" "$OUT/logs"; mkdir -p "$OUT/fio" "$OUT/logs"
 STALL=$OUT/stall.tsv
 
-TGTD_PID= CP= LB_DEV= LB_PID= ISCSID_PID= UDEVD_PID= MPD_PID= MP_DEV= LOGGED_IN= FIO_PID= NS_UP=
+LB_DEV= LB_PID= ISCSID_PID= UDEVD_PID= MPD_PID= MP_DEV= LOGGED_IN= FIO_PID= NS_UP=
 dmesg -w >"$OUT/logs/dmesg.log" 2>&1 &
 DMESG_PID=$!
 
@@ -90,9 +89,11 @@ stop_pid() { # pid [seconds]: TERM, then KILL
 }
 
 unfault_all() {
-  nft delete table inet lbfo 2>/dev/null
-  [ -z "$NS_UP" ] || ip netns exec $NS nft delete table inet lbfo 2>/dev/null
-  ip link set fo1i up 2>/dev/null; ip link set fo2i up 2>/dev/null
+  [ -n "$NS_UP" ] || return 0
+  local n
+  for n in 1 2; do
+    "$NETNS" unblackhole $TAG $n; "$NETNS" unreset $TAG $n; "$NETNS" link-up $TAG $n
+  done 2>/dev/null
   return 0
 }
 
@@ -122,14 +123,8 @@ cleanup() {
   if [ -n "$LB_DEV" ]; then timeout 60 "$LB" detach "$LB_DEV" >/dev/null 2>&1; fi
   stop_pid "$LB_PID" 5
   stop_dm
-  if [ -n "$TGTD_PID" ]; then
-    timeout 5 tgtadm -C "$CP" --lld iscsi --op delete --mode target --tid 1 --force >/dev/null 2>&1
-    timeout 5 tgtadm -C "$CP" --op delete --mode system >/dev/null 2>&1
-    stop_pid "$TGTD_PID" 3
-  fi
-  [ -z "$NS_UP" ] || ip netns del $NS 2>/dev/null # takes the target's veth ends along
-  ip link del fo1i 2>/dev/null; ip link del fo2i 2>/dev/null
-  rm -rf "$SHM" "$T"
+  [ -z "$NS_UP" ] || "$NETNS" teardown $TAG >/dev/null 2>&1
+  rm -rf "$T"
   sleep 0.5; kill "$DMESG_PID" 2>/dev/null; wait "$DMESG_PID" 2>/dev/null
   log "cleanup done"
   exit $rc
@@ -143,59 +138,25 @@ for m in nbd iscsi_tcp dm_multipath dm_service_time dm_round_robin veth nf_table
   modprobe $m || die "modprobe $m"
 done
 
-ip netns add $NS || die "ip netns add"
 NS_UP=1
-ip -n $NS link set lo up
-for n in 1 2; do
-  ip link add "${IF_I[n]}" type veth peer name "${IF_T[n]}" netns $NS || die "veth $n"
-  ip addr add "${A_I[n]}/24" dev "${IF_I[n]}"
-  ip -n $NS addr add "${A_T[n]}/24" dev "${IF_T[n]}"
-  ip link set "${IF_I[n]}" up
-  ip -n $NS link set "${IF_T[n]}" up
-done
-
-mkdir -p "$SHM"
-truncate -s 64M "$SHM/lun.img" && fallocate -l 64M "$SHM/lun.img" || die "LUN file"
-CP=$(shuf -i 10000-32767 -n 1)
-# A session of its own (no signal of ours reaches it); inside the target namespace.
-ip netns exec $NS setsid tgtd -f --control-port "$CP" --iscsi "portal=${A_T[1]}:$PORT" \
-  </dev/null >"$OUT/logs/tgtd.log" 2>&1 &
-TGTD_PID=$!
-tgt() { timeout 10 tgtadm -C "$CP" --lld iscsi "$@"; }
-for i in $(seq 100); do tgt --op show --mode target >/dev/null 2>&1 && break; sleep 0.1; done
-tgt --op new --mode portal --param "portal=${A_T[2]}:$PORT" || die "second portal"
-tgt --op new --mode target --tid 1 -T "$IQN" || die "tgtadm target"
-tgt --op new --mode logicalunit --tid 1 --lun 1 -b "$SHM/lun.img" || die "tgtadm lun"
-tgt --op bind --mode target --tid 1 -I ALL || die "tgtadm bind"
+"$NETNS" setup $TAG >"$OUT/logs/netns-setup.log" 2>&1 || die "netns.sh setup: $(tail -n 3 "$OUT/logs/netns-setup.log")"
+cp "$STATE/tgtd.log" "$OUT/logs/tgtd.log" 2>/dev/null
 for n in 1 2; do
   ping -c1 -W2 "${A_T[n]}" >/dev/null 2>&1 || die "no route to ${A_T[n]}"
 done
-log "tgtd (pid $TGTD_PID) in netns $NS: portals ${A_T[1]}:$PORT ${A_T[2]}:$PORT, 64 MiB LUN"
+log "tgtd (pid $(cat "$STATE/pid")) in netns $NS_T: portals ${A_T[1]}:$PORT ${A_T[2]}:$PORT, 64 MiB LUN"
 
 # --- faults ----------------------------------------------------------------------------
 fault() { # on|off fault path
   local n=$3
   echo "lbfo: fault $1 $2 path $n" >/dev/kmsg 2>/dev/null
   case "$1 $2" in
-  "on link-down") ip link set "${IF_I[n]}" down ;;
-  "off link-down") ip link set "${IF_I[n]}" up ;;
-  "on blackhole")
-    nft -f - <<EOF
-table inet lbfo {
-  chain in { type filter hook input priority -10; ip saddr ${A_T[n]} drop; }
-  chain out { type filter hook output priority -10; ip daddr ${A_T[n]} drop; }
-}
-EOF
-    ;;
-  "off blackhole") nft delete table inet lbfo ;;
-  "on reset")
-    ip netns exec $NS nft -f - <<EOF
-table inet lbfo {
-  chain in { type filter hook input priority -10; ip daddr ${A_T[n]} tcp dport $PORT reject with tcp reset; }
-}
-EOF
-    ;;
-  "off reset") ip netns exec $NS nft delete table inet lbfo ;;
+  "on link-down") "$NETNS" link-down $TAG "$n" ;;
+  "off link-down") "$NETNS" link-up $TAG "$n" ;;
+  "on blackhole") "$NETNS" blackhole $TAG "$n" ;;
+  "off blackhole") "$NETNS" unblackhole $TAG "$n" ;;
+  "on reset") "$NETNS" reset $TAG "$n" ;;
+  "off reset") "$NETNS" unreset $TAG "$n" ;;
   *) die "unknown fault $2" ;;
   esac
 }

@@ -11,17 +11,16 @@ set -uo pipefail
 bin=$1; seconds=$2; out=$3
 here=$(cd "$(dirname "$0")" && pwd)
 targets=(pdu-framer text-keys login text-exchange data-in nbd-handshake nbd-request scsi)
-[ -x "$bin" ] || { echo "fuzz: $bin is missing (make fuzz-build)" >&2; exit 1; }
+. "$here/../lib/tap.sh"
+tap_start fuzz "${#targets[@]}"
+[ -x "$bin" ] || { note "fuzz: $bin is missing (make fuzz-build)"; finish; }
 mkdir -p "$out/artifacts"
-passed=0; failed=0; n=0
-echo "1..${#targets[@]}"
 for t in "${targets[@]}"; do
-  n=$((n + 1))
   seeds="$here/corpus/$t"
   work="$out/corpus/$t"
   mkdir -p "$work"
   if [ ! -d "$seeds" ] || [ -z "$(ls -A "$seeds")" ]; then
-    echo "not ok $n - $t: no seed corpus in $seeds"; failed=$((failed + 1)); continue
+    notok "$t: no seed corpus in $seeds"; continue
   fi
   log="$out/$t.log"
   LUNBRIDGE_FUZZ_TARGET=$t ASAN_OPTIONS=detect_leaks=0 "$bin" -max_total_time="$seconds" -timeout=10 \
@@ -31,13 +30,10 @@ for t in "${targets[@]}"; do
   runs=$(grep -E '^stat::number_of_executed_units:' "$log" | awk '{print $2}')
   cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -n 1)
   if [ "$rc" -eq 0 ] && [ -n "$runs" ]; then
-    echo "ok $n - $t: ${seconds} s, ${runs} inputs, ${cov:-cov: ?}, no crash, hang or oversized allocation"
-    passed=$((passed + 1))
+    ok "$t: ${seconds} s, ${runs} inputs, ${cov:-cov: ?}, no crash, hang or oversized allocation"
   else
-    echo "not ok $n - $t: libFuzzer exited $rc; see $log"
+    notok "$t: libFuzzer exited $rc; see $log"
     grep -E 'ERROR|SUMMARY|Test unit written|malloc\(|timeout' "$log" | head -n 5 | sed 's/^/#   /'
-    failed=$((failed + 1))
   fi
 done
-echo "fuzz checks: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish

@@ -4,7 +4,7 @@
 #   Tests/multipath/faults.sh BINARY [OUTDIR]      (OUTDIR default .build/multipath-test)
 #
 # Two NICs (veth pairs) join an initiator and a target network namespace; a private tgtd
-# in the target namespace listens on both (Tests/multipath/netns.sh). `lunbridge serve`
+# in the target namespace listens on both (Tests/lib/netns.sh). `lunbridge serve`
 # runs in the initiator namespace with one URL per NIC (?iface= bound) and an NBD unix
 # socket; fio (ioengine=nbd, verify=crc32c, verify_backlog, verify_fatal=1) runs in the
 # host namespace while each fault is injected and lifted:
@@ -81,18 +81,22 @@ trap 'exit 143' TERM
 
 mp_init
 
-N=0
-PASSED=0
-FAILED=0
-ok() { N=$((N + 1)); PASSED=$((PASSED + 1)); echo "ok $N - $*"; }
-notok() { N=$((N + 1)); FAILED=$((FAILED + 1)); echo "not ok $N - $*"; }
-# check DESCRIPTION CONDITION-COMMAND...
-check() { local d=$1; shift; if "$@"; then ok "$d"; else notok "$d"; fi; }
-finish() {
-  echo "multipath checks: $PASSED passed, $FAILED failed"
-  [ "$FAILED" -eq 0 ]
-  exit $?
+# Checks per fault in a complete run (a fault that stops early is padded with "not ok" by
+# Tests/lib/tap.sh, so the count never varies): fault_case makes 8, plus "seen failed"
+# where the fault lasts long enough to be seen; all_down_long 8.
+checks_of() {
+  case $1 in
+  conn-delete | conn-storm | tgtd-stop) echo 8 ;;
+  link-down | blackhole | all-down-short) echo 9 ;;
+  all-down-long) echo 8 ;;
+  *) echo 1 ;; # "unknown fault"
+  esac
 }
+. "$HERE/../lib/tap.sh"
+plan=1
+for f in $FAULTS; do plan=$((plan + $(checks_of "$f"))); done
+tap_start multipath "$plan"
+quiet() { "$@" >/dev/null; }
 
 HAVE_STATUS=1
 NO_STATUS_WHY=
@@ -177,10 +181,8 @@ fault_case() {
   local f=$1 paths=$2 hold=$3 rw=$4 qd=${5:-8} lead=3 tail=4 p s0=$WORK/$1-s0.json s1=$WORK/$1-s1.json
   local sm=$WORK/$1-during.json json=$OUT/$1.json t
   mp_log "$f: paths $paths, $hold s, fio $rw"
-  if ! mp_start_server "mp-$f" "$OUT/$f-serve.log" "$URL1" "$URL2"; then
-    notok "$f: lunbridge serve starts with both paths (see $OUT/$f-serve.log)"
-    return
-  fi
+  check "$f: lunbridge serve starts with both paths" mp_start_server "mp-$f" "$OUT/$f-serve.log" "$URL1" "$URL2" ||
+    { note "$f: see $OUT/$f-serve.log"; return; }
   if [ -z "$HAVE_STATUS" ]; then
     no_status "$f: both paths active before the fault"
   elif t=$(mp_wait_states 15 active "$s0"); then
@@ -287,12 +289,11 @@ log_states() {
 all_down_long() {
   local f=all-down-long npr=5 json=$OUT/all-down-long.json s=$WORK/adl.json t
   mp_log "$f: both NICs down > --no-path-retry $npr"
-  if ! mp_start_server "mp-$f" "$OUT/$f-serve.log" "$URL1" "$URL2" -- --no-path-retry "$npr"; then
-    notok "$f: lunbridge serve starts with both paths and --no-path-retry $npr (see $OUT/$f-serve.log)"
-    return
-  fi
+  check "$f: lunbridge serve starts with both paths and --no-path-retry $npr" \
+    mp_start_server "mp-$f" "$OUT/$f-serve.log" "$URL1" "$URL2" -- --no-path-retry "$npr" ||
+    { note "$f: see $OUT/$f-serve.log"; return; }
   if [ -n "$HAVE_STATUS" ]; then
-    mp_wait_states 15 active "$s" >/dev/null || notok "$f: both paths active before the fault"
+    check "$f: both paths active before the fault" quiet mp_wait_states 15 active "$s"
   else
     sleep 2 # both paths logged in (no status to ask)
   fi

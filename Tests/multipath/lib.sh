@@ -6,7 +6,7 @@
 # run in the host namespace and reach the sockets through the filesystem.
 
 MP_HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-NETNS=$MP_HERE/netns.sh
+NETNS=$MP_HERE/../lib/netns.sh
 JSONQ=$MP_HERE/jsonq.py
 SERVER_PID=
 FIO_PID=

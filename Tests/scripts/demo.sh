@@ -4,7 +4,7 @@ set -euo pipefail
 LB=${1:-.build/release/lunbridge}
 here=$(cd "$(dirname "$0")" && pwd)
 dir=$(mktemp -d /tmp/lunbridge-demo.XXXXXX)
-cleanup() { "$here/tgtd-private.sh" stop "$dir" >/dev/null 2>&1 || true; rm -rf "$dir"; }
+cleanup() { "$here/../lib/tgtd.sh" stop "$dir" >/dev/null 2>&1 || true; rm -rf "$dir"; }
 trap cleanup EXIT
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
@@ -12,7 +12,7 @@ step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 export TGTD_IQN=${TGTD_IQN:-iqn.2026-11.org.lunbridge:demo}
 export TGTD_LUN_SIZE_MIB=${TGTD_LUN_SIZE_MIB:-256}
 echo "Starting a private tgtd with a ${TGTD_LUN_SIZE_MIB} MiB RAM-backed LUN on loopback..."
-url=$("$here/tgtd-private.sh" start "$dir")
+url=$("$here/../lib/tgtd.sh" start "$dir")
 port=$(cat "$dir/port")
 addr=$(cat "$dir/addr" 2>/dev/null || echo 127.0.0.1)
 

@@ -1,23 +1,21 @@
 #!/usr/bin/env bash
 # Runs INSIDE the VM (Tests/vm/vm-run.sh): the kernel path end to end against a tgtd in
-# the guest on loopback, then against LIO (guest-lio.sh). Prints one "ok N - ..." / "not ok N - ..." line per check (TAP)
-# and exits non-zero if any failed.
+# the guest on loopback, then against LIO (guest-lio.sh). Prints one "ok N - ..." /
+# "not ok N - ..." line per check (Tests/lib/tap.sh) and exits non-zero if any failed.
 #   guest-attach.sh LUNBRIDGE_BINARY REPO_DIR
 set -uo pipefail
 LB=$(realpath "$1")
 REPO=$(realpath "$2")
-n=0; failed=0
-ok() { n=$((n + 1)); echo "ok $n - $*"; }
-notok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $*"; }
-check() { local what=$1; shift; if "$@"; then ok "$what"; else notok "$what"; return 1; fi; }
-finish() { echo "1..$n"; echo "vm checks: $((n - failed)) passed, $failed failed"; exit $((failed > 0)); }
+. "$REPO/Tests/lib/tap.sh"
+# Checks of a complete run, guest-lio.sh's included: a run that stops early is padded.
+tap_start vm 138
 
 T=$(mktemp -d /tmp/guest-attach.XXXXXX)
 M=$T/mnt  # the guest's /mnt is read-only; /tmp is a writable overlay
 cleanup() {
   umount "$M" 2>/dev/null
   [ -n "${dev:-}" ] && "$LB" detach "$dev" 2>/dev/null
-  "$REPO/Tests/scripts/tgtd-private.sh" stop "$T" >/dev/null 2>&1
+  "$REPO/Tests/lib/tgtd.sh" stop "$T" >/dev/null 2>&1
   type lio_stop >/dev/null 2>&1 && lio_stop
 }
 trap cleanup EXIT
@@ -26,7 +24,7 @@ modprobe nbd nbds_max=8 || { notok "modprobe nbd"; finish; }
 ok "modprobe nbd ($(uname -r))"
 
 export TGTD_LUN_SIZE_MIB=128 TGTD_IQN=iqn.2026-11.org.lunbridge:vm
-url=$("$REPO/Tests/scripts/tgtd-private.sh" start "$T") || { notok "start tgtd"; finish; }
+url=$("$REPO/Tests/lib/tgtd.sh" start "$T") || { notok "start tgtd"; finish; }
 ok "tgtd started: $url"
 img="$T/lun.img"
 

@@ -13,14 +13,14 @@ cleanup() {
   set +e
   mountpoint -q "$M" && umount "$M"
   [ -n "$dev" ] && "$LB" detach "$dev" 2>/dev/null
-  "$REPO/Tests/scripts/tgtd-private.sh" stop "$T" >/dev/null 2>&1
+  "$REPO/Tests/lib/tgtd.sh" stop "$T" >/dev/null 2>&1
 }
 trap cleanup EXIT
 step() { printf '\n$ %s\n' "$*"; }
 
 modprobe nbd nbds_max=8
 export TGTD_LUN_SIZE_MIB=${TGTD_LUN_SIZE_MIB:-256} TGTD_IQN=${TGTD_IQN:-iqn.2026-11.org.lunbridge:demo}
-url=$("$REPO/Tests/scripts/tgtd-private.sh" start "$T")
+url=$("$REPO/Tests/lib/tgtd.sh" start "$T")
 echo "A private tgtd serves a ${TGTD_LUN_SIZE_MIB} MiB RAM-backed LUN at $url"
 
 step lunbridge attach "$url"

@@ -11,7 +11,7 @@
 #                      `vng` stops with "a statically linked busybox could not be found".
 #                      It replaces the dynamic `busybox` package (apt removes it; the
 #                      host's initramfs-tools is content with either).
-#   tgt fio iproute2 e2fsprogs mount iputils-ping bc   what guest-smoke.sh and the VM
+#   tgt fio iproute2 e2fsprogs mount iputils-ping bc   what the VM
 #                      tests use in the guest (ping is not on this image by default),
 #                      and bc for vm-run.sh's timings
 #   systemd-sysv udev  the boot test (Tests/vm/boot) boots this filesystem with systemd

@@ -2,7 +2,7 @@
 # Boot the newest installed Debian kernel under QEMU (virtme-ng, TCG: no KVM here) and run
 # SCRIPT [ARGS...] inside it as root. Exits with SCRIPT's exit code.
 #
-#   Tests/vm/vm-run.sh Tests/vm/guest-smoke.sh
+#   Tests/vm/vm-run.sh Tests/vm/guest-demo.sh .build/debug/lunbridge "$PWD"
 #   RESULTDIR=/tmp/myrun VM_TIMEOUT=900 Tests/vm/vm-run.sh path/to/test.sh arg1 arg2
 #
 # The guest sees this machine's filesystem (root read-only over 9p; /etc /lib /home /opt

@@ -32,16 +32,11 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 mkdir -p "$2" || exit 2
 OUT=$(cd "$2" && pwd)
 : >"$OUT/stdout"
-n=0 failed=0
 say() { echo "$*" | tee -a "$OUT/stdout"; }
-ok() { n=$((n + 1)); say "ok $n - $*"; }
-notok() { n=$((n + 1)); failed=$((failed + 1)); say "not ok $n - $*"; }
-check() { local what=$1; shift; if "$@"; then ok "$what"; else notok "$what"; return 1; fi; }
-finish() {
-  say "1..$n"
-  say "vm checks: $((n - failed)) passed, $failed failed"
-  exit $((failed > 0))
-}
+# Checks of both boots, the guest's relayed ones included; a run that stops early is
+# padded with "not ok" (Tests/lib/tap.sh), so the count never varies.
+. "$here/../../lib/tap.sh"
+tap_start vm 63 "$OUT/stdout"
 
 # --- what the test needs (the guest runs this machine's own programs) -----------------
 BIN=$(realpath "$1" 2>/dev/null) && [ -x "$BIN" ] || { notok "no lunbridge binary at $1: build it (swift build --product lunbridge)"; finish; }
@@ -77,6 +72,7 @@ truncate -s 64M "$G/lun.img"
 # from the results folder, which the guest mounts over 9p.
 mkdir -p "$G/stage/Tests/vm" "$G/stage/systemd"
 cp -a "$here" "$G/stage/Tests/vm/boot"
+cp -a "$here/../../lib" "$G/stage/Tests/lib"
 cp -a "$here/../../../systemd/." "$G/stage/systemd/"
 cp "$BIN" "$G/stage/lunbridge"
 guest_bin=$(. "$here/boot-lib.sh"; echo "$BT_RESULTS/stage/lunbridge")
@@ -121,17 +117,8 @@ boot() { # PHASE: boots, waits for the guest to power off (or kills it); sets bo
 
 # The guest's own checks of boot PHASE (bootN.tap), renumbered into ours.
 guest_results() {
-  local phase=$1 line
-  if [ -f "$G/boot$phase.tap" ]; then
-    while IFS= read -r line; do
-      case $line in
-        "ok - "*) ok "${line#ok - }" ;;
-        "not ok - "*) notok "${line#not ok - }" ;;
-        "#"*) say "$line" ;;
-        *) say "# $line" ;;
-      esac
-    done <"$G/boot$phase.tap"
-  fi
+  local phase=$1
+  tap_relay "$G/boot$phase.tap" "boot $phase: "
   check "boot $phase: the checks in the guest ran to the end" test -f "$G/boot$phase.done" ||
     { sed 's/^/# guest stderr: /' "$G/boot$phase.stderr" 2>/dev/null | tail -20 | tee -a "$OUT/stdout"; }
 }

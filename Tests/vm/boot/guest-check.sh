@@ -9,17 +9,17 @@ phase=$1
 . "$(dirname "${BASH_SOURCE[0]}")/boot-lib.sh"
 R=$BT_RESULTS
 exec >"$R/boot$phase.tap" 2>"$R/boot$phase.stderr"
-passed=0 failed=0
-ok() { passed=$((passed + 1)); echo "ok - boot $phase: $*"; }
-notok() { failed=$((failed + 1)); echo "not ok - boot $phase: $*"; }
-check() { local what=$1; shift; if "$@"; then ok "$what"; else notok "$what"; return 1; fi; }
-note() { echo "# $*"; }
+# The guest half of the suite (Tests/lib/tap.sh, staged beside this folder): unnumbered
+# lines that boot-test.sh relays, and whose plan it holds.
+. "$(dirname "${BASH_SOURCE[0]}")/../../lib/tap.sh"
+tap_start - 0
 finish() {
   note "is-system-running: $(systemctl is-system-running 2>&1)"
   systemctl --failed --plain --no-legend --no-pager 2>&1 | sed 's/^/# failed unit: /'
-  echo "$passed $failed" >"$R/boot$phase.done"
+  tap_counts >"$R/boot$phase.done"
   sync
-  exit $((failed > 0))
+  tap_finish
+  exit $?
 }
 # When a unit entered the active state, in seconds since boot (0 if never).
 since() { awk -v u="$(systemctl show -P ActiveEnterTimestampMonotonic "$1")" 'BEGIN { printf "%.1f", u / 1e6 }'; }

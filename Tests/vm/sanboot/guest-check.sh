@@ -2,7 +2,8 @@
 # Boot from SAN test, in the guest: runs once multi-user.target is reached
 # (sanboot-check.service), then the unit powers the guest off. Results and requests for the
 # host go to the second serial port (/dev/ttyS1), one line each:
-#   ok NAME | fail NAME: WHY     a check (the host expects a fixed list per boot)
+#   ok - NAME | not ok - NAME: WHY   a check (Tests/lib/tap.sh, installed in the image;
+#                                the host expects a fixed list of names per boot)
 #   up SECONDS                   uptime when the checks start
 #   cut SID / restore            cut path 2 (tgtadm: portal deleted, its session's
 #                                connection deleted) / bring it back
@@ -13,13 +14,8 @@ set -u
 exec 3>/dev/ttyS1
 stty -F /dev/ttyS1 raw -echo 2>/dev/null
 say() { echo "$*" >&3; echo "sanboot: $*"; }
-ok() { say "ok $1"; }
-fail() { say "fail $1: ${*:2}"; }
-check() { # NAME COMMAND...: ok when the command succeeds
-  local name=$1
-  shift
-  if out=$("$@" 2>&1); then ok "$name"; else fail "$name" "$(echo "$out" | tail -n 3 | tr '\n' ' ')"; fi
-}
+. /usr/local/lib/lunbridge-tests/tap.sh
+tap_start - 0 /dev/ttyS1
 param() { local a; for a in $(</proc/cmdline); do case $a in "sanboot.$1="*) echo "${a#*=}"; return 0 ;; esac; done; return 1; }
 
 PHASE=$(param phase)
@@ -36,9 +32,9 @@ say "up $(cut -d' ' -f1 /proc/uptime)"
 root_dev=$(readlink -f "$(findmnt -n -o SOURCE /)")
 root_on_nbd() { case $root_dev in /dev/nbd*) return 0 ;; esac; echo "root is on $root_dev"; return 1; }
 by_name() { [ "$(readlink -f /dev/lunbridge/$VOLUME)" = "$root_dev" ] || { ls -l /dev/lunbridge; return 1; }; }
-check root-on-nbd root_on_nbd
-check by-name-link by_name
-check root-writable touch /var/lib/sanboot-writable
+check_output root-on-nbd root_on_nbd
+check_output by-name-link by_name
+check_output root-writable touch /var/lib/sanboot-writable
 # systemd's shutdown spares processes whose argv[0] starts with '@'.
 storage_daemon() {
   local pid
@@ -47,7 +43,7 @@ storage_daemon() {
   ps -eo pid,args | grep -i lunbridge
   return 1
 }
-check storage-daemon storage_daemon
+check_output storage-daemon storage_daemon
 
 # path_state N: the state of path N (1 or 2; path 2 is the one on port PORT2);
 # path_tsih N likewise.
@@ -73,18 +69,18 @@ wait_state() { # N STATE SECONDS
 }
 
 two_active() { wait_state 1 active 60 && wait_state 2 active 60; }
-check status-two-paths-active two_active
+check_output status-two-paths-active two_active
 list_shows() { local out; out=$(lunbridge list 2>&1); grep -q "${root_dev#/dev/}" <<<"$out" || { echo "$out"; return 1; }; }
-check list-shows-device list_shows
+check_output list-shows-device list_shows
 # The volume file the process reads on reload is the system's, not the initramfs copy
 # (run-init emptied that): a reload with a changed file must take effect.
-check reload bash -c "lunbridge reload $VOLUME"
-check metrics bash -c 'exec 4<>/dev/tcp/127.0.0.1/9464 && printf "GET /metrics HTTP/1.0\r\n\r\n" >&4 && grep -q "^lunbridge_" <&4'
-check kernel-log-lines bash -c "dmesg | grep -q 'lunbridge\\[[0-9]*\\]: .*attached'"
+check_output reload bash -c "lunbridge reload $VOLUME"
+check_output metrics bash -c 'exec 4<>/dev/tcp/127.0.0.1/9464 && printf "GET /metrics HTTP/1.0\r\n\r\n" >&4 && grep -q "^lunbridge_" <&4'
+check_output kernel-log-lines bash -c "dmesg | grep -q 'lunbridge\\[[0-9]*\\]: .*attached'"
 
 if [ "$PHASE" = 1 ]; then
   mkdir -p "$DATA"
-  check files-written bash -c "set -e; for i in 1 2 3; do head -c 4194304 /dev/urandom >$DATA/data\$i; done; (cd $DATA && sha256sum data1 data2 data3 >SHA256SUMS); sync"
+  check_output files-written bash -c "set -e; for i in 1 2 3; do head -c 4194304 /dev/urandom >$DATA/data\$i; done; (cd $DATA && sha256sum data1 data2 data3 >SHA256SUMS); sync"
 
   # fio verify rounds while path 2 is cut and comes back: every round must pass.
   rm -f /run/sanboot-stop
@@ -101,29 +97,29 @@ if [ "$PHASE" = 1 ]; then
   tsih=$(path_tsih 2)
   # tgtd numbers its sessions as the TSIH's high byte.
   say "cut $((tsih >> 8))"
-  check path2-cut-seen wait_state 2 failed 60
-  check path1-still-active bash -c "[ \"\$(lunbridge status $VOLUME --json | tr -d ' \\n' | grep -o '\"state\":\"active\"' | wc -l)\" -ge 1 ]"
+  check_output path2-cut-seen wait_state 2 failed 60
+  check_output path1-still-active bash -c "[ \"\$(lunbridge status $VOLUME --json | tr -d ' \\n' | grep -o '\"state\":\"active\"' | wc -l)\" -ge 1 ]"
   sleep 5
   say "restore"
-  check path2-back wait_state 2 active 120
+  check_output path2-back wait_state 2 active 120
   # Every path gone for 10 s, well within no-path-retry: I/O waits, nothing fails.
   say "cutall $(($(path_tsih 1) >> 8)) $(($(path_tsih 2) >> 8))"
   both_failed() { wait_state 1 failed 60 && wait_state 2 failed 60; }
-  check all-paths-cut-seen both_failed
+  check_output all-paths-cut-seen both_failed
   sleep 10
   say "restoreall"
   both_active() { wait_state 1 active 120 && wait_state 2 active 120; }
-  check all-paths-back both_active
+  check_output all-paths-back both_active
   touch /run/sanboot-stop
   wait "$fio_pid"
-  check fio-verify-through-cut bash -c "[ ! -e /run/sanboot-fio.failed ] && [ \"\$(cat /run/sanboot-fio.rounds)\" -ge 2 ] || { cat /run/sanboot-fio.failed /run/sanboot-fio.* 2>/dev/null | tail -n 20; exit 1; }"
+  check_output fio-verify-through-cut bash -c "[ ! -e /run/sanboot-fio.failed ] && [ \"\$(cat /run/sanboot-fio.rounds)\" -ge 2 ] || { cat /run/sanboot-fio.failed /run/sanboot-fio.* 2>/dev/null | tail -n 20; exit 1; }"
   say "fio rounds $(cat /run/sanboot-fio.rounds 2>/dev/null)"
   sync
 else
-  check files-intact bash -c "cd $DATA && sha256sum -c --quiet SHA256SUMS"
-  check fio-data-intact "${FIO[@]}" --verify_only
+  check_output files-intact bash -c "cd $DATA && sha256sum -c --quiet SHA256SUMS"
+  check_output fio-data-intact "${FIO[@]}" --verify_only
 fi
 
 # No I/O error reached the root filesystem (the cut included).
-check no-io-error bash -c "! dmesg | grep -E 'I/O error|EXT4-fs error|Buffer I/O|blk_update_request|critical medium'"
+check_output no-io-error bash -c "! dmesg | grep -E 'I/O error|EXT4-fs error|Buffer I/O|blk_update_request|critical medium'"
 say "done"

@@ -21,11 +21,8 @@ repo=$(cd "$here/../../.." && pwd)
 mkdir -p "$2" || exit 2
 OUT=$(cd "$2" && pwd)
 : >"$OUT/stdout"
-n=0 failed=0
+. "$(dirname "${BASH_SOURCE[0]}")/../../lib/tap.sh"
 say() { echo "$*" | tee -a "$OUT/stdout"; }
-ok() { n=$((n + 1)); say "ok $n - $*"; }
-notok() { n=$((n + 1)); failed=$((failed + 1)); say "not ok $n - $*"; }
-check() { local what=$1; shift; if "$@"; then ok "$what"; else notok "$what"; return 1; fi; }
 # The checks each boot's guest reports (guest-check.sh), in order; a missing one fails.
 GUEST_COMMON="root-on-nbd by-name-link root-writable storage-daemon status-two-paths-active list-shows-device reload metrics kernel-log-lines"
 GUEST_1="$GUEST_COMMON files-written path2-cut-seen path1-still-active path2-back all-paths-cut-seen all-paths-back fio-verify-through-cut no-io-error"
@@ -35,24 +32,18 @@ HOST_PER_BOOT=4
 TGT=$OUT/tgtd
 cleanup() {
   [ -z "${qemu_pid:-}" ] || kill -9 "$qemu_pid" 2>/dev/null
-  [ ! -e "$TGT/pid" ] || "$repo/Tests/scripts/tgtd-private.sh" stop "$TGT" >/dev/null 2>&1
+  [ ! -e "$TGT/pid" ] || "$repo/Tests/lib/tgtd.sh" stop "$TGT" >/dev/null 2>&1
   if [ "${SANBOOT_KEEP:-0}" != 1 ]; then rm -rf "$OUT/root" "$OUT/lun.img"; fi
 }
 trap cleanup EXIT
-# Ends the run: every check not reached counts as failed, so the count never varies.
-finish() {
-  local planned=$1
-  while [ "$n" -lt "$planned" ]; do notok "not reached (an earlier step failed)"; done
-  say "1..$n"
-  say "sanboot checks: $((n - failed)) passed, $failed failed"
-  exit $((failed > 0))
-}
 g1=$(echo $GUEST_1 | wc -w)
 g2=$(echo $GUEST_2 | wc -w)
 PLAN=$((7 + g1 + g2 + 2 * HOST_PER_BOOT))
+# Every check not reached counts as failed (Tests/lib/tap.sh), so the count never varies.
+tap_start sanboot "$PLAN" "$OUT/stdout"
 
 # --- what the test needs ---------------------------------------------------------------
-BIN=$(realpath "$1" 2>/dev/null) && [ -x "$BIN" ] || { notok "no lunbridge binary at $1"; finish "$PLAN"; }
+BIN=$(realpath "$1" 2>/dev/null) && [ -x "$BIN" ] || { notok "no lunbridge binary at $1"; finish; }
 kernel=${VM_KERNEL:-$(ls /boot/vmlinuz-*-amd64 2>/dev/null | sort -V | tail -1)}
 kver=${kernel#*/vmlinuz-}
 missing=""
@@ -64,7 +55,7 @@ need unshare util-linux; need strip binutils
   missing="$missing /boot/vmlinuz-*-amd64 and its modules (Debian package linux-image-amd64)"
 if [ -n "$missing" ]; then
   notok "missing for the boot-from-SAN test:$missing; run make deps"
-  finish "$PLAN"
+  finish
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
 
@@ -89,7 +80,7 @@ prepare_base() {
   say "# debootstrap: $((SECONDS - t0)) s (cached in $base)"
 }
 check "root filesystem made by debootstrap ($SUITE minbase + systemd, udev, initramfs-tools; cached)" prepare_base ||
-  finish "$PLAN"
+  finish
 
 # --- lunbridge installed into it as `make install` does, the root volume ---------------
 R=$OUT/root
@@ -140,6 +131,7 @@ EOF
   # (on the running system it does): name the type, so the initramfs checks the root.
   echo FSTYPE=ext4 >"$R/etc/initramfs-tools/conf.d/sanboot-test"
   install -D -m 0755 "$here/guest-check.sh" "$R/usr/local/sbin/sanboot-check"
+  install -D -m 0644 "$here/../../lib/tap.sh" "$R/usr/local/lib/lunbridge-tests/tap.sh"
   cat >"$R/etc/systemd/system/sanboot-check.service" <<EOF
 [Unit]
 Description=lunbridge boot-from-SAN checks
@@ -157,7 +149,7 @@ EOF
   ln -sf ../sanboot-check.service "$R/etc/systemd/system/multi-user.target.wants/sanboot-check.service"
 }
 check "lunbridge installed into the root with make install-files DESTDIR= (hook, local-top script, UMASK=0077, udev rule, units); root volume file with startup = onboot, two paths, CHAP" install_root ||
-  finish "$PLAN"
+  finish
 
 # update-initramfs inside the root, as `apt install` or an administrator runs it there.
 build_initramfs() {
@@ -169,7 +161,7 @@ build_initramfs() {
     { cat "$OUT/update-initramfs.log"; return 1; }
   cp "$R/boot/initrd.img-$kver" "$OUT/initrd.img" && cp "$R/boot/vmlinuz-$kver" "$OUT/vmlinuz"
 }
-check "update-initramfs -c -k $kver in the root ran lunbridge's hook" build_initramfs || finish "$PLAN"
+check "update-initramfs -c -k $kver in the root ran lunbridge's hook" build_initramfs || finish
 initramfs_private() {
   local mode
   mode=$(stat -c %a "$R/boot/initrd.img-$kver")
@@ -193,13 +185,13 @@ make_lun() {
   mke2fs -q -F -t ext4 -L sanroot -d "$R" "$OUT/lun.img" 2G >"$OUT/mke2fs.log" 2>&1 || { cat "$OUT/mke2fs.log"; return 1; }
   [ "${SANBOOT_KEEP:-0}" = 1 ] || rm -rf "$R"
 }
-check "LUN image: ext4 made from the root folder (mke2fs -d)" make_lun || finish "$PLAN"
+check "LUN image: ext4 made from the root folder (mke2fs -d)" make_lun || finish
 start_target() {
-  TGTD_BACKING_FILE=$OUT/lun.img TGTD_IQN=$IQN "$repo/Tests/scripts/tgtd-private.sh" start "$TGT" >/dev/null || return 1
+  TGTD_BACKING_FILE=$OUT/lun.img TGTD_IQN=$IQN "$repo/Tests/lib/tgtd.sh" start "$TGT" >/dev/null || return 1
   CP=$(cat "$TGT/cp")
   local p
   p=$(cat "$TGT/port")
-  # tgtd-private chose its own port for path 1; path 2 gets PORT2.
+  # tgtd.sh chose its own port for path 1; path 2 gets PORT2.
   tgtadm_ --op new --mode portal --param "portal=127.0.0.1:$PORT1" &&
     tgtadm_ --op new --mode portal --param "portal=127.0.0.1:$PORT2" &&
     tgtadm_ --op delete --mode portal --param "portal=127.0.0.1:$p" &&
@@ -208,7 +200,7 @@ start_target() {
 }
 tgtadm_() { timeout 10 tgtadm -C "$CP" --lld iscsi "$@"; }
 check "private tgtd: the image as LUN 1 on two portals (127.0.0.1:$PORT1, :$PORT2), CHAP required" start_target ||
-  finish "$PLAN"
+  finish
 
 # --- the boots ---------------------------------------------------------------------------
 # One boot: QEMU with the kernel and the initramfs, no disk, the user network on
@@ -275,11 +267,11 @@ boot() {
 boot_checks() {
   local b=$1 names=$2 ctl=$OUT/boot$1-ctl.log console=$OUT/boot$1-console.log name line
   for name in $names; do
-    line=$(tr -d '\r' <"$ctl" | grep -E "^(ok|fail) $name(:|$)" | head -n 1)
+    line=$(tr -d '\r' <"$ctl" | grep -E "^(ok|not ok) - $name(:|$)" | head -n 1)
     case $line in
-    "ok $name") ok "boot $b guest: $name" ;;
+    "ok - $name") ok "boot $b guest: $name" ;;
     "") notok "boot $b guest: $name (not reported)" ;;
-    *) notok "boot $b guest: ${line#fail }" ;;
+    *) notok "boot $b guest: ${line#not ok - }" ;;
     esac
   done
   check "boot $b: the guest ran its checks and powered off (QEMU exit 0, 'reboot: Power down')" \
@@ -305,4 +297,4 @@ boot 1
 boot_checks 1 "$GUEST_1"
 boot 2
 boot_checks 2 "$GUEST_2"
-finish "$PLAN"
+finish

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Two "NICs" between an initiator and a target network namespace, a private tgtd inside
-# the target namespace listening on both, and the faults the multipath tests inject.
+# The one network-namespace builder of lunbridge's tests: two "NICs" (veth pairs) between
+# an initiator and a target network namespace, a private tgtd (Tests/lib/tgtd.sh) inside
+# the target namespace listening on both, and the faults the tests inject.
 #
-#   Tests/multipath/netns.sh setup TAG        # prints the two URLs, one per line
-#   Tests/multipath/netns.sh teardown TAG     # removes everything setup made (idempotent)
-#   Tests/multipath/netns.sh env TAG          # shell assignments: NS_I NS_T IF_I1 ... URL1 URL2
-#   Tests/multipath/netns.sh exec TAG CMD...  # runs CMD inside the initiator namespace
+#   Tests/lib/netns.sh setup TAG        # prints the two URLs, one per line
+#   Tests/lib/netns.sh teardown TAG     # removes everything setup made (idempotent)
+#   Tests/lib/netns.sh env TAG          # shell assignments: NS_I NS_T IF_I1 ... URL1 URL2
+#   Tests/lib/netns.sh exec TAG CMD...  # runs CMD inside the initiator namespace
 #
 # Faults (PATH is 1 or 2; path N is NIC N: initiator 198.18.N.1 <-> target 198.18.N.2):
 #   link-down TAG PATH | link-up TAG PATH        ip link set down/up (initiator side)
@@ -28,6 +29,11 @@
 # Environment:
 #   MPATH_LUN_MIB   LUN size in MiB (default 256)
 #   MPATH_PORT      iSCSI port inside the target namespace (default 3260)
+#   NETNS_INITIATOR "host": the initiator ends of the NICs stay in this namespace (for
+#                   kernel initiators such as open-iscsi, which live there); the link and
+#                   black-hole faults then act here
+#
+# A new fault: one case below (on and off) and, in a suite, one fault_case line.
 #
 # Needs root, iproute2 (ip, tc), nftables (nft) and tgt (tgtd, tgtadm).
 set -euo pipefail
@@ -66,22 +72,10 @@ path_addr() { case $1 in 1) echo "$ADDR_I1" ;; 2) echo "$ADDR_I2" ;; *) die "PAT
 cp_() { cat "$STATE/cp" 2>/dev/null || die "no tgtd state in $STATE (setup $TAG first)"; }
 tgtadm_() { timeout 10 tgtadm -C "$(cp_)" --lld iscsi "$@"; }
 
-# A tgtd control port nobody holds (tgtd POSIX-locks /var/run/tgtd/socket.N.lock).
-free_cp() {
-  local cp
-  for cp in $(shuf -i 10000-32767 -n 200); do # tgtd refuses -C above 32767
-    if [ ! -e "/var/run/tgtd/socket.$cp.lock" ] ||
-      ! grep -q ":$(stat -c %i "/var/run/tgtd/socket.$cp.lock" 2>/dev/null) " /proc/locks 2>/dev/null; then
-      echo "$cp"
-      return 0
-    fi
-  done
-  return 1
-}
+TGTD_SH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/tgtd.sh
 
-kill_tgtd() { # pid cp: clean exit if it answers (it ignores SIGTERM), SIGKILL after 3 s
-  "$(dirname "${BASH_SOURCE[0]}")/../scripts/tgtd-private.sh" kill "$1" "$2"
-}
+# Runs a command where the initiator ends of the NICs are.
+on_i() { if [ "${NETNS_INITIATOR:-}" = host ]; then "$@"; else ip netns exec "$NS_I" "$@"; fi; }
 
 our_tgtd_pid() { # prints the pid if the recorded tgtd still is ours
   local pid cp
@@ -93,7 +87,7 @@ our_tgtd_pid() { # prints the pid if the recorded tgtd still is ours
 
 teardown() {
   local pid p ns
-  if pid=$(our_tgtd_pid); then kill_tgtd "$pid" "$(cat "$STATE/cp")"; fi
+  [ ! -f "$STATE/pid" ] || "$TGTD_SH" stop "$STATE" || true
   for ns in "$NS_I" "$NS_T"; do
     ip netns list 2>/dev/null | grep -q "^$ns\b" || continue
     # Whatever still runs inside a namespace of this TAG was started by this run.
@@ -102,9 +96,6 @@ teardown() {
   done
   # A veth end left in the host namespace (setup interrupted between add and move).
   for p in "$IF_I1" "$IF_I2" "$IF_T1" "$IF_T2"; do ip link del "$p" 2>/dev/null || true; done
-  if [ -f "$STATE/shm" ]; then
-    case "$(cat "$STATE/shm")" in /dev/shm/lbmp-*) rm -rf "$(cat "$STATE/shm")" ;; esac
-  fi
   rm -rf "$STATE"
 }
 
@@ -119,55 +110,33 @@ setup() {
   mkdir -p "$STATE"
   trap 'rc=$?; if [ $rc -ne 0 ]; then echo "netns: setup failed; tgtd log:" >&2; cat "$STATE/tgtd.log" >&2 2>/dev/null || true; teardown; fi' EXIT
 
-  ip netns add "$NS_I"
+  [ "${NETNS_INITIATOR:-}" = host ] || { ip netns add "$NS_I"; ip -n "$NS_I" link set lo up; }
   ip netns add "$NS_T"
-  ip -n "$NS_I" link set lo up
   ip -n "$NS_T" link set lo up
   local n ifi ift
   for n in 1 2; do
     ifi=$(path_if $n)
     ift=$(path_tif $n)
-    ip link add "$ifi" netns "$NS_I" type veth peer name "$ift" netns "$NS_T"
-    ip -n "$NS_I" addr add "198.18.$n.1/24" dev "$ifi"
+    if [ "${NETNS_INITIATOR:-}" = host ]; then
+      ip link add "$ifi" type veth peer name "$ift" netns "$NS_T"
+    else
+      ip link add "$ifi" netns "$NS_I" type veth peer name "$ift" netns "$NS_T"
+    fi
+    on_i ip addr add "198.18.$n.1/24" dev "$ifi"
     ip -n "$NS_T" addr add "198.18.$n.2/24" dev "$ift"
-    ip -n "$NS_I" link set "$ifi" up
+    on_i ip link set "$ifi" up
     ip -n "$NS_T" link set "$ift" up
   done
-
-  local shm
-  shm=$(mktemp -d /dev/shm/lbmp-XXXXXX)
-  echo "$shm" >"$STATE/shm"
-  truncate -s "${MPATH_LUN_MIB:-256}M" "$shm/lun.img"
-  local cp
-  cp=$(free_cp) || die "no free tgtd control port"
-  echo "$cp" >"$STATE/cp"
-  # tgtd inherits no fds beyond 0-2 (make's jobserver pipes, callers' pipes).
-  (
-    for fd in /proc/$BASHPID/fd/*; do
-      fd=${fd##*/}
-      if [ "$fd" -gt 2 ] 2>/dev/null; then eval "exec $fd>&-"; fi
-    done
-    exec ip netns exec "$NS_T" setsid tgtd -f --control-port "$cp" \
-      --iscsi "portal=$ADDR_T1:$PORT,portal=$ADDR_T2:$PORT" </dev/null >"$STATE/tgtd.log" 2>&1
-  ) &
-  echo $! >"$STATE/pid"
-  local i ok=
-  for i in $(seq 100); do
-    kill -0 "$(cat "$STATE/pid")" 2>/dev/null || die "tgtd exited"
-    if ip netns exec "$NS_I" bash -c "(echo >/dev/tcp/$ADDR_T1/$PORT) && (echo >/dev/tcp/$ADDR_T2/$PORT)" 2>/dev/null &&
-      tgtadm_ --op show --mode target >/dev/null 2>&1; then
-      ok=1
-      break
-    fi
+  # The target: tgtd in the target namespace on both NICs (no thin provisioning, as a
+  # plain array LUN), its state in $STATE.
+  TGTD_NETNS=$NS_T TGTD_PORTALS="$ADDR_T1 $ADDR_T2" TGTD_PORT=$PORT TGTD_IQN=$IQN \
+    TGTD_LUN_SIZE_MIB=${MPATH_LUN_MIB:-256} TGTD_THIN=0 "$TGTD_SH" start "$STATE" >/dev/null
+  local i
+  for i in $(seq 50); do # the initiator's side reaches both portals
+    on_i bash -c "(echo >/dev/tcp/$ADDR_T1/$PORT) && (echo >/dev/tcp/$ADDR_T2/$PORT)" 2>/dev/null && break
+    [ "$i" -lt 50 ] || die "the target's portals are not reachable over the NICs"
     sleep 0.1
   done
-  [ -n "$ok" ] || die "tgtd not reachable on $ADDR_T1:$PORT and $ADDR_T2:$PORT within 10 s"
-  local portals
-  portals=$(tgtadm_ --op show --mode portal | sed -n 's/^Portal: \(.*\),1$/\1/p' | sort | tr '\n' ' ')
-  [ "$portals" = "$ADDR_T1:$PORT $ADDR_T2:$PORT " ] || die "tgtd portals are '$portals', expected $ADDR_T1:$PORT $ADDR_T2:$PORT"
-  tgtadm_ --op new --mode target --tid 1 -T "$IQN"
-  tgtadm_ --op new --mode logicalunit --tid 1 --lun 1 -b "$shm/lun.img"
-  tgtadm_ --op bind --mode target --tid 1 -I ALL
   trap - EXIT
   echo "$URL1"
   echo "$URL2"
@@ -197,7 +166,7 @@ conn_delete() { # PATH: delete every connection from that path's initiator addre
   echo "$n"
 }
 
-nft_i() { ip netns exec "$NS_I" nft "$@"; }
+nft_i() { on_i nft "$@"; }
 
 blackhole() { # PATH: drop everything in and out of the path's NIC (no reset, no ICMP)
   local ifn
@@ -226,11 +195,11 @@ unreset() { ip netns exec "$NS_T" nft delete table inet "lbrst$1" 2>/dev/null ||
 
 limit() { # PATH RATE: tbf on both ends (initiator side shapes writes, target side reads)
   local rate=$2
-  ip netns exec "$NS_I" tc qdisc replace dev "$(path_if "$1")" root tbf rate "$rate" burst 64kb latency 50ms
+  on_i tc qdisc replace dev "$(path_if "$1")" root tbf rate "$rate" burst 64kb latency 50ms
   ip netns exec "$NS_T" tc qdisc replace dev "$(path_tif "$1")" root tbf rate "$rate" burst 64kb latency 50ms
 }
 unlimit() {
-  ip netns exec "$NS_I" tc qdisc del dev "$(path_if "$1")" root 2>/dev/null || true
+  on_i tc qdisc del dev "$(path_if "$1")" root 2>/dev/null || true
   ip netns exec "$NS_T" tc qdisc del dev "$(path_tif "$1")" root 2>/dev/null || true
 }
 
@@ -252,11 +221,11 @@ env)
     printf '%s=%q\n' "$v" "${!v}"
   done
   ;;
-exec) ip netns exec "$NS_I" "$@" ;;
-link-down) ip -n "$NS_I" link set "$(path_if "${1:?PATH}")" down ;;
-link-up) ip -n "$NS_I" link set "$(path_if "${1:?PATH}")" up ;;
-all-down) ip -n "$NS_I" link set "$IF_I1" down; ip -n "$NS_I" link set "$IF_I2" down ;;
-all-up) ip -n "$NS_I" link set "$IF_I1" up; ip -n "$NS_I" link set "$IF_I2" up ;;
+exec) on_i "$@" ;;
+link-down) on_i ip link set "$(path_if "${1:?PATH}")" down ;;
+link-up) on_i ip link set "$(path_if "${1:?PATH}")" up ;;
+all-down) on_i ip link set "$IF_I1" down; on_i ip link set "$IF_I2" down ;;
+all-up) on_i ip link set "$IF_I1" up; on_i ip link set "$IF_I2" up ;;
 blackhole) blackhole "${1:?PATH}" ;;
 unblackhole) unblackhole "${1:?PATH}" ;;
 reset) reset "${1:?PATH}" ;;
