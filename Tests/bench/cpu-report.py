@@ -7,9 +7,12 @@ usage: cpu-report.py cpu-per-io.tsv pids.tsv out.json PAIRS SIZE_MIB LUN_MIB WOR
 """
 import csv
 import json
-import statistics
+import os
 import sys
 from collections import defaultdict
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from report import fmt, median, rfmt  # noqa: E402  (Tests/lib/report.py)
 
 path, pids_path, json_path, pairs, size_mib, lun_mib = sys.argv[1:7]
 TARGETS = {}
@@ -35,21 +38,17 @@ def us(row):
     return float(row["cpu_us_per_io"])
 
 
-def med(vals):
-    return statistics.median(vals) if vals else None
-
-
 results = []
 for w in WORKLOADS:
     a, b = runs.get((w, "lunbridge"), {}), runs.get((w, "qemu-nbd"), {})
     ratios = [us(a[k]) / us(b[k]) for k in sorted(a.keys() & b.keys(), key=int)
               if us(b[k]) > 0]
-    ratio = med(ratios)
+    ratio = median(ratios)
     rows = list(a.values()) + list(b.values())
     results.append({
         "workload": w,
-        "lunbridge_us_per_io": med([us(r) for r in a.values()]),
-        "qemu_nbd_us_per_io": med([us(r) for r in b.values()]),
+        "lunbridge_us_per_io": median([us(r) for r in a.values()]),
+        "qemu_nbd_us_per_io": median([us(r) for r in b.values()]),
         "lunbridge_us_per_io_runs": [us(a[k]) for k in sorted(a, key=int)],
         "qemu_nbd_us_per_io_runs": [us(b[k]) for k in sorted(b, key=int)],
         "pair_ratios": ratios,
@@ -58,8 +57,8 @@ for w in WORKLOADS:
         "met": None if ratio is None else ratio <= TARGETS[w],
         "ios_per_run": sorted({int(r["ios"]) for r in rows}),
         "min_ticks_per_run": min((int(r["ticks"]) for r in rows), default=None),
-        "lunbridge_iops_median": med([float(r["iops"]) for r in a.values()]),
-        "qemu_nbd_iops_median": med([float(r["iops"]) for r in b.values()]),
+        "lunbridge_iops_median": median([float(r["iops"]) for r in a.values()]),
+        "qemu_nbd_iops_median": median([float(r["iops"]) for r in b.values()]),
     })
 
 with open(json_path, "w") as f:
@@ -67,10 +66,6 @@ with open(json_path, "w") as f:
                "lun_mib": int(lun_mib), "processes": pids, "workloads": results},
               f, indent=2)
     f.write("\n")
-
-
-def fmt(x, nd=2):
-    return "–" if x is None else f"{x:,.{nd}f}"
 
 
 out = []
@@ -89,9 +84,8 @@ p("| workload | lunbridge µs CPU/I/O (median) | qemu-nbd µs CPU/I/O (median) "
 p("|---|---:|---:|---:|---:|---|")
 for r in results:
     met = "–" if r["met"] is None else ("yes" if r["met"] else "no")
-    ratio = "–" if r["ratio"] is None else f"{r['ratio']:.2f}×"
-    p(f"| {r['workload']} | {fmt(r['lunbridge_us_per_io'])} | {fmt(r['qemu_nbd_us_per_io'])} "
-      f"| {ratio} | ≤ {r['target']:.1f}× | {met} |")
+    p(f"| {r['workload']} | {fmt(r['lunbridge_us_per_io'], 2)} | {fmt(r['qemu_nbd_us_per_io'], 2)} "
+      f"| {rfmt(r['ratio'])} | ≤ {r['target']:.1f}× | {met} |")
 p("")
 ios = ", ".join(f"{r['workload']} {'/'.join(str(n) for n in r['ios_per_run'])}"
                 for r in results)

@@ -6,8 +6,13 @@ usage: report.py results.tsv HWM_LUNBRIDGE_KB HWM_QEMU_KB REPEATS RUNTIME SIZE_M
 """
 import csv
 import statistics
-import sys
 from collections import defaultdict
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from report import fmt, median, ratio, rfmt, spread  # noqa: E402  (Tests/lib/report.py)
 
 (path, hwm_lb, hwm_q, repeats, runtime, size_mib, lun_mib, wall) = sys.argv[1:]
 hwm = {"lunbridge": int(hwm_lb), "qemu-nbd": int(hwm_q)}
@@ -55,26 +60,8 @@ def paired(workload, key, per_gib=False):
     return statistics.median(vals) if vals else None
 
 
-def spread(server, workload):
-    rows = runs.get((server, workload)) or []
-    v = [float(r["iops"]) for r in rows]
-    return f"{min(v):,.0f}–{max(v):,.0f}" if v else "–"
-
-
-def fmt(x, nd=0):
-    if x is None:
-        return "–"
-    return f"{x:,.{nd}f}"
-
-
-def ratio(a, b):
-    if a is None or b is None or b == 0:
-        return None
-    return a / b
-
-
-def rfmt(r):
-    return "–" if r is None else f"{r:.2f}×"
+def iops_spread(server, workload):
+    return spread(float(r["iops"]) for r in runs.get((server, workload)) or [])
 
 
 out = []
@@ -104,10 +91,10 @@ for w in WORKLOADS:
         mbs = med(s, w, "bw_bytes")
         mbs = None if mbs is None else mbs / 1e6
         if s == "iscsi-perf":
-            p(f"| {s} | {fmt(iops)} | {fmt(mbs, 1)} | – | – | – | {spread(s, w)} |")
+            p(f"| {s} | {fmt(iops)} | {fmt(mbs, 1)} | – | – | – | {iops_spread(s, w)} |")
         else:
             p(f"| {s} | {fmt(iops)} | {fmt(mbs, 1)} | {fmt(med(s, w, 'p50_ns') / 1e3, 1)} "
-              f"| {fmt(med(s, w, 'p99_ns') / 1e3, 1)} | {fmt(cpu_per_gib(s, w), 2)} | {spread(s, w)} |")
+              f"| {fmt(med(s, w, 'p99_ns') / 1e3, 1)} | {fmt(cpu_per_gib(s, w), 2)} | {iops_spread(s, w)} |")
     p("")
 
 p("## Ratios")

@@ -12,6 +12,9 @@ import statistics
 import sys
 from collections import defaultdict
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from report import fmt, ratio, rfmt, spread  # noqa: E402  (Tests/lib/report.py)
+
 outdir, wall = sys.argv[1:]
 DEVICES = ["lunbridge", "qemu-nbd", "open-iscsi"]
 WORKLOADS = ["randread-4k-qd1", "randread-4k-qd32", "randwrite-4k-qd32",
@@ -42,21 +45,8 @@ def med(dev, w, key):
     return statistics.median(vals) if vals else None
 
 
-def spread(dev, w):
-    v = [r["iops"] for r in runs.get((dev, w), [])]
-    return f"{min(v):,.0f}–{max(v):,.0f}" if v else "–"
-
-
-def fmt(x, nd=0):
-    return "–" if x is None else f"{x:,.{nd}f}"
-
-
-def ratio(a, b):
-    return None if a is None or not b else a / b
-
-
-def rfmt(r):
-    return "–" if r is None else f"{r:.2f}×"
+def iops_spread(dev, w):
+    return spread(r["iops"] for r in runs.get((dev, w), []))
 
 
 def paired(other, w, key):
@@ -103,7 +93,7 @@ for w in WORKLOADS:
         cpu = med(dev, w, "cpu")
         p(f"| {dev} | {fmt(med(dev, w, 'iops'))} | {fmt(None if bw is None else bw / 1e6, 1)} "
           f"| {fmt(med(dev, w, 'p50'), 1)} | {fmt(med(dev, w, 'p99'), 1)} "
-          f"| {'n/a' if dev == 'open-iscsi' else fmt(cpu, 2)} | {spread(dev, w)} |")
+          f"| {'n/a' if dev == 'open-iscsi' else fmt(cpu, 2)} | {iops_spread(dev, w)} |")
     p("")
 
 p("## Ratios")
