@@ -56,4 +56,9 @@ extension BlockStatus {
     NBDExtent.write(extents, into: &buffer)
     return buffer
   }
+
+  /// The reply payload saying every block of the range is data.
+  static func allData(blocks: UInt32, blockSize: Int) -> [ByteBuffer] {
+    [encoded([allocated(blocks: blocks, blockSize: blockSize)])]
+  }
 }

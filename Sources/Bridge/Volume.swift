@@ -451,7 +451,7 @@ public final class Volume: @unchecked Sendable {
     case .blockStatus:
       // Without thin provisioning every block has storage: no need to ask the target.
       guard info.thinProvisioned, !lbaStatusUnsupported else {
-        return reply(.success([BlockStatus.encoded([BlockStatus.allocated(blocks: blocks, blockSize: info.blockSize)])]))
+        return reply(.success(BlockStatus.allData(blocks: blocks, blockSize: info.blockSize)))
       }
       operation = .blockStatus(lba: lba, blocks: blocks, one: request.flags.contains(.reqOne))
     default:
@@ -653,7 +653,7 @@ public final class Volume: @unchecked Sendable {
           "the LU does not support GET LBA STATUS; block status reports every block as data",
           metadata: ["error": "\(e)"])
       }
-      return [BlockStatus.encoded([BlockStatus.allocated(blocks: blocks, blockSize: info.blockSize)])]
+      return BlockStatus.allData(blocks: blocks, blockSize: info.blockSize)
     }
   }
 

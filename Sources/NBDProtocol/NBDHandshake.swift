@@ -289,24 +289,10 @@ public struct NBDHandshakeStateMachine: Sendable {
     guard structuredReplies else {
       return [.send(reply(option, .errInvalid, message: "\(option) needs NBD_OPT_STRUCTURED_REPLY first"))]
     }
-    var queries: [[UInt8]] = []
-    guard let nameLength = data.readInteger(as: UInt32.self), nameLength <= NBDLimits.maxStringLength,
-      let name = data.readBytes(length: Int(nameLength)), let count = data.readInteger(as: UInt32.self),
-      UInt64(count) * 4 <= UInt64(data.readableBytes)
-    else {
+    guard let request = Self.metaContextRequest(&data) else {
       return [.send(reply(option, .errInvalid, message: "malformed \(option) data"))]
     }
-    for _ in 0..<count {
-      guard let length = data.readInteger(as: UInt32.self), length <= NBDLimits.maxStringLength,
-        let query = data.readBytes(length: Int(length))
-      else {
-        return [.send(reply(option, .errInvalid, message: "malformed \(option) data"))]
-      }
-      queries.append(query)
-    }
-    guard data.readableBytes == 0 else {
-      return [.send(reply(option, .errInvalid, message: "malformed \(option) data"))]
-    }
+    let (name, queries) = request
     guard let export = lookup(name) else {
       return [.send(reply(option, .errUnknown, message: "unknown export '\(Self.printable(name))'"))]
     }
@@ -326,6 +312,23 @@ public struct NBDHandshakeStateMachine: Sendable {
     writeReply(option, .ack, into: &out)
     if !list { baseAllocationExport = selected ? export.name : nil }
     return [.send(out)]
+  }
+
+  /// The export name and the queries of a meta context option; nil when the data is not
+  /// exactly that.
+  private static func metaContextRequest(_ data: inout ByteBuffer) -> (name: [UInt8], queries: [[UInt8]])? {
+    guard let nameLength = data.readInteger(as: UInt32.self), nameLength <= NBDLimits.maxStringLength,
+      let name = data.readBytes(length: Int(nameLength)), let count = data.readInteger(as: UInt32.self),
+      UInt64(count) * 4 <= UInt64(data.readableBytes)
+    else { return nil }
+    var queries: [[UInt8]] = []
+    for _ in 0..<count {
+      guard let length = data.readInteger(as: UInt32.self), length <= NBDLimits.maxStringLength,
+        let query = data.readBytes(length: Int(length))
+      else { return nil }
+      queries.append(query)
+    }
+    return data.readableBytes == 0 ? (name, queries) : nil
   }
 
   private mutating func enterTransmission(_ export: NBDExportInfo) {
