@@ -21,7 +21,7 @@
 #   VM_KERNEL     kernel image (default: newest /boot/vmlinuz-*-amd64)
 #   VM_MEMORY     default 2G;  VM_CPUS default 2
 #   VM_QUIET=1    do not stream the guest's output to this terminal
-#   VNG           the vng binary (default: vng on PATH, else /usr/local/bin/vng)
+#   VNG           the vng binary (default: /usr/local/bin/vng, else vng on PATH)
 #
 # Exit codes: SCRIPT's own; 124 the VM timed out; 125 the harness failed or the guest
 # died before SCRIPT finished (vng says 255 for a kernel panic / unexpected power-off).
@@ -34,10 +34,10 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 script=$(realpath -e "$1") || die "no such script: $1"
 shift
 
-VNG=${VNG:-$(command -v vng 2>/dev/null || echo /usr/local/bin/vng)}
-[ -x "$VNG" ] || die "vng not found: run Tests/vm/vm-deps.sh"
-kernel=${VM_KERNEL:-$(ls /boot/vmlinuz-*-amd64 2>/dev/null | sort -V | tail -1)}
-[ -n "$kernel" ] && [ -r "$kernel" ] || die "no kernel /boot/vmlinuz-*-amd64: run Tests/vm/vm-deps.sh"
+# shellcheck source=../lib/vm.sh
+. "$here/../lib/vm.sh"
+vm_tools || die "install it, then run again"
+kernel=$VM_KERNEL_IMAGE
 timeout_s=${VM_TIMEOUT:-600}
 
 if [ -n "${RESULTDIR:-}" ]; then
@@ -53,13 +53,8 @@ echo "$kernel" >"$R/kernel"
 exec_cmd=$(printf '%q ' "$here/guest-wrap.sh" "$R" "$script" "$@")
 
 echo "vm-run: booting $(basename "$kernel") (TCG, ${VM_CPUS:-2} cpus, ${VM_MEMORY:-2G}), results in $R" >&2
-t0=$(date +%s.%N)
-# A session of its own, so a timeout can kill vng, virtme-run and qemu together.
-# Run from / so vng does not try to use a kernel source tree in the cwd; the guest
-# script's cwd is set by guest-wrap.sh.
-(cd / && exec setsid "$VNG" --run "$kernel" --disable-kvm --memory "${VM_MEMORY:-2G}" \
-  --cpus "${VM_CPUS:-2}" --rwdir "$R" --exec "$exec_cmd") </dev/null >"$R/console.log" 2>&1 &
-vpid=$!
+# The guest script's cwd is set by guest-wrap.sh.
+vm_start "$R/console.log" --rwdir "$R" --exec "$exec_cmd"
 tpids=()
 if [ "${VM_QUIET:-0}" != 1 ]; then # stream the script's output as the guest writes it
   tail -n +1 -F -s 0.2 "$R/stdout" 2>/dev/null &
@@ -68,28 +63,20 @@ if [ "${VM_QUIET:-0}" != 1 ]; then # stream the script's output as the guest wri
   tpids+=($!)
 fi
 
-booted=""; timed_out=0
-while kill -0 "$vpid" 2>/dev/null; do
-  now=$(date +%s.%N)
+booted=""
+note_boot() { # the guest wrapper touches $R/booted when the script starts
   if [ -z "$booted" ] && [ -e "$R/booted" ]; then
-    booted=$(echo "$now - $t0" | bc)
+    booted=$(echo "$(date +%s.%N) - $VM_T0" | bc)
     printf '%.1f\n' "$booted" >"$R/boot-seconds"
     printf 'vm-run: guest up, script started after %.1f s\n' "$booted" >&2
   fi
-  if [ "$(echo "$now - $t0 > $timeout_s" | bc)" = 1 ]; then
-    timed_out=1
-    echo "vm-run: TIMEOUT after ${timeout_s}s (VM_TIMEOUT): killing the VM" >&2
-    kill -TERM -- "-$vpid" 2>/dev/null
-    for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$vpid" 2>/dev/null || break; sleep 0.5; done
-    kill -KILL -- "-$vpid" 2>/dev/null
-    break
-  fi
-  sleep 0.25
-done
-wait "$vpid"; vng_rc=$?
+}
+vm_wait "$timeout_s" note_boot
+timed_out=$VM_TIMED_OUT vng_rc=$VM_RC
+[ "$timed_out" = 0 ] || echo "vm-run: TIMEOUT after ${timeout_s}s (VM_TIMEOUT): killed the VM" >&2
 if [ ${#tpids[@]} -gt 0 ]; then sleep 1; # let tail print the last lines
    kill "${tpids[@]}" 2>/dev/null; wait "${tpids[@]}" 2>/dev/null; fi
-total=$(echo "$(date +%s.%N) - $t0" | bc)
+total=$VM_SECONDS
 printf '%.1f\n' "$total" >"$R/total-seconds"
 [ -z "$booted" ] && [ -e "$R/booted" ] && printf 'unknown\n' >"$R/boot-seconds"
 

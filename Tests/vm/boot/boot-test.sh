@@ -40,12 +40,11 @@ tap_start vm 63 "$OUT/stdout"
 
 # --- what the test needs (the guest runs this machine's own programs) -----------------
 BIN=$(realpath "$1" 2>/dev/null) && [ -x "$BIN" ] || { notok "no lunbridge binary at $1: build it (swift build --product lunbridge)"; finish; }
-VNG=${VNG:-$( [ -x /usr/local/bin/vng ] && echo /usr/local/bin/vng || command -v vng )}
-kernel=${VM_KERNEL:-$(ls /boot/vmlinuz-*-amd64 2>/dev/null | sort -V | tail -1)}
+. "$here/../../lib/vm.sh"
 missing=""
+vm_tools 2>/dev/null || missing="$missing $(vm_tools 2>&1 | sed 's/^missing for the VM: //')"
+kernel=$VM_KERNEL_IMAGE
 need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ] || missing="$missing $1 (Debian package $2)"; }
-[ -n "$VNG" ] && [ -x "$VNG" ] || missing="$missing vng (virtme-ng: Tests/vm/vm-deps.sh)"
-[ -n "$kernel" ] && [ -r "$kernel" ] || missing="$missing /boot/vmlinuz-*-amd64 (Debian package linux-image-amd64)"
 need qemu-system-x86_64 qemu-system-x86; need tgtd tgt; need tgtadm tgt; need fio fio
 need mkfs.ext4 e2fsprogs; need e2fsck e2fsprogs; need dumpe2fs e2fsprogs; need findmnt util-linux
 need journalctl systemd; need systemd-escape systemd; need udevadm udev
@@ -87,32 +86,20 @@ printf '%s\n' "$tmpfs" >"$OUT/fstab-1"
 printf '%s\n%s\n' "$tmpfs" "$(. "$here/boot-lib.sh"; echo "$BT_FSTAB_LINE")" >"$OUT/fstab-2"
 
 boot() { # PHASE: boots, waits for the guest to power off (or kills it); sets boot_s, timed_out
-  local phase=$1 limit=${BOOT_TIMEOUT:-600} t0 vpid
+  local phase=$1 limit=${BOOT_TIMEOUT:-600}
   printf '{"systemd": {"masks": [], "fstab": "%s"}}\n' "$OUT/fstab-$phase" \
     >"$OUT/home/.config/virtme-ng/virtme-ng.conf"
   echo "boot-test: boot $phase: $(basename "$kernel"), systemd as PID 1 (TCG; limit ${limit}s)" >&2
-  t0=$(date +%s)
-  # A session of its own, so a timeout kills vng, virtme-run and qemu together. container=
-  # (empty) tells systemd it is not in a container: it would take this machine's
-  # /.dockerenv for one, and then exit instead of powering off.
-  (cd / && HOME="$OUT/home" exec setsid "$VNG" --run "$kernel" --disable-kvm --memory 2G --cpus 2 \
+  # HOME points vng at this test's configuration (the guest's fstab). container= (empty)
+  # tells systemd it is not in a container: it would take this machine's /.dockerenv for
+  # one, and then exit instead of powering off.
+  HOME="$OUT/home" vm_start "$OUT/boot$phase-console.log" \
     --systemd --rwdir "$G" --append "container=" --append "SYSTEMD_GENERATOR_PATH=$here/generator:$guest_generator:" \
     --append "lunbridge_boot.phase=$phase" --append "lunbridge_boot.binary=$guest_bin" --append "lunbridge_boot.host_binary=$BIN" \
-    --append systemd.show_status=1) </dev/null >"$OUT/boot$phase-console.log" 2>&1 &
-  vpid=$!
-  timed_out=0
-  while kill -0 "$vpid" 2>/dev/null; do
-    if [ $(($(date +%s) - t0)) -ge "$limit" ]; then
-      timed_out=1
-      kill -TERM -- "-$vpid" 2>/dev/null
-      for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$vpid" 2>/dev/null || break; sleep 0.5; done
-      kill -KILL -- "-$vpid" 2>/dev/null
-      break
-    fi
-    sleep 1
-  done
-  wait "$vpid" 2>/dev/null
-  boot_s=$(($(date +%s) - t0))
+    --append systemd.show_status=1
+  vm_wait "$limit"
+  timed_out=$VM_TIMED_OUT
+  boot_s=$(printf '%.0f' "$VM_SECONDS")
 }
 
 # The guest's own checks of boot PHASE (bootN.tap), renumbered into ours.
