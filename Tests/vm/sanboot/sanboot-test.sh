@@ -10,6 +10,8 @@
 # initramfs.txt, tgtd/ and the LUN image while the test runs. Exit 0 = all passed.
 # Environment:
 #   BOOT_TIMEOUT     seconds per boot before the VM is killed (default 900)
+#   SANBOOT_STALL_SECONDS  no console output for this long before the kernel has started
+#                    the initramfs: the boot is started again, once (default 120)
 #   VM_KERNEL        kernel image (default: newest /boot/vmlinuz-*-amd64)
 #   SANBOOT_KEEP=1   keep the LUN image and the root folder afterwards
 #   SANBOOT_APPEND   more kernel command line (lunbridge.debug: lunbridge's debug log)
@@ -210,18 +212,37 @@ boot() {
   local b=$1 console=$OUT/boot$1-console.log ctl=$OUT/boot$1-ctl.log
   : >"$console"
   : >"$ctl"
-  local t0=$SECONDS done_lines=0 line
-  qemu-system-x86_64 -machine accel=tcg -cpu max -smp 2 -m 1536 -no-reboot -display none -monitor none \
-    -kernel "$OUT/vmlinuz" -initrd "$OUT/initrd.img" \
-    -append "console=ttyS0 ip=dhcp lunbridge.root=sanroot root=/dev/lunbridge/sanroot panic=10 printk.devkmsg=on net.ifnames=0 sanboot.phase=$b sanboot.port2=$PORT2 ${SANBOOT_APPEND:-}" \
-    -netdev "user,id=n0,net=198.18.0.0/24,host=$HOST" -device virtio-net-pci,netdev=n0 \
-    -serial "file:$console" -serial "file:$ctl" >"$OUT/boot$b-qemu.log" 2>&1 &
-  qemu_pid=$!
+  local t0=$SECONDS done_lines=0 line retried=0 size=-1 still=$SECONDS
+  start_qemu() {
+    qemu-system-x86_64 -machine accel=tcg -cpu max -smp 2 -m 1536 -no-reboot -display none -monitor none \
+      -kernel "$OUT/vmlinuz" -initrd "$OUT/initrd.img" \
+      -append "console=ttyS0 ip=dhcp lunbridge.root=sanroot root=/dev/lunbridge/sanroot panic=10 printk.devkmsg=on net.ifnames=0 sanboot.phase=$b sanboot.port2=$PORT2 ${SANBOOT_APPEND:-}" \
+      -netdev "user,id=n0,net=198.18.0.0/24,host=$HOST" -device virtio-net-pci,netdev=n0 \
+      -serial "file:$console" -serial "file:$ctl" >"$OUT/boot$b-qemu.log" 2>&1 &
+    qemu_pid=$!
+  }
+  start_qemu
   while kill -0 "$qemu_pid" 2>/dev/null; do
     if [ $((SECONDS - t0)) -ge "${BOOT_TIMEOUT:-900}" ]; then
       kill -9 "$qemu_pid"
       say "# boot $b: killed after ${BOOT_TIMEOUT:-900} s"
       break
+    fi
+    # Under TCG the kernel now and then hangs in its own early boot (seen once: no console
+    # line for minutes after "Switched to clocksource hpet"), before it has started the
+    # initramfs, let alone touched the LUN: that boot is started again, once, and said so.
+    if [ "$(stat -c %s "$console")" != "$size" ]; then size=$(stat -c %s "$console"); still=$SECONDS; fi
+    if [ "$retried" = 0 ] && [ $((SECONDS - still)) -ge "${SANBOOT_STALL_SECONDS:-120}" ] &&
+      ! grep -q 'Freeing unused kernel' "$console"; then
+      kill -9 "$qemu_pid"
+      wait "$qemu_pid" 2>/dev/null
+      cp "$console" "$OUT/boot$b-stalled-console.log"
+      say "# boot $b: the kernel stalled in early boot (no console output for ${SANBOOT_STALL_SECONDS:-120} s, TCG; $OUT/boot$b-stalled-console.log): booting again"
+      retried=1 size=-1 still=$SECONDS done_lines=0
+      : >"$console"
+      : >"$ctl"
+      start_qemu
+      continue
     fi
     local lines
     lines=$(tr -d '\r' <"$ctl" | grep -c '')
