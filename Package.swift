@@ -146,23 +146,19 @@ let package = Package(
 // its thread-local access set: 6 % of the CPU per I/O); the state is confined to one
 // event loop, and debug builds, which run the tests, keep the checks.
 let cTargets: Set<String> = ["CCRC32C", "CNetlink", "CFuzzDriver", "CAllocationCounter", "CBuildInfo"]
+// The Makefile's builds (and so CI's) also treat every warning in lunbridge's own code,
+// Swift and C, as an error (LUNBRIDGE_WARNINGS_AS_ERRORS=1; `make WARNINGS_AS_ERRORS=0`
+// turns it off); a plain `swift build` keeps warnings as warnings, so a newer compiler's
+// new warning does not stop a user's build. Dependencies are not affected.
+let warningsAsErrors = Context.environment["LUNBRIDGE_WARNINGS_AS_ERRORS"] == "1"
 for target in package.targets where target.type != .system && target.type != .binary {
-  guard !cTargets.contains(target.name) else { continue }
-  target.swiftSettings =
-    (target.swiftSettings ?? [])
-    + [.unsafeFlags(["-cross-module-optimization", "-enforce-exclusivity=unchecked"], .when(configuration: .release))]
-}
-
-// The Makefile's builds (and so CI's) treat every warning in lunbridge's own code, Swift and
-// C, as an error (LUNBRIDGE_WARNINGS_AS_ERRORS=1; `make WARNINGS_AS_ERRORS=0` turns it off);
-// a plain `swift build` keeps warnings as warnings, so a newer compiler's new warning
-// does not stop a user's build. Dependencies are not affected.
-if Context.environment["LUNBRIDGE_WARNINGS_AS_ERRORS"] == "1" {
-  for target in package.targets where target.type != .system && target.type != .binary {
-    if cTargets.contains(target.name) {
-      target.cSettings = (target.cSettings ?? []) + [.unsafeFlags(["-Werror"])]
-    } else {
-      target.swiftSettings = (target.swiftSettings ?? []) + [.unsafeFlags(["-warnings-as-errors"])]
-    }
+  if cTargets.contains(target.name) {
+    if warningsAsErrors { target.cSettings = (target.cSettings ?? []) + [.unsafeFlags(["-Werror"])] }
+    continue
   }
+  var settings: [SwiftSetting] = [
+    .unsafeFlags(["-cross-module-optimization", "-enforce-exclusivity=unchecked"], .when(configuration: .release))
+  ]
+  if warningsAsErrors { settings.append(.unsafeFlags(["-warnings-as-errors"])) }
+  target.swiftSettings = (target.swiftSettings ?? []) + settings
 }

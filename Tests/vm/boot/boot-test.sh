@@ -42,7 +42,7 @@ tap_start vm 63 "$OUT/stdout"
 BIN=$(realpath "$1" 2>/dev/null) && [ -x "$BIN" ] || { notok "no lunbridge binary at $1: build it (swift build --product lunbridge)"; finish; }
 . "$here/../../lib/vm.sh"
 missing=""
-vm_tools 2>/dev/null || missing="$missing $(vm_tools 2>&1 | sed 's/^missing for the VM: //')"
+vm_tools 2>"$OUT/vm-tools.err" || missing="$missing $(sed 's/^missing for the VM: //' "$OUT/vm-tools.err")"
 kernel=$VM_KERNEL_IMAGE
 need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ] || missing="$missing $1 (Debian package $2)"; }
 need qemu-system-x86_64 qemu-system-x86; need tgtd tgt; need tgtadm tgt; need fio fio
