@@ -66,11 +66,16 @@ public enum ServingProcess {
     return locked
   }
 
-  /// Called once the device is served: unmaps the pages of the executable's code that were
-  /// touched while starting (argument parsing, configuration, discovery, login, the
-  /// kernel handshake), so the resident size is what serving uses: about 14 MiB instead of
-  /// 20 at rest. Code that runs again later (a reconnect, a reload) maps its pages back from
-  /// the page cache when it runs, and they are locked again as they are (when `locked`).
+  /// Called once the device is served: unmaps the pages of the executable's code and
+  /// read-only data that were touched while starting (the dynamic loader's symbol tables
+  /// and relocations, argument parsing, configuration, discovery, login, the kernel
+  /// handshake), so the resident size is what serving uses. Code that runs again later (a
+  /// reconnect, a reload) maps its pages back from the page cache when it runs, and they
+  /// are locked again as they are (when `locked`).
+  ///
+  /// Only mappings with no private copies are released: the relocated read-only data
+  /// (RELRO) is a private copy of the file's bytes, and dropping it would bring back the
+  /// file's unrelocated ones.
   ///
   /// Not done when re-reading the executable could need the device this process serves:
   /// when it lives on an NBD device, on a device built on one (device-mapper, md,
@@ -86,16 +91,46 @@ public enum ServingProcess {
       logger.debug("start-up code kept resident: the executable's filesystem may depend on a device this process serves")
       return
     }
-    guard let maps = try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8) else { return }
+    guard let smaps = try? String(contentsOfFile: "/proc/self/smaps", encoding: .utf8) else { return }
     var released = 0
-    for range in executableCodeRanges(maps: maps, device: st.st_dev, inode: UInt64(st.st_ino)) {
+    for range in releasableRanges(smaps: smaps, device: st.st_dev, inode: UInt64(st.st_ino)) {
       let start = UnsafeMutableRawPointer(bitPattern: range.lowerBound)
       let length = Int(range.upperBound - range.lowerBound)
       _ = munlock(start, length)  // MADV_DONTNEED refuses locked pages
       if madvise(start, length, 4) == 0 { released += length }  // MADV_DONTNEED
       if locked { _ = glibcMlock2(start, length, 1) }  // MLOCK_ONFAULT: locked again as used
     }
-    if released > 0 { logger.debug("released the executable's start-up code pages (\(released >> 20) MiB mapped)") }
+    if released > 0 { logger.debug("released the executable's start-up pages (\(released >> 20) MiB mapped)") }
+  }
+
+  /// The executable's own mappings (by device and inode) that can be dropped and read back
+  /// from its file: read-only (code `r-xp`, data `r--p`) with no anonymous pages, from a
+  /// /proc/PID/smaps text. Matched by inode, not path, so an executable replaced on disk
+  /// while running (" (deleted)") is still found. A mapping whose `Anonymous:` line is
+  /// missing is kept.
+  static func releasableRanges(smaps: String, device: UInt, inode: UInt64) -> [Range<UInt>] {
+    let (major, minor) = deviceNumbers(device)
+    var ranges: [Range<UInt>] = []
+    var candidate: Range<UInt>?
+    for line in smaps.split(separator: "\n") {
+      let f = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
+      guard let first = f.first else { continue }
+      if first == "Anonymous:" {
+        if let c = candidate, f.count >= 2, f[1] == "0" { ranges.append(c) }
+        candidate = nil
+        continue
+      }
+      guard !first.hasSuffix(":"), f.count >= 5, first.contains("-") else { continue }
+      candidate = nil
+      guard f[1] == "r-xp" || f[1] == "r--p", UInt64(f[4]) == inode else { continue }
+      let dev = f[3].split(separator: ":")
+      guard dev.count == 2, UInt(dev[0], radix: 16) == major, UInt(dev[1], radix: 16) == minor else { continue }
+      let bounds = first.split(separator: "-")
+      guard bounds.count == 2, let lo = UInt(bounds[0], radix: 16), let hi = UInt(bounds[1], radix: 16), lo < hi
+      else { continue }
+      candidate = lo..<hi
+    }
+    return ranges
   }
 
   /// Whether a file on this filesystem can be read back without the devices this process
@@ -126,25 +161,6 @@ public enum ServingProcess {
       return true
     }
     return false
-  }
-
-  /// The executable mappings (`r-xp`) of the file with this device and inode in a
-  /// /proc/PID/maps text: matched by inode, not path, so an executable replaced on disk
-  /// while running (" (deleted)") is still found.
-  static func executableCodeRanges(maps: String, device: UInt, inode: UInt64) -> [Range<UInt>] {
-    let (major, minor) = deviceNumbers(device)
-    var ranges: [Range<UInt>] = []
-    for line in maps.split(separator: "\n") {
-      let f = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
-      guard f.count >= 5, f[1] == "r-xp", UInt64(f[4]) == inode else { continue }
-      let dev = f[3].split(separator: ":")
-      guard dev.count == 2, UInt(dev[0], radix: 16) == major, UInt(dev[1], radix: 16) == minor else { continue }
-      let bounds = f[0].split(separator: "-")
-      guard bounds.count == 2, let lo = UInt(bounds[0], radix: 16), let hi = UInt(bounds[1], radix: 16), lo < hi
-      else { continue }
-      ranges.append(lo..<hi)
-    }
-    return ranges
   }
 
   /// The type of the filesystem mounted from this device, from a /proc/PID/mountinfo text

@@ -715,6 +715,8 @@ struct Serve: AsyncParsableCommand {
     }
     ServingProcess.raiseDescriptorLimit()
     let memoryLocked = ServingProcess.protectFromMemoryPressure(logger: logger)
+    // What the loader and argument parsing touched; the rest of the start-up once serving.
+    ServingProcess.releaseStartupCode(locked: memoryLocked, logger: logger)
     // A volume NAME (its file's paths and settings, as attach NAME takes them) or URLs.
     if urls.count > 1, let bad = urls.first(where: { !$0.lowercased().hasPrefix("iscsi://") }) {
       throw ValidationError("'\(bad)': several paths must all be iscsi:// URLs (a volume NAME stands alone)")
@@ -886,6 +888,8 @@ struct Attach: AsyncParsableCommand {
     }
     ServingProcess.raiseDescriptorLimit()
     let memoryLocked = ServingProcess.protectFromMemoryPressure(logger: logger)
+    // What the loader and argument parsing touched; the rest of the start-up once serving.
+    ServingProcess.releaseStartupCode(locked: memoryLocked, logger: logger)
     let urls = volumeFile.map { $0.paths.map(\.description) } ?? targets
     let url = urls[0]
     var attachOptions = AttachOptions(

@@ -9,19 +9,31 @@ import XCTest
 final class StartupCodeTests: XCTestCase {
   let logger = Logger(label: "startup-code-test", factory: { _ in SwiftLogNoOpLogHandler() })
 
-  func testCodeRangesAreTheExecutablesOwnByDeviceAndInode() {
-    let maps = """
-      5600000000-5600001000 r--p 00000000 fe:01 1234 /usr/bin/lunbridge
-      5600001000-5600009000 r-xp 00001000 fe:01 1234 /usr/bin/lunbridge (deleted)
-      5600009000-560000a000 rw-p 00009000 fe:01 1234 /usr/bin/lunbridge
-      7f0000000000-7f0000100000 r-xp 00000000 fe:01 99 /usr/lib/x86_64-linux-gnu/libc.so.6
-      7f0000200000-7f0000300000 r-xp 00000000 08:01 1234 /mnt/other/lunbridge
-      7ffd00000000-7ffd00001000 r-xp 00000000 00:00 0 [vdso]
-      """
+  /// The executable's read-only mappings with no private copies: its code and its
+  /// read-only data, not the relocated RELRO copy, its writable data, another file's
+  /// code, nor a file of the same inode on another device.
+  func testReleasableRangesAreTheExecutablesOwnCleanReadOnlyMappings() {
+    func mapping(_ header: String, anonymous: Int?) -> String {
+      var lines = [header, "Size:                 32 kB", "Rss:                  16 kB"]
+      if let anonymous { lines.append("Anonymous:      \(anonymous) kB") }
+      lines.append("Locked:                0 kB")
+      return lines.joined(separator: "\n")
+    }
+    let smaps = [
+      mapping("5600000000-5600001000 r--p 00000000 fe:01 1234 /usr/bin/lunbridge", anonymous: 0),
+      mapping("5600001000-5600009000 r-xp 00001000 fe:01 1234 /usr/bin/lunbridge (deleted)", anonymous: 0),
+      mapping("5600009000-560000b000 r--p 00009000 fe:01 1234 /usr/bin/lunbridge", anonymous: 8),
+      mapping("560000b000-560000c000 rw-p 0000b000 fe:01 1234 /usr/bin/lunbridge", anonymous: 0),
+      mapping("560000c000-560000d000 r--p 0000c000 fe:01 1234 /usr/bin/lunbridge", anonymous: nil),
+      mapping("7f0000000000-7f0000100000 r-xp 00000000 fe:01 99 /usr/lib/x86_64-linux-gnu/libc.so.6", anonymous: 0),
+      mapping("7f0000200000-7f0000300000 r-xp 00000000 08:01 1234 /mnt/other/lunbridge", anonymous: 0),
+      mapping("7ffd00000000-7ffd00001000 r-xp 00000000 00:00 0 [vdso]", anonymous: 0),
+    ].joined(separator: "\n")
     let device = UInt(0xfe) << 8 | 0x01
     XCTAssertEqual(
-      ServingProcess.executableCodeRanges(maps: maps, device: device, inode: 1234), [0x56_0000_1000..<0x56_0000_9000])
-    XCTAssertEqual(ServingProcess.executableCodeRanges(maps: maps, device: device, inode: 4321), [])
+      ServingProcess.releasableRanges(smaps: smaps, device: device, inode: 1234),
+      [0x56_0000_0000..<0x56_0000_1000, 0x56_0000_1000..<0x56_0000_9000])
+    XCTAssertEqual(ServingProcess.releasableRanges(smaps: smaps, device: device, inode: 4321), [])
   }
 
   func testFilesystemTypeComesFromTheMountOfThatDevice() {
@@ -87,8 +99,9 @@ final class StartupCodeTests: XCTestCase {
     XCTAssertTrue(rereadable("rootfs", 0, 2), "the initramfs")
   }
 
-  /// On this process: the test executable's code pages leave the resident set (when its
-  /// filesystem allows it, else they stay), and the code still runs afterwards.
+  /// On this process: the test executable's code and read-only data pages leave the
+  /// resident set (when its filesystem allows it, else they stay), and the code still runs
+  /// afterwards, its relocated data intact.
   func testReleaseOnThisProcess() throws {
     var st = stat()
     XCTAssertEqual(stat("/proc/self/exe", &st), 0)
@@ -106,9 +119,14 @@ final class StartupCodeTests: XCTestCase {
     }
     // The code runs on: pages come back from the page cache.
     XCTAssertEqual(ServingProcess.deviceNumbers(UInt(254) << 8 | 3).major, 254)
+    // Metadata reached through relocated pointers: type names, a dynamic cast.
+    let value: Any = [UInt(7): "seven"]
+    XCTAssertEqual((value as? [UInt: String])?[7], "seven")
+    XCTAssertEqual(String(describing: type(of: logger)), "Logger")
     XCTAssertGreaterThan(try residentCodeKiB(inode: UInt64(st.st_ino)), after)
   }
 
+  /// Resident file pages (Rss less Anonymous) of the executable's read-only mappings.
   private func residentCodeKiB(inode: UInt64) throws -> Int {
     let smaps = try String(contentsOfFile: "/proc/self/smaps", encoding: .utf8)
     var total = 0
@@ -116,9 +134,10 @@ final class StartupCodeTests: XCTestCase {
     for line in smaps.split(separator: "\n") {
       let f = line.split(separator: " ", omittingEmptySubsequences: true)
       if let first = f.first, first.contains("-"), f.count >= 5, !first.hasSuffix(":") {
-        inCode = f[1] == "r-xp" && UInt64(f[4]) == inode
-      } else if inCode, f.first == "Rss:", f.count >= 2, let kib = Int(f[1]) {
-        total += kib
+        inCode = (f[1] == "r-xp" || f[1] == "r--p") && UInt64(f[4]) == inode
+      } else if inCode, f.count >= 2, let kib = Int(f[1]) {
+        if f.first == "Rss:" { total += kib }
+        if f.first == "Anonymous:" { total -= kib }
       }
     }
     return total
