@@ -83,14 +83,7 @@ let package = Package(
         .product(name: "Logging", package: "swift-log"),
       ],
       // The manual pages' sources (make man).
-      exclude: ["Manual"],
-      // The release binary is linked by the toolchain's lld, which puts the read-only data
-      // (Swift metadata, the loader's symbol tables and relocations) in a segment of its
-      // own instead of among the code: pages the kernel maps 64 KiB at a time around
-      // each fault hold code or data, not both, and the start-up release drops the data
-      // too. Peak RSS under load: 22.9 MiB instead of 24.5 (measured with 4 KiB and
-      // 1 MiB fio runs on `serve`).
-      linkerSettings: [.unsafeFlags(["-use-ld=lld"], .when(configuration: .release))]),
+      exclude: ["Manual"]),
     // Fuzz targets for every decoder of peer bytes: `make fuzz` builds them with
     // libFuzzer (-sanitize=fuzzer,address -D FUZZING); without it the binary replays the
     // corpus in Tests/fuzz/corpus.
