@@ -423,7 +423,8 @@ public enum ControlClient {
     let data = try request("status", socket: path, timeout: timeout)
     if let report = try? ControlJSON.decoder().decode(VolumeStatusReport.self, from: data) { return report }
     if let reply = try? ControlJSON.decoder().decode(ControlReply.self, from: data), let error = reply.error {
-      throw BridgeError(.controlSocket, "\(path): \(error)")
+      // The volume's own error, with its class (exit status), as reload and pr relay theirs.
+      throw BridgeError(relayed: "\(path): \(error)", class: reply.kind)
     }
     throw BridgeError(.controlSocket, "\(path) answered something that is not a status report")
   }

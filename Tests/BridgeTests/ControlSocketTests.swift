@@ -124,6 +124,26 @@ final class ControlSocketTests: XCTestCase {
     }
   }
 
+  /// A report that fails with a typed error: `status` exits as the volume would have
+  /// (here: no path, because the portal is unreachable: class unreachable, not other).
+  func testAFailedReportKeepsItsErrorClass() async throws {
+    let server = try await ControlServer.start(
+      name: "db", directory: directory,
+      report: {
+        MultiThreadedEventLoopGroup.singleton.next().makeFailedFuture(
+          BridgeError(
+            .noPath, "no path could log in",
+            cause: ISCSIError(.unreachable, "cannot connect to portal 127.0.0.1:1: connection refused")))
+      },
+      logger: logger)
+    servers.append(server)
+    XCTAssertThrowsError(try ControlClient.status(socket: server.path, timeout: 2)) {
+      XCTAssertEqual(
+        "\($0)", "\(server.path): no path could log in: cannot connect to portal 127.0.0.1:1: connection refused")
+      XCTAssertEqual(($0 as? LunbridgeError)?.failureClass, .unreachable)
+    }
+  }
+
   func testStaleSocketIsReplaced() async throws {
     let path = "\(directory)/db.sock"
     try bindAndAbandon(path)
