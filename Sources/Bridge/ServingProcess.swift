@@ -66,10 +66,21 @@ public enum ServingProcess {
     return locked
   }
 
-  /// Called once the device is served: unmaps the pages of the executable's code and
-  /// read-only data that were touched while starting (the dynamic loader's symbol tables
-  /// and relocations, argument parsing, configuration, discovery, login, the kernel
-  /// handshake), so the resident size is what serving uses. Code that runs again later (a
+  /// What `attach` and `serve` do before logging in: the descriptor limit raised, memory
+  /// protected, and the pages the loader and argument parsing touched released (the rest of
+  /// the start-up is released once serving). Returns whether memory is locked.
+  public static func prepare(logger: Logger) -> Bool {
+    raiseDescriptorLimit()
+    let locked = protectFromMemoryPressure(logger: logger)
+    releaseStartupCode(locked: locked, logger: logger)
+    return locked
+  }
+
+  /// Called before login (`prepare`) and again once the device is served: unmaps the pages
+  /// of the executable's code and read-only data that were touched while starting (the
+  /// dynamic loader's symbol tables and relocations, argument parsing, configuration,
+  /// discovery, login, the kernel handshake), so the resident size is what serving uses.
+  /// Code that runs again later (a
   /// reconnect, a reload) maps its pages back from the page cache when it runs, and they
   /// are locked again as they are (when `locked`).
   ///

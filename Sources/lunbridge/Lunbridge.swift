@@ -713,10 +713,7 @@ struct Serve: AsyncParsableCommand {
     if let m = maxInflightMib, m < 33 {
       throw BridgeError(.usage, "--max-inflight-mib must be at least 33 (one 32 MiB request and room for others)")
     }
-    ServingProcess.raiseDescriptorLimit()
-    let memoryLocked = ServingProcess.protectFromMemoryPressure(logger: logger)
-    // What the loader and argument parsing touched; the rest of the start-up once serving.
-    ServingProcess.releaseStartupCode(locked: memoryLocked, logger: logger)
+    let memoryLocked = ServingProcess.prepare(logger: logger)
     // A volume NAME (its file's paths and settings, as attach NAME takes them) or URLs.
     if urls.count > 1, let bad = urls.first(where: { !$0.lowercased().hasPrefix("iscsi://") }) {
       throw ValidationError("'\(bad)': several paths must all be iscsi:// URLs (a volume NAME stands alone)")
@@ -886,10 +883,7 @@ struct Attach: AsyncParsableCommand {
     guard isNBDModuleLoaded() else {
       throw BridgeError(.nbdMissing, "the nbd kernel module is not loaded: run modprobe nbd")
     }
-    ServingProcess.raiseDescriptorLimit()
-    let memoryLocked = ServingProcess.protectFromMemoryPressure(logger: logger)
-    // What the loader and argument parsing touched; the rest of the start-up once serving.
-    ServingProcess.releaseStartupCode(locked: memoryLocked, logger: logger)
+    let memoryLocked = ServingProcess.prepare(logger: logger)
     let urls = volumeFile.map { $0.paths.map(\.description) } ?? targets
     let url = urls[0]
     var attachOptions = AttachOptions(
