@@ -9,8 +9,10 @@ DESTDIR ?=
 # Release builds: the Swift runtime linked in (no /opt/swift libraries needed at run time),
 # and no run-time exclusivity checks in any module, SwiftNIO's included (swift_beginAccess
 # and its thread-local access set were 3 % of the CPU per 4 KiB I/O; debug builds, which
-# run the tests, keep them).
-RELEASE_FLAGS := -Xswiftc -enforce-exclusivity=unchecked
+# run the tests, keep them), optimized for size: -Osize took 0.4 MB off the code resident
+# under the benchmark's load and did not cost CPU per I/O (4 KiB random read at depth 32,
+# alternating: 23.4 and 21.8 µs against -O's 27.0 and 23.0).
+RELEASE_FLAGS := -Xswiftc -enforce-exclusivity=unchecked -Xswiftc -Osize
 # Every build made through this Makefile (CI's included) treats a warning in lunbridge's own
 # code as an error (Package.swift reads the variable); `make WARNINGS_AS_ERRORS=0 ...` to relax.
 WARNINGS_AS_ERRORS ?= 1

@@ -15,6 +15,17 @@ public enum ServingProcess {
     signal(SIGPIPE, SIG_IGN)
   }
 
+  /// For every command, before any other thread runs: one malloc arena for all threads.
+  /// glibc gives each thread that allocates an arena of its own (up to 8 per core), and
+  /// returns such an arena's free pages with MADV_DONTNEED, which the kernel refuses on
+  /// locked memory (`protectFromMemoryPressure`): under load the event loop's arena kept
+  /// its peak for good, about 1 MB of the serving process's peak RSS. The main heap shrinks
+  /// with brk, which locked memory allows. One thread does the I/O, so the arena's lock is
+  /// not contended.
+  public static func useOneMallocArena() {
+    _ = glibcMallopt(-8, 1)  // M_ARENA_MAX (<malloc.h>)
+  }
+
   /// Raises the soft limit on open descriptors to the hard limit: the export's connection
   /// cap then leaves a large reserve for the iSCSI paths, the control socket and metrics.
   /// Returns the new soft limit.
@@ -230,3 +241,4 @@ public enum ServingProcess {
 
 // Not in Swift's Glibc module.
 @_silgen_name("mlock2") private func glibcMlock2(_ address: UnsafeRawPointer?, _ length: Int, _ flags: UInt32) -> Int32
+@_silgen_name("mallopt") private func glibcMallopt(_ parameter: Int32, _ value: Int32) -> Int32

@@ -1439,6 +1439,7 @@ struct Lunbridge: AsyncParsableCommand {
   /// One line `lunbridge: error: ...` and the exit status of its class for every
   /// failure (ExitStatus); option mistakes print the failing subcommand's usage.
   static func main() async {
+    ServingProcess.useOneMallocArena()
     ServingProcess.ignoreSIGPIPE()
     let command: ParsableCommand
     do {

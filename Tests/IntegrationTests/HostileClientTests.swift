@@ -201,7 +201,8 @@ final class HostileClientTests: XCTestCase {
 
   /// `serve ... 2>&1 | head -1`: the reader of its stderr exits after one line. The next
   /// log lines (here: a connection cut by tgtadm, logged verbosely) must not kill it; the
-  /// export keeps working, the path comes back, and its memory is locked.
+  /// export keeps working, the path comes back, and its memory is locked (in one malloc
+  /// arena).
   func testServeOutlivesTheReaderOfItsStderr() throws {
     let headOut = scratch + "/head.out"
     // SIGPIPE back to its default action, as from a login shell (this test process may
@@ -255,6 +256,28 @@ final class HostileClientTests: XCTestCase {
     let vmlck = procStatus.split(separator: "\n").first { $0.hasPrefix("VmLck:") }.map(String.init) ?? "none"
     let kb = Int(vmlck.split(separator: " ").dropFirst().first ?? "0") ?? 0
     XCTAssertGreaterThan(kb, 1024, "memory not locked: \(vmlck)")
+    // Its threads share one malloc arena: a thread's own could never give pages back
+    // while memory is locked.
+    let maps = try String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8)
+    XCTAssertEqual(Self.threadArenas(maps: maps), [], "malloc arenas of their own for serve's threads")
+  }
+
+  /// glibc's thread arenas in a /proc/PID/maps text: each is a 64 MiB reservation aligned
+  /// on 64 MiB, an anonymous read-write part in use followed by the anonymous rest with
+  /// no access.
+  static func threadArenas(maps: String) -> [String] {
+    let size: UInt = 64 << 20
+    let mappings = maps.split(separator: "\n").compactMap { line -> (start: UInt, end: UInt, perms: Substring)? in
+      let f = line.split(separator: " ", omittingEmptySubsequences: true)
+      let bounds = f.first?.split(separator: "-") ?? []
+      guard f.count == 5, bounds.count == 2, let a = UInt(bounds[0], radix: 16), let b = UInt(bounds[1], radix: 16)
+      else { return nil }  // a file, or [heap], [stack]...
+      return (a, b, f[1])
+    }
+    return zip(mappings, mappings.dropFirst()).compactMap { used, rest in
+      used.perms == "rw-p" && used.start % size == 0 && rest.perms == "---p" && rest.start == used.end
+        && rest.end == used.start + size ? String(used.start, radix: 16) : nil
+    }
   }
 
   /// Reads queued while no path works, from a client that then goes away, are dropped:
