@@ -36,6 +36,10 @@ final class NBDConnectionHandler: ChannelInboundHandler {
   /// Write payloads up to this size get their buffer when their header arrives.
   static let reservedPayload: UInt32 = 2 << 20
   private var cumulation: ByteBuffer?
+  /// Bytes read after a write request that `cumulation` holds the start of, kept out of its
+  /// payload's buffer (`cumulate(_:messageLength:)`) and taken in once it has been
+  /// decoded; bytes read meanwhile are added here, after them.
+  private var held: ByteBuffer?
   /// Admitted requests whose reply has not been written yet, and their bytes.
   private var inFlight = 0
   private var bytesInFlight = 0
@@ -89,6 +93,7 @@ final class NBDConnectionHandler: ChannelInboundHandler {
     handshakeTimer?.cancel()
     handshakeTimer = nil
     cumulation = nil
+    held = nil
     volume.budget.forget(id)
     volume.cancelQueued(owner: id)
     context.fireChannelInactive()
@@ -97,9 +102,29 @@ final class NBDConnectionHandler: ChannelInboundHandler {
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {
     // After NBD_CMD_DISC (or a drain) nothing more is taken in.
     guard !disconnectRequested else { return }
-    let incoming = unwrapInboundIn(data)
-    cumulation.cumulate(incoming)
+    take(unwrapInboundIn(data))
     process(context: context)
+  }
+
+  /// Appends bytes read, in the order read: after the held ones if there are any.
+  private func take(_ incoming: ByteBuffer) {
+    if held != nil {
+      held!.writeImmutableBuffer(incoming)
+    } else {
+      var length: Int? = nil
+      if let c = cumulation { length = writeRequestLength(c) }
+      held = cumulation.cumulate(incoming, messageLength: length)
+    }
+  }
+
+  /// The length of the write request (header and payload) at the buffer's reader index,
+  /// once its header is in; nil for any other request, and during the handshake.
+  private func writeRequestLength(_ buffer: ByteBuffer) -> Int? {
+    guard case .transmission = phase, buffer.readableBytes >= NBDLimits.requestHeaderSize,
+      buffer.getInteger(at: buffer.readerIndex + 6, as: UInt16.self) == NBDCommand.write.rawValue,
+      let length = buffer.getInteger(at: buffer.readerIndex + 24, as: UInt32.self)
+    else { return nil }
+    return NBDLimits.requestHeaderSize + Int(length)
   }
 
   /// Runs `step` until nothing more can be done. Re-entrant calls (a request that fails at
@@ -192,12 +217,18 @@ final class NBDConnectionHandler: ChannelInboundHandler {
         // NBD_CMD_DISC: no reply; finish what is in flight, then close.
         disconnectRequested = true
         cumulation = nil
+        held = nil
         closeIfIdle(context: context)
         return
       }
       run(event, bytes: bytes, context: context)
     }
     if let c = cumulation, c.readableBytes == 0 { cumulation = nil }
+    if !disconnectRequested, let rest = held {
+      held = nil
+      take(rest)
+      processAgain = true
+    }
     resumeReading(context: context)
   }
 
@@ -331,6 +362,7 @@ final class NBDConnectionHandler: ChannelInboundHandler {
     volume.logClientProblem(.warning, "NBD protocol violation; closing the connection", ["reason": "\(reason)"])
     phase = .closing
     cumulation = nil
+    held = nil
     context.close(promise: nil)
   }
 
@@ -338,6 +370,7 @@ final class NBDConnectionHandler: ChannelInboundHandler {
     if event is Drain {
       disconnectRequested = true
       cumulation = nil
+      held = nil
       closeIfIdle(context: context)
       return
     }

@@ -14,6 +14,10 @@ final class PDUChannelHandler: ChannelDuplexHandler {
   var framer = PDUFramer()
   var encoder = PDUEncoder()
   private var cumulation: ByteBuffer?
+  /// Bytes read after a large PDU that `cumulation` holds the start of, kept out of its
+  /// buffer (`cumulate(_:messageLength:)`) and taken in once it has been framed; bytes
+  /// read meanwhile are added here, after them.
+  private var held: ByteBuffer?
   private var failed = false
   /// The session of this connection: PDUs go to it and come from it directly, not as
   /// `NIOAny` through the pipeline (which boxes each PDU in a heap allocation).
@@ -52,28 +56,44 @@ final class PDUChannelHandler: ChannelDuplexHandler {
 
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {
     guard !failed else { return }
-    let incoming = unwrapInboundIn(data)
-    cumulation.cumulate(incoming)
+    take(unwrapInboundIn(data))
     // fireChannelRead can re-enter channelRead: when a handler further on writes and the
     // write fails (connection reset), NIO drains the socket's input synchronously before
     // closing. The inner call consumes what is buffered and may leave `cumulation` nil.
-    while !failed, cumulation != nil {
-      do {
-        guard let pdu = try framer.next(from: &cumulation!) else { break }
-        if let session {
-          session.receive(pdu, from: context.channel)
-        } else {
-          context.fireChannelRead(wrapInboundOut(pdu))
+    repeat {
+      while !failed, cumulation != nil {
+        do {
+          guard let pdu = try framer.next(from: &cumulation!) else { break }
+          if let session {
+            session.receive(pdu, from: context.channel)
+          } else {
+            context.fireChannelRead(wrapInboundOut(pdu))
+          }
+        } catch {
+          failed = true
+          cumulation = nil
+          held = nil
+          context.fireErrorCaught(error)
+          context.close(promise: nil)
+          return
         }
-      } catch {
-        failed = true
-        cumulation = nil
-        context.fireErrorCaught(error)
-        context.close(promise: nil)
-        return
       }
+      if let c = cumulation, c.readableBytes == 0 { cumulation = nil }
+      guard !failed, let rest = held else { break }
+      held = nil
+      take(rest)
+    } while true
+  }
+
+  /// Appends bytes read, in the order read: after the held ones if there are any.
+  private func take(_ incoming: ByteBuffer) {
+    if held != nil {
+      held!.writeImmutableBuffer(incoming)
+    } else {
+      var length: Int? = nil
+      if let c = cumulation { length = framer.lengthOfPDU(at: c) }
+      held = cumulation.cumulate(incoming, messageLength: length)
     }
-    if let c = cumulation, c.readableBytes == 0 { cumulation = nil }
   }
 
   func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {

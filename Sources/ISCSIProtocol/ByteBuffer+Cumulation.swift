@@ -20,6 +20,31 @@ extension Optional where Wrapped == ByteBuffer {
     }
   }
 
+  /// As `cumulate(_:)`, except when the cumulation holds the start of a large message
+  /// (`messageLength` bytes from the reader index, from `MessageBuffers.threshold` on: it
+  /// has a buffer of its own, `reserveForMessage`) and `incoming` runs past its end: then
+  /// only the bytes that complete it are appended, and the rest is returned, to be
+  /// appended once the message has been taken out. Appended as well, the next message's
+  /// first bytes would touch pages past the message's end in a buffer that lives as long as
+  /// the message (up to a read's 64 KiB for each megabyte buffer, resident with it), and be
+  /// copied out again when the message is taken.
+  public mutating func cumulate(_ incoming: ByteBuffer, messageLength: Int?) -> ByteBuffer? {
+    // No copy of the buffer held here (only its length): `cumulate` must find it unshared
+    // to append in place.
+    guard let length = messageLength, length >= MessageBuffers.threshold, let buffered = self?.readableBytes else {
+      cumulate(incoming)
+      return nil
+    }
+    let wanted = length - buffered
+    guard wanted > 0, wanted < incoming.readableBytes else {
+      cumulate(incoming)
+      return nil
+    }
+    var rest = incoming
+    cumulate(rest.readSlice(length: wanted)!)
+    return rest
+  }
+
   /// The message at the reader index is `total` bytes long (its length has been checked
   /// against the limits): give the buffer room for exactly that, now. Left to grow as
   /// bytes arrive, a buffer doubles its capacity, and a slice of the message (a data

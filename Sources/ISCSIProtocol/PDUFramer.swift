@@ -58,7 +58,7 @@ public struct PDUFramer: Sendable {
     let padded = (dataLength + 3) & ~3
     let headerDigestLength = parameters.headerDigest ? 4 : 0
     let dataDigestLength = (parameters.dataDigest && dataLength > 0) ? 4 : 0
-    let total = BasicHeaderSegment.length + ahsLength + headerDigestLength + padded + dataDigestLength
+    let total = length(of: header)
     guard buffer.readableBytes >= total else {
       // Room for the whole PDU now (its length is within the limits checked above).
       var whole: ByteBuffer? = buffer
@@ -90,6 +90,23 @@ public struct PDUFramer: Sendable {
     }
     buffer.moveReaderIndex(to: start + total)
     return ISCSIPDU(header: header, ahs: ahs, data: data)
+  }
+
+  /// The length on the wire of the PDU whose header starts at the buffer's reader index,
+  /// or nil while its header is not all there. Not checked against the limits (`next` does
+  /// that before anything is reserved for it).
+  public func lengthOfPDU(at buffer: ByteBuffer) -> Int? {
+    var peek = buffer
+    return BasicHeaderSegment.read(from: &peek).map(length(of:))
+  }
+
+  /// Header, AHS, header digest, padded data segment and data digest.
+  func length(of header: BasicHeaderSegment) -> Int {
+    let dataLength = Int(header.dataSegmentLength)
+    let padded = (dataLength + 3) & ~3
+    let headerDigestLength = parameters.headerDigest ? 4 : 0
+    let dataDigestLength = (parameters.dataDigest && dataLength > 0) ? 4 : 0
+    return BasicHeaderSegment.length + Int(header.totalAHSLength) * 4 + headerDigestLength + padded + dataDigestLength
   }
 }
 

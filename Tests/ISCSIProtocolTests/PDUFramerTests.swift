@@ -75,6 +75,65 @@ final class PDUFramerTests: XCTestCase {
     XCTAssertGreaterThan(512 << 10, whole.readableBytes)
   }
 
+  func testALargePDUsBufferTakesNoBytesOfTheNextAndTheOrderIsKept() throws {
+    // PDUs of every kind of size, back to back, read in chunks of random sizes; framed as
+    // PDUChannelHandler does: the bytes after a large PDU wait until it has been taken.
+    let p = FramingParameters(headerDigest: true, dataDigest: true, maxRecvDataSegmentLength: 256 << 10)
+    let sizes = [0, 100, 256 << 10, 3, 64 << 10, (64 << 10) + 1, 256 << 10, 256 << 10, 7, 200 << 10, 0]
+    var stream = ByteBuffer()
+    for (i, size) in sizes.enumerated() {
+      var pdu = encode(nopIn(itt: UInt32(i), data: (0..<size).map { UInt8(truncatingIfNeeded: $0 &+ i) }), p)
+      stream.writeBuffer(&pdu)
+    }
+    let framer = PDUFramer(parameters: p)
+    var generator = SystemRandomNumberGenerator()
+    for round in 0..<20 {
+      var cumulation: ByteBuffer? = nil
+      var held: ByteBuffer? = nil
+      var framed: [ISCSIPDU] = []
+      var largeOnes = 0
+      func take(_ incoming: ByteBuffer) {
+        if held != nil {
+          held!.writeImmutableBuffer(incoming)
+          return
+        }
+        let length = cumulation.flatMap(framer.lengthOfPDU(at:))
+        let storage = { (b: ByteBuffer?) in b?.withVeryUnsafeBytes { UInt(bitPattern: $0.baseAddress) } }
+        let before = storage(cumulation)
+        held = cumulation.cumulate(incoming, messageLength: length)
+        if let length, length >= MessageBuffers.threshold, let before, (cumulation?.capacity ?? 0) >= length {
+          XCTAssertEqual(storage(cumulation), before, "a large PDU's buffer was copied, not appended to")
+        }
+        if held != nil, let length {
+          // Only the large PDU's own bytes went into its buffer.
+          XCTAssertGreaterThanOrEqual(length, MessageBuffers.threshold)
+          XCTAssertEqual(cumulation?.readableBytes, length)
+          largeOnes += 1
+        }
+      }
+      var offset = 0
+      while offset < stream.readableBytes {
+        let n = min(Int.random(in: 1...(96 << 10), using: &generator), stream.readableBytes - offset)
+        take(stream.getSlice(at: offset, length: n)!)
+        offset += n
+        repeat {
+          while cumulation != nil, let pdu = try framer.next(from: &cumulation!) { framed.append(pdu) }
+          if let c = cumulation, c.readableBytes == 0 { cumulation = nil }
+          guard let rest = held else { break }
+          held = nil
+          take(rest)
+        } while true
+      }
+      XCTAssertEqual(framed.map { $0.header.initiatorTaskTag }, (0..<sizes.count).map(UInt32.init), "round \(round)")
+      for (i, pdu) in framed.enumerated() {
+        XCTAssertEqual(
+          Array(pdu.data.readableBytesView), (0..<sizes[i]).map { UInt8(truncatingIfNeeded: $0 &+ i) }, "PDU \(i)")
+      }
+      XCTAssertNil(cumulation)
+      XCTAssertGreaterThan(largeOnes, 0, "round \(round): no read ran past a large PDU")
+    }
+  }
+
   func testReserveKeepsWhatIsBufferedAndNeverShrinks() {
     var c: ByteBuffer? = ByteBuffer(bytes: [1, 2, 3, 4])
     c!.moveReaderIndex(forwardBy: 1)
