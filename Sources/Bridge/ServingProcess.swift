@@ -91,9 +91,8 @@ public enum ServingProcess {
   /// of the executable's code and read-only data that were touched while starting (the
   /// dynamic loader's symbol tables and relocations, argument parsing, configuration,
   /// discovery, login, the kernel handshake), so the resident size is what serving uses.
-  /// Code that runs again later (a
-  /// reconnect, a reload) maps its pages back from the page cache when it runs, and they
-  /// are locked again as they are (when `locked`).
+  /// Code that runs again later (a reconnect, a reload) maps its pages back from the page
+  /// cache when it runs, and they are locked again as they are (when `locked`).
   ///
   /// Only mappings with no private copies are released: the relocated read-only data
   /// (RELRO) is a private copy of the file's bytes, and dropping it would bring back the
