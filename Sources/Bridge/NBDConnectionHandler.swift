@@ -35,11 +35,7 @@ final class NBDConnectionHandler: ChannelInboundHandler {
   private var decoder = NBDRequestDecoder(maxPayload: Volume.maximumPayload)
   /// Write payloads up to this size get their buffer when their header arrives.
   static let reservedPayload: UInt32 = 2 << 20
-  private var cumulation: ByteBuffer?
-  /// Bytes read after a write request that `cumulation` holds the start of, kept out of its
-  /// payload's buffer (`cumulate(_:messageLength:)`) and taken in once it has been
-  /// decoded; bytes read meanwhile are added here, after them.
-  private var held: ByteBuffer?
+  private var cumulation = Cumulation()
   /// Admitted requests whose reply has not been written yet, and their bytes.
   private var inFlight = 0
   private var bytesInFlight = 0
@@ -92,8 +88,7 @@ final class NBDConnectionHandler: ChannelInboundHandler {
     phase = .closing
     handshakeTimer?.cancel()
     handshakeTimer = nil
-    cumulation = nil
-    held = nil
+    cumulation.removeAll()
     volume.budget.forget(id)
     volume.cancelQueued(owner: id)
     context.fireChannelInactive()
@@ -102,19 +97,8 @@ final class NBDConnectionHandler: ChannelInboundHandler {
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {
     // After NBD_CMD_DISC (or a drain) nothing more is taken in.
     guard !disconnectRequested else { return }
-    take(unwrapInboundIn(data))
+    cumulation.append(unwrapInboundIn(data), messageLength: { writeRequestLength($0) })
     process(context: context)
-  }
-
-  /// Appends bytes read, in the order read: after the held ones if there are any.
-  private func take(_ incoming: ByteBuffer) {
-    if held != nil {
-      held!.writeImmutableBuffer(incoming)
-    } else {
-      var length: Int? = nil
-      if let c = cumulation { length = writeRequestLength(c) }
-      held = cumulation.cumulate(incoming, messageLength: length)
-    }
   }
 
   /// The length of the write request (header and payload) at the buffer's reader index,
@@ -145,11 +129,11 @@ final class NBDConnectionHandler: ChannelInboundHandler {
 
   private func step(context: ChannelHandlerContext) {
     // A connection that is closing sends nothing more towards the target.
-    guard context.channel.isActive, cumulation != nil else { return }
+    guard context.channel.isActive, cumulation.bytes != nil else { return }
     if case .handshake(var machine) = phase {
       let actions: [NBDHandshakeAction]
       do {
-        actions = try machine.receive(&cumulation!)
+        actions = try machine.receive(&cumulation.bytes!)
       } catch {
         return fail(context: context, reason: "\(error)")
       }
@@ -185,7 +169,7 @@ final class NBDConnectionHandler: ChannelInboundHandler {
       guard case .transmission = phase else { return }
     }
     guard case .transmission = phase else { return }
-    while !disconnectRequested, let c = cumulation, c.readableBytes >= NBDLimits.requestHeaderSize {
+    while !disconnectRequested, let c = cumulation.bytes, c.readableBytes >= NBDLimits.requestHeaderSize {
       // Admission is decided on the request's header, before its payload is read in: a
       // write that must wait does not wait in memory.
       let type = NBDCommand(rawValue: c.getInteger(at: c.readerIndex + 6, as: UInt16.self)!)
@@ -204,11 +188,11 @@ final class NBDConnectionHandler: ChannelInboundHandler {
       if type == .write, length <= NBDConnectionHandler.reservedPayload {
         // Room for the whole request now: its payload then keeps a buffer of its own size.
         // Only up to a bound: a client that sends a header and then nothing holds no more.
-        cumulation.reserveForMessage(NBDLimits.requestHeaderSize + Int(length))
+        cumulation.bytes.reserveForMessage(NBDLimits.requestHeaderSize + Int(length))
       }
       let event: NBDRequestEvent
       do {
-        guard let next = try decoder.next(from: &cumulation!) else { break }  // payload still coming
+        guard let next = try decoder.next(from: &cumulation.bytes!) else { break }  // payload still coming
         event = next
       } catch {
         return fail(context: context, reason: "\(error)")
@@ -216,19 +200,13 @@ final class NBDConnectionHandler: ChannelInboundHandler {
       if event.request.type == .disconnect {
         // NBD_CMD_DISC: no reply; finish what is in flight, then close.
         disconnectRequested = true
-        cumulation = nil
-        held = nil
+        cumulation.removeAll()
         closeIfIdle(context: context)
         return
       }
       run(event, bytes: bytes, context: context)
     }
-    if let c = cumulation, c.readableBytes == 0 { cumulation = nil }
-    if !disconnectRequested, let rest = held {
-      held = nil
-      take(rest)
-      processAgain = true
-    }
+    if !disconnectRequested, cumulation.takeHeld(messageLength: { writeRequestLength($0) }) { processAgain = true }
     resumeReading(context: context)
   }
 
@@ -361,16 +339,14 @@ final class NBDConnectionHandler: ChannelInboundHandler {
   private func fail(context: ChannelHandlerContext, reason: String) {
     volume.logClientProblem(.warning, "NBD protocol violation; closing the connection", ["reason": "\(reason)"])
     phase = .closing
-    cumulation = nil
-    held = nil
+    cumulation.removeAll()
     context.close(promise: nil)
   }
 
   func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
     if event is Drain {
       disconnectRequested = true
-      cumulation = nil
-      held = nil
+      cumulation.removeAll()
       closeIfIdle(context: context)
       return
     }

@@ -13,11 +13,7 @@ final class PDUChannelHandler: ChannelDuplexHandler {
 
   var framer = PDUFramer()
   var encoder = PDUEncoder()
-  private var cumulation: ByteBuffer?
-  /// Bytes read after a large PDU that `cumulation` holds the start of, kept out of its
-  /// buffer (`cumulate(_:messageLength:)`) and taken in once it has been framed; bytes
-  /// read meanwhile are added here, after them.
-  private var held: ByteBuffer?
+  private var cumulation = Cumulation()
   private var failed = false
   /// The session of this connection: PDUs go to it and come from it directly, not as
   /// `NIOAny` through the pipeline (which boxes each PDU in a heap allocation).
@@ -56,14 +52,14 @@ final class PDUChannelHandler: ChannelDuplexHandler {
 
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {
     guard !failed else { return }
-    take(unwrapInboundIn(data))
+    cumulation.append(unwrapInboundIn(data), messageLength: { framer.lengthOfPDU(at: $0) })
     // fireChannelRead can re-enter channelRead: when a handler further on writes and the
     // write fails (connection reset), NIO drains the socket's input synchronously before
-    // closing. The inner call consumes what is buffered and may leave `cumulation` nil.
+    // closing. The inner call consumes what is buffered and may leave the bytes nil.
     repeat {
-      while !failed, cumulation != nil {
+      while !failed, cumulation.bytes != nil {
         do {
-          guard let pdu = try framer.next(from: &cumulation!) else { break }
+          guard let pdu = try framer.next(from: &cumulation.bytes!) else { break }
           if let session {
             session.receive(pdu, from: context.channel)
           } else {
@@ -71,29 +67,13 @@ final class PDUChannelHandler: ChannelDuplexHandler {
           }
         } catch {
           failed = true
-          cumulation = nil
-          held = nil
+          cumulation.removeAll()
           context.fireErrorCaught(error)
           context.close(promise: nil)
           return
         }
       }
-      if let c = cumulation, c.readableBytes == 0 { cumulation = nil }
-      guard !failed, let rest = held else { break }
-      held = nil
-      take(rest)
-    } while true
-  }
-
-  /// Appends bytes read, in the order read: after the held ones if there are any.
-  private func take(_ incoming: ByteBuffer) {
-    if held != nil {
-      held!.writeImmutableBuffer(incoming)
-    } else {
-      var length: Int? = nil
-      if let c = cumulation { length = framer.lengthOfPDU(at: c) }
-      held = cumulation.cumulate(incoming, messageLength: length)
-    }
+    } while !failed && cumulation.takeHeld(messageLength: { framer.lengthOfPDU(at: $0) })
   }
 
   func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {

@@ -2,6 +2,48 @@ import Glibc
 @_spi(CustomByteBufferAllocator) import NIOCore
 import Synchronization
 
+/// What a connection has read and not yet framed into messages (PDUs, NBD requests), kept
+/// as both socket handlers need it: bytes read after a large message that `bytes` holds
+/// the start of wait in `held`, out of that message's buffer
+/// (`cumulate(_:messageLength:)`), and are taken in once it has been framed; bytes read
+/// meanwhile are added after them, so the order read is kept.
+public struct Cumulation {
+  /// The bytes to frame next; nil when there are none.
+  public var bytes: ByteBuffer?
+  private var held: ByteBuffer?
+
+  public init() {}
+
+  /// Appends bytes read. `messageLength` gives the length of the message starting at a
+  /// buffer's reader index, once it can tell (nil when it cannot, or for messages that
+  /// keep no buffer of their own).
+  public mutating func append(_ incoming: ByteBuffer, messageLength: (ByteBuffer) -> Int?) {
+    if held != nil {
+      held!.writeImmutableBuffer(incoming)
+      return
+    }
+    let length = bytes.flatMap(messageLength)
+    held = bytes.cumulate(incoming, messageLength: length)
+  }
+
+  /// Called when framing stopped (no complete message left in `bytes`): drops an empty
+  /// buffer and takes the held bytes in. True when there were held bytes, and so maybe
+  /// more messages to frame.
+  public mutating func takeHeld(messageLength: (ByteBuffer) -> Int?) -> Bool {
+    if let b = bytes, b.readableBytes == 0 { bytes = nil }
+    guard let rest = held else { return false }
+    held = nil
+    append(rest, messageLength: messageLength)
+    return true
+  }
+
+  /// Forgets everything read (the connection failed or is closing).
+  public mutating func removeAll() {
+    bytes = nil
+    held = nil
+  }
+}
+
 extension Optional where Wrapped == ByteBuffer {
   /// Appends bytes read from a socket to a cumulation buffer whose earlier contents may
   /// still be shared by slices handed out (PDU data segments, NBD write payloads).
