@@ -54,11 +54,8 @@ public struct PDUFramer: Sendable {
         .protocolViolation,
         "target sent a \(header.opcode) with DataSegmentLength \(dataLength), beyond the \(limit) bytes we declared")
     }
-    let ahsLength = Int(header.totalAHSLength) * 4
-    let padded = (dataLength + 3) & ~3
-    let headerDigestLength = parameters.headerDigest ? 4 : 0
-    let dataDigestLength = (parameters.dataDigest && dataLength > 0) ? 4 : 0
-    let total = length(of: header)
+    let layout = layout(totalAHSLength: header.totalAHSLength, dataSegmentLength: header.dataSegmentLength)
+    let total = layout.total
     guard buffer.readableBytes >= total else {
       // Room for the whole PDU now (its length is within the limits checked above).
       var whole: ByteBuffer? = buffer
@@ -68,22 +65,22 @@ public struct PDUFramer: Sendable {
     }
 
     if parameters.headerDigest {
-      let covered = buffer.getSlice(at: start, length: BasicHeaderSegment.length + ahsLength)!
+      let covered = buffer.getSlice(at: start, length: BasicHeaderSegment.length + layout.ahs)!
       let expected = CRC32C.checksum(covered)
-      let got = buffer.getInteger(at: start + BasicHeaderSegment.length + ahsLength, endianness: .little, as: UInt32.self)!
+      let got = buffer.getInteger(at: start + BasicHeaderSegment.length + layout.ahs, endianness: .little, as: UInt32.self)!
       guard expected == got else {
         throw ISCSIError(.digestMismatch, "header digest mismatch on a \(header.opcode) from the target")
       }
     }
     var ahs: ByteBuffer? = nil
-    if ahsLength > 0 {
-      ahs = buffer.getSlice(at: start + BasicHeaderSegment.length, length: ahsLength)
+    if layout.ahs > 0 {
+      ahs = buffer.getSlice(at: start + BasicHeaderSegment.length, length: layout.ahs)
     }
-    let dataStart = start + BasicHeaderSegment.length + ahsLength + headerDigestLength
+    let dataStart = start + BasicHeaderSegment.length + layout.ahs + layout.headerDigest
     let data = buffer.getSlice(at: dataStart, length: dataLength)!
-    if dataDigestLength > 0 {
-      let expected = CRC32C.checksum(data, padding: padded - dataLength)
-      let got = buffer.getInteger(at: dataStart + padded, endianness: .little, as: UInt32.self)!
+    if layout.dataDigest > 0 {
+      let expected = CRC32C.checksum(data, padding: layout.paddedData - dataLength)
+      let got = buffer.getInteger(at: dataStart + layout.paddedData, endianness: .little, as: UInt32.self)!
       guard expected == got else {
         throw ISCSIError(.digestMismatch, "data digest mismatch on a \(header.opcode) from the target")
       }
@@ -94,19 +91,32 @@ public struct PDUFramer: Sendable {
 
   /// The length on the wire of the PDU whose header starts at the buffer's reader index,
   /// or nil while its header is not all there. Not checked against the limits (`next` does
-  /// that before anything is reserved for it).
+  /// that before anything is reserved for it). Reads only the two length fields (BHS bytes
+  /// 4 to 7).
   public func lengthOfPDU(at buffer: ByteBuffer) -> Int? {
-    var peek = buffer
-    return BasicHeaderSegment.read(from: &peek).map(length(of:))
+    guard buffer.readableBytes >= BasicHeaderSegment.length,
+      let lengths = buffer.getInteger(at: buffer.readerIndex + 4, as: UInt32.self)
+    else { return nil }
+    return layout(totalAHSLength: UInt8(lengths >> 24), dataSegmentLength: lengths & 0xff_ffff).total
   }
 
-  /// Header, AHS, header digest, padded data segment and data digest.
-  func length(of header: BasicHeaderSegment) -> Int {
-    let dataLength = Int(header.dataSegmentLength)
-    let padded = (dataLength + 3) & ~3
-    let headerDigestLength = parameters.headerDigest ? 4 : 0
-    let dataDigestLength = (parameters.dataDigest && dataLength > 0) ? 4 : 0
-    return BasicHeaderSegment.length + Int(header.totalAHSLength) * 4 + headerDigestLength + padded + dataDigestLength
+  /// Where the parts of a PDU lie on the wire, in bytes: AHS, header digest, data segment
+  /// with its padding, data digest, and all of it with the 48-byte BHS.
+  struct Layout {
+    var ahs: Int
+    var headerDigest: Int
+    var paddedData: Int
+    var dataDigest: Int
+    var total: Int { BasicHeaderSegment.length + ahs + headerDigest + paddedData + dataDigest }
+  }
+
+  func layout(totalAHSLength: UInt8, dataSegmentLength: UInt32) -> Layout {
+    let dataLength = Int(dataSegmentLength)
+    return Layout(
+      ahs: Int(totalAHSLength) * 4,
+      headerDigest: parameters.headerDigest ? 4 : 0,
+      paddedData: (dataLength + 3) & ~3,
+      dataDigest: (parameters.dataDigest && dataLength > 0) ? 4 : 0)
   }
 }
 

@@ -30,6 +30,8 @@ final class PDUFramerTests: XCTestCase {
           var bytes = encode(nopIn(data: payload), p)
           let expectedLength = 48 + (hd ? 4 : 0) + ((size + 3) & ~3) + (dd && size > 0 ? 4 : 0)
           XCTAssertEqual(bytes.readableBytes, expectedLength)
+          XCTAssertEqual(PDUFramer(parameters: p).lengthOfPDU(at: bytes), expectedLength)
+          XCTAssertNil(PDUFramer(parameters: p).lengthOfPDU(at: bytes.getSlice(at: bytes.readerIndex, length: 47)!))
           let pdu = try XCTUnwrap(try PDUFramer(parameters: p).next(from: &bytes))
           XCTAssertEqual(pdu.opcode, .nopIn)
           XCTAssertEqual(pdu.header.initiatorTaskTag, 7)
@@ -38,6 +40,23 @@ final class PDUFramerTests: XCTestCase {
           XCTAssertEqual(bytes.readableBytes, 0, "the whole PDU was consumed")
         }
       }
+    }
+  }
+
+  func testAPDUWithAnAHSIsFramedWhole() throws {
+    // An AHS (8 bytes, TotalAHSLength 2) between the header and its digest, then data.
+    for hd in [false, true] {
+      let p = FramingParameters(headerDigest: hd, dataDigest: true, maxRecvDataSegmentLength: 8192)
+      var pdu = nopIn(data: [1, 2, 3, 4, 5])
+      pdu.ahs = ByteBuffer(bytes: [0, 6, 1, 0, 9, 9, 9, 9])
+      var bytes = encode(pdu, p)
+      bytes.writeBytes([0xee])  // the next PDU's first byte
+      let expectedLength = 48 + 8 + (hd ? 4 : 0) + 8 + 4
+      XCTAssertEqual(PDUFramer(parameters: p).lengthOfPDU(at: bytes), expectedLength)
+      let framed = try XCTUnwrap(try PDUFramer(parameters: p).next(from: &bytes))
+      XCTAssertEqual(framed.ahs.map { Array($0.readableBytesView) }, [0, 6, 1, 0, 9, 9, 9, 9])
+      XCTAssertEqual(Array(framed.data.readableBytesView), [1, 2, 3, 4, 5])
+      XCTAssertEqual(Array(bytes.readableBytesView), [0xee])
     }
   }
 
