@@ -172,7 +172,7 @@ demo: deps build
 # iscsi-perf as the no-NBD ceiling; medians and ratios in .build/bench/bench.md.
 bench: deps build
 	Tests/bench/bench.sh .build/release/lunbridge .build/bench
-	Tests/bench/multipath-bench.sh .build/release/lunbridge bench-results/multipath
+	Tests/bench/multipath-bench.sh .build/release/lunbridge .build/bench-multipath
 	@dpkg-query -W -f='$${Status}' open-iscsi 2>/dev/null | grep -q "install ok installed" || \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq open-iscsi >/dev/null
 	Tests/bench/vm-bench.sh "$$(pwd)/.build/release/lunbridge" "$$(pwd)/.build/bench-vm"
@@ -180,9 +180,9 @@ bench: deps build
 	@$(MAKE) --no-print-directory bench-alua
 
 # Two paths vs one under a 200 Mbit/s tbf per NIC, and the failover stall distribution
-# (network namespaces, needs root); report in bench-results/multipath/multipath-bench.md.
+# (network namespaces, needs root); report in .build/bench-multipath/multipath-bench.md.
 multipath-bench: deps build
-	Tests/bench/multipath-bench.sh .build/release/lunbridge bench-results/multipath
+	Tests/bench/multipath-bench.sh .build/release/lunbridge .build/bench-multipath
 
 # Failover stall in the VM: lunbridge attach vs open-iscsi + dm-multipath (their defaults),
 # link-down / black hole / tcp reset of one of two paths while fio writes; about 19 min.

@@ -14,7 +14,7 @@
 #     only the 2 s + 2 s keepalive notices; target <= 5 s), tgtadm connection delete and
 #     nft tcp-reset (the connection is reset at once; target <= 1 s).
 #
-#   Tests/bench/multipath-bench.sh BINARY [OUTDIR]    (OUTDIR default bench-results/multipath)
+#   Tests/bench/multipath-bench.sh BINARY [OUTDIR]    (OUTDIR default .build/bench-multipath)
 #
 # Environment: REPEATS (3), BENCH_RUNTIME (8 s per throughput run), RATE (200mbit),
 #   QD (16), STALL_REPEATS (5), STALL_FAULTS ("link-down blackhole conn-delete reset"),
@@ -30,7 +30,7 @@ die() { echo "multipath-bench: $*" >&2; exit 1; }
 BIN=$1
 [ -x "$BIN" ] || die "not an executable: $BIN"
 BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
-OUT=${2:-bench-results/multipath}
+OUT=${2:-.build/bench-multipath}
 [ "$(id -u)" = 0 ] || die "needs root (network namespaces, tgtd)"
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=../multipath/lib.sh
