@@ -1,6 +1,7 @@
 import Failure
 import FoundationEssentials
 import Glibc
+import ISCSIInitiator
 import Logging
 import NIOCore
 import NIOPosix
@@ -169,7 +170,7 @@ public final class ControlServer: Sendable {
       channel = try await bootstrap.bind(unixDomainSocketPath: temporaryPath).get()
     } catch {
       unlink(temporaryPath)
-      throw BridgeError(.system, "cannot listen on \(path): \(error)")
+      throw BridgeError(.system, "cannot listen on \(path): \(plainDescription(of: error))")
     }
     guard chmod(temporaryPath, 0o600) == 0, rename(temporaryPath, path) == 0 else {
       let reason = String(cString: strerror(errno))
