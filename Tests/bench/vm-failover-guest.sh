@@ -148,19 +148,20 @@ log "tgtd (pid $(cat "$STATE/pid")) in netns $NS_T: portals ${A_T[1]}:$PORT ${A_
 
 # --- faults ----------------------------------------------------------------------------
 fault() { # on|off fault path
-  local n=$3 rc=0
+  local n=$3 rc=0 cmd
+  case "$1 $2" in
+  "on link-down") cmd=link-down ;;
+  "off link-down") cmd=link-up ;;
+  "on blackhole") cmd=blackhole ;;
+  "off blackhole") cmd=unblackhole ;;
+  "on reset") cmd=reset ;;
+  "off reset") cmd=unreset ;;
+  *) die "unknown fault $1 $2" ;;
+  esac
   echo "lbfo: fault $1 $2 path $n" >/dev/kmsg 2>/dev/null
   # Bounded: a stuck nft or ip call must cost one run, not the rest of the bench (one
   # run of 2026-12-01 stopped for good right after "fault on reset").
-  case "$1 $2" in
-  "on link-down") timeout 30 "$NETNS" link-down $TAG "$n" ;;
-  "off link-down") timeout 30 "$NETNS" link-up $TAG "$n" ;;
-  "on blackhole") timeout 30 "$NETNS" blackhole $TAG "$n" ;;
-  "off blackhole") timeout 30 "$NETNS" unblackhole $TAG "$n" ;;
-  "on reset") timeout 30 "$NETNS" reset $TAG "$n" ;;
-  "off reset") timeout 30 "$NETNS" unreset $TAG "$n" ;;
-  *) die "unknown fault $2" ;;
-  esac || rc=$?
+  timeout 30 "$NETNS" "$cmd" $TAG "$n" || rc=$?
   echo "lbfo: fault $1 $2 path $n done (rc $rc)" >/dev/kmsg 2>/dev/null
   return $rc
 }
