@@ -250,6 +250,7 @@ final class ManualTests: XCTestCase {
     try CommandLineTools.require()
     let dir = NSTemporaryDirectory() + "lunbridge-completion-\(getpid())-\(shell)"
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    addTeardownBlock { try? FileManager.default.removeItem(atPath: dir) }
     let name = ["bash": "lunbridge", "zsh": "_lunbridge", "fish": "lunbridge.fish"][shell]!
     let r = try Command.run(CommandLineTools.lunbridge, ["--generate-completion-script", shell])
     XCTAssertEqual(r.status, 0)
