@@ -77,14 +77,6 @@ TGTD_SH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/tgtd.sh
 # Runs a command where the initiator ends of the NICs are.
 on_i() { if [ "${NETNS_INITIATOR:-}" = host ]; then "$@"; else ip netns exec "$NS_I" "$@"; fi; }
 
-our_tgtd_pid() { # prints the pid if the recorded tgtd still is ours
-  local pid cp
-  pid=$(cat "$STATE/pid" 2>/dev/null) || return 1
-  cp=$(cat "$STATE/cp" 2>/dev/null) || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "--control-port $cp " || return 1
-  echo "$pid"
-}
-
 teardown() {
   local pid p ns
   [ ! -f "$STATE/pid" ] || "$TGTD_SH" stop "$STATE" || true
@@ -205,7 +197,7 @@ unlimit() {
 
 tgtd_signal() {
   local pid
-  pid=$(our_tgtd_pid) || die "the tgtd of $TAG is not running"
+  pid=$("$TGTD_SH" pid "$STATE") || die "the tgtd of $TAG is not running"
   kill "-$1" "$pid"
 }
 

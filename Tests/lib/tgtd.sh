@@ -7,6 +7,7 @@
 #   Tests/lib/tgtd.sh stop DIR       stop it, remove its files (a backing file given is kept)
 #   Tests/lib/tgtd.sh adm DIR ARG... tgtadm --lld iscsi ARG... against it (10 s limit)
 #   Tests/lib/tgtd.sh kill PID CP    stop any tgtd by PID and control port
+#   Tests/lib/tgtd.sh pid DIR        print its pid if it still runs (exit 1 if not)
 #
 # DIR gets port, cp, iqn, addr, pid, tgtd.log (and shm, lun.img with a LUN). Environment:
 #   TGTD_PORTALS       addresses to listen on, one port for all (default 127.0.0.1); each
@@ -170,18 +171,23 @@ start() {
   fi
 }
 
+# The pid recorded in DIR, if that process still is DIR's tgtd (a pid may be reused).
+running_pid() {
+  local dir=$1 pid cp
+  pid=$(cat "$dir/pid" 2>/dev/null) || return 1
+  cp=$(cat "$dir/cp" 2>/dev/null) || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "--control-port $cp " || return 1
+  echo "$pid"
+}
+
 stop() {
-  local dir=$1
+  local dir=$1 pid
   [ -d "$dir" ] || die "no such directory: $dir"
   if [ -f "$dir/pid" ] && [ -f "$dir/cp" ]; then
-    local pid cp
-    pid=$(cat "$dir/pid")
-    cp=$(cat "$dir/cp")
-    # Only if it still is that tgtd (the pid may have been reused).
-    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "--control-port $cp "; then
-      kill_tgtd "$pid" "$cp"
+    if pid=$(running_pid "$dir"); then
+      kill_tgtd "$pid" "$(cat "$dir/cp")"
     else
-      rm -f "/var/run/tgtd/socket.$cp" "/var/run/tgtd/socket.$cp.lock"
+      rm -f "/var/run/tgtd/socket.$(cat "$dir/cp")" "/var/run/tgtd/socket.$(cat "$dir/cp").lock"
     fi
   fi
   if [ -f "$dir/shm" ]; then
@@ -195,5 +201,6 @@ start) [ $# -eq 2 ] || die "usage: $0 start DIR"; start "$2" ;;
 stop) [ $# -eq 2 ] || die "usage: $0 stop DIR"; stop "$2" ;;
 adm) [ $# -ge 2 ] || die "usage: $0 adm DIR ARG..."; CP=$(cat "$2/cp") || die "no tgtd in $2"; shift 2; adm "$@" ;;
 kill) [ $# -eq 3 ] || die "usage: $0 kill PID CONTROL-PORT"; kill_tgtd "$2" "$3" ;;
-*) die "usage: $0 start DIR | stop DIR | adm DIR ARG... | kill PID CONTROL-PORT" ;;
+pid) [ $# -eq 2 ] || die "usage: $0 pid DIR"; running_pid "$2" ;;
+*) die "usage: $0 start DIR | stop DIR | adm DIR ARG... | kill PID CONTROL-PORT | pid DIR" ;;
 esac
