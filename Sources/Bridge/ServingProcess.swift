@@ -104,17 +104,13 @@ public enum ServingProcess {
   /// (btrfs, overlayfs, NFS...). An executable in tmpfs or ramfs (the initramfs) is
   /// always in memory and is released.
   public static func releaseStartupCode(locked: Bool, logger: Logger) {
-    var st = stat()
-    guard stat("/proc/self/exe", &st) == 0 else { return }
-    let mountinfo = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
-    guard executableCanBeReread(filesystemType: filesystemType(device: st.st_dev, mountinfo: mountinfo), device: st.st_dev)
-    else {
+    guard let executable = rereadableExecutable else {
       logger.debug("start-up code kept resident: the executable's filesystem may depend on a device this process serves")
       return
     }
     guard let smaps = try? String(contentsOfFile: "/proc/self/smaps", encoding: .utf8) else { return }
     var released = 0
-    for range in releasableRanges(smaps: smaps, device: st.st_dev, inode: UInt64(st.st_ino)) {
+    for range in releasableRanges(smaps: smaps, device: executable.device, inode: executable.inode) {
       let start = UnsafeMutableRawPointer(bitPattern: range.lowerBound)
       let length = Int(range.upperBound - range.lowerBound)
       _ = munlock(start, length)  // MADV_DONTNEED refuses locked pages
@@ -123,6 +119,18 @@ public enum ServingProcess {
     }
     if released > 0 { logger.debug("released the executable's start-up pages (\(released >> 20) MiB mapped)") }
   }
+
+  /// The executable's device and inode when it can be read back from its file without the
+  /// devices this process serves, nil when it cannot (or cannot be told). Decided once: the
+  /// executable's file and the devices its filesystem is built on stay while it runs.
+  private static let rereadableExecutable: (device: UInt, inode: UInt64)? = {
+    var st = stat()
+    guard stat("/proc/self/exe", &st) == 0 else { return nil }
+    let mountinfo = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+    let type = filesystemType(device: st.st_dev, mountinfo: mountinfo)
+    guard executableCanBeReread(filesystemType: type, device: st.st_dev) else { return nil }
+    return (st.st_dev, UInt64(st.st_ino))
+  }()
 
   /// The executable's own mappings (by device and inode) that can be dropped and read back
   /// from its file: read-only (code `r-xp`, data `r--p`) with no anonymous pages, from a
