@@ -1,6 +1,7 @@
 import FoundationEssentials
 import Glibc
 import ISCSIInitiator
+import Synchronization
 
 /// Boot from SAN: what lunbridge's initramfs-tools hook copies into the initramfs
 /// (`lunbridge initramfs-files`), and the rules of a process that serves the root
@@ -76,15 +77,16 @@ public enum Initramfs {
   /// working directory on procfs (`enterProcfs`), "1/root/PATH" is PID 1's view of PATH:
   /// the initramfs's before switch_root, the real root's after.
   public static func systemPath(_ path: String) -> String {
-    guard storageDaemonWorkingDirectory else { return path }
+    guard inProcfs.load(ordering: .acquiring) else { return path }
     return "1/root" + (path.hasPrefix("/") ? path : "/" + path)
   }
 
-  nonisolated(unsafe) private static var storageDaemonWorkingDirectory = false
+  /// Set once by `enterProcfs`; read from any thread (a reload runs on its own queue).
+  private static let inProcfs = Atomic<Bool>(false)
 
   /// Moves the working directory to procfs (see `systemPath`). Fails quietly where /proc
   /// cannot be entered: paths are then read as given.
   public static func enterProcfs() {
-    if chdir("/proc") == 0 { storageDaemonWorkingDirectory = true }
+    if chdir("/proc") == 0 { inProcfs.store(true, ordering: .releasing) }
   }
 }

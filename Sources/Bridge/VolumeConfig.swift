@@ -207,25 +207,6 @@ public struct VolumeConfig: Equatable, Sendable {
       .sorted()
   }
 
-  /// Checks every volume in `directory` (`lunbridge config check` without a name): one
-  /// result per file, in name order.
-  public static func checkAll(directory: String = VolumeConfig.directory) throws -> [(
-    name: String, result: Result<VolumeConfig, VolumeConfigError>
-  )] {
-    try names(directory: directory).map { name in
-      do {
-        return (name, .success(try check(path: path(name: name, directory: directory))))
-      } catch let error as VolumeConfigError {
-        return (name, .failure(error))
-      } catch {
-        return (
-          name,
-          .failure(VolumeConfigError(.volumeFile, file: path(name: name, directory: directory), message: "\(error)"))
-        )
-      }
-    }
-  }
-
   static func volumeName(path: String) -> String {
     let base = FilePath.lastComponent(path)
     return base.hasSuffix(".\(fileExtension)") ? String(base.dropLast(fileExtension.count + 1)) : base

@@ -35,10 +35,10 @@ final class PDUChannelHandler: ChannelDuplexHandler {
   /// Hands what is gathered to the channel and flushes.
   func flush() {
     guard let context else { return }
-    writeGathered(context: context)
-    context.flush()
+    flush(context: context)
   }
 
+  /// A flush through the pipeline: the same.
   func flush(context: ChannelHandlerContext) {
     writeGathered(context: context)
     context.flush()

@@ -56,22 +56,4 @@ public struct LBAStatus: Sendable, Equatable {
     }
     descriptors = list
   }
-
-  /// The parameter data for `descriptors` (tests and the fuzz seeds).
-  public static func bytes(_ descriptors: [Descriptor]) -> [UInt8] {
-    var b = [UInt8](repeating: 0, count: 8 + 16 * descriptors.count)
-    put32(&b, 0, UInt32(4 + 16 * descriptors.count))
-    for (n, d) in descriptors.enumerated() {
-      let i = 8 + 16 * n
-      put64(&b, i, d.lba)
-      put32(&b, i + 8, d.blocks)
-      switch d.provisioning {
-      case .mapped: b[i + 12] = 0
-      case .deallocated: b[i + 12] = 1
-      case .anchored: b[i + 12] = 2
-      case .reserved(let code): b[i + 12] = code & 0x0F
-      }
-    }
-    return b
-  }
 }

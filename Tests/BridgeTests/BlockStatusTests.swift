@@ -71,3 +71,24 @@ final class BlockStatusTests: XCTestCase {
       [0x9E, 0x12, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0x10, 0x08, 0, 0])
   }
 }
+
+extension LBAStatus {
+  /// GET LBA STATUS parameter data for `descriptors` (SBC-3 5.6: an 8-byte header whose
+  /// first four bytes give the length that follows, then 16 bytes per descriptor: LBA,
+  /// block count, provisioning status in the low four bits of byte 12).
+  static func bytes(_ descriptors: [Descriptor]) -> [UInt8] {
+    func bigEndian<T: FixedWidthInteger>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v.bigEndian) { Array($0) } }
+    var b = bigEndian(UInt32(4 + 16 * descriptors.count)) + [0, 0, 0, 0]
+    for d in descriptors {
+      let status: UInt8
+      switch d.provisioning {
+      case .mapped: status = 0
+      case .deallocated: status = 1
+      case .anchored: status = 2
+      case .reserved(let code): status = code & 0x0F
+      }
+      b += bigEndian(d.lba) + bigEndian(d.blocks) + [status, 0, 0, 0]
+    }
+    return b
+  }
+}

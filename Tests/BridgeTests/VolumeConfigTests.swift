@@ -439,18 +439,6 @@ final class VolumeConfigTests: XCTestCase {
     XCTAssertEqual(try VolumeConfig.names(directory: "\(tmp!)/none"), [])
   }
 
-  func testCheckAll() throws {
-    _ = try write("paths = [\"iscsi://h/iqn.x:t/0\"]\n", to: "good.toml", mode: 0o644)
-    _ = try write("paths = [\"iscsi://h/iqn.x:t/0\"]\ntimout = 1\n", to: "bad.toml", mode: 0o644)
-    _ = try write("not a volume", to: "README", mode: 0o644)
-    let results = try VolumeConfig.checkAll(directory: tmp)
-    XCTAssertEqual(results.map(\.name), ["bad", "good"])
-    guard case .failure(let e) = results[0].result else { return XCTFail("bad.toml passed") }
-    XCTAssertEqual(e.description, "\(tmp!)/bad.toml: line 2: unknown key 'timout' (did you mean 'timeout'?)")
-    guard case .success(let c) = results[1].result else { return XCTFail("good.toml failed") }
-    XCTAssertEqual(c.name, "good")
-  }
-
   // MARK: validate(): secret files
 
   func volume(secret: String, mutual: String? = nil) throws -> VolumeConfig {

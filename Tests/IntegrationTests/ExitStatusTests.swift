@@ -209,6 +209,26 @@ final class ExitStatusTests: XCTestCase {
     _ = try failure(["config", "check", file], status: 6)
   }
 
+  /// `config check` without a name: every NAME.toml of the directory, in name order, one
+  /// line each (ok on stdout, each problem on stderr), other files left alone; a broken one
+  /// makes the exit status 6.
+  func testConfigCheckWithoutANameChecksEveryVolumeFileOfTheDirectory() throws {
+    let dir = scratch + "/volumes"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    let url = "iscsi://127.0.0.1:\(tgtd.port)/\(Self.iqn)/1"
+    try "paths = [\"\(url)\"]\n".write(toFile: dir + "/good.toml", atomically: true, encoding: .utf8)
+    try "paths = [\"\(url)\"]\ntimout = 1\n".write(toFile: dir + "/bad.toml", atomically: true, encoding: .utf8)
+    try "not a volume\n".write(toFile: dir + "/README", atomically: true, encoding: .utf8)
+    let text = try failure(["config", "check", "--directory", dir], status: 6)
+    XCTAssertEqual(text, "lunbridge: error: \(dir)/bad.toml: line 2: unknown key 'timout' (did you mean 'timeout'?)")
+    let r = try Command.run(lunbridge, ["config", "check", "--directory", dir], timeout: 60)
+    XCTAssertEqual(r.stdout, "\(dir)/good.toml: ok\n")
+    try FileManager.default.removeItem(atPath: dir + "/bad.toml")
+    let ok = try Command.run(lunbridge, ["config", "check", "--directory", dir], timeout: 60)
+    XCTAssertEqual(ok.status, 0, ok.stderr)
+    XCTAssertEqual(ok.stderr, "")
+  }
+
   func testCertificatesThatCannotBeUsedAreAConfigurationError() throws {
     let dir = scratch + "/tls-garbage"
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
