@@ -17,6 +17,9 @@
 #   BENCH_CPU_PAIRS    lunbridge/qemu-nbd pairs per workload (default 3); the order
 #                      alternates, lunbridge first in odd pairs, qemu-nbd first in even ones
 #
+# Each run also records tgtd's CPU (all its threads, /proc/PID/stat) and fio's (from its
+# JSON) per I/O, so the report can say where the CPU of one I/O goes on this machine.
+#
 # Writes OUTDIR/cpu-per-io.tsv (one row per run), OUTDIR/cpu-per-io.md (also printed),
 # OUTDIR/cpu-per-io.json and OUTDIR/cpu-fio/*.json (raw fio).
 
@@ -66,7 +69,7 @@ cpu_describe_pid() { # server
 }
 
 cpu_run() { # server workload pair position
-  local s=$1 w=$2 pair=$3 pos=$4 name rw bs qd tgt n bytes out t0 t1 p=${PID[$1]}
+  local s=$1 w=$2 pair=$3 pos=$4 name rw bs qd tgt n bytes out t0 t1 g0 g1 p=${PID[$1]}
   read -r name rw bs qd tgt <<<"$w"
   case $bs in
   4k) n=$CPU_IOS_4K bytes=4096 ;;
@@ -75,15 +78,17 @@ cpu_run() { # server workload pair position
   esac
   out=$OUTDIR/cpu-fio/$name-$s-$pair.json
   # io_size > size makes fio wrap around the area; number_ios stops it at n I/Os too.
+  g0=$(cpu_ticks "$TGTD_PID")
   t0=$(cpu_ticks "$p")
   fio_run "$s" "$out" "$rw" "$bs" "$qd" --size="${SIZE_MIB}M" \
     --io_size=$((n * bytes)) --number_ios="$n"
   t1=$(cpu_ticks "$p")
+  g1=$(cpu_ticks "$TGTD_PID")
   kill -0 "$p" 2>/dev/null || die "$s died during cpu $name; see $OUTDIR/$s.log"
-  python3 - "$out" "$s" "$p" "$name" "$pair" "$pos" "$n" "$t0" "$t1" "$HZ" \
+  python3 - "$out" "$s" "$p" "$name" "$pair" "$pos" "$n" "$t0" "$t1" "$HZ" "$((g1 - g0))" \
     >>"$OUTDIR/cpu-per-io.tsv" <<'EOF' || die "cpu: cannot read $out"
 import json, sys
-path, server, pid, name, pair, pos, want, t0, t1, hz = sys.argv[1:]
+path, server, pid, name, pair, pos, want, t0, t1, hz, target_ticks = sys.argv[1:]
 text = open(path).read()
 j = json.loads(text[text.index("{"):])  # fio's nbd engine may print a line before the JSON
 job = j["jobs"][0]
@@ -93,8 +98,12 @@ if ios <= 0:
     sys.exit("no I/Os in " + path)
 ticks = int(t1) - int(t0)
 us = ticks / int(hz) * 1e6 / ios
+# The other two processes of the I/O, over the same run: tgtd (all its threads) and fio
+# (its own account: usr_cpu and sys_cpu are per cent of the job's run time).
+target_us = int(target_ticks) / int(hz) * 1e6 / ios
+client_us = (job["usr_cpu"] + job["sys_cpu"]) / 100 * job["job_runtime"] * 1e3 / ios
 print(name, pair, pos, server, pid, want, ios, t0, t1, ticks, hz, f"{us:.3f}",
-      f"{d['iops']:.0f}", sep="\t")
+      f"{d['iops']:.0f}", target_ticks, f"{target_us:.3f}", f"{client_us:.3f}", sep="\t")
 EOF
   log "cpu $name pair $pair $s: $(tail -n1 "$OUTDIR/cpu-per-io.tsv" |
     awk -F'\t' '{ printf "%d I/Os, %d ticks, %.2f µs CPU/I/O, %s IOPS", $7, $10, $12, $13 }')"
@@ -106,11 +115,12 @@ cpu_per_io_phase() {
   rm -rf "$OUTDIR/cpu-fio"
   mkdir -p "$OUTDIR/cpu-fio"
   : >"$OUTDIR/cpu-per-io-pids.tsv"
-  printf 'workload\tpair\tposition\tserver\tpid\tios_wanted\tios\tticks_before\tticks_after\tticks\thz\tcpu_us_per_io\tiops\n' \
+  printf 'workload\tpair\tposition\tserver\tpid\tios_wanted\tios\tticks_before\tticks_after\tticks\thz\tcpu_us_per_io\tiops\ttarget_ticks\ttarget_us_per_io\tclient_us_per_io\n' \
     >"$OUTDIR/cpu-per-io.tsv"
   log "cpu: ${CPU_PAIRS} pairs; ${CPU_IOS_4K} I/Os per 4 KiB run, ${CPU_IOS_1M} per 1 MiB run;" \
     "utime+stime from /proc/PID/stat, CLK_TCK $HZ"
   for s in "${SERVERS[@]}"; do cpu_describe_pid "$s"; done
+  TGTD_PID=$("$TGT" pid "$TGTDIR") || die "cpu: the bench's tgtd is not running"
   for pair in $(seq "$CPU_PAIRS"); do
     if [ $((pair % 2)) -eq 1 ]; then order=(lunbridge qemu-nbd); else order=(qemu-nbd lunbridge); fi
     for w in "${CPU_WORKLOADS[@]}"; do
