@@ -27,11 +27,14 @@ public enum LogOutput {
     case discard
   }
 
-  private static let lock = NIOLock()
-  nonisolated(unsafe) private static var current: Destination = .standardError(journal: SystemdNotify.underJournal)
-  nonisolated(unsafe) private static var syslogOpen = false
+  private struct State: Sendable {
+    var current: Destination
+    var syslogOpen = false
+  }
+  /// The lock also keeps lines whole: every write to a destination is made under it.
+  private static let state = NIOLockedValueBox(State(current: .standardError(journal: SystemdNotify.underJournal)))
 
-  public static var destination: Destination { lock.withLock { current } }
+  public static var destination: Destination { state.withLockedValue { $0.current } }
 
   /// Sends later lines to `path` (created 0640 if missing, appended to). Throws when the
   /// file cannot be opened, so `--log-file` mistakes show at once.
@@ -40,7 +43,7 @@ public enum LogOutput {
     guard fd >= 0 else {
       throw BridgeError(.system, "cannot open log file \(path): \(String(cString: strerror(errno)).lowercased())")
     }
-    lock.withLock { current = .file(fd) }
+    state.withLockedValue { $0.current = .file(fd) }
   }
 
   /// Sends later lines to the kernel log (see `Destination.kernelLog`); false when
@@ -49,7 +52,7 @@ public enum LogOutput {
   public static func useKernelLog() -> Bool {
     let fd = open("/dev/kmsg", O_WRONLY | O_CLOEXEC | O_NOCTTY)
     guard fd >= 0 else { return false }
-    lock.withLock { current = .kernelLog(fd) }
+    state.withLockedValue { $0.current = .kernelLog(fd) }
     return true
   }
 
@@ -71,10 +74,10 @@ public enum LogOutput {
       dup2(devnull, STDERR_FILENO)
       close(devnull)
     }
-    lock.withLock {
-      if case .file = current { return }
-      if case .kernelLog = current { return }
-      current = fallback()
+    state.withLockedValue { state in
+      if case .file = state.current { return }
+      if case .kernelLog = state.current { return }
+      state.current = fallback()
     }
   }
 
@@ -87,9 +90,11 @@ public enum LogOutput {
   /// and the syslog priority (0-7). Each destination gets its own form: `<N>text` for the
   /// journal, a timestamped line for a terminal, a pipe or a file, the text for syslog.
   public static func log(_ text: String, level: String, label: String, priority: Int32) {
-    lock.lock()
-    defer { lock.unlock() }
-    if case .standardError(let journal) = current {
+    state.withLockedValue { state in write(text, level: level, label: label, priority: priority, state: &state) }
+  }
+
+  private static func write(_ text: String, level: String, label: String, priority: Int32, state: inout State) {
+    if case .standardError(let journal) = state.current {
       let line = journal ? "<\(priority)>\(text)\n" : stamped(text, level: level, label: label)
       guard !writeAll(STDERR_FILENO, line) else { return }
       // A full non-blocking pipe: this line is lost, the reader may still catch up.
@@ -100,16 +105,16 @@ public enum LogOutput {
         dup2(devnull, STDERR_FILENO)
         close(devnull)
       }
-      current = fallback()
+      state.current = fallback()
     }
-    switch current {
+    switch state.current {
     case .standardError: break
     case .file(let fd):
-      if !writeAll(fd, stamped(text, level: level, label: label)), errno != EAGAIN { current = fallback() }
+      if !writeAll(fd, stamped(text, level: level, label: label)), errno != EAGAIN { state.current = fallback() }
     case .syslog:
-      if !syslogOpen {
+      if !state.syslogOpen {
         openlog("lunbridge", LOG_PID | LOG_NDELAY, LOG_DAEMON)
-        syslogOpen = true
+        state.syslogOpen = true
       }
       text.withCString { line in withVaList([line]) { vsyslog(priority, "%s", $0) } }
     case .kernelLog(let fd):
@@ -126,7 +131,7 @@ public enum LogOutput {
 
   /// A message for the user on standard error (`lunbridge: error: ...`), never fatal.
   public static func writeStandardError(_ text: String) {
-    lock.withLock { _ = writeAll(STDERR_FILENO, text) }
+    state.withLockedValue { _ in _ = writeAll(STDERR_FILENO, text) }
   }
 
   /// write(2) until done; false on an error (EPIPE, EIO, EBADF, ...), retrying EINTR.

@@ -85,10 +85,12 @@ public struct NBDKernelError: Error, CustomStringConvertible, Hashable, Sendable
   public var libnlError: Int32
   /// Extra context: what local validation found, or libnl's text.
   public var detail: String?
+  /// What was wrong with the kernel's answer (`unexpectedReply`), kept as the parser's error.
+  public var malformedReply: NetlinkAttributeError?
 
   public init(
     code: Code, operation: NBDKernelOperation, index: UInt32? = nil, errno: Int32 = 0,
-    libnlError: Int32 = 0, detail: String? = nil
+    libnlError: Int32 = 0, detail: String? = nil, malformedReply: NetlinkAttributeError? = nil
   ) {
     self.code = code
     self.operation = operation
@@ -96,6 +98,7 @@ public struct NBDKernelError: Error, CustomStringConvertible, Hashable, Sendable
     self.errno = errno
     self.libnlError = libnlError
     self.detail = detail
+    self.malformedReply = malformedReply
   }
 
   /// Maps what the shim reported to an error. `errno` is the kernel's errno from the
@@ -168,7 +171,7 @@ public struct NBDKernelError: Error, CustomStringConvertible, Hashable, Sendable
       return "the kernel refused \(operation.gerund) \(device) (invalid argument; see dmesg)"
     case .unexpectedReply:
       return "unexpected answer from the nbd driver while \(operation.gerund) \(device)"
-        + (detail.map { ": \($0)" } ?? "")
+        + ((detail ?? malformedReply?.description).map { ": \($0)" } ?? "")
     case .netlink(let e):
       let reason = e != 0 ? String(cString: strerror(e)) : (detail ?? "netlink error")
       return "\(operation.gerund) \(device) failed: \(reason)"

@@ -40,9 +40,8 @@ public final class NBDNetlink: @unchecked Sendable {
     let index: UInt32?
     do {
       index = try NBDNetlinkMessage.decodeConnectReply(reply ?? [])
-    } catch {
-      throw NBDKernelError(
-        code: .unexpectedReply, operation: .connect, index: request.index, detail: "\(error)")
+    } catch let error as NetlinkAttributeError {
+      throw NBDKernelError(code: .unexpectedReply, operation: .connect, index: request.index, malformedReply: error)
     }
     // The kernel drops its reply silently if it cannot allocate it; the ack still says
     // the device is up. Only a requested index can be trusted then.
@@ -85,8 +84,8 @@ public final class NBDNetlink: @unchecked Sendable {
     let reply = try send(NBDNetlinkMessage.status(index: index), operation: .status, index: index)
     do {
       return try NBDNetlinkMessage.decodeStatusReply(reply ?? [])
-    } catch {
-      throw NBDKernelError(code: .unexpectedReply, operation: .status, index: index, detail: "\(error)")
+    } catch let error as NetlinkAttributeError {
+      throw NBDKernelError(code: .unexpectedReply, operation: .status, index: index, malformedReply: error)
     }
   }
 

@@ -76,6 +76,19 @@ final class NBDKernelTests: XCTestCase {
     XCTAssertTrue(message(ETIMEDOUT, .status, nil).contains(String(cString: strerror(ETIMEDOUT))))
   }
 
+  /// A kernel answer that does not parse keeps the parser's error as a value, and the
+  /// message says what was wrong with it.
+  func testAMalformedReplyKeepsTheParsersError() throws {
+    var parseError: NetlinkAttributeError?
+    XCTAssertThrowsError(try NBDNetlinkMessage.decodeConnectReply([6, 0, 1, 0, 1, 0, 0, 0])) {
+      parseError = $0 as? NetlinkAttributeError
+    }
+    let cause = try XCTUnwrap(parseError, "the decoder throws a NetlinkAttributeError")
+    let e = NBDKernelError(code: .unexpectedReply, operation: .status, index: 5, malformedReply: cause)
+    XCTAssertEqual(e.malformedReply, cause)
+    XCTAssertEqual(e.description, "unexpected answer from the nbd driver while reading the status of /dev/nbd5: \(cause)")
+  }
+
   // MARK: flags
 
   func testServerFlagValues() {
