@@ -12,8 +12,7 @@ import sys
 from collections import defaultdict
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
-from report import fmt, median, rfmt
-from report import ratio as ratio_of  # noqa: E402  (Tests/lib/report.py)
+from report import fmt, median, ratio as ratio_of, rfmt  # noqa: E402  (Tests/lib/report.py)
 
 path, pids_path, json_path, pairs, size_mib, lun_mib = sys.argv[1:7]
 TARGETS = {}

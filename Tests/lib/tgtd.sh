@@ -181,13 +181,14 @@ running_pid() {
 }
 
 stop() {
-  local dir=$1 pid
+  local dir=$1 pid cp
   [ -d "$dir" ] || die "no such directory: $dir"
   if [ -f "$dir/pid" ] && [ -f "$dir/cp" ]; then
+    cp=$(cat "$dir/cp")
     if pid=$(running_pid "$dir"); then
-      kill_tgtd "$pid" "$(cat "$dir/cp")"
+      kill_tgtd "$pid" "$cp"
     else
-      rm -f "/var/run/tgtd/socket.$(cat "$dir/cp")" "/var/run/tgtd/socket.$(cat "$dir/cp").lock"
+      rm -f "/var/run/tgtd/socket.$cp" "/var/run/tgtd/socket.$cp.lock"
     fi
   fi
   if [ -f "$dir/shm" ]; then
