@@ -55,6 +55,8 @@ public struct SessionStateMachine {
     /// When this command was first caught by a lost connection (or submitted while there
     /// was none); it fails `recoveryTimeout` after that.
     var troubleSince: NIODeadline?
+    /// Set while it waits out a `.retryLater`: the connection count it was answered on.
+    var parkedOn: UInt64?
   }
 
   public enum LogLevel: Sendable, Equatable { case debug, info, notice, warning, error }
@@ -145,6 +147,9 @@ public struct SessionStateMachine {
   /// CmdSN carried from one connection to the next (the login's first CmdSN).
   var nextCmdSN: UInt32 = 1
   var everLoggedIn = false
+  /// Connections lost so far: tells a command parked for a retry whether the connection
+  /// it was answered on is still the current one.
+  var connectionsLost: UInt64 = 0
   var recoveryAttempt = 0
   var recoveryStarted: NIODeadline
   /// Time of the latest event that carried one: stamps commands without a clock read
@@ -192,8 +197,17 @@ public struct SessionStateMachine {
     enqueue(c, first: false, into: &out)
   }
 
-  /// A command given back by `.retryLater`: it goes to the front of the queue.
+  /// A command given back by `.retryLater`: it goes to the front of the queue. With
+  /// failFast, one whose connection was lost while it waited fails with `.pathDown`
+  /// instead: the owner took it off the path with the rest of that connection's commands
+  /// (a write is fenced, then sent again elsewhere), so sending it on a later connection
+  /// would put a second copy on its way that could land after newer writes.
   public mutating func retryDue(_ c: consuming Command, into out: inout [Action]) {
+    if timeouts.failFast, let parked = c.parkedOn, parked != connectionsLost {
+      return out.append(
+        .fail(c, ISCSIError(.pathDown, "the path to \(portal) was lost while a command waited to be retried")))
+    }
+    c.parkedOn = nil
     enqueue(c, first: true, into: &out)
   }
 
@@ -426,6 +440,7 @@ public struct SessionStateMachine {
       if delay == 0 {
         queue.prepend(c)
       } else {
+        c.parkedOn = connectionsLost
         out.append(.retryLater(c, .milliseconds(Int64(delay))))
       }
       return
@@ -694,6 +709,7 @@ public struct SessionStateMachine {
     let old = connection!
     nextCmdSN = old.window.nextCmdSN
     connection = nil
+    connectionsLost &+= 1
     let unfinished = old.inFlight.values.sorted { SerialNumber($0.cmdSN) < SerialNumber($1.cmdSN) }
     state = .recovering
     recoveryStarted = now

@@ -417,6 +417,40 @@ final class SessionStateMachineTests: XCTestCase {
     XCTAssertEqual(h.response(itt: 5, status: 0x08), ["complete #1 status=8"])  // the caller sees BUSY
   }
 
+  /// failFast (a multipath path): a command waiting out a BUSY when its connection is lost
+  /// is not sent on the next one. The owner took it off the path with the connection's
+  /// other commands; a write among them is fenced and sent again elsewhere, so a copy
+  /// leaving later from here could land after newer data.
+  func testAFailFastCommandWaitingToBeRetriedIsNotSentOnTheNextConnection() throws {
+    var h = Harness { $0.failFast = true }
+    _ = h.login()
+    _ = h.submitTestUnitReady()
+    _ = h.submitTestUnitReady()
+    XCTAssertEqual(h.response(itt: 3, status: 0x08), ["retry #1 in 10 ms"])
+    XCTAssertEqual(h.lose(), ["reset connection", "stop ticking", "fail #2: path down", "path lost"])
+    _ = h.login()  // the probe logs in again before the retry is due
+    let parked = try XCTUnwrap(h.retries[1])
+    XCTAssertEqual(h.event { $0.retryDue(parked, into: &$1) }, ["fail #1: path down"])
+    // One answered BUSY on the connection that stays is retried as usual.
+    _ = h.submitTestUnitReady()  // itt 6 (the second login took 5)
+    XCTAssertEqual(h.response(itt: 6, status: 0x08), ["retry #3 in 10 ms"])
+    let kept = try XCTUnwrap(h.retries[3])
+    XCTAssertEqual(h.event { $0.retryDue(kept, into: &$1) }, ["send command itt=7 cmdSN=4"])
+  }
+
+  /// Without failFast (one session, no other path) the session itself sends again what had
+  /// not completed after reinstating: a command parked over the loss goes out as well.
+  func testWithoutFailFastAParkedCommandGoesOutAfterTheReinstatement() throws {
+    var h = Harness()
+    _ = h.login()
+    _ = h.submitTestUnitReady()
+    XCTAssertEqual(h.response(itt: 3, status: 0x08), ["retry #1 in 10 ms"])
+    _ = h.lose()
+    _ = h.login()  // takes task tag 4
+    let parked = try XCTUnwrap(h.retries[1])
+    XCTAssertEqual(h.event { $0.retryDue(parked, into: &$1) }, ["send command itt=5 cmdSN=2"])
+  }
+
   // MARK: Command window
 
   func testCommandWindowClosesAndOpens() {
