@@ -117,6 +117,8 @@ public struct SCSITask: Sendable {
   private var received = 0
   /// The byte ranges received, when Data-In may come out of order.
   private var coverage = ByteRanges()
+  /// The byte ranges of a write that R2Ts asked for.
+  private var requested = ByteRanges()
   private var nextDataSN: UInt32 = 0
   private var nextR2TSN: UInt32 = 0
   private var finalStatus: SCSICompletion?
@@ -209,6 +211,15 @@ public struct SCSITask: Sendable {
         "target sent an R2T for \(length) bytes at offset \(offset) of a \(data.readableBytes)-byte write (MaxBurstLength \(limits.maxBurstLength))"
       )
     }
+    // Outside recovery (ErrorRecoveryLevel 0) no R2T asks for bytes another one already
+    // asked for: a target repeating them could have a 48-byte R2T turned into a burst of
+    // Data-Out again and again while it stops reading (RFC 7143 sections 11.8, 7.2).
+    guard requested.insert(offset..<(offset + length)) else {
+      throw ISCSIError(
+        .protocolViolation,
+        "target sent an R2T for bytes \(offset)..<\(offset + length) of task 0x\(hex(itt)), which an earlier R2T already asked for"
+      )
+    }
     var pdus: [ISCSIPDU] = []
     var sent = 0
     var dataSN: UInt32 = 0
@@ -259,7 +270,6 @@ public struct SCSITask: Sendable {
             "target sent Data-In at BufferOffset \(offset) for task 0x\(hex(itt)), expected \(received) (DataPDUInOrder=Yes)"
           )
         }
-        readSegments.append(pdu.data)  // in order: keep the slice, no copy
       } else {
         guard coverage.insert(offset..<(offset + length)) else {
           throw ISCSIError(
@@ -267,22 +277,8 @@ public struct SCSITask: Sendable {
             "target sent Data-In for bytes \(offset)..<\(offset + length) of task 0x\(hex(itt)), which overlap data already received"
           )
         }
-        if readBuffer == nil && offset == received {
-          readSegments.append(pdu.data)
-        } else {
-          if readBuffer == nil {
-            var b = allocator.buffer(capacity: expected)
-            for var segment in readSegments { b.writeBuffer(&segment) }
-            readSegments = []
-            readBuffer = b
-          }
-          readBuffer!.setBuffer(pdu.data, at: readBuffer!.readerIndex + offset)
-          let end = offset + length
-          if readBuffer!.writerIndex - readBuffer!.readerIndex < end {
-            readBuffer!.moveWriterIndex(to: readBuffer!.readerIndex + end)
-          }
-        }
       }
+      keep(pdu.data, at: offset, of: expected, allocator: allocator)
       received += length
     }
     guard h.flags & DataInFlags.status != 0 else { return nil }
@@ -336,9 +332,10 @@ public struct SCSITask: Sendable {
     return 0
   }
 
-  /// The data of a command is used when it ends with GOOD, CONDITION MET, or CHECK
-  /// CONDITION with sense key RECOVERED ERROR (the command succeeded after a retry inside
-  /// the target). Then every byte must have arrived exactly once (see `handleDataIn`):
+  /// The data of a command is used when it succeeded as `classify` (SCSI) has it: GOOD,
+  /// CONDITION MET, or CHECK CONDITION with sense key RECOVERED ERROR or COMPLETED (the
+  /// command succeeded, after a retry inside the target). Then every byte must have
+  /// arrived exactly once (see `handleDataIn`):
   /// - a read of the medium (READ 6/10/12/16) must have exactly the expected length less
   ///   the underflow the target reported: a hole or a short read is never passed on;
   /// - other reads (INQUIRY, MODE SENSE, ...) may be shorter without the U bit, as some
@@ -347,8 +344,7 @@ public struct SCSITask: Sendable {
   /// - a write to the medium must have been taken whole: a residual means the target did
   ///   not write all of it, which must not be acknowledged as written.
   private func checkTransfer(status: UInt8, residual: Int, sense: [UInt8] = []) throws {
-    let recovered = status == 0x02 && Self.senseKey(sense) == 0x1
-    guard status == 0x00 || status == 0x04 || recovered else { return }
+    guard classify(status: status, sense: sense.isEmpty ? nil : try? SenseData(sense)) == nil else { return }
     switch command.direction {
     case .none:
       return
@@ -392,17 +388,36 @@ public struct SCSITask: Sendable {
     }
   }
 
-  /// The sense key of fixed (0x70/0x71) or descriptor (0x72/0x73) sense data (SPC-4 4.5).
-  static func senseKey(_ sense: [UInt8]) -> UInt8? {
-    guard let code = sense.first.map({ $0 & 0x7f }) else { return nil }
-    switch code {
-    case 0x70, 0x71: return sense.count > 2 ? sense[2] & 0x0f : nil
-    case 0x72, 0x73: return sense.count > 1 ? sense[1] & 0x0f : nil
-    default: return nil
+  private var receivedData: [ByteBuffer] { readBuffer.map { [$0] } ?? readSegments }
+
+  /// Data-In segments shorter than this (other than the one that ends the read) are copied
+  /// into one buffer for the read rather than kept as slices: a slice of a few bytes keeps
+  /// the whole socket buffer it came in alive, so a target sending 1-byte segments would
+  /// make a 1 MiB read hold tens of MiB.
+  static let smallestKeptSegment = 4096
+
+  /// Keeps one Data-In segment: as the slice it came in (no copy) while the data comes in
+  /// order in segments of a useful size, else copied into place in one buffer for the
+  /// whole read (with the segments kept so far).
+  private mutating func keep(_ data: ByteBuffer, at offset: Int, of expected: Int, allocator: ByteBufferAllocator) {
+    let length = data.readableBytes
+    let small = length < Self.smallestKeptSegment && offset + length < expected
+    if readBuffer == nil && offset == received && !small {
+      readSegments.append(data)
+      return
+    }
+    if readBuffer == nil {
+      var b = allocator.buffer(capacity: expected)
+      for var segment in readSegments { b.writeBuffer(&segment) }
+      readSegments = []
+      readBuffer = b
+    }
+    readBuffer!.setBuffer(data, at: readBuffer!.readerIndex + offset)
+    let end = offset + length
+    if readBuffer!.writerIndex - readBuffer!.readerIndex < end {
+      readBuffer!.moveWriterIndex(to: readBuffer!.readerIndex + end)
     }
   }
-
-  private var receivedData: [ByteBuffer] { readBuffer.map { [$0] } ?? readSegments }
 
   public var bytesReceived: Int { received }
 }
@@ -422,7 +437,8 @@ extension Array where Element == ByteBuffer {
 }
 
 /// Disjoint byte ranges, kept sorted and merged: the coverage of a read whose Data-In may
-/// arrive out of order. Its size is bounded by the number of PDUs received.
+/// arrive out of order, and the ranges a write's R2Ts asked for. Its size is bounded by
+/// the number of PDUs received.
 struct ByteRanges: Sendable, Equatable {
   private(set) var ranges: [Range<Int>] = []
 

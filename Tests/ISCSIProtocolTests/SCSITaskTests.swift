@@ -86,6 +86,35 @@ final class SCSITaskTests: XCTestCase {
     XCTAssertThrowsError(try task.handleR2T(r2t), "R2TSN 0 again")
   }
 
+  /// Outside recovery an R2T never asks again for bytes an earlier one asked for: a
+  /// target repeating R2Ts would get the same burst of Data-Out over and over.
+  func testAnR2TForBytesAlreadyAskedForIsRefused() throws {
+    var task = writeTask(
+      8192, DataTransferLimits(maxSendDataSegmentLength: 1024, maxBurstLength: 4096, initialR2T: true, immediateData: false))
+    var r2t = BasicHeaderSegment(opcode: .readyToTransfer, flags: finalFlag)
+    r2t.initiatorTaskTag = 5
+    r2t.bufferOffset = 0
+    r2t.desiredDataTransferLength = 4096
+    XCTAssertEqual(try task.handleR2T(r2t).count, 4)
+    r2t.dataSN = 1
+    r2t.bufferOffset = 2048  // half of it again
+    XCTAssertThrowsError(try task.handleR2T(r2t)) { error in
+      XCTAssertEqual((error as? ISCSIError)?.code, .protocolViolation)
+      XCTAssertTrue("\(error)".contains("already asked for"), "\(error)")
+    }
+    // The rest of the write, asked for once, is sent.
+    var fresh = writeTask(
+      8192, DataTransferLimits(maxSendDataSegmentLength: 1024, maxBurstLength: 4096, initialR2T: true, immediateData: false))
+    r2t.dataSN = 0
+    r2t.bufferOffset = 4096
+    XCTAssertEqual(try fresh.handleR2T(r2t).map { Int($0.header.bufferOffset) }, [4096, 5120, 6144, 7168])
+    r2t.dataSN = 1
+    r2t.bufferOffset = 0
+    XCTAssertEqual(try fresh.handleR2T(r2t).count, 4, "an earlier range, not asked for before")
+    r2t.dataSN = 2
+    XCTAssertThrowsError(try fresh.handleR2T(r2t), "the whole write again")
+  }
+
   func testR2TOutsideTheBufferOrBeyondMaxBurstIsRefused() {
     var task = writeTask(4096, DataTransferLimits(maxBurstLength: 2048))
     var r2t = BasicHeaderSegment(opcode: .readyToTransfer)
@@ -118,12 +147,15 @@ final class SCSITaskTests: XCTestCase {
   }
 
   func testInOrderDataInIsKeptAsSegmentsAndOutOfOrderIsCopiedIntoPlace() throws {
-    var task = SCSITask(itt: 9, command: SCSICommand(lun: 0, cdb: [0x28], direction: .read(8)), limits: .init())
-    _ = try task.handleDataIn(dataIn(offset: 0, bytes: [1, 2, 3, 4], dataSN: 0, status: false), allocator: .init())
+    var task = SCSITask(itt: 9, command: SCSICommand(lun: 0, cdb: [0x28], direction: .read(8192)), limits: .init())
+    let first = (0..<4096).map { UInt8(truncatingIfNeeded: $0) }
+    _ = try task.handleDataIn(dataIn(offset: 0, bytes: first, dataSN: 0, status: false), allocator: .init())
     let done = try XCTUnwrap(
-      try task.handleDataIn(dataIn(offset: 4, bytes: [5, 6, 7, 8], dataSN: 1, status: true), allocator: .init()))
-    XCTAssertEqual(done.segments.count, 2, "two Data-In PDUs, two segments, no copy")
-    XCTAssertEqual(done.dataLength, 8)
+      try task.handleDataIn(
+        dataIn(offset: 4096, bytes: [UInt8](repeating: 7, count: 4096), dataSN: 1, status: true), allocator: .init()))
+    XCTAssertEqual(done.segments.count, 2, "two Data-In PDUs of 4 KiB, two segments, no copy")
+    XCTAssertEqual(done.dataLength, 8192)
+    XCTAssertEqual(Array(done.data.readableBytesView), first + [UInt8](repeating: 7, count: 4096))
 
     var shuffled = SCSITask(itt: 9, command: SCSICommand(lun: 0, cdb: [0x28], direction: .read(8)), limits: relaxed)
     _ = try shuffled.handleDataIn(dataIn(offset: 4, bytes: [5, 6, 7, 8], dataSN: 0, status: false), allocator: .init())
@@ -131,6 +163,32 @@ final class SCSITaskTests: XCTestCase {
       try shuffled.handleDataIn(dataIn(offset: 0, bytes: [1, 2, 3, 4], dataSN: 1, status: true), allocator: .init()))
     XCTAssertEqual(put.segments.count, 1)
     XCTAssertEqual(Array(put.data.readableBytesView), [1, 2, 3, 4, 5, 6, 7, 8])
+  }
+
+  /// A target that sends a read in tiny segments gets them copied into one buffer: a slice
+  /// of a few bytes would keep its whole socket buffer (and its own 48-byte header) alive.
+  func testTinyDataInSegmentsAreCopiedTogetherNotKeptAsSlices() throws {
+    for limits in [DataTransferLimits(), relaxed] {
+      var task = SCSITask(itt: 9, command: SCSICommand(lun: 0, cdb: [0x28], direction: .read(20_000)), limits: limits)
+      var done: SCSICompletion?
+      for i in 0..<20_000 {
+        done = try task.handleDataIn(
+          dataIn(offset: i, bytes: [UInt8(truncatingIfNeeded: i * 7)], dataSN: UInt32(i), status: i == 19_999),
+          allocator: .init())
+      }
+      let completion = try XCTUnwrap(done)
+      XCTAssertEqual(completion.segments.count, 1, "20,000 one-byte segments kept as slices")
+      XCTAssertEqual(Array(completion.data.readableBytesView), (0..<20_000).map { UInt8(truncatingIfNeeded: $0 * 7) })
+    }
+    // A small segment that ends the read is kept as it came (a 4 KiB read's only segment,
+    // or the tail of a longer one).
+    var tail = SCSITask(itt: 9, command: SCSICommand(lun: 0, cdb: [0x28], direction: .read(4096 + 512)), limits: .init())
+    _ = try tail.handleDataIn(
+      dataIn(offset: 0, bytes: [UInt8](repeating: 1, count: 4096), dataSN: 0, status: false), allocator: .init())
+    let both = try XCTUnwrap(
+      try tail.handleDataIn(
+        dataIn(offset: 4096, bytes: [UInt8](repeating: 2, count: 512), dataSN: 1, status: true), allocator: .init()))
+    XCTAssertEqual(both.segments.map(\.readableBytes), [4096, 512])
   }
 
   func testDataInBeyondTheExpectedLengthOrOutOfSequenceIsRefused() {
@@ -298,5 +356,25 @@ final class SCSITaskTests: XCTestCase {
     sense.writeInteger(UInt16(18))
     sense.writeBytes([0x70, 0, 0x01, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x17, 0x01, 0, 0, 0, 0])  // RECOVERED ERROR
     XCTAssertThrowsError(try task.handleResponse(ISCSIPDU(header: h, data: sense)), "half the data, used as good")
+    // COMPLETED (sense key 0xF) is a success too (SPC-4), checked the same way; a sense
+    // that cannot be read is a failure, whose data nobody uses.
+    for (key, throwsError) in [(UInt8(0x0f), true), (0x03, false)] {
+      var t = readTask(8)
+      _ = try t.handleDataIn(dataIn(offset: 0, bytes: [1, 2, 3, 4], dataSN: 0, status: false), allocator: .init())
+      var s = ByteBuffer()
+      s.writeInteger(UInt16(18))
+      s.writeBytes([0x70, 0, key, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+      if throwsError {
+        XCTAssertThrowsError(try t.handleResponse(ISCSIPDU(header: h, data: s)), "sense key \(key): half the data")
+      } else {
+        XCTAssertNoThrow(try t.handleResponse(ISCSIPDU(header: h, data: s)), "MEDIUM ERROR: a failure, data unused")
+      }
+    }
+    var garbled = readTask(8)
+    _ = try garbled.handleDataIn(dataIn(offset: 0, bytes: [1, 2, 3, 4], dataSN: 0, status: false), allocator: .init())
+    var junk = ByteBuffer()
+    junk.writeInteger(UInt16(3))
+    junk.writeBytes([0x00, 0x01, 0x02])
+    XCTAssertNoThrow(try garbled.handleResponse(ISCSIPDU(header: h, data: junk)))
   }
 }
