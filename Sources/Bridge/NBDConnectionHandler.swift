@@ -33,12 +33,15 @@ final class NBDConnectionHandler: ChannelInboundHandler {
   /// What the client negotiated (structured replies, `base:allocation`); the kernel: neither.
   private var transmission = NBDTransmissionOptions()
   private var decoder = NBDRequestDecoder(maxPayload: Volume.maximumPayload)
-  /// Write payloads up to this size get their buffer when their header arrives.
-  static let reservedPayload: UInt32 = 2 << 20
   private var cumulation = Cumulation()
   /// Admitted requests whose reply has not been written yet, and their bytes.
   private var inFlight = 0
   private var bytesInFlight = 0
+  /// The bytes of an admitted write whose payload is still arriving: counted in
+  /// `bytesInFlight` and the volume's budget from its header on, since they fill memory
+  /// as they come (clients that send a write's header and hold back its last byte would
+  /// otherwise hold memory no bound counts).
+  private var arriving = 0
   private var readingPaused = false
   private var processing = false
   private var processAgain = false
@@ -89,6 +92,11 @@ final class NBDConnectionHandler: ChannelInboundHandler {
     handshakeTimer?.cancel()
     handshakeTimer = nil
     cumulation.removeAll()
+    if arriving > 0 {
+      bytesInFlight -= arriving
+      volume.budget.release(arriving)
+      arriving = 0
+    }
     volume.budget.forget(id)
     volume.cancelQueued(owner: id)
     context.fireChannelInactive()
@@ -175,7 +183,8 @@ final class NBDConnectionHandler: ChannelInboundHandler {
       let type = NBDCommand(rawValue: c.getInteger(at: c.readerIndex + 6, as: UInt16.self)!)
       let length = c.getInteger(at: c.readerIndex + 24, as: UInt32.self)!
       let bytes = type == .read || type == .write ? Int(length) : 0
-      if type != .disconnect
+      let admitted = arriving > 0  // this write's header was admitted, its payload is coming
+      if !admitted && type != .disconnect
         && !limits.admits(
           bytes: bytes, connectionRequests: inFlight, connectionBytes: bytesInFlight,
           volumeBytes: volume.budget.bytes)
@@ -185,18 +194,26 @@ final class NBDConnectionHandler: ChannelInboundHandler {
         volume.budget.wait(id) { [weak self] in self?.process(context: context) }
         return
       }
-      if type == .write, length <= NBDConnectionHandler.reservedPayload {
-        // Room for the whole request now: its payload then keeps a buffer of its own size.
-        // Only up to a bound: a client that sends a header and then nothing holds no more.
-        cumulation.bytes.reserveForMessage(NBDLimits.requestHeaderSize + Int(length))
-      }
       let event: NBDRequestEvent
       do {
-        guard let next = try decoder.next(from: &cumulation.bytes!) else { break }  // payload still coming
+        guard let next = try decoder.next(from: &cumulation.bytes!) else {
+          // A write whose payload is still coming (the decoder has checked its header): its
+          // bytes count from now on, and it gets room for the whole request, so the payload
+          // keeps a buffer of its own size instead of one doubled as bytes come.
+          if type == .write, !admitted, bytes > 0 {
+            arriving = bytes
+            bytesInFlight += bytes
+            volume.budget.take(bytes)
+            cumulation.bytes.reserveForMessage(NBDLimits.requestHeaderSize + bytes)
+          }
+          break
+        }
         event = next
       } catch {
         return fail(context: context, reason: "\(error)")
       }
+      let counted = arriving
+      arriving = 0
       if event.request.type == .disconnect {
         // NBD_CMD_DISC: no reply; finish what is in flight, then close.
         disconnectRequested = true
@@ -204,7 +221,7 @@ final class NBDConnectionHandler: ChannelInboundHandler {
         closeIfIdle(context: context)
         return
       }
-      run(event, bytes: bytes, context: context)
+      run(event, bytes: bytes, counted: counted, context: context)
     }
     if !disconnectRequested, cumulation.takeHeld(messageLength: { writeRequestLength($0) }) { processAgain = true }
     resumeReading(context: context)
@@ -224,10 +241,11 @@ final class NBDConnectionHandler: ChannelInboundHandler {
     context.read()
   }
 
-  private func run(_ event: NBDRequestEvent, bytes: Int, context: ChannelHandlerContext) {
+  /// `counted`: bytes already counted while the payload arrived.
+  private func run(_ event: NBDRequestEvent, bytes: Int, counted: Int, context: ChannelHandlerContext) {
     inFlight += 1
-    bytesInFlight += bytes
-    volume.budget.take(bytes)
+    bytesInFlight += bytes - counted
+    volume.budget.take(bytes - counted)
     let request = event.request
     let handle = request.handle
     let options = transmission

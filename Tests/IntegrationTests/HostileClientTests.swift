@@ -150,6 +150,48 @@ final class HostileClientTests: XCTestCase {
     XCTAssertTrue(server.isRunning, serveLog())
   }
 
+  /// Sixteen connections each send a 16 MiB write but its last byte and wait. A payload
+  /// that is still arriving holds memory, so its bytes count against the volume's bound
+  /// from its header on: with `--max-inflight-mib 64` four are taken in, the rest are not
+  /// read until room comes back (not 256 MiB of payloads held), and closing them gives the
+  /// room back.
+  func testWritesWhosePayloadNeverEndsAreHeldToTheVolumesBound() throws {
+    let server = try startServe(["--max-inflight-mib", "64"])
+    let before = rss(server.processIdentifier)
+    let clients = try spawn(["partial", socket, "16", String(16 << 20), "8"], output: scratch + "/partial.out")
+    var peak = 0
+    var during: [String: Any]?
+    var samples = 0
+    while clients.isRunning {
+      peak = max(peak, rss(server.processIdentifier))
+      samples += 1
+      if samples == 25 { during = status() }  // 5 s in: every connection has sent what it could
+      usleep(200_000)
+    }
+    let result = (try? String(contentsOfFile: scratch + "/partial.out", encoding: .utf8)) ?? ""
+    print(
+      "partial writes: \(result.trimmingCharacters(in: .whitespacesAndNewlines)); server RSS \(before >> 20) MiB before, peak \(peak >> 20) MiB"
+    )
+    XCTAssertTrue(result.hasPrefix("connections 16"), "the clients did not run: \(result) \(serveLog())")
+    let flow = try XCTUnwrap(during?["flow"] as? [String: Any], "status did not answer: \(serveLog())")
+    let held = try XCTUnwrap(flow["bytesInFlight"] as? Int, "\(flow)")
+    XCTAssertGreaterThanOrEqual(held, 32 << 20, "the partial writes were not counted: \(flow)")
+    XCTAssertLessThanOrEqual(held, 64 << 20, "more than the volume's bound taken in: \(flow)")
+    XCTAssertGreaterThan(flow["paused"] as? Int ?? 0, 0, "no connection was paused: \(flow)")
+    XCTAssertLessThan(peak - before, 112 << 20, "server RSS grew by \((peak - before) >> 20) MiB")
+    // Gone: their room is given back.
+    var after = -1
+    for _ in 0..<50 {
+      after = (status()?["flow"] as? [String: Any])?["bytesInFlight"] as? Int ?? -1
+      if after == 0 { break }
+      usleep(100_000)
+    }
+    XCTAssertEqual(after, 0, "bytes still counted after the clients left")
+    let r = try Command.run(python, [script, "latency", uri, "1"], timeout: 30)
+    XCTAssertTrue(r.stdout.hasPrefix("reads") && r.stdout.contains("errors 0"), r.stdout + r.stderr)
+    XCTAssertTrue(server.isRunning, serveLog())
+  }
+
   func testConnectionFloodDoesNotLockOutClientsStatusOrPathRecovery() throws {
     let server = try startServe()
     // 2 x 10,000 connections (this machine allows 20,000 descriptors a process) that

@@ -6,6 +6,10 @@ Only for Unix sockets the test made itself.
   nbd-hostile-client.py greedy SOCKET COUNT LENGTH HOLD_SECONDS
       handshake, then COUNT pipelined reads of LENGTH bytes at offset 0; never reads a
       reply; holds the connection HOLD_SECONDS, closes it; prints `sent N`
+  nbd-hostile-client.py partial SOCKET COUNT LENGTH HOLD_SECONDS
+      COUNT connections, each sends the header of a LENGTH-byte write and all of its
+      payload but the last byte (as fast as the server reads), holds them HOLD_SECONDS,
+      closes them; prints `connections N sent B` (B: bytes the sockets accepted)
   nbd-hostile-client.py flood SOCKET COUNT HOLD_SECONDS
       opens COUNT connections that never answer the handshake, holds them HOLD_SECONDS;
       prints `opened N refused M` (refused: connect failed)
@@ -65,6 +69,30 @@ def greedy(path, count, length, hold):
         time.sleep(0.05)
     s.close()
     print(f"sent {sent // 28}")
+
+
+def partial(path, count, length, hold):
+    conns = []
+    for i in range(count):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(path)
+        handshake(s)
+        s.setblocking(False)
+        # NBD_CMD_WRITE (1) at offset 0; the payload's last byte never comes.
+        data = struct.pack(">IHHQQI", REQUEST_MAGIC, 0, 1, i, 0, length) + bytes(length - 1)
+        conns.append([s, memoryview(data), 0])
+    deadline = time.monotonic() + hold
+    while time.monotonic() < deadline:
+        for c in conns:
+            if c[2] < len(c[1]):
+                try:
+                    c[2] += c[0].send(c[1][c[2] : c[2] + (1 << 20)])
+                except BlockingIOError:
+                    pass
+        time.sleep(0.02)
+    print(f"connections {len(conns)} sent {sum(c[2] for c in conns)}", flush=True)
+    for c in conns:
+        c[0].close()
 
 
 def flood(path, count, hold):
@@ -131,6 +159,8 @@ def main():
     mode = sys.argv[1]
     if mode == "greedy":
         greedy(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
+    elif mode == "partial":
+        partial(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
     elif mode == "flood":
         flood(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
     elif mode == "plain-go":
