@@ -1005,9 +1005,11 @@ public final class Volume: @unchecked Sendable {
         id: $0.id, loggedIn: $0.session.state == .fullFeature,
         portalGroup: $0.session.parameters?.targetPortalGroupTag)
     }
+    // A path taken away by a reload is being logged out: its fence goes through the
+    // other paths, not through the portal being taken away.
     run(
       fencer.attempt(
-        id, loggedIn: path.session.state == .fullFeature, reinstatements: path.session.reinstatements,
+        id, loggedIn: path.session.state == .fullFeature && !path.removed, reinstatements: path.session.reinstatements,
         helpers: helpers))
   }
 
@@ -1035,13 +1037,16 @@ public final class Volume: @unchecked Sendable {
   }
 
   /// A login with the failed session's own settings (initiator name, ISID, CHAP) through
-  /// the helper's portal and NIC, which reinstates (and so ends) the old session; then a
-  /// logout.
+  /// the helper's portal and NIC (or the failed path's own), which reinstates (and so
+  /// ends) the old session; then a logout. It counts only if it reached the old session's
+  /// portal group: with the same ISID, a login to another group (after a redirect, say)
+  /// makes a new session beside the old one.
   private func fencingLogin(_ id: PathID, through helperID: PathID) {
     guard let path = paths[id], let helper = paths[helperID] else {
       run(fencer.loginFinished(id, success: false))
       return
     }
+    let group = fencer.portalGroup(of: id)
     var config = path.session.configuration
     config.portal = helper.spec.configuration.portal
     config.interface = helper.spec.configuration.interface
@@ -1050,7 +1055,16 @@ public final class Volume: @unchecked Sendable {
     config.loginTimeout = min(config.loginTimeout, .seconds(5))
     let fenceSession = ISCSISession.unconnected(config, on: eventLoop, logger: logger)
     let portal = "\(helper.spec.url.portal)"
-    fenceSession.reconnect().flatMap { fenceSession.close(timeout: .seconds(1)) }.whenComplete { [self] result in
+    fenceSession.reconnect().flatMap { () -> EventLoopFuture<Int?> in
+      let reached = fenceSession.parameters?.targetPortalGroupTag
+      return fenceSession.close(timeout: .seconds(1)).map { reached }
+    }.flatMapThrowing { reached in
+      guard group == nil || reached == group else {
+        throw BridgeError(
+          .pathMismatch,
+          "the login reached target portal group \(reached.map(String.init) ?? "unknown"), not the failed session's \(group!)")
+      }
+    }.whenComplete { [self] result in
       if case .failure(let error) = result {
         logger.warning(
           "fencing login failed; retrying",
@@ -1112,7 +1126,9 @@ public final class Volume: @unchecked Sendable {
       guard !closed else { return }
       switch result {
       case .success:
-        run(fencer.reinstated(id))
+        run(
+          fencer.reinstated(
+            id, reinstatements: session.reinstatements, portalGroup: session.parameters?.targetPortalGroupTag))
         run(machine.probeSucceeded(id))
       case .failure(let error):
         logger.info("probe failed", metadata: ["path": "\(id)", "error": "\(describeError(error))"])

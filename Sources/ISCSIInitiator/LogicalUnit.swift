@@ -244,9 +244,31 @@ public final class LogicalUnit: Sendable {
     }
     if fua && !info.fua {
       // No DPOFUA: make the write durable with SYNCHRONIZE CACHE once it has landed.
-      return EventLoopFuture.andAllSucceed(futures, on: session.eventLoop).flatMap { self.synchronizeCache() }
+      return allSettled(futures).flatMap { self.synchronizeCache() }
     }
-    return EventLoopFuture.andAllSucceed(futures, on: session.eventLoop)
+    return allSettled(futures)
+  }
+
+  /// The pieces of a write (WRITE, UNMAP, WRITE SAME commands of one I/O), once every one
+  /// has ended: a failure is handed up only when no piece is still at the target, since
+  /// the caller may send the whole I/O again (elsewhere, and without a fence when the
+  /// target refused it) and a piece still on its way could land after that copy. Of
+  /// several failures, one whose command's fate is unknown (the connection went) wins
+  /// over a refusal by the target, so the caller fences rather than re-sends at once.
+  private func allSettled(_ futures: [EventLoopFuture<Void>]) -> EventLoopFuture<Void> {
+    Self.allSettled(futures, on: session.eventLoop)
+  }
+
+  static func allSettled(_ futures: [EventLoopFuture<Void>], on loop: EventLoop) -> EventLoopFuture<Void> {
+    if futures.count == 1 { return futures[0] }
+    return EventLoopFuture.whenAllComplete(futures, on: loop).flatMapThrowing { results in
+      var refused: Error?
+      for case .failure(let error) in results {
+        guard error is SCSIOperationError else { throw error }
+        refused = refused ?? error
+      }
+      if let refused { throw refused }
+    }
   }
 
   public func synchronizeCache() -> EventLoopFuture<Void> {
@@ -273,7 +295,7 @@ public final class LogicalUnit: Sendable {
               "UNMAP"
             ).map { _ in })
         }
-        return EventLoopFuture.andAllSucceed(futures, on: session.eventLoop)
+        return allSettled(futures)
       } catch {
         return session.eventLoop.makeFailedFuture(error)
       }
@@ -296,7 +318,7 @@ public final class LogicalUnit: Sendable {
     let futures = TransferSplitter(maxBlocksPerCommand: UInt32(limit)).split(lba: lba, blocks: UInt64(blocks)).map {
       writeSame(lba: $0.lba, blocks: $0.blocks, unmap: false)
     }
-    return EventLoopFuture.andAllSucceed(futures, on: session.eventLoop)
+    return allSettled(futures)
   }
 
   /// The LU's capacity in bytes as the target reports it now (READ CAPACITY(16), or (10)

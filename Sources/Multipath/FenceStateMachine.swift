@@ -4,12 +4,18 @@
 // the timers it asks for.
 
 /// The fence of each failed path. A fence ends one of three ways:
-/// - the path's own session was reinstated (its probe logged in again with the same ISID:
-///   RFC 7143 section 6.3.5, the target ends the old session's tasks first);
-/// - a login with the failed session's ISID through a working path of the same target
-///   portal group succeeded, which does the same from another portal (then it logs out);
+/// - the path's own session was reinstated (it logged in again with the same ISID after
+///   the fence began: RFC 7143 section 6.3.5, the target ends the old session's tasks
+///   first);
+/// - a login with the failed session's ISID through the failed path's own portal (when its
+///   session is still logged in: the path was failed for what the target answered, not for
+///   a lost connection) or through a working path of the same target portal group
+///   succeeded, which does the same (then it logs out);
 /// - no-path-retry passed without either: the path's unfinished writes fail (EIO) rather
 ///   than being re-sent where an old copy could still land after them.
+///
+/// A session that is merely still logged in proves nothing: the target may still hold
+/// the writes it was sent.
 public struct FenceStateMachine<Clock: MultipathClock> {
   public typealias Instant = Clock.Instant
 
@@ -46,6 +52,8 @@ public struct FenceStateMachine<Clock: MultipathClock> {
     /// The session's reinstatements when the fence began; more later = reinstated.
     var reinstatementsAtStart: Int
     var loginThrough: PathID?
+    /// Where the last fencing login failed: the next one tries elsewhere if it can.
+    var lastFailed: PathID?
   }
 
   public let clock: Clock
@@ -61,6 +69,10 @@ public struct FenceStateMachine<Clock: MultipathClock> {
   }
 
   public func isFencing(_ path: PathID) -> Bool { fences[path] != nil }
+
+  /// The failed session's target portal group when its fence began (nil: unknown, or no
+  /// fence): the group a fencing login must reach.
+  public func portalGroup(of path: PathID) -> Int? { fences[path]?.portalGroup }
 
   /// The scheduler asked to fence `path` (`.fencePath`). `reinstatements` is the path's
   /// session's reinstatement count now. Then call `attempt`.
@@ -85,30 +97,49 @@ public struct FenceStateMachine<Clock: MultipathClock> {
       fences[path] = nil
       return [.abandon(path)]
     }
-    // A working path in the same portal group (or either group unknown).
-    let helper = helpers.first { h in
-      h.id != path && h.loggedIn
-        && (fence.portalGroup == nil || h.portalGroup == nil || h.portalGroup == fence.portalGroup)
+    // Still logged in (the target refused I/O on it, or its identity changed): a login
+    // through its own portal reinstates the session. Else a working path of the same
+    // portal group: a login with the same ISID to another group would make a new session
+    // and leave the old one (and its tasks) alone.
+    let helper =
+      helpers.first { h in
+        h.id != path && h.loggedIn && h.portalGroup != nil
+          && (fence.portalGroup == nil || h.portalGroup == fence.portalGroup)
+      }?.id
+    let through: PathID?
+    if loggedIn && (fence.lastFailed != path || helper == nil) {
+      through = path
+    } else {
+      through = helper
     }
-    guard let helper else { return [.retry(path, at: now.advanced(by: retryInterval))] }
-    fences[path]!.loginThrough = helper.id
-    return [.login(path, through: helper.id)]
+    guard let through else { return [.retry(path, at: now.advanced(by: retryInterval))] }
+    fences[path]!.loginThrough = through
+    return [.login(path, through: through)]
   }
 
-  /// The fencing login through a helper ended.
+  /// The fencing login ended. `success` only when it logged in within the failed
+  /// session's own portal group (the caller checks the group the login reached).
   public mutating func loginFinished(_ path: PathID, success: Bool) -> [Action] {
     guard let through = fences[path]?.loginThrough else { return [] }
     if success {
       fences[path] = nil
+      if through == path { return [.fenced(path, how: "old session ended by a login through its own portal")] }
       return [.fenced(path, how: "old session ended by a login through \(through)")]
     }
     fences[path]!.loginThrough = nil
+    fences[path]!.lastFailed = through
     return [.retry(path, at: clock.now.advanced(by: retryInterval))]
   }
 
-  /// The path's own probe logged in again (same ISID): that ended the old session.
-  public mutating func reinstated(_ path: PathID) -> [Action] {
-    guard fences[path] != nil else { return [] }
+  /// The path's own probe succeeded; `reinstatements` is its session's count now and
+  /// `portalGroup` the group its last login reached. Only a login since the fence began
+  /// (the count went up) within the old session's portal group ended the old session: a
+  /// probe that found the session still logged in, or was sent to another group, leaves
+  /// the fence to `attempt`.
+  public mutating func reinstated(_ path: PathID, reinstatements: Int, portalGroup: Int?) -> [Action] {
+    guard let fence = fences[path], reinstatements > fence.reinstatementsAtStart,
+      fence.portalGroup == nil || portalGroup == fence.portalGroup
+    else { return [] }
     fences[path] = nil
     return [.fenced(path, how: "session reinstated by its probe")]
   }

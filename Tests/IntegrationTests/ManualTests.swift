@@ -118,6 +118,7 @@ final class ManualTests: XCTestCase {
     "dropped for testing",  // ISCSISession.dropConnectionForTesting
     "no answer within",  // flushBeforeExit: a warning
     "path has no logical unit",  // an I/O retried on another path, EIO to the NBD client
+    "the login reached target portal group",  // a fencing login: a warning, then a retry
     "cannot create",  // ControlServer.start: Observability logs a warning
     "cannot create a temporary directory in",
     "control socket directory",

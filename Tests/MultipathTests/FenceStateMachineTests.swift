@@ -36,7 +36,9 @@ final class FenceStateMachineTests: XCTestCase {
   func testLoginThroughAHelperOfTheSamePortalGroup() {
     var fencer = Fencer(clock: clock, bound: .seconds(5))
     _ = fencer.begin(p1, portalGroup: 1, reinstatements: 0)
-    let helpers = [helper(p1, up: false), helper(p2, group: 2), helper(p3, group: 1)]
+    // Not another group's path (the same ISID there makes a new session and leaves the old
+    // one), nor one whose group is unknown.
+    let helpers = [helper(p1, up: false), helper(p2, group: 2), helper(p4, group: nil), helper(p3, group: 1)]
     XCTAssertEqual(fencer.attempt(p1, loggedIn: false, reinstatements: 0, helpers: helpers), [.login(p1, through: p3)])
     // While the login runs, a timer's attempt does nothing.
     XCTAssertEqual(fencer.attempt(p1, loggedIn: false, reinstatements: 0, helpers: helpers), [])
@@ -50,12 +52,45 @@ final class FenceStateMachineTests: XCTestCase {
   func testTheSessionsOwnReinstatementEndsTheFence() {
     var fencer = Fencer(clock: clock, bound: .seconds(5))
     _ = fencer.begin(p1, portalGroup: nil, reinstatements: 3)
-    // Logged in but not reinstated since the fence began (the count is the same): not enough.
-    XCTAssertEqual(fencer.attempt(p1, loggedIn: true, reinstatements: 3, helpers: []), [.retry(p1, at: at(.milliseconds(250)))])
     XCTAssertEqual(fencer.attempt(p1, loggedIn: true, reinstatements: 4, helpers: []), [.fenced(p1, how: "session reinstated")])
     _ = fencer.begin(p2, portalGroup: nil, reinstatements: 0)
-    XCTAssertEqual(fencer.reinstated(p2), [.fenced(p2, how: "session reinstated by its probe")])
-    XCTAssertEqual(fencer.reinstated(p2), [])
+    XCTAssertEqual(
+      fencer.reinstated(p2, reinstatements: 1, portalGroup: 1), [.fenced(p2, how: "session reinstated by its probe")])
+    XCTAssertEqual(fencer.reinstated(p2, reinstatements: 1, portalGroup: 1), [])
+    // A probe whose login went to another portal group made a new session there; the old
+    // one, in group 1, may still hold writes.
+    _ = fencer.begin(p3, portalGroup: 1, reinstatements: 0)
+    XCTAssertEqual(fencer.reinstated(p3, reinstatements: 1, portalGroup: 2), [])
+    XCTAssertTrue(fencer.isFencing(p3))
+    XCTAssertEqual(fencer.portalGroup(of: p3), 1)
+  }
+
+  /// The path was failed while its session stayed logged in (the target refused I/O on
+  /// it, or its LU's identity changed): the target may still hold writes sent on it, so a
+  /// probe that finds the session still there does not end the fence; a login with the
+  /// session's ISID through its own portal does.
+  func testASessionStillLoggedInIsEndedByALoginThroughItsOwnPortal() {
+    var fencer = Fencer(clock: clock, bound: .seconds(5))
+    _ = fencer.begin(p1, portalGroup: 1, reinstatements: 2)
+    // The probe succeeded without logging in (same count): the fence goes on.
+    XCTAssertEqual(fencer.reinstated(p1, reinstatements: 2, portalGroup: 1), [])
+    XCTAssertTrue(fencer.isFencing(p1))
+    // Its own portal first, even with a helper of the same group at hand.
+    XCTAssertEqual(
+      fencer.attempt(p1, loggedIn: true, reinstatements: 2, helpers: [helper(p1), helper(p2, group: 1)]),
+      [.login(p1, through: p1)])
+    XCTAssertEqual(fencer.loginFinished(p1, success: false), [.retry(p1, at: at(.milliseconds(250)))])
+    // That failed: a helper of the same group next, then its own portal again.
+    clock.advance(to: .milliseconds(250))
+    XCTAssertEqual(
+      fencer.attempt(p1, loggedIn: true, reinstatements: 2, helpers: [helper(p1), helper(p2, group: 1)]),
+      [.login(p1, through: p2)])
+    XCTAssertEqual(fencer.loginFinished(p1, success: false), [.retry(p1, at: at(.milliseconds(500)))])
+    clock.advance(to: .milliseconds(500))
+    XCTAssertEqual(fencer.attempt(p1, loggedIn: true, reinstatements: 2, helpers: []), [.login(p1, through: p1)])
+    XCTAssertEqual(
+      fencer.loginFinished(p1, success: true), [.fenced(p1, how: "old session ended by a login through its own portal")])
+    XCTAssertFalse(fencer.isFencing(p1))
   }
 
   /// The scheduler and the fence together, as the volume runs them: a write in flight on a
@@ -81,7 +116,8 @@ final class FenceStateMachineTests: XCTestCase {
       fencer.attempt(p1, loggedIn: false, reinstatements: 0, helpers: noHelpers), [.retry(p1, at: at(.milliseconds(250)))])
     // p2 comes back (its probe reinstated it): its own write may now go out, p1's not yet.
     _ = fencer.attempt(p2, loggedIn: false, reinstatements: 0, helpers: noHelpers)
-    XCTAssertEqual(fencer.reinstated(p2), [.fenced(p2, how: "session reinstated by its probe")])
+    XCTAssertEqual(
+      fencer.reinstated(p2, reinstatements: 1, portalGroup: nil), [.fenced(p2, how: "session reinstated by its probe")])
     _ = machine.probeSucceeded(p2)
     XCTAssertEqual(
       machine.pathFenced(p2).filter { if case .dispatch = $0 { return true } else { return false } }, [.dispatch(write(2), p2)])

@@ -8,6 +8,7 @@ typealias Action = Machine.Action
 let p1 = PathID(1)
 let p2 = PathID(2)
 let p3 = PathID(3)
+let p4 = PathID(4)
 
 func read(_ id: UInt64, _ bytes: Int = 4096) -> IOToken { IOToken(id: id, bytes: bytes, isWrite: false) }
 func write(_ id: UInt64, _ bytes: Int = 4096) -> IOToken { IOToken(id: id, bytes: bytes, isWrite: true) }
