@@ -164,11 +164,20 @@ public final class Volume: @unchecked Sendable {
   /// The end of an I/O and when it ended (the one clock read at completion).
   typealias Reply = (Result<[ByteBuffer], Error>, NIODeadline) -> Void
 
+  /// Who waits for an I/O, kept in its record: the end is handed to it by `deliver`.
+  enum Requester {
+    /// An NBD request: its type and length (for the counters), when it arrived (for its
+    /// latency), and the connection's reply.
+    case nbd(NBDCommand, length: UInt32, arrived: NIODeadline, reply: (Result<[ByteBuffer], NBDErrno>) -> Void)
+    /// The volume itself (the flush on exit).
+    case volume(Reply)
+  }
+
   /// The I/O's part of its one record, which the scheduler holds (`MultipathStateMachine.Entry`).
   struct PendingIO {
     var operation: Operation
-    /// Called once with the I/O's end (on the event loop): the NBD reply, or a waiting future.
-    var reply: Reply
+    /// Given the I/O's end once (on the event loop), through `deliver`.
+    var requester: Requester
     var path: PathID?
     var attempt = 0
     var dispatched: NIODeadline
@@ -458,39 +467,55 @@ public final class Volume: @unchecked Sendable {
       counts.errors += 1
       return reply(.failure(.einval))
     }
-    // One clock read at arrival (here) and one at completion (below).
-    let started = NIODeadline.now()
-    let type = request.type
-    let length = UInt64(request.length)
+    // One clock read at arrival (here) and one at completion (`finished`).
+    let arrived = NIODeadline.now()
     // Block status moves no data: it counts as an I/O of no bytes (path load, MB/s).
-    let bytes = type == .blockStatus ? 0 : Int(request.length)
-    submit(operation, bytes: bytes, owner: owner, at: started) { [self] result, ended in
-      latency.record(.nanoseconds((ended - started).nanoseconds))
-      switch result {
-      case .success(let data):
-        switch type {
-        case .read: counts.readBytes += length
-        case .write: counts.writeBytes += length
-        default: break
-        }
-        reply(.success(data))
-      case .failure(let error):
-        if error is CancelledByClient { return reply(.failure(.eio)) }  // nobody to reply to
-        counts.errors += 1
-        if (error as? SCSIOperationError)?.isReservationConflict == true {
-          // Another initiator holds the reservation: the I/O fails, no path does. Logged
-          // the first time and then every thousandth (a fenced node may keep writing).
-          reservationConflicts += 1
-          if reservationConflicts % 1000 == 1 {
-            logger.warning(
-              "reservation conflict: the target refused the request (another initiator holds the reservation)",
-              metadata: ["type": "\(type)", "conflicts": "\(reservationConflicts)"])
-          }
-        } else {
-          logger.warning("NBD request failed", metadata: ["type": "\(type)", "error": "\(describeError(error))"])
-        }
-        reply(.failure(Volume.errno(for: error)))
+    let bytes = request.type == .blockStatus ? 0 : Int(request.length)
+    submit(
+      operation, bytes: bytes, owner: owner, at: arrived,
+      .nbd(request.type, length: request.length, arrived: arrived, reply: reply))
+  }
+
+  /// Hands an I/O's end to whoever waits for it: an NBD request's counters, latency and
+  /// reply (its errno), or the volume's own callback.
+  private func deliver(_ io: PendingIO, _ result: Result<[ByteBuffer], Error>, at ended: NIODeadline) {
+    switch io.requester {
+    case .volume(let reply):
+      reply(result, ended)
+    case .nbd(let type, let length, let arrived, let reply):
+      answer(type, length: length, arrived: arrived, reply: reply, result, at: ended)
+    }
+  }
+
+  private func answer(
+    _ type: NBDCommand, length: UInt32, arrived: NIODeadline, reply: (Result<[ByteBuffer], NBDErrno>) -> Void,
+    _ result: Result<[ByteBuffer], Error>, at ended: NIODeadline
+  ) {
+    latency.record(.nanoseconds((ended - arrived).nanoseconds))
+    switch result {
+    case .success(let data):
+      switch type {
+      case .read: counts.readBytes += UInt64(length)
+      case .write: counts.writeBytes += UInt64(length)
+      default: break
       }
+      reply(.success(data))
+    case .failure(let error):
+      if error is CancelledByClient { return reply(.failure(.eio)) }  // nobody to reply to
+      counts.errors += 1
+      if (error as? SCSIOperationError)?.isReservationConflict == true {
+        // Another initiator holds the reservation: the I/O fails, no path does. Logged
+        // the first time and then every thousandth (a fenced node may keep writing).
+        reservationConflicts += 1
+        if reservationConflicts % 1000 == 1 {
+          logger.warning(
+            "reservation conflict: the target refused the request (another initiator holds the reservation)",
+            metadata: ["type": "\(type)", "conflicts": "\(reservationConflicts)"])
+        }
+      } else {
+        logger.warning("NBD request failed", metadata: ["type": "\(type)", "error": "\(describeError(error))"])
+      }
+      reply(.failure(Volume.errno(for: error)))
     }
   }
 
@@ -498,7 +523,7 @@ public final class Volume: @unchecked Sendable {
   public func synchronizeCache() -> EventLoopFuture<Void> {
     eventLoop.flatSubmit {
       let promise = self.eventLoop.makePromise(of: Void.self)
-      self.submit(.flush, bytes: 0, at: .now()) { result, _ in promise.completeWith(result.map { _ in }) }
+      self.submit(.flush, bytes: 0, at: .now(), .volume({ result, _ in promise.completeWith(result.map { _ in }) }))
       return promise.futureResult
     }
   }
@@ -543,7 +568,7 @@ public final class Volume: @unchecked Sendable {
     for token in theirs {
       guard let entry = machine.cancelQueued(token) else { continue }
       flow.cancelled += 1
-      entry.payload.reply(.failure(CancelledByClient()), .now())
+      deliver(entry.payload, .failure(CancelledByClient()), at: .now())
     }
   }
 
@@ -561,12 +586,10 @@ public final class Volume: @unchecked Sendable {
     logger.log(level: level, "\(message)", metadata: m)
   }
 
-  private func submit(
-    _ operation: Operation, bytes: Int, owner: UInt64 = 0, at now: NIODeadline,
-    reply: @escaping Reply
-  ) {
+  private func submit(_ operation: Operation, bytes: Int, owner: UInt64 = 0, at now: NIODeadline, _ requester: Requester) {
     eventLoop.assertInEventLoop()
-    guard !closed else { return reply(.failure(BridgeError(.closing, "the volume is closing")), .now()) }
+    let record = PendingIO(operation: operation, requester: requester, dispatched: now, owner: owner)
+    guard !closed else { return deliver(record, .failure(BridgeError(.closing, "the volume is closing")), at: .now()) }
     let isWrite: Bool
     switch operation {
     case .read, .flush, .blockStatus: isWrite = false
@@ -574,7 +597,6 @@ public final class Volume: @unchecked Sendable {
     }
     let token = IOToken(id: nextIO, bytes: bytes, isWrite: isWrite)
     nextIO &+= 1
-    let record = PendingIO(operation: operation, reply: reply, dispatched: now, owner: owner)
     if let path = machine.submitToPath(token, record) {
       start(token, on: path)
     } else {
@@ -604,13 +626,15 @@ public final class Volume: @unchecked Sendable {
     let work: EventLoopFuture<[ByteBuffer]>
     switch operation {
     case .read(let lba, let blocks) where blocks <= unit.maxBlocksPerCommand:
-      // The common case: one command, no future.
-      unit.readOne(lba: lba, blocks: blocks) { [self] result in finished(io.id, on: pathID, attempt: attempt, result) }
+      // The common case: one command, one closure from the session back to here, no future.
+      unit.session.execute(unit.readCommand(lba: lba, blocks: blocks)) { [self] result in
+        finished(io.id, on: pathID, attempt: attempt, unit.readResult(result, lba: lba, blocks: blocks))
+      }
       return
     case .write(let lba, let data, let fua)
     where data.readableBytes / unit.info.blockSize <= Int(unit.maxBlocksPerCommand) && (!fua || unit.info.fua):
-      unit.writeOne(lba: lba, data: data, fua: fua) { [self] result in
-        finished(io.id, on: pathID, attempt: attempt, result.map { [] })
+      unit.session.execute(unit.writeCommand(lba: lba, data: data, fua: fua)) { [self] result in
+        finished(io.id, on: pathID, attempt: attempt, LogicalUnit.writeResult(result))
       }
       return
     case .read(let lba, let blocks):
@@ -673,7 +697,7 @@ public final class Volume: @unchecked Sendable {
       var actions: [MultipathStateMachine<ContinuousClock, PendingIO>.Action] = []
       let entry = machine.completed(token, path: pathID, latency: latency, success: true, into: &actions)
       run(actions)
-      entry?.payload.reply(.success(data), now)
+      if let entry { deliver(entry.payload, .success(data), at: now) }
     case .failure(let error)
     where Volume.isPathError(error)
       && !(Volume.isProtocolViolation(error)
@@ -704,7 +728,7 @@ public final class Volume: @unchecked Sendable {
       var actions: [MultipathStateMachine<ContinuousClock, PendingIO>.Action] = []
       let entry = machine.completed(token, path: pathID, latency: latency, success: false, into: &actions)
       run(actions)
-      entry?.payload.reply(.failure(error), now)
+      if let entry { deliver(entry.payload, .failure(error), at: now) }
     }
   }
 
@@ -748,7 +772,7 @@ public final class Volume: @unchecked Sendable {
       case .fail(let io, let error):
         guard let entry = machine.take(io) else { continue }
         noPathFailures += 1
-        entry.payload.reply(.failure(error), .now())
+        deliver(entry.payload, .failure(error), at: .now())
       case .fencePath(let path):
         fence(path)
       case .scheduleTimer(let id, let deadline):

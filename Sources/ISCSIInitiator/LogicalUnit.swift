@@ -180,50 +180,66 @@ public final class LogicalUnit: Sendable {
   /// The I/O path's READ: one command (`blocks` <= `maxBlocksPerCommand`), no future;
   /// `done` is called on the session's event loop with the Data-In segments.
   public func readOne(lba: UInt64, blocks: UInt32, _ done: @escaping (Result<[ByteBuffer], Error>) -> Void) {
-    let length = Int(blocks) * info.blockSize
-    let command = SCSICommand(
-      lun: lun, cdb: CDBBytes.read(lba: lba, blocks: blocks, prefer16: use16), direction: .read(length))
-    // One closure from the session to the caller (this runs for every read).
-    session.execute(command) { result in
-      switch result {
-      case .success(let c):
-        do {
-          try checkStatus(c, operation: "READ")
-        } catch {
-          return done(.failure(error))
-        }
-        guard c.dataLength == length else {
-          return done(
-            .failure(
-              SCSIOperationError(
-                errorClass: .other, status: c.status, sense: nil,
-                operation: "READ of \(blocks) blocks at LBA \(lba) returned \(c.dataLength) bytes",
-                outcome: .fail(errno: 5))))
-        }
-        done(.success(c.segments))
-      case .failure(let error):
-        done(.failure(error))
-      }
+    session.execute(readCommand(lba: lba, blocks: blocks)) { [self] result in
+      done(readResult(result, lba: lba, blocks: blocks))
     }
   }
 
-  /// The I/O path's WRITE: one command (`blocks` <= `maxBlocksPerCommand`), FUA only
-  /// when the LUN has DPOFUA; no future.
-  public func writeOne(lba: UInt64, data: ByteBuffer, fua: Bool, _ done: @escaping (Result<Void, Error>) -> Void) {
+  /// The READ of `blocks` (<= `maxBlocksPerCommand`) at `lba`, to run with
+  /// `session.execute(_:completion:)` and check with `readResult`: the volume's I/O path
+  /// does so with one closure of its own.
+  public func readCommand(lba: UInt64, blocks: UInt32) -> SCSICommand {
+    SCSICommand(
+      lun: lun, cdb: CDBBytes.read(lba: lba, blocks: blocks, prefer16: use16),
+      direction: .read(Int(blocks) * info.blockSize))
+  }
+
+  /// The end of `readCommand(lba:blocks:)`: its Data-In segments when the status is good
+  /// and every byte came, else the error.
+  public func readResult(_ result: Result<SCSICompletion, Error>, lba: UInt64, blocks: UInt32)
+    -> Result<[ByteBuffer], Error>
+  {
+    switch result {
+    case .success(let c):
+      do {
+        try checkStatus(c, operation: "READ")
+      } catch {
+        return .failure(error)
+      }
+      guard c.dataLength == Int(blocks) * info.blockSize else {
+        return .failure(
+          SCSIOperationError(
+            errorClass: .other, status: c.status, sense: nil,
+            operation: "READ of \(blocks) blocks at LBA \(lba) returned \(c.dataLength) bytes",
+            outcome: .fail(errno: 5)))
+      }
+      return .success(c.segments)
+    case .failure(let error):
+      return .failure(error)
+    }
+  }
+
+  /// The I/O path's WRITE of `data` (whole blocks, at most `maxBlocksPerCommand`) at
+  /// `lba`, FUA only when the LUN has DPOFUA, to run with `session.execute(_:completion:)`;
+  /// its end is checked with `writeResult`.
+  public func writeCommand(lba: UInt64, data: ByteBuffer, fua: Bool) -> SCSICommand {
     let blocks = UInt32(data.readableBytes / info.blockSize)
     let cdb = CDBBytes.write(lba: lba, blocks: blocks, fua: fua && info.fua, prefer16: use16)
-    session.execute(SCSICommand(lun: lun, cdb: cdb, direction: .write(data))) { result in
-      switch result {
-      case .success(let c):
-        do {
-          try checkStatus(c, operation: "WRITE")
-          done(.success(()))
-        } catch {
-          done(.failure(error))
-        }
-      case .failure(let error):
-        done(.failure(error))
+    return SCSICommand(lun: lun, cdb: cdb, direction: .write(data))
+  }
+
+  /// The end of a WRITE: no data when the status is good, else the error.
+  public static func writeResult(_ result: Result<SCSICompletion, Error>) -> Result<[ByteBuffer], Error> {
+    switch result {
+    case .success(let c):
+      do {
+        try checkStatus(c, operation: "WRITE")
+        return .success([])
+      } catch {
+        return .failure(error)
       }
+    case .failure(let error):
+      return .failure(error)
     }
   }
 
