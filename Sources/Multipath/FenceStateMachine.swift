@@ -88,7 +88,10 @@ public struct FenceStateMachine<Clock: MultipathClock> {
     _ path: PathID, loggedIn: Bool, reinstatements: Int, helpers: [Helper]
   ) -> [Action] {
     guard let fence = fences[path], fence.loginThrough == nil else { return [] }
-    if loggedIn && reinstatements > fence.reinstatementsAtStart {
+    // Logged in again since the fence began, within the old session's portal group (the
+    // path's own entry among `helpers` says which group its session reached).
+    let group = helpers.first { $0.id == path }?.portalGroup
+    if loggedIn && reinstatements > fence.reinstatementsAtStart && (fence.portalGroup == nil || group == fence.portalGroup) {
       fences[path] = nil
       return [.fenced(path, how: "session reinstated")]
     }

@@ -63,6 +63,17 @@ final class FenceStateMachineTests: XCTestCase {
     XCTAssertEqual(fencer.reinstated(p3, reinstatements: 1, portalGroup: 2), [])
     XCTAssertTrue(fencer.isFencing(p3))
     XCTAssertEqual(fencer.portalGroup(of: p3), 1)
+    // Nor does the fence's own check take that login for a reinstatement: it tries a
+    // login through the path's portal (which must reach group 1 to count).
+    XCTAssertEqual(
+      fencer.attempt(p3, loggedIn: true, reinstatements: 1, helpers: [helper(p3, group: 2)]), [.login(p3, through: p3)])
+    XCTAssertEqual(
+      fencer.loginFinished(p3, success: true), [.fenced(p3, how: "old session ended by a login through its own portal")])
+    // Logged in again within its group: that is the reinstatement.
+    _ = fencer.begin(p4, portalGroup: 1, reinstatements: 0)
+    XCTAssertEqual(
+      fencer.attempt(p4, loggedIn: true, reinstatements: 1, helpers: [helper(p4, group: 1)]),
+      [.fenced(p4, how: "session reinstated")])
   }
 
   /// The path was failed while its session stayed logged in (the target refused I/O on
